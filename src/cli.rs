@@ -1,0 +1,179 @@
+//! Command-line interface: flag definitions and the small parsers they share
+//! with the load generator (core lists, durations).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Limits, ServerConfig};
+use crate::runtime::cores;
+
+#[derive(Parser, Debug)]
+#[command(name = "tessera", version, about = "Thread-per-core MCP server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server: one pinned executor per selected core.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Listen for newline-delimited JSON-RPC on this TCP address. Every shard
+    /// binds it (SO_REUSEPORT); port 0 picks one free port for all shards.
+    /// Defaults to 127.0.0.1:7070 unless --stdio is given.
+    #[arg(long, value_name = "ADDR")]
+    pub tcp: Option<SocketAddr>,
+
+    /// Serve one MCP client on stdin/stdout; logs go to stderr. The server
+    /// exits when stdin closes.
+    #[arg(long)]
+    pub stdio: bool,
+
+    /// CPUs to run shards on, e.g. `0-3`, `0,2,4-5`. Default: every CPU this
+    /// process may use (the first one only with --stdio).
+    #[arg(long, value_name = "LIST")]
+    pub cores: Option<String>,
+
+    /// Microseconds an idle executor busy-polls before sleeping; trades CPU
+    /// for wake-up latency.
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub spin_before_park: Option<u64>,
+
+    /// Print per-core msg/s, p50 and p99 at this interval (e.g. `1s`, `500ms`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub stats_interval: Option<Duration>,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// One flag per entry of [`Limits`]; see there for what each bound does.
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Longest JSON-RPC message in bytes.
+    #[arg(long, default_value_t = Limits::default().max_message_bytes)]
+    pub max_message_bytes: usize,
+    /// Async requests a connection may have running before it stops reading.
+    #[arg(long, default_value_t = Limits::default().max_inflight_per_conn)]
+    pub max_inflight_per_conn: usize,
+    /// Unsent response bytes per connection before it stops reading.
+    #[arg(long, default_value_t = Limits::default().max_output_buffer_bytes)]
+    pub max_output_buffer_bytes: usize,
+    /// Depth of each one-way queue between two shards.
+    #[arg(long, default_value_t = Limits::default().mesh_queue_depth)]
+    pub mesh_queue_depth: usize,
+    /// Cross-core requests a shard may have outstanding.
+    #[arg(long, default_value_t = Limits::default().mesh_pending_max)]
+    pub mesh_pending_max: usize,
+    /// Milliseconds before an unanswered cross-core hop fails.
+    #[arg(long, default_value_t = Limits::default().mesh_timeout_ms)]
+    pub mesh_timeout_ms: u64,
+    /// Keys each shard's part of the kv store may hold.
+    #[arg(long, default_value_t = Limits::default().kv_max_keys_per_shard)]
+    pub kv_max_keys_per_shard: usize,
+    /// Longest kv key in bytes.
+    #[arg(long, default_value_t = Limits::default().kv_max_key_bytes)]
+    pub kv_max_key_bytes: usize,
+    /// Largest kv value in bytes of compact JSON.
+    #[arg(long, default_value_t = Limits::default().kv_max_value_bytes)]
+    pub kv_max_value_bytes: usize,
+    /// Milliseconds connections get to finish in-flight requests at shutdown.
+    #[arg(long, default_value_t = Limits::default().drain_timeout_ms)]
+    pub drain_timeout_ms: u64,
+}
+
+impl From<&LimitArgs> for Limits {
+    fn from(a: &LimitArgs) -> Self {
+        Limits {
+            max_message_bytes: a.max_message_bytes,
+            max_inflight_per_conn: a.max_inflight_per_conn,
+            max_output_buffer_bytes: a.max_output_buffer_bytes,
+            mesh_queue_depth: a.mesh_queue_depth,
+            mesh_pending_max: a.mesh_pending_max,
+            mesh_timeout_ms: a.mesh_timeout_ms,
+            kv_max_keys_per_shard: a.kv_max_keys_per_shard,
+            kv_max_key_bytes: a.kv_max_key_bytes,
+            kv_max_value_bytes: a.kv_max_value_bytes,
+            drain_timeout_ms: a.drain_timeout_ms,
+        }
+    }
+}
+
+pub const DEFAULT_TCP_ADDR: &str = "127.0.0.1:7070";
+
+impl ServeArgs {
+    /// Resolves defaults and checks the selection against this machine.
+    pub fn to_config(&self) -> Result<ServerConfig, String> {
+        let mut cores = cores::select(self.cores.as_deref())?;
+        if self.cores.is_none() && self.stdio {
+            // One client needs one core.
+            cores.truncate(1);
+        }
+        let tcp = match (self.tcp, self.stdio) {
+            (Some(a), _) => Some(a),
+            (None, false) => Some(DEFAULT_TCP_ADDR.parse().expect("valid default address")),
+            (None, true) => None,
+        };
+        let limits = Limits::from(&self.limits);
+        limits.validate()?;
+        if matches!(self.stats_interval, Some(d) if d.is_zero()) {
+            return Err("--stats-interval must be greater than zero".into());
+        }
+        Ok(ServerConfig {
+            cores,
+            tcp,
+            stdio: self.stdio,
+            spin_before_park: self.spin_before_park.map(Duration::from_micros),
+            stats_interval: self.stats_interval,
+            limits,
+        })
+    }
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, `250us` or a bare number of seconds
+/// (fractions allowed).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 10s, 500ms, 2m"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3 parsecs").is_err());
+    }
+}

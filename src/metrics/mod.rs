@@ -1,0 +1,313 @@
+//! Latency histograms and counters.
+//!
+//! Every shard records into its own histograms and counters (plain integers,
+//! no atomics: only the owning core touches them). The main thread receives
+//! periodic copies over the control plane and merges them; it never reads a
+//! shard's live state. Service time is measured in microseconds with three
+//! significant digits, from the moment a message is parsed to the moment its
+//! response is encoded (or the async handler completes).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// What a message was, for accounting. Requests are split by MCP method;
+/// everything else shares a bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum MethodKind {
+    Initialize = 0,
+    Ping,
+    ToolsList,
+    ToolsCall,
+    /// Any other request (answered with an error by this build).
+    OtherRequest,
+    Notification,
+    /// Unparseable or not JSON-RPC; answered with an error.
+    Invalid,
+}
+
+impl MethodKind {
+    pub const COUNT: usize = 7;
+    pub const ALL: [MethodKind; Self::COUNT] = [
+        MethodKind::Initialize,
+        MethodKind::Ping,
+        MethodKind::ToolsList,
+        MethodKind::ToolsCall,
+        MethodKind::OtherRequest,
+        MethodKind::Notification,
+        MethodKind::Invalid,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodKind::Initialize => "initialize",
+            MethodKind::Ping => "ping",
+            MethodKind::ToolsList => "tools/list",
+            MethodKind::ToolsCall => "tools/call",
+            MethodKind::OtherRequest => "(other request)",
+            MethodKind::Notification => "(notification)",
+            MethodKind::Invalid => "(invalid)",
+        }
+    }
+}
+
+/// Highest service time the histograms resolve; longer ones saturate here.
+pub const HISTOGRAM_MAX_US: u64 = 60 * 60 * 1_000_000;
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("static histogram bounds are valid")
+}
+
+/// Counters a shard keeps besides latency. Each is the number of times the
+/// event happened since the shard started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    /// JSON-RPC error responses sent (any code).
+    pub error_responses: u64,
+    /// Lines longer than `max_message_bytes` (answered -32600 and skipped).
+    pub oversize_messages: u64,
+    /// Requests this shard sent to another shard's key space.
+    pub mesh_requests_sent: u64,
+    /// Requests this shard served for another shard.
+    pub mesh_requests_served: u64,
+    /// Hops refused because the mesh queue or the pending table was full.
+    pub mesh_overloaded: u64,
+    /// Hops that got no answer within `mesh_timeout_ms`.
+    pub mesh_timeouts: u64,
+    /// `kv_set` refused because the shard already holds `kv_max_keys_per_shard`.
+    pub kv_full: u64,
+    /// Handler panics caught by the supervisor (each cost one request).
+    pub handler_panics: u64,
+    /// Reads paused because a connection hit `max_inflight_per_conn` or its
+    /// output buffer passed `max_output_buffer_bytes`.
+    pub backpressure_pauses: u64,
+}
+
+impl Counters {
+    fn add(&mut self, o: &Counters) {
+        self.connections_opened += o.connections_opened;
+        self.connections_closed += o.connections_closed;
+        self.error_responses += o.error_responses;
+        self.oversize_messages += o.oversize_messages;
+        self.mesh_requests_sent += o.mesh_requests_sent;
+        self.mesh_requests_served += o.mesh_requests_served;
+        self.mesh_overloaded += o.mesh_overloaded;
+        self.mesh_timeouts += o.mesh_timeouts;
+        self.kv_full += o.kv_full;
+        self.handler_panics += o.handler_panics;
+        self.backpressure_pauses += o.backpressure_pauses;
+    }
+
+    fn rows(&self) -> [(&'static str, u64); 11] {
+        [
+            ("connections_opened", self.connections_opened),
+            ("connections_closed", self.connections_closed),
+            ("error_responses", self.error_responses),
+            ("oversize_messages", self.oversize_messages),
+            ("mesh_requests_sent", self.mesh_requests_sent),
+            ("mesh_requests_served", self.mesh_requests_served),
+            ("mesh_overloaded", self.mesh_overloaded),
+            ("mesh_timeouts", self.mesh_timeouts),
+            ("kv_full", self.kv_full),
+            ("handler_panics", self.handler_panics),
+            ("backpressure_pauses", self.backpressure_pauses),
+        ]
+    }
+}
+
+/// One shard's live metrics. Not `Send`: it lives inside the shard.
+pub struct ShardMetrics {
+    hist: Vec<Histogram<u64>>,
+    pub counters: Counters,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ShardMetrics {
+    pub fn new() -> Self {
+        Self {
+            hist: (0..MethodKind::COUNT).map(|_| new_histogram()).collect(),
+            counters: Counters::default(),
+        }
+    }
+
+    #[inline]
+    pub fn record(&mut self, kind: MethodKind, elapsed: Duration) {
+        let us = elapsed.as_micros().min(HISTOGRAM_MAX_US as u128) as u64;
+        self.hist[kind as usize].saturating_record(us);
+    }
+
+    pub fn snapshot(&self, shard: usize) -> Snapshot {
+        Snapshot {
+            shards: vec![shard],
+            hist: self.hist.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+/// A copy of one or more shards' metrics, sent to and merged on the main
+/// thread.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub shards: Vec<usize>,
+    pub hist: Vec<Histogram<u64>>,
+    pub counters: Counters,
+}
+
+impl Snapshot {
+    pub fn empty() -> Self {
+        Self {
+            shards: Vec::new(),
+            hist: (0..MethodKind::COUNT).map(|_| new_histogram()).collect(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn merge(&mut self, other: &Snapshot) {
+        self.shards.extend_from_slice(&other.shards);
+        for (a, b) in self.hist.iter_mut().zip(&other.hist) {
+            // Same bounds on both sides, so adding cannot fail.
+            a.add(b).expect("histograms share bounds");
+        }
+        self.counters.add(&other.counters);
+    }
+
+    /// Messages recorded across all kinds.
+    pub fn messages(&self) -> u64 {
+        self.hist.iter().map(|h| h.len()).sum()
+    }
+
+    /// The activity between `earlier` and `self` (both from the same shard).
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        let mut d = self.clone();
+        for (a, b) in d.hist.iter_mut().zip(&earlier.hist) {
+            // `earlier` is a prefix of `self`, so every count is >= its own.
+            if a.subtract(b).is_err() {
+                a.reset();
+            }
+        }
+        d
+    }
+
+    /// All kinds merged into one histogram.
+    pub fn all_methods(&self) -> Histogram<u64> {
+        let mut h = new_histogram();
+        for x in &self.hist {
+            h.add(x).expect("histograms share bounds");
+        }
+        h
+    }
+
+    /// The multi-line report printed when the server stops.
+    pub fn summary(&self, elapsed: Duration) -> String {
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "tessera summary: {} messages in {:.1} s on {} shard(s) ({:.0} msg/s); service time in µs",
+            self.messages(),
+            secs,
+            self.shards.len(),
+            self.messages() as f64 / secs
+        );
+        let _ = writeln!(
+            s,
+            "  {:<16} {:>12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+            "method", "count", "mean", "p50", "p90", "p99", "p99.9", "max"
+        );
+        for kind in MethodKind::ALL {
+            let h = &self.hist[kind as usize];
+            if h.is_empty() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "  {:<16} {:>12} {:>8.1} {:>8} {:>8} {:>8} {:>9} {:>9}",
+                kind.name(),
+                h.len(),
+                h.mean(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.9),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            );
+        }
+        let nonzero: Vec<String> = self
+            .counters
+            .rows()
+            .iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if !nonzero.is_empty() {
+            let _ = writeln!(s, "  counters: {}", nonzero.join(" "));
+        }
+        s
+    }
+}
+
+/// One `--stats-interval` line: per-shard and total throughput and latency
+/// over the last interval.
+pub fn interval_line(
+    uptime: Duration,
+    interval: Duration,
+    per_shard: &[(usize, Snapshot)],
+) -> String {
+    let secs = interval.as_secs_f64().max(1e-9);
+    let mut total = Snapshot::empty();
+    let mut s = format!("stats t={:.0}s", uptime.as_secs_f64());
+    let mut column = |label: String, h: Histogram<u64>| {
+        let _ = write!(
+            s,
+            " | {label}: {:.0} msg/s p50={}us p99={}us",
+            h.len() as f64 / secs,
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99)
+        );
+    };
+    for (core, d) in per_shard {
+        column(format!("core {core}"), d.all_methods());
+        total.merge(d);
+    }
+    column("total".into(), total.all_methods());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_and_interval_difference() {
+        let mut a = ShardMetrics::new();
+        a.record(MethodKind::Ping, Duration::from_micros(10));
+        let first = a.snapshot(0);
+        a.record(MethodKind::Ping, Duration::from_micros(30));
+        a.counters.error_responses += 2;
+        let second = a.snapshot(0);
+        let d = second.since(&first);
+        assert_eq!(d.hist[MethodKind::Ping as usize].len(), 1);
+        assert_eq!(d.hist[MethodKind::Ping as usize].max(), 30);
+
+        let mut b = ShardMetrics::new();
+        b.record(MethodKind::ToolsCall, Duration::from_micros(5));
+        let mut total = Snapshot::empty();
+        total.merge(&second);
+        total.merge(&b.snapshot(1));
+        assert_eq!(total.messages(), 3);
+        assert_eq!(total.counters.error_responses, 2);
+        let text = total.summary(Duration::from_secs(1));
+        assert!(text.contains("tools/call"), "{text}");
+        assert!(text.contains("error_responses=2"), "{text}");
+    }
+}

@@ -1,0 +1,103 @@
+//! Wire formats, without I/O: JSON-RPC 2.0 envelopes, MCP constants, and the
+//! in-place JSON parser that turns one NDJSON line into a borrowed tape.
+
+pub mod json;
+pub mod jsonrpc;
+pub mod mcp;
+
+use simd_json::tape::{Tape, Value as TapeValue};
+use simd_json::Buffers;
+
+/// Bytes of slack the parser may read past the end of a message. Callers keep
+/// this much addressable (not necessarily zeroed) memory after each message so
+/// parsing needs no copy; in a read buffer holding several messages back to
+/// back, the next message serves as the previous one's padding.
+pub const PARSE_PADDING: usize = simd_json::INPUT_PADDING;
+
+/// Nesting deeper than this is rejected as a parse error (simd-json's own
+/// bound; it parses iteratively, so depth costs no stack).
+pub const MAX_NESTING_DEPTH: usize = simd_json::DEFAULT_MAX_DEPTH;
+
+/// Reusable parser state. One per shard: its scratch buffers and tape keep
+/// their allocations between messages, so steady-state parsing allocates
+/// nothing.
+pub struct Parser {
+    buffers: Buffers,
+    tape: Tape<'static>,
+}
+
+impl Default for Parser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Parser {
+    pub fn new() -> Self {
+        Self {
+            buffers: Buffers::new(64 * 1024),
+            tape: Tape(Vec::with_capacity(256)),
+        }
+    }
+
+    /// Parses `buf[..len]` in place (strings are unescaped inside `buf`) and
+    /// hands the root value to `f`. `buf` must extend at least
+    /// [`PARSE_PADDING`] bytes past `len`.
+    pub fn parse<R>(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        f: impl FnOnce(Result<TapeValue<'_, '_>, simd_json::Error>) -> R,
+    ) -> R {
+        debug_assert!(buf.len() >= len + PARSE_PADDING);
+        let mut tape: Tape<'_> = std::mem::replace(&mut self.tape, Tape(Vec::new())).reset();
+        let r = match simd_json::fill_tape_padded(buf, len, &mut self.buffers, &mut tape) {
+            Ok(()) => f(Ok(tape.as_value())),
+            Err(e) => f(Err(e)),
+        };
+        self.tape = tape.reset();
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use simd_json::prelude::*;
+
+    fn padded(s: &[u8]) -> (Vec<u8>, usize) {
+        let mut v = s.to_vec();
+        let n = v.len();
+        v.resize(n + PARSE_PADDING, b' ');
+        (v, n)
+    }
+
+    #[test]
+    fn parses_in_place_and_reuses_state() {
+        let mut p = Parser::new();
+        for _ in 0..3 {
+            let (mut buf, n) = padded(br#"{"a":"x\ny","b":[1,2]}"#);
+            let s = p.parse(&mut buf, n, |v| {
+                v.unwrap()
+                    .get("a")
+                    .and_then(|a| a.into_string())
+                    .unwrap()
+                    .to_owned()
+            });
+            assert_eq!(s, "x\ny");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input_without_panicking() {
+        let mut p = Parser::new();
+        let deep = "[".repeat(100_000);
+        let bad: [&[u8]; 5] = [b"{", b"\xff\xfe", b"{\"a\":1,}", deep.as_bytes(), b"nul"];
+        for input in bad {
+            let (mut buf, n) = padded(input);
+            assert!(p.parse(&mut buf, n, |v| v.is_err()), "{:?}", input.get(..8));
+        }
+        let (mut buf, n) = padded(b"123456789012345678901234567890");
+        assert!(p.parse(&mut buf, n, |v| v.unwrap().is_number()));
+    }
+}

@@ -1,0 +1,208 @@
+//! The mesh: typed, bounded messages between shards.
+//!
+//! Two full meshes of glommio `shared_channel`s connect every pair of shards,
+//! one carrying requests and one carrying replies. Keeping them apart is what
+//! makes the mesh deadlock-free: a shard's request server may wait for room in
+//! a reply queue, but the reply loop that drains it never waits on anything,
+//! so no cycle of full queues can form.
+//!
+//! Bounds: each one-way queue holds `mesh_queue_depth` messages. A request is
+//! *tried*, never awaited: when the queue is full the caller gets
+//! [`MeshError::Overloaded`] at once and the client a -32010 error. The table
+//! of requests awaiting replies holds at most `mesh_pending_max` entries per
+//! shard, refused the same way. Every hop has a deadline (`mesh_timeout_ms`).
+//!
+//! Shard ids are the mesh's peer ids, so `from` on the wire and the result of
+//! `kv::owner()` name the same shard without a translation table.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::GlommioError;
+
+use super::local::{oneshot, OneshotSender};
+use crate::server::kv::{KvOp, KvReply};
+
+/// Work one shard asks another to do.
+#[derive(Debug)]
+pub enum Request {
+    Kv(KvOp),
+}
+
+/// The owner's answer to a [`Request`].
+#[derive(Debug)]
+pub enum Reply {
+    Kv(KvReply),
+}
+
+#[derive(Debug)]
+pub struct RequestMsg {
+    pub from: usize,
+    pub corr: u64,
+    pub body: Request,
+}
+
+#[derive(Debug)]
+pub struct ReplyMsg {
+    pub corr: u64,
+    pub body: Reply,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshError {
+    /// The queue to the owner, or this shard's pending table, is full.
+    Overloaded,
+    /// No reply within the deadline.
+    Timeout,
+    /// The owner's executor is gone.
+    PeerGone,
+}
+
+/// What every executor needs to join the two meshes; cloned into each thread.
+#[derive(Clone)]
+pub struct MeshBuilders {
+    requests: MeshBuilder<RequestMsg, Full>,
+    replies: MeshBuilder<ReplyMsg, Full>,
+}
+
+impl MeshBuilders {
+    pub fn new(shards: usize, queue_depth: usize) -> Self {
+        Self {
+            requests: MeshBuilder::full(shards, queue_depth),
+            replies: MeshBuilder::full(shards, queue_depth),
+        }
+    }
+
+    /// Joins both meshes; resolves once every shard has joined.
+    pub async fn join(self) -> Result<Joined, String> {
+        let (req_tx, req_rx) = self
+            .requests
+            .join()
+            .await
+            .map_err(|e| format!("joining the request mesh: {e}"))?;
+        let (rep_tx, rep_rx) = self
+            .replies
+            .join()
+            .await
+            .map_err(|e| format!("joining the reply mesh: {e}"))?;
+        Ok(Joined {
+            req_tx,
+            req_rx,
+            rep_tx,
+            rep_rx,
+        })
+    }
+}
+
+pub struct Joined {
+    pub req_tx: Senders<RequestMsg>,
+    pub req_rx: Receivers<RequestMsg>,
+    pub rep_tx: Senders<ReplyMsg>,
+    pub rep_rx: Receivers<ReplyMsg>,
+}
+
+/// This shard's end of the mesh.
+pub struct Mesh {
+    me: usize,
+    req_tx: Senders<RequestMsg>,
+    rep_tx: Senders<ReplyMsg>,
+    pending: RefCell<HashMap<u64, OneshotSender<Reply>>>,
+    next_corr: Cell<u64>,
+    pending_max: usize,
+    timeout: Duration,
+}
+
+impl Mesh {
+    pub fn new(
+        req_tx: Senders<RequestMsg>,
+        rep_tx: Senders<ReplyMsg>,
+        pending_max: usize,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            me: req_tx.peer_id(),
+            req_tx,
+            rep_tx,
+            pending: RefCell::new(HashMap::new()),
+            next_corr: Cell::new(0),
+            pending_max,
+            timeout,
+        }
+    }
+
+    /// This shard's id (its peer id in the mesh).
+    pub fn me(&self) -> usize {
+        self.me
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.borrow().len()
+    }
+
+    /// Sends `body` to shard `to`. Fails at once if the request cannot be
+    /// queued; otherwise returns a future for the reply that also enforces
+    /// the hop deadline.
+    pub fn call(
+        self: &Rc<Self>,
+        to: usize,
+        body: Request,
+    ) -> Result<impl Future<Output = Result<Reply, MeshError>> + 'static, MeshError> {
+        if self.pending.borrow().len() >= self.pending_max {
+            return Err(MeshError::Overloaded);
+        }
+        let corr = self.next_corr.get();
+        self.next_corr.set(corr.wrapping_add(1));
+        let msg = RequestMsg {
+            from: self.me,
+            corr,
+            body,
+        };
+        match self.req_tx.try_send_to(to, msg) {
+            Ok(()) => {}
+            Err(GlommioError::WouldBlock(_)) => return Err(MeshError::Overloaded),
+            Err(_) => return Err(MeshError::PeerGone),
+        }
+        let (tx, rx) = oneshot();
+        self.pending.borrow_mut().insert(corr, tx);
+        let mesh = self.clone();
+        let timeout = self.timeout;
+        Ok(async move {
+            let reply =
+                futures_lite::future::or(async { rx.await.ok_or(MeshError::PeerGone) }, async {
+                    glommio::timer::sleep(timeout).await;
+                    Err(MeshError::Timeout)
+                })
+                .await;
+            if reply.is_err() {
+                // A reply that arrives after the deadline finds no entry and is dropped.
+                mesh.pending.borrow_mut().remove(&corr);
+            }
+            reply
+        })
+    }
+
+    /// Delivers a reply to the task waiting for it; false if none waits.
+    pub fn complete(&self, msg: ReplyMsg) -> bool {
+        let tx = self.pending.borrow_mut().remove(&msg.corr);
+        match tx {
+            Some(tx) => {
+                tx.send(msg.body);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends a reply back to the shard that asked; waits for queue room, which
+    /// the peer's reply loop always makes (it never blocks).
+    pub async fn reply(&self, to: usize, corr: u64, body: Reply) -> Result<(), MeshError> {
+        self.rep_tx
+            .send_to(to, ReplyMsg { corr, body })
+            .await
+            .map_err(|_| MeshError::PeerGone)
+    }
+}

@@ -1,0 +1,154 @@
+//! Process-wide setup done on the main thread before any shard starts:
+//! resource limits, signal routing, and reserving the listen port.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Locked memory each glommio executor needs for its io_uring rings.
+pub const MEMLOCK_PER_EXECUTOR_BYTES: u64 = 512 * 1024;
+
+/// Makes sure RLIMIT_MEMLOCK covers `executors` glommio executors, raising the
+/// soft limit up to the hard one if that is enough.
+pub fn ensure_memlock(executors: usize) -> Result<(), String> {
+    let need = MEMLOCK_PER_EXECUTOR_BYTES * executors as u64;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Err(format!(
+            "reading RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    let enough = |v: libc::rlim_t| v == libc::RLIM_INFINITY || v >= need;
+    if enough(lim.rlim_cur) {
+        return Ok(());
+    }
+    if enough(lim.rlim_max) {
+        let raised = libc::rlimit {
+            rlim_cur: need,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
+            log::debug!("raised RLIMIT_MEMLOCK soft limit to {} KiB", need / 1024);
+            return Ok(());
+        }
+    }
+    let kib = |v: libc::rlim_t| {
+        if v == libc::RLIM_INFINITY {
+            "unlimited".to_string()
+        } else {
+            format!("{} KiB", v / 1024)
+        }
+    };
+    let need_kib = need / 1024;
+    Err(format!(
+        "RLIMIT_MEMLOCK is {} (hard limit {}), but {executors} executor(s) need {need_kib} KiB \
+         (glommio locks 512 KiB per executor for its io_uring rings). Raise it before starting: \
+         `ulimit -l {need_kib}` in the shell (the hard limit must allow it; as root `ulimit -l unlimited`), \
+         `LimitMEMLOCK={need_kib}K` in a systemd unit, or `<user> - memlock {need_kib}` in /etc/security/limits.conf",
+        kib(lim.rlim_cur),
+        kib(lim.rlim_max),
+    ))
+}
+
+/// The signals that ask the server to stop.
+fn stop_signals() -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set before sigaddset uses it.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        set.assume_init()
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread. Threads spawned after
+/// this inherit the mask, so the signals stay pending for
+/// [`wait_stop_signal`] on the main thread instead of killing an executor.
+pub fn block_stop_signals() {
+    let set = stop_signals();
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits up to `timeout` for SIGINT or SIGTERM; returns the signal number.
+pub fn wait_stop_signal(timeout: Duration) -> Option<i32> {
+    let set = stop_signals();
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: all pointers refer to live, initialised values.
+    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+    (sig > 0).then_some(sig)
+}
+
+/// A socket that holds the listen port while the shards bind it.
+pub struct PortReservation(#[allow(dead_code)] socket2::Socket);
+
+/// Resolves the address every shard binds. Port 0 becomes one concrete free
+/// port shared by all shards: a bound, non-listening SO_REUSEPORT socket holds
+/// it (it takes no connections) until the shards are listening. A fixed port
+/// already served by another process is refused up front, because with
+/// SO_REUSEPORT a second server of the same user would silently share it.
+pub fn reserve_listen_addr(addr: SocketAddr) -> Result<(SocketAddr, PortReservation), String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() != 0 {
+        let probe = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+            }
+            IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+            }
+            _ => addr,
+        };
+        if TcpStream::connect_timeout(&probe, Duration::from_millis(250)).is_ok() {
+            return Err(format!(
+                "cannot listen on {addr}: another process is already accepting connections there"
+            ));
+        }
+    }
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    sock.set_reuse_port(true)
+        .map_err(|e| format!("cannot listen on {addr}: SO_REUSEPORT: {e}"))?;
+    sock.bind(&addr.into())
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = sock
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| format!("cannot listen on {addr}: no local address after bind"))?;
+    Ok((bound, PortReservation(sock)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_becomes_a_concrete_port() {
+        let (addr, _hold) = reserve_listen_addr("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(addr.port(), 0);
+    }
+
+    #[test]
+    fn a_port_in_use_is_refused() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let e = match reserve_listen_addr(l.local_addr().unwrap()) {
+            Err(e) => e,
+            Ok(_) => panic!("a served port must be refused"),
+        };
+        assert!(e.contains("cannot listen"), "{e}");
+    }
+}

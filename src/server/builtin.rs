@@ -1,0 +1,140 @@
+//! Built-in tools that need no configuration: `echo`, `add`, `sleep`.
+//!
+//! They exist so that a fresh server is useful to try and to benchmark: `echo`
+//! is the cheapest possible round trip through the whole MCP stack, `add`
+//! exercises typed arguments, and `sleep` proves a slow handler yields the
+//! core instead of blocking the connections that share it.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use simd_json::prelude::*;
+
+use super::tools::{arg_number, arg_str, deny_unknown, Args, Number, Tool, ToolReply, ToolResult};
+use crate::protocol::json;
+use crate::runtime::shard::Shard;
+
+/// Longest `sleep` accepted, so one call cannot pin a request slot forever.
+pub const SLEEP_MAX_MS: u64 = 60_000;
+
+pub struct Echo;
+
+impl Tool for Echo {
+    fn name(&self) -> &str {
+        "echo"
+    }
+    fn description(&self) -> &str {
+        "Returns its `text` argument unchanged."
+    }
+    fn input_schema(&self) -> &str {
+        r#"{"type":"object","properties":{"text":{"type":"string","description":"Text to return"}},"required":["text"],"additionalProperties":false}"#
+    }
+    fn call<'a>(&self, _shard: &Rc<Shard>, args: Args<'a>) -> ToolReply<'a> {
+        let r = deny_unknown(&args, &["text"]).and_then(|()| arg_str(&args, "text"));
+        ToolReply::Ready(Ok(match r {
+            Ok(text) => ToolResult::text(text),
+            Err(e) => ToolResult::error(e),
+        }))
+    }
+}
+
+pub struct Add;
+
+impl Add {
+    fn sum(args: &Args<'_>) -> Result<Number, String> {
+        deny_unknown(args, &["a", "b"])?;
+        let a = arg_number(args, "a")?;
+        let b = arg_number(args, "b")?;
+        Ok(match (a, b) {
+            (Number::Int(x), Number::Int(y)) => {
+                // i128 holds any sum of two JSON integers that fit i64/u64.
+                let s = x + y;
+                if s >= i64::MIN as i128 && s <= u64::MAX as i128 {
+                    Number::Int(s)
+                } else {
+                    Number::Float(s as f64)
+                }
+            }
+            (x, y) => Number::Float(as_f64(x) + as_f64(y)),
+        })
+    }
+}
+
+fn as_f64(n: Number) -> f64 {
+    match n {
+        Number::Int(i) => i as f64,
+        Number::Float(f) => f,
+    }
+}
+
+impl Tool for Add {
+    fn name(&self) -> &str {
+        "add"
+    }
+    fn description(&self) -> &str {
+        "Adds two numbers `a` and `b`; integers stay exact."
+    }
+    fn input_schema(&self) -> &str {
+        r#"{"type":"object","properties":{"a":{"type":"number"},"b":{"type":"number"}},"required":["a","b"],"additionalProperties":false}"#
+    }
+    fn output_schema(&self) -> Option<&str> {
+        Some(r#"{"type":"object","properties":{"sum":{"type":"number"}},"required":["sum"]}"#)
+    }
+    fn call<'a>(&self, _shard: &Rc<Shard>, args: Args<'a>) -> ToolReply<'a> {
+        ToolReply::Ready(Ok(match Add::sum(&args) {
+            Ok(n) => {
+                let mut text = Vec::with_capacity(24);
+                match n {
+                    Number::Int(i) if i >= 0 => json::write_u64(&mut text, i as u64),
+                    Number::Int(i) => json::write_i64(&mut text, i as i64),
+                    Number::Float(f) => json::write_f64(&mut text, f),
+                }
+                let text = String::from_utf8(text).expect("numbers are ASCII");
+                let structured = format!("{{\"sum\":{text}}}");
+                ToolResult::text(text).with_structured(structured)
+            }
+            Err(e) => ToolResult::error(e),
+        }))
+    }
+}
+
+pub struct Sleep;
+
+impl Tool for Sleep {
+    fn name(&self) -> &str {
+        "sleep"
+    }
+    fn description(&self) -> &str {
+        "Waits `ms` milliseconds without blocking other requests, then returns."
+    }
+    fn input_schema(&self) -> &str {
+        r#"{"type":"object","properties":{"ms":{"type":"integer","minimum":0,"maximum":60000,"description":"Milliseconds to wait"}},"required":["ms"],"additionalProperties":false}"#
+    }
+    fn call<'a>(&self, _shard: &Rc<Shard>, args: Args<'a>) -> ToolReply<'a> {
+        if let Err(e) = deny_unknown(&args, &["ms"]) {
+            return ToolReply::Ready(Ok(ToolResult::error(e)));
+        }
+        let ms = match args.get("ms").map(|v| (v.as_u64(), v.is_number())) {
+            Some((Some(ms), _)) if ms <= SLEEP_MAX_MS => ms,
+            Some((_, true)) => {
+                return ToolReply::Ready(Ok(ToolResult::error(format!(
+                    "invalid arguments: `ms` must be an integer from 0 to {SLEEP_MAX_MS}"
+                ))))
+            }
+            Some(_) => {
+                return ToolReply::Ready(Ok(ToolResult::error(
+                    "invalid arguments: `ms` must be an integer",
+                )))
+            }
+            None => {
+                return ToolReply::Ready(Ok(ToolResult::error(
+                    "invalid arguments: missing required `ms`",
+                )))
+            }
+        };
+        ToolReply::Pending(Box::pin(async move {
+            glommio::timer::sleep(Duration::from_millis(ms)).await;
+            Ok(ToolResult::text(format!("slept {ms} ms")))
+        }))
+    }
+}

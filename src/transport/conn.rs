@@ -1,0 +1,360 @@
+//! The NDJSON connection driver shared by TCP and stdio.
+//!
+//! One task per connection, written as a hand-rolled poll loop so that one
+//! task can wait on three things at once without dropping any in-flight I/O:
+//! the socket becoming readable, the socket becoming writable, and async
+//! handlers finishing. Per read it parses *every* complete line, appends all
+//! responses to one buffer and writes that buffer once.
+//!
+//! Memory: reads land in the shard's scratch buffer, shared by every
+//! connection on the core. A connection keeps bytes of its own only for a
+//! line split across reads (`partial`) and for output the peer has not
+//! accepted yet (`backlog`); both are released once they drain, so an idle
+//! connection holds no buffers.
+//!
+//! Bounds: a line longer than `max_message_bytes` is answered with -32600 and
+//! the rest of it is skipped; reading pauses while `max_inflight_per_conn`
+//! handlers are running or `max_output_buffer_bytes` of output is waiting.
+
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use futures_lite::FutureExt;
+use memchr::memchr;
+
+use crate::protocol::{jsonrpc, PARSE_PADDING};
+use crate::runtime::shard::{ConnHandle, Shard, READ_CHUNK_BYTES};
+use crate::server::{PendingResponse, Session};
+
+/// Reads served in one poll before the task yields to its neighbours, so a
+/// client that keeps its socket full cannot starve the rest of the core.
+const READS_PER_POLL: usize = 16;
+
+/// A buffer grown past this by a burst is freed once empty, not kept.
+const KEEP_BUFFER_BYTES: usize = 64 * 1024;
+
+/// After a shutdown-initiated close, how long unread client bytes are
+/// drained so closing with them queued does not turn into a TCP reset that
+/// could destroy responses the client has not read yet.
+const LINGER: Duration = Duration::from_millis(200);
+
+/// Serves one client until it closes, the I/O fails, or the shard drains.
+pub async fn serve<S>(stream: S, shard: Rc<Shard>) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let handle = Rc::new(ConnHandle::default());
+    let slot = shard.conns.register(handle.clone());
+    shard.metrics.borrow_mut().counters.connections_opened += 1;
+    let mut conn = Conn {
+        stream,
+        shard: shard.clone(),
+        session: Session::new(),
+        handle,
+        partial: Vec::new(),
+        discarding: false,
+        backlog: Vec::new(),
+        backlog_pos: 0,
+        read_closed: false,
+        paused: false,
+        linger: None,
+    };
+    let r = std::future::poll_fn(|cx| conn.poll(cx)).await;
+    shard.conns.unregister(slot);
+    shard.metrics.borrow_mut().counters.connections_closed += 1;
+    match r {
+        Err(e) if is_disconnect(&e) => Ok(()),
+        r => r,
+    }
+}
+
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+struct Conn<S> {
+    stream: S,
+    shard: Rc<Shard>,
+    session: Session,
+    handle: Rc<ConnHandle>,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+    /// Skipping the rest of an oversize line.
+    discarding: bool,
+    /// Output the peer has not accepted yet.
+    backlog: Vec<u8>,
+    backlog_pos: usize,
+    /// No more requests will be read (EOF, or the shard is draining).
+    read_closed: bool,
+    /// Reading is paused by a bound; counted once per pause.
+    paused: bool,
+    /// Set once a draining connection has sent its FIN.
+    linger: Option<glommio::timer::Timer>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.handle.set_waker(cx.waker());
+        if self.linger.is_some() {
+            return self.poll_linger(cx);
+        }
+        let limits = &self.shard.limits;
+        let (max_inflight, max_out) =
+            (limits.max_inflight_per_conn, limits.max_output_buffer_bytes);
+        let mut reads = 0;
+        loop {
+            self.take_completed();
+            if let Poll::Ready(Err(e)) = self.flush_backlog(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if !self.read_closed && self.shard.shutdown.is_raised() {
+                self.read_closed = true;
+            }
+            let inflight = self.handle.inflight.get();
+            if self.read_closed {
+                if inflight > 0 || !self.backlog.is_empty() {
+                    return Poll::Pending;
+                }
+                if self.shard.shutdown.is_raised() {
+                    return self.begin_linger(cx);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if inflight >= max_inflight || self.backlog.len() - self.backlog_pos >= max_out {
+                if !self.paused {
+                    self.paused = true;
+                    self.shard.metrics.borrow_mut().counters.backpressure_pauses += 1;
+                }
+                return Poll::Pending;
+            }
+            self.paused = false;
+            if reads == READS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            reads += 1;
+
+            let shard = self.shard.clone();
+            let mut scratch = shard.scratch.borrow_mut();
+            let scratch = &mut *scratch;
+            match Pin::new(&mut self.stream).poll_read(cx, &mut scratch.read[..READ_CHUNK_BYTES]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(0)) => {
+                    self.read_closed = true;
+                    self.finish_partial(&mut scratch.write);
+                }
+                Poll::Ready(Ok(n)) => self.on_bytes(&mut scratch.read, n, &mut scratch.write),
+            }
+            if let Poll::Ready(Err(e)) = self.write_batch(cx, &mut scratch.write) {
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+
+    /// Moves responses finished by async handlers into the output backlog.
+    fn take_completed(&mut self) {
+        let mut ready = self.handle.ready.borrow_mut();
+        if ready.is_empty() {
+            return;
+        }
+        if self.backlog.is_empty() {
+            std::mem::swap(&mut self.backlog, &mut *ready);
+            self.backlog_pos = 0;
+        } else {
+            self.backlog.extend_from_slice(&ready);
+            ready.clear();
+        }
+    }
+
+    /// Writes as much backlog as the socket takes. Ready(Ok) when empty.
+    fn flush_backlog(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.backlog_pos < self.backlog.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.backlog[self.backlog_pos..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.backlog_pos += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.backlog.capacity() > KEEP_BUFFER_BYTES {
+            self.backlog = Vec::new();
+        } else {
+            self.backlog.clear();
+        }
+        self.backlog_pos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes one read's responses: straight from the shard's scratch when
+    /// nothing is queued ahead of them, otherwise behind the backlog.
+    fn write_batch(&mut self, cx: &mut Context<'_>, out: &mut Vec<u8>) -> Poll<io::Result<()>> {
+        if out.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut pos = 0;
+        if self.backlog.is_empty() {
+            while pos < out.len() {
+                match Pin::new(&mut self.stream).poll_write(cx, &out[pos..]) {
+                    Poll::Ready(Ok(0)) => {
+                        out.clear();
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => pos += n,
+                    Poll::Ready(Err(e)) => {
+                        out.clear();
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        if pos < out.len() {
+            self.backlog.extend_from_slice(&out[pos..]);
+        }
+        out.clear();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Splits freshly read bytes into lines and handles each complete one.
+    /// `data[..n]` holds the bytes; `data` extends `PARSE_PADDING` further.
+    fn on_bytes(&mut self, data: &mut [u8], n: usize, out: &mut Vec<u8>) {
+        let max = self.shard.limits.max_message_bytes;
+        let mut start = 0;
+        if self.discarding || !self.partial.is_empty() {
+            let Some(i) = memchr(b'\n', &data[..n]) else {
+                if !self.discarding {
+                    if self.partial.len() + n > max {
+                        self.oversize(out);
+                    } else {
+                        self.partial.extend_from_slice(&data[..n]);
+                    }
+                }
+                return;
+            };
+            if self.discarding {
+                self.discarding = false;
+            } else if self.partial.len() + i > max {
+                self.oversize(out);
+                self.discarding = false;
+            } else {
+                self.partial.extend_from_slice(&data[..i]);
+                self.handle_partial(out);
+            }
+            start = i + 1;
+        }
+        while start < n {
+            match memchr(b'\n', &data[start..n]) {
+                Some(len) => {
+                    if len > max {
+                        self.oversize(out);
+                        self.discarding = false;
+                    } else {
+                        self.handle_line(&mut data[start..], len, out);
+                    }
+                    start += len + 1;
+                }
+                None => {
+                    if n - start > max {
+                        self.oversize(out);
+                    } else {
+                        self.partial.extend_from_slice(&data[start..n]);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// At EOF a final line without its newline is still a message.
+    fn finish_partial(&mut self, out: &mut Vec<u8>) {
+        if !self.discarding && !self.partial.is_empty() {
+            self.handle_partial(out);
+        }
+        self.discarding = false;
+    }
+
+    fn handle_partial(&mut self, out: &mut Vec<u8>) {
+        let mut line = std::mem::take(&mut self.partial);
+        let len = line.len();
+        line.resize(len + PARSE_PADDING, 0);
+        self.handle_line(&mut line, len, out);
+        if line.capacity() <= KEEP_BUFFER_BYTES {
+            line.clear();
+            self.partial = line;
+        }
+    }
+
+    /// Answers an oversize line and starts skipping the rest of it.
+    fn oversize(&mut self, out: &mut Vec<u8>) {
+        let max = self.shard.limits.max_message_bytes;
+        let msg =
+            format!("message too large: lines are limited to {max} bytes (max-message-bytes)");
+        jsonrpc::write_error(out, &jsonrpc::Id::Null, jsonrpc::INVALID_REQUEST, &msg);
+        let mut m = self.shard.metrics.borrow_mut();
+        m.counters.oversize_messages += 1;
+        m.counters.error_responses += 1;
+        self.partial = Vec::new();
+        self.discarding = true;
+    }
+
+    fn handle_line(&mut self, buf: &mut [u8], mut len: usize, out: &mut Vec<u8>) {
+        if len > 0 && buf[len - 1] == b'\r' {
+            len -= 1;
+        }
+        if len == 0
+            || (buf[0].is_ascii_whitespace() && buf[..len].iter().all(u8::is_ascii_whitespace))
+        {
+            return;
+        }
+        if let Some(pending) = self.session.handle_message(&self.shard, buf, len, out) {
+            self.spawn_pending(pending);
+        }
+    }
+
+    fn spawn_pending(&self, pending: PendingResponse) {
+        let handle = self.handle.clone();
+        handle.inflight.set(handle.inflight.get() + 1);
+        glommio::spawn_local(async move {
+            let response = pending.await;
+            handle.complete(&response);
+        })
+        .detach();
+    }
+
+    /// Sends FIN, then reads and drops whatever the client still sends until
+    /// it closes or `LINGER` passes.
+    fn begin_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Half-close cannot block; an error only means the peer is gone.
+        if let Poll::Ready(Err(_)) = Pin::new(&mut self.stream).poll_close(cx) {
+            return Poll::Ready(Ok(()));
+        }
+        self.linger = Some(glommio::timer::Timer::new(LINGER));
+        self.poll_linger(cx)
+    }
+
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let shard = self.shard.clone();
+        let mut scratch = shard.scratch.borrow_mut();
+        loop {
+            match Pin::new(&mut self.stream).poll_read(cx, &mut scratch.read[..READ_CHUNK_BYTES]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => break,
+            }
+        }
+        match self.linger.as_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(_)) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Transports: the only code that touches sockets and pipes. They move bytes
+//! between the network and `server::Session`, framing messages as NDJSON.
+
+pub mod conn;
+pub mod stdio;
+pub mod tcp;
