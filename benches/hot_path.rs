@@ -17,12 +17,12 @@ fn padded(line: &[u8]) -> Vec<u8> {
 
 fn bench(c: &mut Criterion) {
     let shard = Rc::new(Shard::standalone(Limits::default(), builtin_registry()));
-    let mut session = Session::new();
+    let mut session = Session::new(None);
     let mut out = Vec::with_capacity(1 << 16);
     let mut init = padded(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}"#);
     let n = init.len() - PARSE_PADDING;
     assert!(session
-        .handle_message(&shard, &mut init, n, &mut out)
+        .handle_message(&shard, &mut init, n, &mut out, None)
         .is_none());
 
     let line: &[u8] = br#"{"jsonrpc":"2.0","id":12345,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello world"}}}"#;
@@ -34,7 +34,7 @@ fn bench(c: &mut Criterion) {
             // Parsing unescapes in place; this line has no escapes, so reusing
             // the buffer leaves it unchanged.
             out.clear();
-            let pending = session.handle_message(&shard, &mut buf, line.len(), &mut out);
+            let pending = session.handle_message(&shard, &mut buf, line.len(), &mut out, None);
             debug_assert!(pending.is_none());
             criterion::black_box(&out);
         })
@@ -44,7 +44,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("ping", |b| {
         b.iter(|| {
             out.clear();
-            session.handle_message(&shard, &mut pbuf, ping.len(), &mut out);
+            session.handle_message(&shard, &mut pbuf, ping.len(), &mut out, None);
             criterion::black_box(&out);
         })
     });

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Limits, ServerConfig};
+use crate::config::{HttpConfig, Limits, ServerConfig};
 use crate::runtime::cores;
 
 #[derive(Parser, Debug)]
@@ -26,9 +26,17 @@ pub enum Command {
 pub struct ServeArgs {
     /// Listen for newline-delimited JSON-RPC on this TCP address. Every shard
     /// binds it (SO_REUSEPORT); port 0 picks one free port for all shards.
-    /// Defaults to 127.0.0.1:7070 unless --stdio is given.
+    /// Defaults to 127.0.0.1:7070 unless --stdio or --http is given.
     #[arg(long, value_name = "ADDR")]
     pub tcp: Option<SocketAddr>,
+
+    /// Serve MCP Streamable HTTP (both spec eras) on this address; every shard
+    /// binds it (SO_REUSEPORT); port 0 picks one free port for all shards.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub http_opts: HttpArgs,
 
     /// Serve one MCP client on stdin/stdout; logs go to stderr. The server
     /// exits when stdin closes.
@@ -51,6 +59,71 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+fn http_defaults() -> HttpConfig {
+    HttpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// Streamable HTTP flags; see [`HttpConfig`] for what each bound does.
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// The MCP endpoint path.
+    #[arg(long, default_value = "/mcp")]
+    pub http_path: String,
+    /// Accept this Origin too (repeatable; `*` for any). Loopback origins are
+    /// always accepted.
+    #[arg(long, value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
+    /// Accept this Host name too (repeatable). Loopback names and the bound
+    /// address are always accepted.
+    #[arg(long, value_name = "HOST")]
+    pub allow_host: Vec<String>,
+    #[arg(long, default_value_t = http_defaults().header_timeout_ms)]
+    pub http_header_timeout_ms: u64,
+    #[arg(long, default_value_t = http_defaults().body_timeout_ms)]
+    pub http_body_timeout_ms: u64,
+    #[arg(long, default_value_t = http_defaults().idle_timeout_ms)]
+    pub http_idle_timeout_ms: u64,
+    #[arg(long, default_value_t = http_defaults().max_sessions_per_shard)]
+    pub max_sessions_per_shard: usize,
+    #[arg(long, default_value_t = http_defaults().session_idle_ttl_ms)]
+    pub session_idle_ttl_ms: u64,
+    #[arg(long, default_value_t = http_defaults().sse_store_max_events)]
+    pub sse_store_max_events: usize,
+    #[arg(long, default_value_t = http_defaults().sse_store_max_age_ms)]
+    pub sse_store_max_age_ms: u64,
+    #[arg(long, default_value_t = http_defaults().sse_retry_ms)]
+    pub sse_retry_ms: u64,
+    #[arg(long, default_value_t = http_defaults().sse_keepalive_ms)]
+    pub sse_keepalive_ms: u64,
+    /// 0 keeps SSE connections open until the stream ends.
+    #[arg(long, default_value_t = http_defaults().sse_max_connection_ms)]
+    pub sse_max_connection_ms: u64,
+    #[arg(long, default_value_t = http_defaults().sse_queue_events)]
+    pub sse_queue_events: usize,
+}
+
+impl HttpArgs {
+    fn to_config(&self, addr: SocketAddr) -> HttpConfig {
+        HttpConfig {
+            addr,
+            path: self.http_path.clone(),
+            allowed_origins: self.allow_origin.clone(),
+            allowed_hosts: self.allow_host.clone(),
+            header_timeout_ms: self.http_header_timeout_ms,
+            body_timeout_ms: self.http_body_timeout_ms,
+            idle_timeout_ms: self.http_idle_timeout_ms,
+            max_sessions_per_shard: self.max_sessions_per_shard,
+            session_idle_ttl_ms: self.session_idle_ttl_ms,
+            sse_store_max_events: self.sse_store_max_events,
+            sse_store_max_age_ms: self.sse_store_max_age_ms,
+            sse_retry_ms: self.sse_retry_ms,
+            sse_keepalive_ms: self.sse_keepalive_ms,
+            sse_max_connection_ms: self.sse_max_connection_ms,
+            sse_queue_events: self.sse_queue_events,
+        }
+    }
 }
 
 /// One flag per entry of [`Limits`]; see there for what each bound does.
@@ -83,6 +156,12 @@ pub struct LimitArgs {
     /// Largest kv value in bytes of compact JSON.
     #[arg(long, default_value_t = Limits::default().kv_max_value_bytes)]
     pub kv_max_value_bytes: usize,
+    /// Resources one session may subscribe to.
+    #[arg(long, default_value_t = Limits::default().max_subscriptions_per_session)]
+    pub max_subscriptions_per_session: usize,
+    /// Subscribers one kv key may have.
+    #[arg(long, default_value_t = Limits::default().max_watchers_per_key)]
+    pub max_watchers_per_key: usize,
     /// Milliseconds connections get to finish in-flight requests at shutdown.
     #[arg(long, default_value_t = Limits::default().drain_timeout_ms)]
     pub drain_timeout_ms: u64,
@@ -100,6 +179,8 @@ impl From<&LimitArgs> for Limits {
             kv_max_keys_per_shard: a.kv_max_keys_per_shard,
             kv_max_key_bytes: a.kv_max_key_bytes,
             kv_max_value_bytes: a.kv_max_value_bytes,
+            max_subscriptions_per_session: a.max_subscriptions_per_session,
+            max_watchers_per_key: a.max_watchers_per_key,
             drain_timeout_ms: a.drain_timeout_ms,
         }
     }
@@ -115,11 +196,15 @@ impl ServeArgs {
             // One client needs one core.
             cores.truncate(1);
         }
-        let tcp = match (self.tcp, self.stdio) {
+        let tcp = match (self.tcp, self.stdio || self.http.is_some()) {
             (Some(a), _) => Some(a),
             (None, false) => Some(DEFAULT_TCP_ADDR.parse().expect("valid default address")),
             (None, true) => None,
         };
+        let http = self.http.map(|addr| self.http_opts.to_config(addr));
+        if let Some(h) = &http {
+            h.validate()?;
+        }
         let limits = Limits::from(&self.limits);
         limits.validate()?;
         if matches!(self.stats_interval, Some(d) if d.is_zero()) {
@@ -128,6 +213,7 @@ impl ServeArgs {
         Ok(ServerConfig {
             cores,
             tcp,
+            http,
             stdio: self.stdio,
             spin_before_park: self.spin_before_park.map(Duration::from_micros),
             stats_interval: self.stats_interval,

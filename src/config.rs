@@ -23,13 +23,13 @@ pub struct Limits {
     /// connection stops reading requests until the client drains its socket.
     pub max_output_buffer_bytes: usize,
     /// Depth of each one-way queue between two shards. A full request queue
-    /// answers the client with -32010 (server overloaded); nothing is queued
+    /// answers the client with -31010 (server overloaded); nothing is queued
     /// beyond it.
     pub mesh_queue_depth: usize,
     /// Cross-core requests one shard may have outstanding at once. At the bound
-    /// new hops are refused with -32010.
+    /// new hops are refused with -31010.
     pub mesh_pending_max: usize,
-    /// How long a cross-core hop may take before the client gets -32011.
+    /// How long a cross-core hop may take before the client gets -31011.
     pub mesh_timeout_ms: u64,
     /// Keys one shard may hold; `kv_set` of a new key beyond it is a tool
     /// error (`isError: true`), updates of existing keys still succeed.
@@ -38,6 +38,10 @@ pub struct Limits {
     pub kv_max_key_bytes: usize,
     /// Largest value accepted by `kv_set`, measured as compact JSON.
     pub kv_max_value_bytes: usize,
+    /// Resources one session may subscribe to; more is a -32600 error.
+    pub max_subscriptions_per_session: usize,
+    /// Subscribers one kv key may have at its owner; more is a -32600 error.
+    pub max_watchers_per_key: usize,
     /// On shutdown, how long connections get to finish requests already
     /// read before the shard stops anyway.
     pub drain_timeout_ms: u64,
@@ -55,6 +59,8 @@ impl Default for Limits {
             kv_max_keys_per_shard: 1_000_000,
             kv_max_key_bytes: 1024,
             kv_max_value_bytes: 64 * 1024,
+            max_subscriptions_per_session: 1_000,
+            max_watchers_per_key: 100_000,
             drain_timeout_ms: 5_000,
         }
     }
@@ -72,7 +78,13 @@ impl Limits {
     /// Rejects settings that would make the server unusable rather than
     /// merely strict.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(&str, usize, usize); 7] = [
+        let checks: [(&str, usize, usize); 9] = [
+            (
+                "max-subscriptions-per-session",
+                self.max_subscriptions_per_session,
+                1,
+            ),
+            ("max-watchers-per-key", self.max_watchers_per_key, 1),
             ("max-message-bytes", self.max_message_bytes, 64),
             ("max-inflight-per-conn", self.max_inflight_per_conn, 1),
             (
@@ -97,12 +109,109 @@ impl Limits {
     }
 }
 
+/// Streamable HTTP settings (`--http`). Every timeout and table has a bound;
+/// see each field for what happens at it.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    /// The MCP endpoint; other paths get 404.
+    pub path: String,
+    /// Origins accepted besides loopback ones (`http(s)://localhost`,
+    /// `127.0.0.1`, `[::1]`, any port); `*` accepts every origin. A request
+    /// with any other `Origin` gets 403 (DNS-rebinding defence).
+    pub allowed_origins: Vec<String>,
+    /// `Host` names accepted besides loopback names and the bound address.
+    pub allowed_hosts: Vec<String>,
+    /// A request head not complete within this is answered 408 and closed.
+    pub header_timeout_ms: u64,
+    /// A request body not complete within this is answered 408.
+    pub body_timeout_ms: u64,
+    /// A connection with no request in flight and no bytes moving for this
+    /// long is closed.
+    pub idle_timeout_ms: u64,
+    /// Legacy sessions one shard holds; `initialize` beyond it gets 503.
+    pub max_sessions_per_shard: usize,
+    /// A legacy session with no request and no open stream for this long is
+    /// removed; its id then answers 404.
+    pub session_idle_ttl_ms: u64,
+    /// SSE events kept per legacy session for `Last-Event-ID` replay;
+    /// older ones are dropped first.
+    pub sse_store_max_events: usize,
+    /// SSE events older than this are dropped from the replay store.
+    pub sse_store_max_age_ms: u64,
+    /// The `retry` (ms) sent with the priming event and before the server
+    /// closes a stream's connection.
+    pub sse_retry_ms: u64,
+    /// An SSE comment is sent after this much silence on an open stream.
+    pub sse_keepalive_ms: u64,
+    /// The server closes a legacy SSE connection after this long (sending
+    /// `retry` first); the client resumes with `Last-Event-ID` (SEP-1699
+    /// polling). 0 keeps connections open.
+    pub sse_max_connection_ms: u64,
+    /// Events queued for one slow SSE reader. Past it a legacy stream's
+    /// connection is closed (the client resumes from the replay store); a
+    /// modern stream drops progress notifications, never the response.
+    pub sse_queue_events: usize,
+}
+
+impl HttpConfig {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            path: "/mcp".into(),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 300_000,
+            max_sessions_per_shard: 10_000,
+            session_idle_ttl_ms: 1_800_000,
+            sse_store_max_events: 1_024,
+            sse_store_max_age_ms: 300_000,
+            sse_retry_ms: 1_000,
+            sse_keepalive_ms: 15_000,
+            sse_max_connection_ms: 300_000,
+            sse_queue_events: 256,
+        }
+    }
+
+    pub fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.path.starts_with('/') {
+            return Err(format!(
+                "--http-path must start with '/' (got {:?})",
+                self.path
+            ));
+        }
+        let positive: [(&str, u64); 8] = [
+            ("http-header-timeout-ms", self.header_timeout_ms),
+            ("http-body-timeout-ms", self.body_timeout_ms),
+            ("http-idle-timeout-ms", self.idle_timeout_ms),
+            ("session-idle-ttl-ms", self.session_idle_ttl_ms),
+            ("sse-store-max-age-ms", self.sse_store_max_age_ms),
+            ("sse-keepalive-ms", self.sse_keepalive_ms),
+            ("max-sessions-per-shard", self.max_sessions_per_shard as u64),
+            ("sse-queue-events", self.sse_queue_events as u64),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("--{name} must be greater than zero"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything `tessera serve` needs, after CLI parsing and validation.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// CPUs to run one shard each on, in shard order (shard i runs on cores[i]).
     pub cores: Vec<usize>,
     pub tcp: Option<SocketAddr>,
+    pub http: Option<HttpConfig>,
     /// Serve one client on stdin/stdout (attached to shard 0).
     pub stdio: bool,
     /// Busy-poll this long before an idle executor sleeps in the kernel.

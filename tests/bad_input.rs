@@ -106,7 +106,7 @@ fn malformed_messages_get_jsonrpc_errors() {
     );
     expect_error(
         &mut c,
-        b"{\"jsonrpc\":\"2.0\",\"id\":\"s\",\"method\":\"resources/list\"}",
+        b"{\"jsonrpc\":\"2.0\",\"id\":\"s\",\"method\":\"sampling/createMessage\"}",
         -32601,
         json!("s"),
     );

@@ -19,8 +19,13 @@ use hdrhistogram::Histogram;
 pub enum MethodKind {
     Initialize = 0,
     Ping,
+    Discover,
     ToolsList,
     ToolsCall,
+    /// resources/list, resources/templates/list, resources/read.
+    Resources,
+    /// resources/subscribe, resources/unsubscribe.
+    Subscribe,
     /// Any other request (answered with an error by this build).
     OtherRequest,
     Notification,
@@ -29,12 +34,15 @@ pub enum MethodKind {
 }
 
 impl MethodKind {
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 10;
     pub const ALL: [MethodKind; Self::COUNT] = [
         MethodKind::Initialize,
         MethodKind::Ping,
+        MethodKind::Discover,
         MethodKind::ToolsList,
         MethodKind::ToolsCall,
+        MethodKind::Resources,
+        MethodKind::Subscribe,
         MethodKind::OtherRequest,
         MethodKind::Notification,
         MethodKind::Invalid,
@@ -44,8 +52,11 @@ impl MethodKind {
         match self {
             MethodKind::Initialize => "initialize",
             MethodKind::Ping => "ping",
+            MethodKind::Discover => "server/discover",
             MethodKind::ToolsList => "tools/list",
             MethodKind::ToolsCall => "tools/call",
+            MethodKind::Resources => "resources/*",
+            MethodKind::Subscribe => "(un)subscribe",
             MethodKind::OtherRequest => "(other request)",
             MethodKind::Notification => "(notification)",
             MethodKind::Invalid => "(invalid)",
@@ -60,63 +71,74 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("static histogram bounds are valid")
 }
 
-/// Counters a shard keeps besides latency. Each is the number of times the
-/// event happened since the shard started.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub connections_opened: u64,
-    pub connections_closed: u64,
-    /// JSON-RPC error responses sent (any code).
-    pub error_responses: u64,
-    /// Lines longer than `max_message_bytes` (answered -32600 and skipped).
-    pub oversize_messages: u64,
-    /// Requests this shard sent to another shard's key space.
-    pub mesh_requests_sent: u64,
-    /// Requests this shard served for another shard.
-    pub mesh_requests_served: u64,
-    /// Hops refused because the mesh queue or the pending table was full.
-    pub mesh_overloaded: u64,
-    /// Hops that got no answer within `mesh_timeout_ms`.
-    pub mesh_timeouts: u64,
-    /// `kv_set` refused because the shard already holds `kv_max_keys_per_shard`.
-    pub kv_full: u64,
-    /// Handler panics caught by the supervisor (each cost one request).
-    pub handler_panics: u64,
-    /// Reads paused because a connection hit `max_inflight_per_conn` or its
-    /// output buffer passed `max_output_buffer_bytes`.
-    pub backpressure_pauses: u64,
+/// Declares the counter set once: the struct, merging, and the named rows
+/// every report prints.
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// Counters a shard keeps besides latency. Each is the number of
+        /// times the event happened since the shard started.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl Counters {
+            fn add(&mut self, o: &Counters) {
+                $( self.$name += o.$name; )*
+            }
+
+            /// Every counter with its name, in declaration order.
+            pub fn rows(&self) -> Vec<(&'static str, u64)> {
+                vec![$( (stringify!($name), self.$name), )*]
+            }
+        }
+    };
 }
 
-impl Counters {
-    fn add(&mut self, o: &Counters) {
-        self.connections_opened += o.connections_opened;
-        self.connections_closed += o.connections_closed;
-        self.error_responses += o.error_responses;
-        self.oversize_messages += o.oversize_messages;
-        self.mesh_requests_sent += o.mesh_requests_sent;
-        self.mesh_requests_served += o.mesh_requests_served;
-        self.mesh_overloaded += o.mesh_overloaded;
-        self.mesh_timeouts += o.mesh_timeouts;
-        self.kv_full += o.kv_full;
-        self.handler_panics += o.handler_panics;
-        self.backpressure_pauses += o.backpressure_pauses;
-    }
-
-    fn rows(&self) -> [(&'static str, u64); 11] {
-        [
-            ("connections_opened", self.connections_opened),
-            ("connections_closed", self.connections_closed),
-            ("error_responses", self.error_responses),
-            ("oversize_messages", self.oversize_messages),
-            ("mesh_requests_sent", self.mesh_requests_sent),
-            ("mesh_requests_served", self.mesh_requests_served),
-            ("mesh_overloaded", self.mesh_overloaded),
-            ("mesh_timeouts", self.mesh_timeouts),
-            ("kv_full", self.kv_full),
-            ("handler_panics", self.handler_panics),
-            ("backpressure_pauses", self.backpressure_pauses),
-        ]
-    }
+counters! {
+    connections_opened,
+    connections_closed,
+    /// JSON-RPC error responses sent (any code).
+    error_responses,
+    /// Lines or bodies longer than `max_message_bytes`.
+    oversize_messages,
+    /// Requests this shard sent to another shard's key space.
+    mesh_requests_sent,
+    /// Requests this shard served for another shard.
+    mesh_requests_served,
+    /// Hops refused because the mesh queue or the pending table was full.
+    mesh_overloaded,
+    /// Hops that got no answer within `mesh_timeout_ms`.
+    mesh_timeouts,
+    /// One-way mesh messages (notifications, unsubscribes) dropped because
+    /// the queue was full.
+    mesh_dropped,
+    /// `kv_set` or `resources/subscribe` refused at a per-shard or per-key bound.
+    kv_full,
+    /// `resources/subscribe` refused at `max_subscriptions_per_session`.
+    subscription_limit,
+    /// Server-initiated notifications handed to a session.
+    notifications_sent,
+    /// Notifications dropped because the client was not reading and its
+    /// output passed `max_output_buffer_bytes` (responses are never dropped).
+    notifications_dropped,
+    /// Legacy HTTP sessions created by `initialize`.
+    sessions_created,
+    /// Sessions removed after `session_idle_ttl_ms` without use.
+    sessions_expired,
+    /// `initialize` refused (503) at `max_sessions_per_shard`.
+    sessions_rejected,
+    /// SSE connections closed because the reader fell `sse_queue_events`
+    /// behind (legacy streams resume from the store).
+    sse_streams_cut,
+    /// HTTP requests refused before reaching MCP (4xx: origin, host, media
+    /// types, size, headers).
+    http_rejected,
+    /// Handler panics caught by the supervisor (each cost one request).
+    handler_panics,
+    /// Reads paused because a connection hit `max_inflight_per_conn` or its
+    /// output buffer passed `max_output_buffer_bytes`.
+    backpressure_pauses,
 }
 
 /// One shard's live metrics. Not `Send`: it lives inside the shard.

@@ -15,12 +15,16 @@ pub const INVALID_REQUEST: i32 = -32600;
 pub const METHOD_NOT_FOUND: i32 = -32601;
 pub const INVALID_PARAMS: i32 = -32602;
 pub const INTERNAL_ERROR: i32 = -32603;
+// tessera's own codes sit outside the JSON-RPC reserved range
+// (-32768..-32000): MCP 2026-07-28 reserves -32020..-32099 for the spec and
+// asks implementations not to use the legacy -32000..-32019 sub-range.
+
 /// tessera: a bounded queue on the request's path was full (today: the
 /// cross-core mesh). Nothing was executed; the client may retry.
-pub const SERVER_OVERLOADED: i32 = -32010;
+pub const SERVER_OVERLOADED: i32 = -31010;
 /// tessera: a cross-core hop did not complete within `mesh_timeout_ms`. The
 /// owning shard may or may not have applied the operation.
-pub const SHARD_TIMEOUT: i32 = -32011;
+pub const SHARD_TIMEOUT: i32 = -31011;
 
 /// A request id exactly as the envelope carried it: MCP allows strings and
 /// numbers and forbids null.

@@ -4,6 +4,7 @@
 //! one thread, so atomics and locks would only cost cycles.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -90,6 +91,18 @@ impl Flag {
         }
     }
 
+    /// Ready once the flag is raised; otherwise registers the task to wake.
+    pub fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.raised.get() {
+            return Poll::Ready(());
+        }
+        let mut w = self.waiters.borrow_mut();
+        if !w.iter().any(|x| x.will_wake(cx.waker())) {
+            w.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
     /// Resolves once the flag is raised.
     pub fn wait(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
@@ -102,6 +115,123 @@ impl Flag {
             }
             Poll::Pending
         })
+    }
+}
+
+/// Why [`Pipe::push`] refused an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// `capacity` items are waiting for a slow consumer.
+    Full,
+    /// The consumer is gone, or the pipe was closed.
+    Closed,
+}
+
+/// A bounded queue from any number of producers to one consumer task of the
+/// same shard. Used for SSE response bodies and cross-shard relays: the
+/// producer never waits, it learns the consumer is slow (`Full`) or gone
+/// (`Closed`) and decides what to do.
+pub struct Pipe<T> {
+    queue: RefCell<VecDeque<T>>,
+    capacity: usize,
+    closed: Cell<bool>,
+    consumer_gone: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl<T> Pipe<T> {
+    pub fn new(capacity: usize) -> Rc<Self> {
+        Rc::new(Self {
+            queue: RefCell::new(VecDeque::new()),
+            capacity,
+            closed: Cell::new(false),
+            consumer_gone: Cell::new(false),
+            waker: RefCell::new(None),
+        })
+    }
+
+    pub fn push(&self, item: T) -> Result<(), PushError> {
+        if self.closed.get() || self.consumer_gone.get() {
+            return Err(PushError::Closed);
+        }
+        if self.queue.borrow().len() >= self.capacity {
+            return Err(PushError::Full);
+        }
+        self.push_unbounded(item);
+        Ok(())
+    }
+
+    /// Pushes past the capacity: for the one final item of a stream (a
+    /// response must never be dropped), so it exceeds the bound by at most one.
+    pub fn push_final(&self, item: T) -> Result<(), PushError> {
+        if self.closed.get() || self.consumer_gone.get() {
+            return Err(PushError::Closed);
+        }
+        self.push_unbounded(item);
+        self.close();
+        Ok(())
+    }
+
+    /// Pushes past the capacity, for replaying a bounded history into a
+    /// fresh pipe.
+    pub fn push_replay(&self, item: T) {
+        if !self.closed.get() && !self.consumer_gone.get() {
+            self.push_unbounded(item);
+        }
+    }
+
+    fn push_unbounded(&self, item: T) {
+        self.queue.borrow_mut().push_back(item);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// No more items; the consumer drains what is queued, then sees the end.
+    pub fn close(&self) {
+        self.closed.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// The consumer stopped reading for good (it is dropped).
+    pub fn consumer_gone(&self) -> bool {
+        self.consumer_gone.get()
+    }
+
+    /// Called by the consumer when it goes away.
+    pub fn detach_consumer(&self) {
+        self.consumer_gone.set(true);
+        self.queue.borrow_mut().clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.borrow().is_empty()
+    }
+
+    /// Next item, `None` once closed and drained.
+    pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if let Some(item) = self.queue.borrow_mut().pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        if self.closed.get() {
+            return Poll::Ready(None);
+        }
+        *self.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    pub async fn next(&self) -> Option<T> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 }
 
@@ -118,6 +248,21 @@ mod tests {
         let (tx, rx) = oneshot::<u8>();
         drop(tx);
         assert_eq!(block_on(rx), None);
+    }
+
+    #[test]
+    fn pipe_is_bounded_and_ends_after_close() {
+        let p = Pipe::new(2);
+        assert_eq!(p.push(1), Ok(()));
+        assert_eq!(p.push(2), Ok(()));
+        assert_eq!(p.push(3), Err(PushError::Full));
+        assert_eq!(p.push_final(4), Ok(()));
+        assert_eq!(p.push(5), Err(PushError::Closed));
+        let got: Vec<i32> = std::iter::from_fn(|| block_on(p.next())).collect();
+        assert_eq!(got, [1, 2, 4]);
+        let q = Pipe::<u8>::new(1);
+        q.detach_consumer();
+        assert_eq!(q.push(1), Err(PushError::Closed));
     }
 
     #[test]

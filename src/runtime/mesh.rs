@@ -8,7 +8,7 @@
 //!
 //! Bounds: each one-way queue holds `mesh_queue_depth` messages. A request is
 //! *tried*, never awaited: when the queue is full the caller gets
-//! [`MeshError::Overloaded`] at once and the client a -32010 error. The table
+//! [`MeshError::Overloaded`] at once and the client a -31010 error. The table
 //! of requests awaiting replies holds at most `mesh_pending_max` entries per
 //! shard, refused the same way. Every hop has a deadline (`mesh_timeout_ms`).
 //!
@@ -24,19 +24,38 @@ use std::time::Duration;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::GlommioError;
 
-use super::local::{oneshot, OneshotSender};
+use super::local::{oneshot, OneshotSender, Pipe, PushError};
 use crate::server::kv::{KvOp, KvReply};
+use crate::transport::http::forward::{HttpCall, HttpFrame};
 
 /// Work one shard asks another to do.
 #[derive(Debug)]
 pub enum Request {
     Kv(KvOp),
+    /// `uri` changed; tell these subscribers of the receiving shard. Sent
+    /// without expecting a reply.
+    Notify {
+        uri: String,
+        subscribers: Vec<u64>,
+    },
+    /// An HTTP request for a legacy session the receiver owns. Answered by a
+    /// stream of [`Reply::Http`] frames ending with `HttpFrame::End`.
+    Http(Box<HttpCall>),
+    /// The client of the relayed stream `stream` (the `corr` of its `Http`
+    /// request) went away or fell behind; stop sending it. No reply.
+    HttpCancel {
+        stream: u64,
+    },
 }
+
+/// `corr` of a request sent with [`Mesh::tell`]: no reply is wanted.
+pub const NO_REPLY: u64 = u64::MAX;
 
 /// The owner's answer to a [`Request`].
 #[derive(Debug)]
 pub enum Reply {
     Kv(KvReply),
+    Http(HttpFrame),
 }
 
 #[derive(Debug)]
@@ -105,12 +124,31 @@ pub struct Joined {
     pub rep_rx: Receivers<ReplyMsg>,
 }
 
+/// Who waits for replies to one request.
+enum Waiter {
+    /// A single reply.
+    Once(OneshotSender<Reply>),
+    /// A stream of replies (HTTP relays), until `HttpFrame::End`.
+    Stream(Rc<Pipe<Reply>>),
+}
+
+/// What became of an incoming reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    /// Nobody waits for it (the caller timed out or cancelled).
+    Unclaimed,
+    /// A relayed stream's consumer fell `stream_depth` frames behind; the
+    /// stream was cut and the sender must be told to stop.
+    Overflowed,
+}
+
 /// This shard's end of the mesh.
 pub struct Mesh {
     me: usize,
     req_tx: Senders<RequestMsg>,
     rep_tx: Senders<ReplyMsg>,
-    pending: RefCell<HashMap<u64, OneshotSender<Reply>>>,
+    pending: RefCell<HashMap<u64, Waiter>>,
     next_corr: Cell<u64>,
     pending_max: usize,
     timeout: Duration,
@@ -151,23 +189,9 @@ impl Mesh {
         to: usize,
         body: Request,
     ) -> Result<impl Future<Output = Result<Reply, MeshError>> + 'static, MeshError> {
-        if self.pending.borrow().len() >= self.pending_max {
-            return Err(MeshError::Overloaded);
-        }
-        let corr = self.next_corr.get();
-        self.next_corr.set(corr.wrapping_add(1));
-        let msg = RequestMsg {
-            from: self.me,
-            corr,
-            body,
-        };
-        match self.req_tx.try_send_to(to, msg) {
-            Ok(()) => {}
-            Err(GlommioError::WouldBlock(_)) => return Err(MeshError::Overloaded),
-            Err(_) => return Err(MeshError::PeerGone),
-        }
+        let corr = self.send_request(to, body)?;
         let (tx, rx) = oneshot();
-        self.pending.borrow_mut().insert(corr, tx);
+        self.pending.borrow_mut().insert(corr, Waiter::Once(tx));
         let mesh = self.clone();
         let timeout = self.timeout;
         Ok(async move {
@@ -185,15 +209,96 @@ impl Mesh {
         })
     }
 
-    /// Delivers a reply to the task waiting for it; false if none waits.
-    pub fn complete(&self, msg: ReplyMsg) -> bool {
-        let tx = self.pending.borrow_mut().remove(&msg.corr);
-        match tx {
-            Some(tx) => {
-                tx.send(msg.body);
-                true
+    fn send_request(&self, to: usize, body: Request) -> Result<u64, MeshError> {
+        if self.pending.borrow().len() >= self.pending_max {
+            return Err(MeshError::Overloaded);
+        }
+        let corr = self.next_corr.get();
+        // NO_REPLY is never a real correlation id.
+        self.next_corr.set((corr + 1) % NO_REPLY);
+        let msg = RequestMsg {
+            from: self.me,
+            corr,
+            body,
+        };
+        match self.req_tx.try_send_to(to, msg) {
+            Ok(()) => Ok(corr),
+            Err(GlommioError::WouldBlock(_)) => Err(MeshError::Overloaded),
+            Err(_) => Err(MeshError::PeerGone),
+        }
+    }
+
+    /// Sends `body` to shard `to` and returns its correlation id and the pipe
+    /// its stream of replies arrives in (at most `depth` queued).
+    pub fn call_stream(
+        &self,
+        to: usize,
+        body: Request,
+        depth: usize,
+    ) -> Result<(u64, Rc<Pipe<Reply>>), MeshError> {
+        let corr = self.send_request(to, body)?;
+        let pipe = Pipe::new(depth);
+        self.pending
+            .borrow_mut()
+            .insert(corr, Waiter::Stream(pipe.clone()));
+        Ok((corr, pipe))
+    }
+
+    /// Stops waiting for replies to `corr`.
+    pub fn forget(&self, corr: u64) {
+        self.pending.borrow_mut().remove(&corr);
+    }
+
+    /// Sends `body` to shard `to` without waiting for (or wanting) a reply.
+    /// A full queue refuses it at once.
+    pub fn tell(&self, to: usize, body: Request) -> Result<(), MeshError> {
+        let msg = RequestMsg {
+            from: self.me,
+            corr: NO_REPLY,
+            body,
+        };
+        match self.req_tx.try_send_to(to, msg) {
+            Ok(()) => Ok(()),
+            Err(GlommioError::WouldBlock(_)) => Err(MeshError::Overloaded),
+            Err(_) => Err(MeshError::PeerGone),
+        }
+    }
+
+    /// Delivers a reply to whoever waits for it.
+    pub fn complete(&self, msg: ReplyMsg) -> Delivery {
+        let mut pending = self.pending.borrow_mut();
+        let stream = match pending.get(&msg.corr) {
+            None => return Delivery::Unclaimed,
+            Some(Waiter::Stream(p)) => p.clone(),
+            Some(Waiter::Once(_)) => {
+                if let Some(Waiter::Once(tx)) = pending.remove(&msg.corr) {
+                    drop(pending);
+                    tx.send(msg.body);
+                }
+                return Delivery::Delivered;
             }
-            None => false,
+        };
+        let last = matches!(msg.body, Reply::Http(HttpFrame::End));
+        let pushed = if last {
+            stream.push_final(msg.body)
+        } else {
+            stream.push(msg.body)
+        };
+        match pushed {
+            Ok(()) if !last => Delivery::Delivered,
+            Ok(()) => {
+                pending.remove(&msg.corr);
+                Delivery::Delivered
+            }
+            Err(PushError::Closed) => {
+                pending.remove(&msg.corr);
+                Delivery::Unclaimed
+            }
+            Err(PushError::Full) => {
+                pending.remove(&msg.corr);
+                stream.close();
+                Delivery::Overflowed
+            }
         }
     }
 

@@ -28,7 +28,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::ServerConfig;
 use crate::metrics::{self, Snapshot};
 use crate::server;
-use crate::transport::{conn, stdio, tcp};
+use crate::transport::{conn, http, stdio, tcp};
 use mesh::MeshBuilders;
 use shard::Shard;
 
@@ -101,7 +101,7 @@ struct ShardThread {
 /// Runs the server until SIGINT/SIGTERM (or, with stdio, until stdin closes),
 /// then prints the merged latency summary. Errors are startup failures or a
 /// shard that died.
-pub fn serve(config: ServerConfig) -> Result<(), String> {
+pub fn serve(mut config: ServerConfig) -> Result<(), String> {
     let n = config.shard_count();
     process::ensure_memlock(n)?;
     process::block_stop_signals();
@@ -119,6 +119,14 @@ pub fn serve(config: ServerConfig) -> Result<(), String> {
         None
     };
 
+    let http_reservation = match config.http.as_mut() {
+        Some(h) => {
+            let (addr, hold) = process::reserve_listen_addr(h.addr)?;
+            h.addr = addr;
+            Some(hold)
+        }
+        None => None,
+    };
     let config = Arc::new(config);
     let mesh = (n > 1).then(|| MeshBuilders::new(n, config.limits.mesh_queue_depth));
     let (event_tx, events) = bounded::<ShardEvent>(EVENT_QUEUE_DEPTH);
@@ -186,6 +194,7 @@ pub fn serve(config: ServerConfig) -> Result<(), String> {
         }
     }
     drop(reservation);
+    drop(http_reservation);
     let started = Instant::now();
     let placement: Vec<String> = config
         .cores
@@ -195,6 +204,14 @@ pub fn serve(config: ServerConfig) -> Result<(), String> {
         .collect();
     if let Some(addr) = tcp_addr {
         log::info!("listening on tcp://{addr} ({})", placement.join(", "));
+    }
+    if let Some(h) = &config.http {
+        log::info!(
+            "listening on http://{}{} ({})",
+            h.addr,
+            h.path,
+            placement.join(", ")
+        );
     }
     if config.stdio {
         log::info!("serving MCP on stdio ({})", placement.join(", "));
@@ -387,11 +404,17 @@ async fn shard_main(start: ShardStart) {
         config.limits.clone(),
         server::builtin_registry(),
         mesh,
+        config.http.clone(),
     ));
     if let Some((req_rx, rep_rx)) = receivers {
         shard::spawn_mesh_tasks(&shard, req_rx, rep_rx);
     }
 
+    let http_listener = match config.http.as_ref().map(|h| (h.addr, http::bind(h.addr))) {
+        Some((addr, Err(e))) => return fail(format!("binding {addr}: {e}")),
+        Some((_, Ok(l))) => Some(l),
+        None => None,
+    };
     let listener = match tcp.map(tcp::bind) {
         Some(Err(e)) => return fail(format!("binding {}: {e}", tcp.expect("tcp address"))),
         Some(Ok(l)) => Some(l),
@@ -410,6 +433,9 @@ async fn shard_main(start: ShardStart) {
     log::debug!("shard {id} running on core {core}");
     if let Some(listener) = listener {
         glommio::spawn_local(tcp::accept_loop(shard.clone(), listener)).detach();
+    }
+    if let Some(listener) = http_listener {
+        glommio::spawn_local(http::accept_loop(shard.clone(), listener)).detach();
     }
     if let Some(sock) = stdio {
         let shard = shard.clone();

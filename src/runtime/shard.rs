@@ -10,15 +10,32 @@ use std::future::Future;
 use std::rc::Rc;
 use std::task::Waker;
 
+use std::collections::HashMap;
+use std::pin::Pin;
+
 use super::local::Flag;
 use glommio::channels::channel_mesh::Receivers;
 
-use super::mesh::{Mesh, MeshError, Reply, ReplyMsg, Request, RequestMsg};
-use crate::config::Limits;
+use super::mesh::{Delivery, Mesh, MeshError, Reply, ReplyMsg, Request, RequestMsg, NO_REPLY};
+use crate::config::{HttpConfig, Limits};
 use crate::metrics::ShardMetrics;
 use crate::protocol::{Parser, PARSE_PADDING};
-use crate::server::kv::KvStore;
+use crate::server::kv::{self, KvOp, KvReply, KvStore};
 use crate::server::tools::Registry;
+use crate::server::{resources, SharedNotifier};
+
+/// Where a kv operation went.
+pub enum Routed {
+    /// This shard owns the key; the reply is here.
+    Local(KvReply),
+    /// The owner (second field) will reply.
+    Remote(
+        Pin<Box<dyn Future<Output = Result<KvReply, MeshError>>>>,
+        usize,
+    ),
+    /// The hop to the owner (second field) could not even start.
+    Failed(MeshError, usize),
+}
 
 /// Bytes read from a socket in one call. Every connection on the core reads
 /// into the same scratch buffer of this size, so an idle connection holds no
@@ -35,17 +52,30 @@ pub struct Scratch {
 }
 
 /// The shard's view of one live connection: what async handlers need to
-/// hand back a response, and what shutdown needs to wake it.
-#[derive(Default)]
+/// hand back a response, what notifications need to reach the client, and
+/// what shutdown needs to wake it.
 pub struct ConnHandle {
     /// Encoded responses finished by async handlers, not yet written.
     pub ready: RefCell<Vec<u8>>,
     /// Requests whose handlers are still running.
     pub inflight: Cell<usize>,
     waker: RefCell<Option<Waker>>,
+    /// `ready` beyond this drops notifications (not responses).
+    max_ready_bytes: usize,
+    shard: std::rc::Weak<Shard>,
 }
 
 impl ConnHandle {
+    pub fn new(shard: &Rc<Shard>) -> Self {
+        Self {
+            ready: RefCell::new(Vec::new()),
+            inflight: Cell::new(0),
+            waker: RefCell::new(None),
+            max_ready_bytes: shard.limits.max_output_buffer_bytes,
+            shard: Rc::downgrade(shard),
+        }
+    }
+
     /// Records the connection task's waker; cheap when it has not changed.
     pub fn set_waker(&self, waker: &Waker) {
         let mut w = self.waker.borrow_mut();
@@ -65,6 +95,23 @@ impl ConnHandle {
     pub fn complete(&self, response: &[u8]) {
         self.ready.borrow_mut().extend_from_slice(response);
         self.inflight.set(self.inflight.get() - 1);
+        self.wake();
+    }
+}
+
+impl crate::server::Notifier for ConnHandle {
+    /// Queues a server-initiated message as one NDJSON line.
+    fn notify(&self, message: &[u8]) {
+        let mut ready = self.ready.borrow_mut();
+        if ready.len() + message.len() > self.max_ready_bytes {
+            if let Some(shard) = self.shard.upgrade() {
+                shard.metrics.borrow_mut().counters.notifications_dropped += 1;
+            }
+            return;
+        }
+        ready.extend_from_slice(message);
+        ready.push(b'\n');
+        drop(ready);
         self.wake();
     }
 }
@@ -123,6 +170,16 @@ pub struct Shard {
     pub scratch: RefCell<Scratch>,
     pub mesh: Option<Rc<Mesh>>,
     pub conns: ConnTable,
+    /// Streamable HTTP settings, when `--http` is on.
+    pub http: Option<Rc<HttpConfig>>,
+    /// Legacy HTTP sessions this shard owns, by id.
+    pub sessions: RefCell<HashMap<String, Rc<crate::transport::http::session::HttpSession>>>,
+    /// HTTP responses this shard is streaming to other shards, by (asking
+    /// shard, correlation id); dropping one cancels it.
+    pub relays: RefCell<HashMap<(usize, u64), glommio::Task<()>>>,
+    /// Sessions that subscribed to something, by subscriber id.
+    pub subscribers: RefCell<HashMap<u64, SharedNotifier>>,
+    next_subscriber: Cell<u64>,
     /// Raised when the shard stops accepting and drains.
     pub shutdown: Flag,
 }
@@ -135,12 +192,16 @@ impl Shard {
         limits: Limits,
         registry: Registry,
         mesh: Option<Rc<Mesh>>,
+        http: Option<HttpConfig>,
     ) -> Self {
         Self {
             id,
             core,
             shard_count,
-            kv: RefCell::new(KvStore::new(limits.kv_max_keys_per_shard)),
+            kv: RefCell::new(KvStore::new(
+                limits.kv_max_keys_per_shard,
+                limits.max_watchers_per_key,
+            )),
             limits,
             registry,
             metrics: RefCell::new(ShardMetrics::new()),
@@ -151,6 +212,11 @@ impl Shard {
             }),
             mesh,
             conns: ConnTable::default(),
+            http: http.map(Rc::new),
+            sessions: RefCell::new(HashMap::new()),
+            relays: RefCell::new(HashMap::new()),
+            subscribers: RefCell::new(HashMap::new()),
+            next_subscriber: Cell::new(1),
             shutdown: Flag::default(),
         }
     }
@@ -158,7 +224,7 @@ impl Shard {
     /// A single shard with no mesh, for benchmarks and unit tests that drive
     /// the protocol without an executor.
     pub fn standalone(limits: Limits, registry: Registry) -> Self {
-        Self::new(0, 0, 1, limits, registry, None)
+        Self::new(0, 0, 1, limits, registry, None, None)
     }
 
     /// Sends `req` to the shard that owns it and returns a future for the
@@ -182,16 +248,94 @@ impl Shard {
         r
     }
 
-    /// Serves a request another shard sent us.
-    pub fn serve_remote(&self, req: Request) -> Reply {
+    /// Sends `req` to shard `to` without a reply. A full queue drops it and
+    /// counts the drop (`mesh_dropped`): callers only tell what the receiver
+    /// can do without (notifications, unsubscribes).
+    pub fn tell(&self, to: usize, req: Request) {
+        let Some(mesh) = &self.mesh else {
+            return;
+        };
+        if mesh.tell(to, req).is_err() {
+            self.metrics.borrow_mut().counters.mesh_dropped += 1;
+        }
+    }
+
+    /// Runs a kv operation at the key's owner: here, synchronously, when this
+    /// shard owns it; otherwise over the mesh.
+    pub fn kv_route(self: &Rc<Self>, op: KvOp) -> Routed {
+        let owner = kv::owner(op.key(), self.shard_count);
+        if owner == self.id {
+            return Routed::Local(self.kv_execute(op));
+        }
+        match self.mesh_call(owner, Request::Kv(op)) {
+            Ok(call) => Routed::Remote(
+                Box::pin(async move {
+                    match call.await? {
+                        Reply::Kv(r) => Ok(r),
+                        Reply::Http(_) => Err(MeshError::PeerGone),
+                    }
+                }),
+                owner,
+            ),
+            Err(e) => Routed::Failed(e, owner),
+        }
+    }
+
+    /// Like [`Shard::kv_route`] for operations that need no answer.
+    pub fn kv_tell(self: &Rc<Self>, op: KvOp) {
+        let owner = kv::owner(op.key(), self.shard_count);
+        if owner == self.id {
+            self.kv_execute(op);
+        } else {
+            self.tell(owner, Request::Kv(op));
+        }
+    }
+
+    /// Applies a kv operation to the keys this shard owns and tells the
+    /// key's watchers when its value changed.
+    pub fn kv_execute(self: &Rc<Self>, op: KvOp) -> KvReply {
+        debug_assert_eq!(kv::owner(op.key(), self.shard_count), self.id);
+        let (reply, watchers) = {
+            let mut store = self.kv.borrow_mut();
+            let (reply, changed) = store.apply(&op);
+            let watchers = if changed {
+                store.watchers(op.key()).to_vec()
+            } else {
+                Vec::new()
+            };
+            (reply, watchers)
+        };
+        if matches!(reply, KvReply::Full { .. } | KvReply::WatchersFull { .. }) {
+            self.metrics.borrow_mut().counters.kv_full += 1;
+        }
+        resources::notify_watchers(self, op.key(), &watchers);
+        reply
+    }
+
+    /// Adds a session that receives server-initiated notifications.
+    pub fn register_subscriber(&self, notifier: SharedNotifier) -> u64 {
+        let id = self.next_subscriber.get();
+        self.next_subscriber.set(id + 1);
+        self.subscribers.borrow_mut().insert(id, notifier);
+        id
+    }
+
+    /// Serves a request another shard sent us; `None` when it wants no reply.
+    pub fn serve_remote(self: &Rc<Self>, from: usize, corr: u64, req: Request) -> Option<Reply> {
         self.metrics.borrow_mut().counters.mesh_requests_served += 1;
         match req {
-            Request::Kv(op) => {
-                let reply = self.kv.borrow_mut().apply(op);
-                if matches!(reply, crate::server::kv::KvReply::Full { .. }) {
-                    self.metrics.borrow_mut().counters.kv_full += 1;
-                }
-                Reply::Kv(reply)
+            Request::Kv(op) => Some(Reply::Kv(self.kv_execute(op))),
+            Request::Notify { uri, subscribers } => {
+                resources::deliver(self, &uri, &subscribers);
+                None
+            }
+            Request::Http(call) => {
+                crate::transport::http::forward::serve(self, from, corr, *call);
+                None
+            }
+            Request::HttpCancel { stream } => {
+                crate::transport::http::forward::cancel(self, from, stream);
+                None
             }
         }
     }
@@ -211,7 +355,12 @@ pub fn spawn_mesh_tasks(
         glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
                 debug_assert_eq!(msg.from, from);
-                let reply = shard.serve_remote(msg.body);
+                let Some(reply) = shard.serve_remote(msg.from, msg.corr, msg.body) else {
+                    continue;
+                };
+                if msg.corr == NO_REPLY {
+                    continue;
+                }
                 if mesh.reply(msg.from, msg.corr, reply).await.is_err() {
                     // The asking shard is gone; nobody is left to answer.
                     break;
@@ -220,16 +369,24 @@ pub fn spawn_mesh_tasks(
         })
         .detach();
     }
-    for (_, rx) in rep_rx.streams() {
+    for (from, rx) in rep_rx.streams() {
         let shard = shard.clone();
         let mesh = mesh.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
-                if !mesh.complete(msg) {
-                    log::debug!(
-                        "shard {}: late mesh reply dropped (its caller timed out)",
-                        shard.id
-                    );
+                let corr = msg.corr;
+                match mesh.complete(msg) {
+                    Delivery::Delivered => {}
+                    Delivery::Unclaimed => {
+                        log::debug!(
+                            "shard {}: unclaimed mesh reply dropped (its caller is gone)",
+                            shard.id
+                        )
+                    }
+                    Delivery::Overflowed => {
+                        shard.metrics.borrow_mut().counters.sse_streams_cut += 1;
+                        shard.tell(from, Request::HttpCancel { stream: corr });
+                    }
                 }
             }
         })

@@ -5,17 +5,20 @@
 //! exercises typed arguments, and `sleep` proves a slow handler yields the
 //! core instead of blocking the connections that share it.
 
-use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use simd_json::prelude::*;
 
-use super::tools::{arg_number, arg_str, deny_unknown, Args, Number, Tool, ToolReply, ToolResult};
+use super::tools::{
+    arg_number, arg_str, deny_unknown, Args, Number, Tool, ToolCtx, ToolReply, ToolResult,
+};
 use crate::protocol::json;
-use crate::runtime::shard::Shard;
 
 /// Longest `sleep` accepted, so one call cannot pin a request slot forever.
 pub const SLEEP_MAX_MS: u64 = 60_000;
+
+/// Closest spacing of `sleep`'s progress notifications.
+const PROGRESS_MIN_INTERVAL: Duration = Duration::from_millis(20);
 
 pub struct Echo;
 
@@ -29,7 +32,7 @@ impl Tool for Echo {
     fn input_schema(&self) -> &str {
         r#"{"type":"object","properties":{"text":{"type":"string","description":"Text to return"}},"required":["text"],"additionalProperties":false}"#
     }
-    fn call<'a>(&self, _shard: &Rc<Shard>, args: Args<'a>) -> ToolReply<'a> {
+    fn call<'a>(&self, _cx: &ToolCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
         let r = deny_unknown(&args, &["text"]).and_then(|()| arg_str(&args, "text"));
         ToolReply::Ready(Ok(match r {
             Ok(text) => ToolResult::text(text),
@@ -80,7 +83,7 @@ impl Tool for Add {
     fn output_schema(&self) -> Option<&str> {
         Some(r#"{"type":"object","properties":{"sum":{"type":"number"}},"required":["sum"]}"#)
     }
-    fn call<'a>(&self, _shard: &Rc<Shard>, args: Args<'a>) -> ToolReply<'a> {
+    fn call<'a>(&self, _cx: &ToolCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
         ToolReply::Ready(Ok(match Add::sum(&args) {
             Ok(n) => {
                 let mut text = Vec::with_capacity(24);
@@ -105,12 +108,12 @@ impl Tool for Sleep {
         "sleep"
     }
     fn description(&self) -> &str {
-        "Waits `ms` milliseconds without blocking other requests, then returns."
+        "Waits `ms` milliseconds without blocking other requests, then returns; reports progress when the request carries a progressToken."
     }
     fn input_schema(&self) -> &str {
         r#"{"type":"object","properties":{"ms":{"type":"integer","minimum":0,"maximum":60000,"description":"Milliseconds to wait"}},"required":["ms"],"additionalProperties":false}"#
     }
-    fn call<'a>(&self, _shard: &Rc<Shard>, args: Args<'a>) -> ToolReply<'a> {
+    fn call<'a>(&self, cx: &ToolCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
         if let Err(e) = deny_unknown(&args, &["ms"]) {
             return ToolReply::Ready(Ok(ToolResult::error(e)));
         }
@@ -132,8 +135,28 @@ impl Tool for Sleep {
                 )))
             }
         };
+        let progress = cx.progress.clone();
         ToolReply::Pending(Box::pin(async move {
-            glommio::timer::sleep(Duration::from_millis(ms)).await;
+            let total = Duration::from_millis(ms);
+            match progress {
+                None => glommio::timer::sleep(total).await,
+                Some(p) => {
+                    // Report about ten times, never more often than every
+                    // PROGRESS_MIN_INTERVAL, always once at the end.
+                    let step = (total / 10).max(PROGRESS_MIN_INTERVAL);
+                    let start = Instant::now();
+                    loop {
+                        let left = total.saturating_sub(start.elapsed());
+                        glommio::timer::sleep(left.min(step)).await;
+                        let done = start.elapsed().min(total);
+                        let msg = format!("slept {} of {ms} ms", done.as_millis());
+                        p.report(done.as_millis() as f64, Some(ms as f64), Some(&msg));
+                        if done >= total {
+                            break;
+                        }
+                    }
+                }
+            }
             Ok(ToolResult::text(format!("slept {ms} ms")))
         }))
     }

@@ -9,14 +9,11 @@
 //! crosses cores.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 
-use super::tools::{
-    arg_str, deny_unknown, Args, RpcError, Tool, ToolOutcome, ToolReply, ToolResult,
-};
+use super::tools::{arg_str, deny_unknown, Args, RpcError, Tool, ToolCtx, ToolReply, ToolResult};
 use crate::protocol::{json, jsonrpc};
-use crate::runtime::mesh::{MeshError, Reply, Request};
-use crate::runtime::shard::Shard;
+use crate::runtime::mesh::MeshError;
+use crate::runtime::shard::{Routed, Shard};
 
 /// The shard that owns `key` among `shards`.
 pub fn owner(key: &str, shards: usize) -> usize {
@@ -39,9 +36,26 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 /// An operation on a key, as sent to its owner.
 #[derive(Debug)]
 pub enum KvOp {
-    Set { key: String, value: Box<str> },
-    Get { key: String },
-    Delete { key: String },
+    Set {
+        key: String,
+        value: Box<str>,
+    },
+    Get {
+        key: String,
+    },
+    Delete {
+        key: String,
+    },
+    /// Subscriber `sub` on shard `shard` wants `notifications/resources/updated`
+    /// when the key changes.
+    Watch {
+        key: String,
+        watcher: Watcher,
+    },
+    Unwatch {
+        key: String,
+        watcher: Watcher,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -55,19 +69,37 @@ pub enum KvReply {
     },
     Get(Option<Box<str>>),
     Deleted(bool),
+    Watched,
+    /// The key already has its maximum number of watchers.
+    WatchersFull {
+        max: usize,
+    },
 }
 
-/// The keys one shard owns. Bounded by `kv_max_keys_per_shard`.
+/// A subscriber somewhere in the server: the shard it lives on and its id
+/// in that shard's subscriber table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watcher {
+    pub shard: usize,
+    pub sub: u64,
+}
+
+/// The keys one shard owns, and who watches them. Bounded by
+/// `kv_max_keys_per_shard` and `max_watchers_per_key`.
 pub struct KvStore {
     map: HashMap<Box<str>, Box<str>>,
     max_keys: usize,
+    watchers: HashMap<Box<str>, Vec<Watcher>>,
+    max_watchers_per_key: usize,
 }
 
 impl KvStore {
-    pub fn new(max_keys: usize) -> Self {
+    pub fn new(max_keys: usize, max_watchers_per_key: usize) -> Self {
         Self {
             map: HashMap::new(),
             max_keys,
+            watchers: HashMap::new(),
+            max_watchers_per_key,
         }
     }
 
@@ -101,11 +133,73 @@ impl KvStore {
         KvReply::Deleted(self.map.remove(key).is_some())
     }
 
-    pub fn apply(&mut self, op: KvOp) -> KvReply {
+    pub fn watch(&mut self, key: &str, w: Watcher) -> KvReply {
+        let list = self.watchers.entry(key.into()).or_default();
+        if list.contains(&w) {
+            return KvReply::Watched;
+        }
+        if list.len() >= self.max_watchers_per_key {
+            return KvReply::WatchersFull {
+                max: self.max_watchers_per_key,
+            };
+        }
+        list.push(w);
+        KvReply::Watched
+    }
+
+    pub fn unwatch(&mut self, key: &str, w: Watcher) {
+        if let Some(list) = self.watchers.get_mut(key) {
+            list.retain(|x| *x != w);
+            if list.is_empty() {
+                self.watchers.remove(key);
+            }
+        }
+    }
+
+    /// Removes a subscriber that no longer exists from every key.
+    pub fn forget_watcher(&mut self, w: Watcher) {
+        self.watchers.retain(|_, list| {
+            list.retain(|x| *x != w);
+            !list.is_empty()
+        });
+    }
+
+    pub fn watchers(&self, key: &str) -> &[Watcher] {
+        self.watchers.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Applies `op`; the second value is true when the key's value changed
+    /// (its watchers must hear of it).
+    pub fn apply(&mut self, op: &KvOp) -> (KvReply, bool) {
         match op {
-            KvOp::Set { key, value } => self.set(&key, value),
-            KvOp::Get { key } => self.get(&key),
-            KvOp::Delete { key } => self.delete(&key),
+            KvOp::Set { key, value } => {
+                let r = self.set(key, value.clone());
+                let changed = matches!(r, KvReply::Set { .. });
+                (r, changed)
+            }
+            KvOp::Get { key } => (self.get(key), false),
+            KvOp::Delete { key } => {
+                let r = self.delete(key);
+                let changed = r == KvReply::Deleted(true);
+                (r, changed)
+            }
+            KvOp::Watch { key, watcher } => (self.watch(key, *watcher), false),
+            KvOp::Unwatch { key, watcher } => {
+                self.unwatch(key, *watcher);
+                (KvReply::Watched, false)
+            }
+        }
+    }
+}
+
+impl KvOp {
+    pub fn key(&self) -> &str {
+        match self {
+            KvOp::Set { key, .. }
+            | KvOp::Get { key }
+            | KvOp::Delete { key }
+            | KvOp::Watch { key, .. }
+            | KvOp::Unwatch { key, .. } => key,
         }
     }
 }
@@ -203,11 +297,14 @@ fn render(reply: KvReply, served_by: usize, owner: usize) -> ToolResult<'static>
         }
         KvReply::Deleted(d) => ToolResult::text(if d { "deleted" } else { "not found" })
             .with_structured(format!("{{\"deleted\":{d}}}")),
+        KvReply::Watched | KvReply::WatchersFull { .. } => {
+            ToolResult::error("unexpected reply from the key's owner")
+        }
     };
     r.with_meta(meta)
 }
 
-fn mesh_error(e: MeshError, owner: usize, timeout_ms: u64) -> RpcError {
+pub fn mesh_error(e: MeshError, owner: usize, timeout_ms: u64) -> RpcError {
     match e {
         MeshError::Overloaded => RpcError::new(
             jsonrpc::SERVER_OVERLOADED,
@@ -266,28 +363,12 @@ impl Tool for KvTool {
         })
     }
 
-    fn call<'a>(&self, shard: &Rc<Shard>, args: Args<'a>) -> ToolReply<'a> {
+    fn call<'a>(&self, cx: &ToolCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
+        let shard = cx.shard;
         let (key, value) = match self.parse(shard, &args) {
             Ok(kv) => kv,
             Err(e) => return ToolReply::Ready(Ok(ToolResult::error(e))),
         };
-        let me = shard.id;
-        let owner = owner(key, shard.shard_count);
-        if owner == me {
-            let reply = {
-                let mut kv = shard.kv.borrow_mut();
-                match self.0 {
-                    KvKind::Set => kv.set(key, value.expect("parsed for kv_set")),
-                    KvKind::Get => kv.get(key),
-                    KvKind::Delete => kv.delete(key),
-                }
-            };
-            if matches!(reply, KvReply::Full { .. }) {
-                shard.metrics.borrow_mut().counters.kv_full += 1;
-            }
-            return ToolReply::Ready(Ok(render(reply, me, owner)));
-        }
-
         let key = key.to_owned();
         let op = match self.0 {
             KvKind::Set => KvOp::Set {
@@ -297,18 +378,22 @@ impl Tool for KvTool {
             KvKind::Get => KvOp::Get { key },
             KvKind::Delete => KvOp::Delete { key },
         };
-        let timeout_ms = shard.limits.mesh_timeout_ms;
-        let call = match shard.mesh_call(owner, Request::Kv(op)) {
-            Ok(call) => call,
-            Err(e) => return ToolReply::Ready(Err(mesh_error(e, owner, timeout_ms))),
-        };
-        ToolReply::Pending(Box::pin(async move {
-            let reply: ToolOutcome<'static> = match call.await {
-                Ok(Reply::Kv(reply)) => Ok(render(reply, me, owner)),
-                Err(e) => Err(mesh_error(e, owner, timeout_ms)),
-            };
-            reply
-        }))
+        let me = shard.id;
+        match shard.kv_route(op) {
+            Routed::Local(reply) => ToolReply::Ready(Ok(render(reply, me, me))),
+            Routed::Failed(e, owner) => {
+                ToolReply::Ready(Err(mesh_error(e, owner, shard.limits.mesh_timeout_ms)))
+            }
+            Routed::Remote(call, owner) => {
+                let timeout_ms = shard.limits.mesh_timeout_ms;
+                ToolReply::Pending(Box::pin(async move {
+                    match call.await {
+                        Ok(reply) => Ok(render(reply, me, owner)),
+                        Err(e) => Err(mesh_error(e, owner, timeout_ms)),
+                    }
+                }))
+            }
+        }
     }
 }
 
@@ -330,7 +415,7 @@ mod tests {
 
     #[test]
     fn store_is_bounded() {
-        let mut s = KvStore::new(1);
+        let mut s = KvStore::new(1, 2);
         assert_eq!(s.set("a", "1".into()), KvReply::Set { created: true });
         assert_eq!(s.set("a", "2".into()), KvReply::Set { created: false });
         assert_eq!(s.set("b", "3".into()), KvReply::Full { max_keys: 1 });
@@ -338,5 +423,18 @@ mod tests {
         assert_eq!(s.delete("a"), KvReply::Deleted(true));
         assert_eq!(s.delete("a"), KvReply::Deleted(false));
         assert!(s.is_empty());
+        let (a, b, c) = (
+            Watcher { shard: 0, sub: 1 },
+            Watcher { shard: 1, sub: 1 },
+            Watcher { shard: 1, sub: 2 },
+        );
+        assert_eq!(s.watch("k", a), KvReply::Watched);
+        assert_eq!(s.watch("k", a), KvReply::Watched);
+        assert_eq!(s.watch("k", b), KvReply::Watched);
+        assert_eq!(s.watch("k", c), KvReply::WatchersFull { max: 2 });
+        assert_eq!(s.watchers("k"), &[a, b]);
+        s.forget_watcher(a);
+        s.unwatch("k", b);
+        assert!(s.watchers("k").is_empty());
     }
 }

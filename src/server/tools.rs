@@ -15,6 +15,7 @@ use std::rc::Rc;
 use simd_json::prelude::*;
 use simd_json::tape::Value as TapeValue;
 
+use super::{close_result, Era, SharedNotifier};
 use crate::protocol::json;
 use crate::runtime::shard::Shard;
 
@@ -28,6 +29,8 @@ pub type Args<'a> = TapeValue<'a, 'a>;
 pub struct RpcError {
     pub code: i32,
     pub message: String,
+    /// `error.data`, as compact JSON text.
+    pub data: Option<String>,
 }
 
 impl RpcError {
@@ -35,8 +38,55 @@ impl RpcError {
         Self {
             code,
             message: message.into(),
+            data: None,
         }
     }
+
+    pub fn with_data(mut self, json: String) -> Self {
+        self.data = Some(json);
+        self
+    }
+}
+
+/// Where a request's `notifications/progress` go, when the client asked for
+/// progress (`_meta.progressToken`) and the transport can deliver it.
+#[derive(Clone)]
+pub struct Progress {
+    /// The token, encoded as JSON.
+    token: Box<[u8]>,
+    sink: SharedNotifier,
+}
+
+impl Progress {
+    pub fn new(token: Box<[u8]>, sink: SharedNotifier) -> Self {
+        Self { token, sink }
+    }
+
+    /// Sends one progress notification. `progress` must grow with each call.
+    pub fn report(&self, progress: f64, total: Option<f64>, message: Option<&str>) {
+        let mut m = Vec::with_capacity(128);
+        m.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":");
+        m.extend_from_slice(&self.token);
+        m.extend_from_slice(b",\"progress\":");
+        json::write_f64(&mut m, progress);
+        if let Some(t) = total {
+            m.extend_from_slice(b",\"total\":");
+            json::write_f64(&mut m, t);
+        }
+        if let Some(msg) = message {
+            m.extend_from_slice(b",\"message\":");
+            json::write_str(&mut m, msg);
+        }
+        m.extend_from_slice(b"}}");
+        self.sink.notify(&m);
+    }
+}
+
+/// What a tool handler may use besides its arguments.
+pub struct ToolCtx<'s> {
+    pub shard: &'s Rc<Shard>,
+    /// Present when the client asked for progress and it can be delivered.
+    pub progress: Option<Progress>,
 }
 
 /// One content block of a tool result.
@@ -51,7 +101,7 @@ pub struct ToolResult<'a> {
     pub content: Vec<Content<'a>>,
     /// `structuredContent`, as compact JSON text.
     pub structured: Option<String>,
-    /// `_meta`, as compact JSON text.
+    /// `_meta`, as compact JSON object text.
     pub meta: Option<String>,
     pub is_error: bool,
 }
@@ -83,8 +133,9 @@ impl<'a> ToolResult<'a> {
         self
     }
 
-    /// Writes the result object.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
+    /// Writes the result object (with `resultType` and the server's identity
+    /// merged into `_meta` in the modern era).
+    pub fn write_json(&self, out: &mut Vec<u8>, era: Era) {
         out.extend_from_slice(b"{\"content\":[");
         for (i, c) in self.content.iter().enumerate() {
             if i > 0 {
@@ -106,11 +157,32 @@ impl<'a> ToolResult<'a> {
         if self.is_error {
             out.extend_from_slice(b",\"isError\":true");
         }
-        if let Some(m) = &self.meta {
-            out.extend_from_slice(b",\"_meta\":");
-            out.extend_from_slice(m.as_bytes());
+        match (&self.meta, era) {
+            (None, _) => close_result(out, era),
+            (Some(m), Era::Legacy) => {
+                out.extend_from_slice(b",\"_meta\":");
+                out.extend_from_slice(m.as_bytes());
+                out.push(b'}');
+            }
+            (Some(m), Era::Modern(_)) => {
+                // Our own meta objects are `{...}`; splice their members in
+                // beside the server identity.
+                let members = m
+                    .trim()
+                    .strip_prefix('{')
+                    .and_then(|x| x.strip_suffix('}'))
+                    .unwrap_or("");
+                out.extend_from_slice(b",\"resultType\":\"complete\",\"_meta\":{\"");
+                out.extend_from_slice(crate::protocol::mcp::meta::SERVER_INFO.as_bytes());
+                out.extend_from_slice(b"\":");
+                out.extend_from_slice(crate::protocol::mcp::SERVER_INFO_JSON.as_bytes());
+                if !members.is_empty() {
+                    out.push(b',');
+                    out.extend_from_slice(members.as_bytes());
+                }
+                out.extend_from_slice(b"}}");
+            }
         }
-        out.push(b'}');
     }
 
     /// Detaches the result from the request's bytes.
@@ -148,15 +220,16 @@ pub trait Tool {
     fn output_schema(&self) -> Option<&str> {
         None
     }
-    fn call<'a>(&self, shard: &Rc<Shard>, args: Args<'a>) -> ToolReply<'a>;
+    fn call<'a>(&self, cx: &ToolCtx<'_>, args: Args<'a>) -> ToolReply<'a>;
 }
 
 /// The tools one shard serves, in the order `tools/list` reports them.
 pub struct Registry {
     tools: Vec<Box<dyn Tool>>,
     by_name: HashMap<String, usize>,
-    /// The `tools/list` result, encoded once.
-    tools_list_json: Vec<u8>,
+    /// `"tools":[...]`, the member every `tools/list` result carries,
+    /// encoded once.
+    tools_member_json: Vec<u8>,
 }
 
 impl Registry {
@@ -167,7 +240,7 @@ impl Registry {
             assert!(previous.is_none(), "tool {:?} registered twice", t.name());
         }
         let mut out = Vec::new();
-        out.extend_from_slice(b"{\"tools\":[");
+        out.extend_from_slice(b"\"tools\":[");
         for (i, t) in tools.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -184,11 +257,11 @@ impl Registry {
             }
             out.push(b'}');
         }
-        out.extend_from_slice(b"]}");
+        out.push(b']');
         Self {
             tools,
             by_name,
-            tools_list_json: out,
+            tools_member_json: out,
         }
     }
 
@@ -196,8 +269,8 @@ impl Registry {
         self.by_name.get(name).map(|&i| self.tools[i].as_ref())
     }
 
-    pub fn tools_list_json(&self) -> &[u8] {
-        &self.tools_list_json
+    pub fn tools_member_json(&self) -> &[u8] {
+        &self.tools_member_json
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

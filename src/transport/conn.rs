@@ -28,7 +28,7 @@ use memchr::memchr;
 
 use crate::protocol::{jsonrpc, PARSE_PADDING};
 use crate::runtime::shard::{ConnHandle, Shard, READ_CHUNK_BYTES};
-use crate::server::{PendingResponse, Session};
+use crate::server::{PendingResponse, Session, SharedNotifier};
 
 /// Reads served in one poll before the task yields to its neighbours, so a
 /// client that keeps its socket full cannot starve the rest of the core.
@@ -47,13 +47,15 @@ pub async fn serve<S>(stream: S, shard: Rc<Shard>) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let handle = Rc::new(ConnHandle::default());
+    let handle = Rc::new(ConnHandle::new(&shard));
+    let notifier: SharedNotifier = handle.clone();
     let slot = shard.conns.register(handle.clone());
     shard.metrics.borrow_mut().counters.connections_opened += 1;
     let mut conn = Conn {
         stream,
         shard: shard.clone(),
-        session: Session::new(),
+        session: Session::new(Some(notifier.clone())),
+        notifier,
         handle,
         partial: Vec::new(),
         discarding: false,
@@ -64,6 +66,7 @@ where
         linger: None,
     };
     let r = std::future::poll_fn(|cx| conn.poll(cx)).await;
+    conn.session.close(&shard);
     shard.conns.unregister(slot);
     shard.metrics.borrow_mut().counters.connections_closed += 1;
     match r {
@@ -85,6 +88,8 @@ struct Conn<S> {
     stream: S,
     shard: Rc<Shard>,
     session: Session,
+    /// The connection as a notification target (the same `ConnHandle`).
+    notifier: SharedNotifier,
     handle: Rc<ConnHandle>,
     /// The start of a line whose end has not arrived yet.
     partial: Vec<u8>,
@@ -316,7 +321,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         {
             return;
         }
-        if let Some(pending) = self.session.handle_message(&self.shard, buf, len, out) {
+        if let Some(pending) =
+            self.session
+                .handle_message(&self.shard, buf, len, out, Some(&self.notifier))
+        {
             self.spawn_pending(pending);
         }
     }

@@ -2,5 +2,6 @@
 //! between the network and `server::Session`, framing messages as NDJSON.
 
 pub mod conn;
+pub mod http;
 pub mod stdio;
 pub mod tcp;

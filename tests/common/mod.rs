@@ -41,6 +41,7 @@ pub fn allowed_cores() -> Vec<usize> {
 pub struct Server {
     child: Child,
     pub addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
     lines: Receiver<String>,
 }
@@ -64,6 +65,30 @@ impl Server {
             .unwrap();
         s.addr = Some(addr.parse().unwrap());
         s
+    }
+
+    /// Starts `tessera serve --http 127.0.0.1:0 <args>` (HTTP only) and waits
+    /// until it is listening.
+    pub fn start_http(args: &[&str]) -> Server {
+        let mut full = vec!["serve", "--http", "127.0.0.1:0"];
+        full.extend_from_slice(args);
+        let mut s = Server::spawn(&full, Stdio::null());
+        let line = s
+            .wait_for_stderr("listening on http://", IO_TIMEOUT)
+            .unwrap_or_else(|| panic!("server did not start; stderr:\n{}", s.stderr()));
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        s.http_addr = Some(addr.parse().unwrap());
+        s
+    }
+
+    pub fn http(&self) -> HttpConn {
+        HttpConn::open(self.http_addr.expect("server listens on HTTP"))
     }
 
     /// Spawns the binary with `args` and collects stderr in the background.
@@ -90,6 +115,7 @@ impl Server {
         Server {
             child,
             addr: None,
+            http_addr: None,
             stderr,
             lines,
         }
@@ -255,4 +281,244 @@ pub fn error_code(resp: &Value) -> i64 {
     resp["error"]["code"]
         .as_i64()
         .unwrap_or_else(|| panic!("not an error response: {resp}"))
+}
+
+/// One HTTP/1.1 response, read to its end.
+#[derive(Debug)]
+pub struct HttpResp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// A raw HTTP/1.1 connection: the tests need to see exact status codes and
+/// headers, drop streams mid-way and pipeline requests, which a full client
+/// library would hide.
+pub struct HttpConn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+pub fn request_bytes(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut r = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        r.push_str("Host: 127.0.0.1\r\n");
+    }
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        r.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    r.push_str("\r\n");
+    let mut bytes = r.into_bytes();
+    if let Some(b) = body {
+        bytes.extend_from_slice(b);
+    }
+    bytes
+}
+
+impl HttpConn {
+    pub fn open(addr: SocketAddr) -> HttpConn {
+        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        HttpConn {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("write");
+    }
+
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) {
+        let bytes = request_bytes(method, path, headers, body);
+        self.send_raw(&bytes);
+    }
+
+    /// Reads a status line and headers.
+    pub fn read_head(&mut self) -> (u16, Vec<(String, String)>) {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read status line");
+        assert!(n > 0, "connection closed before a response");
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .expect("status")
+            .parse()
+            .expect("status code");
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h).expect("read header");
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').expect("header line");
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+        (status, headers)
+    }
+
+    /// Reads one complete response (Content-Length or chunked).
+    pub fn read_response(&mut self) -> HttpResp {
+        let (status, headers) = self.read_head();
+        let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        if let Some(len) = get("content-length") {
+            body.resize(len.parse().unwrap(), 0);
+            self.reader.read_exact(&mut body).expect("read body");
+        } else if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            while let Some(chunk) = self.read_chunk() {
+                body.extend_from_slice(&chunk);
+            }
+        }
+        HttpResp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// One chunk of a chunked body; `None` at the last chunk.
+    pub fn read_chunk(&mut self) -> Option<Vec<u8>> {
+        let mut size = String::new();
+        if self.reader.read_line(&mut size).ok()? == 0 {
+            return None;
+        }
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            let mut end = String::new();
+            let _ = self.reader.read_line(&mut end);
+            return None;
+        }
+        let mut chunk = vec![0; size + 2];
+        self.reader.read_exact(&mut chunk).ok()?;
+        chunk.truncate(size);
+        Some(chunk)
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> HttpResp {
+        self.send(method, path, headers, body);
+        self.read_response()
+    }
+
+    /// After a `text/event-stream` head: yields SSE events until the body ends.
+    pub fn events(&mut self) -> SseEvents<'_> {
+        SseEvents {
+            conn: self,
+            pending: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// True when the server closes the connection within the read timeout.
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Default, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub retry: Option<u64>,
+    /// A comment line only (keep-alive).
+    pub comment: bool,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {:?}", self.data))
+    }
+}
+
+pub struct SseEvents<'a> {
+    conn: &'a mut HttpConn,
+    pending: Vec<u8>,
+    done: bool,
+}
+
+impl Iterator for SseEvents<'_> {
+    type Item = SseEvent;
+
+    fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(pos) = self.pending.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.pending.drain(..pos + 2).collect();
+                let text = String::from_utf8(raw).expect("SSE is UTF-8");
+                let mut ev = SseEvent::default();
+                let mut data = Vec::new();
+                let mut fields = 0;
+                for line in text.lines() {
+                    if let Some(c) = line.strip_prefix(':') {
+                        let _ = c;
+                        continue;
+                    }
+                    fields += 1;
+                    let (k, v) = line.split_once(':').unwrap_or((line, ""));
+                    let v = v.strip_prefix(' ').unwrap_or(v);
+                    match k {
+                        "id" => ev.id = Some(v.to_owned()),
+                        "event" => ev.event = Some(v.to_owned()),
+                        "data" => data.push(v.to_owned()),
+                        "retry" => ev.retry = v.parse().ok(),
+                        _ => {}
+                    }
+                }
+                ev.data = data.join("\n");
+                ev.comment = fields == 0;
+                return Some(ev);
+            }
+            if self.done {
+                return None;
+            }
+            match self.conn.read_chunk() {
+                Some(c) => self.pending.extend_from_slice(&c),
+                None => self.done = true,
+            }
+        }
+    }
 }

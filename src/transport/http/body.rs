@@ -1,0 +1,312 @@
+//! HTTP responses as the MCP layer produces them ([`McpResponse`]), and the
+//! hyper body that sends them ([`OutBody`]), including SSE streams with
+//! keep-alive comments, server-side closing (`retry`, SEP-1699) and
+//! cancellation when the client goes away.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_lite::FutureExt;
+use http_body::Frame;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::Response;
+
+use super::forward::HttpFrame;
+use crate::config::HttpConfig;
+use crate::protocol::jsonrpc::{self, Id};
+use crate::runtime::local::Pipe;
+use crate::runtime::mesh::{Reply, Request};
+use crate::runtime::shard::Shard;
+
+/// Where an SSE response's events come from.
+pub enum SseSource {
+    /// Produced on this shard (already SSE-formatted).
+    Local(Rc<Pipe<Bytes>>),
+    /// Relayed from the session's owner shard.
+    Relay {
+        pipe: Rc<Pipe<Reply>>,
+        owner: usize,
+        corr: u64,
+        ended: bool,
+    },
+}
+
+pub enum McpBody {
+    Empty,
+    Json(Vec<u8>),
+    Sse {
+        source: SseSource,
+        /// The request's handler (modern era): dropped with the body, which
+        /// cancels it when the client closes the stream.
+        task: Option<glommio::Task<()>>,
+        /// Legacy streams can be resumed with `Last-Event-ID`, so the server
+        /// may close their connection; modern ones cannot.
+        resumable: bool,
+    },
+}
+
+pub struct McpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: McpBody,
+}
+
+impl McpResponse {
+    pub fn empty(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: McpBody::Empty,
+        }
+    }
+
+    pub fn json(status: u16, body: Vec<u8>) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: McpBody::Json(body),
+        }
+    }
+
+    /// A JSON-RPC error response carried with an HTTP error status.
+    pub fn rpc_error(status: u16, id: &Id<'_>, code: i32, message: &str) -> Self {
+        Self::rpc_error_with_data(status, id, code, message, None)
+    }
+
+    pub fn rpc_error_with_data(
+        status: u16,
+        id: &Id<'_>,
+        code: i32,
+        message: &str,
+        data: Option<&[u8]>,
+    ) -> Self {
+        let mut out = Vec::with_capacity(96 + message.len());
+        jsonrpc::write_error_with_data(&mut out, id, code, message, data);
+        trim_newline(&mut out);
+        Self::json(status, out)
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// The hyper response, with SSE streams wired to this shard's timers.
+    pub fn into_hyper(self, shard: &Rc<Shard>, cfg: &HttpConfig) -> Response<OutBody> {
+        let (content_type, body) = match self.body {
+            McpBody::Empty => (None, OutBody::Full(None)),
+            McpBody::Json(b) => (
+                Some("application/json"),
+                OutBody::Full(Some(Bytes::from(b))),
+            ),
+            McpBody::Sse {
+                source,
+                task,
+                resumable,
+            } => {
+                let close_after = (resumable && cfg.sse_max_connection_ms > 0).then(|| {
+                    glommio::timer::Timer::new(Duration::from_millis(cfg.sse_max_connection_ms))
+                });
+                let keepalive = Duration::from_millis(cfg.sse_keepalive_ms);
+                (
+                    Some("text/event-stream"),
+                    OutBody::Sse(SseBody {
+                        source,
+                        shard: shard.clone(),
+                        _task: task,
+                        keepalive,
+                        keepalive_timer: glommio::timer::Timer::new(keepalive),
+                        close_after,
+                        retry_ms: cfg.sse_retry_ms,
+                        state: SseState::Open,
+                    }),
+                )
+            }
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = hyper::StatusCode::from_u16(self.status)
+            .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        let h = resp.headers_mut();
+        if let Some(ct) = content_type {
+            h.insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            if ct == "text/event-stream" {
+                h.insert(
+                    hyper::header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-cache"),
+                );
+                h.insert(
+                    HeaderName::from_static("x-accel-buffering"),
+                    HeaderValue::from_static("no"),
+                );
+            }
+        }
+        // Which shard received the request (the session's owner may differ):
+        // for operators and for the tests that prove cross-core routing.
+        h.insert(
+            HeaderName::from_static("x-tessera-shard"),
+            HeaderValue::from(shard.id),
+        );
+        for (name, value) in self.headers {
+            if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+                h.append(n, v);
+            }
+        }
+        resp
+    }
+}
+
+pub fn trim_newline(v: &mut Vec<u8>) {
+    if v.last() == Some(&b'\n') {
+        v.pop();
+    }
+}
+
+/// One SSE event carrying a JSON-RPC message, with an optional id.
+pub fn sse_event(id: Option<&str>, json: &[u8]) -> Bytes {
+    let mut e = Vec::with_capacity(json.len() + 48);
+    if let Some(id) = id {
+        e.extend_from_slice(b"id: ");
+        e.extend_from_slice(id.as_bytes());
+        e.push(b'\n');
+    }
+    e.extend_from_slice(b"event: message\ndata: ");
+    e.extend_from_slice(json);
+    e.extend_from_slice(b"\n\n");
+    Bytes::from(e)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SseState {
+    Open,
+    /// Sending `retry` before the server closes the connection.
+    Closing,
+    Done,
+}
+
+pub struct SseBody {
+    source: SseSource,
+    shard: Rc<Shard>,
+    _task: Option<glommio::Task<()>>,
+    keepalive: Duration,
+    keepalive_timer: glommio::timer::Timer,
+    close_after: Option<glommio::timer::Timer>,
+    retry_ms: u64,
+    state: SseState,
+}
+
+impl SseBody {
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        match &mut self.source {
+            SseSource::Local(p) => p.poll_next(cx),
+            SseSource::Relay { pipe, ended, .. } => loop {
+                return match pipe.poll_next(cx) {
+                    Poll::Ready(Some(Reply::Http(HttpFrame::Data(d)))) => {
+                        Poll::Ready(Some(Bytes::from(d)))
+                    }
+                    Poll::Ready(Some(Reply::Http(HttpFrame::End))) | Poll::Ready(None) => {
+                        *ended = true;
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Some(_)) => continue,
+                    Poll::Pending => Poll::Pending,
+                };
+            },
+        }
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        match &self.source {
+            SseSource::Local(p) => p.detach_consumer(),
+            SseSource::Relay {
+                pipe,
+                owner,
+                corr,
+                ended,
+            } => {
+                pipe.detach_consumer();
+                if !*ended {
+                    if let Some(mesh) = &self.shard.mesh {
+                        mesh.forget(*corr);
+                    }
+                    self.shard
+                        .tell(*owner, Request::HttpCancel { stream: *corr });
+                }
+            }
+        }
+    }
+}
+
+/// The hyper body of every response tessera sends over HTTP.
+pub enum OutBody {
+    Full(Option<Bytes>),
+    Sse(SseBody),
+}
+
+impl http_body::Body for OutBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let sse = match self.get_mut() {
+            OutBody::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            OutBody::Sse(s) => s,
+        };
+        if sse.state == SseState::Done {
+            return Poll::Ready(None);
+        }
+        if sse.state == SseState::Open {
+            let deadline = sse
+                .close_after
+                .as_mut()
+                .is_some_and(|t| t.poll(cx).is_ready());
+            if deadline || sse.shard.shutdown.poll_raised(cx).is_ready() {
+                sse.state = SseState::Closing;
+            }
+        }
+        if sse.state == SseState::Closing {
+            // The stream goes on in the session's store; the client comes
+            // back with Last-Event-ID after `retry` ms.
+            sse.state = SseState::Done;
+            let retry = format!("retry: {}\n\n", sse.retry_ms);
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(retry)))));
+        }
+        match sse.poll_source(cx) {
+            Poll::Ready(Some(b)) => {
+                sse.keepalive_timer.reset(sse.keepalive);
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            Poll::Ready(None) => {
+                sse.state = SseState::Done;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if sse.keepalive_timer.poll(cx).is_ready() {
+                    sse.keepalive_timer.reset(sse.keepalive);
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b":\n\n")))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, OutBody::Full(None))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            OutBody::Full(Some(b)) => http_body::SizeHint::with_exact(b.len() as u64),
+            OutBody::Full(None) => http_body::SizeHint::with_exact(0),
+            OutBody::Sse(_) => http_body::SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,734 @@
+//! One HTTP request at the MCP endpoint: checks that apply to every request
+//! (path, Origin, Host, method, media types, size), then the era's rules.
+//!
+//! Modern (2026-07-28) requests are served here, statelessly, on whatever
+//! shard received them: no session, no hop. Legacy requests belong to a
+//! session and are served by the shard that owns it (`session`, `forward`).
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, Response};
+use simd_json::prelude::*;
+
+use super::body::{sse_event, trim_newline, McpBody, McpResponse, OutBody, SseSource};
+use super::forward::{self, Accepts, HttpCall, HttpMethod};
+use super::session;
+use crate::config::HttpConfig;
+use crate::protocol::jsonrpc::{self, Id, Message};
+use crate::protocol::mcp::{self, code, meta};
+use crate::protocol::PARSE_PADDING;
+use crate::runtime::local::Pipe;
+use crate::runtime::shard::Shard;
+use crate::server::{account, kv, Notifier, Session, SharedNotifier};
+
+pub async fn handle(shard: Rc<Shard>, req: Request<Incoming>) -> Response<OutBody> {
+    let cfg = shard.http.clone().expect("HTTP configured");
+    let resp = route(&shard, &cfg, req).await;
+    if resp.status >= 400 && resp.status != 404 && resp.status != 503 {
+        shard.metrics.borrow_mut().counters.http_rejected += 1;
+    }
+    resp.into_hyper(&shard, &cfg)
+}
+
+fn header<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+fn reject(status: u16, code: i32, message: &str) -> McpResponse {
+    McpResponse::rpc_error(status, &Id::Null, code, message)
+}
+
+/// Which response forms an `Accept` header allows (absent: any).
+pub fn parse_accept(value: Option<&str>) -> Accepts {
+    let Some(value) = value else {
+        return Accepts {
+            json: true,
+            sse: true,
+        };
+    };
+    let mut a = Accepts {
+        json: false,
+        sse: false,
+    };
+    for item in value.split(',') {
+        let mut parts = item.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let refused = parts.any(|p| {
+            let p = p.trim();
+            p.starts_with("q=0") && p[2..].trim_start_matches(['0', '.']).is_empty()
+        });
+        if refused {
+            continue;
+        }
+        match media.as_str() {
+            "*/*" => {
+                a.json = true;
+                a.sse = true;
+            }
+            "application/json" | "application/*" => a.json = true,
+            "text/event-stream" | "text/*" => a.sse = true,
+            _ => {}
+        }
+    }
+    a
+}
+
+/// Loopback origins are always allowed; others only when configured.
+fn origin_allowed(origin: &str, cfg: &HttpConfig) -> bool {
+    if cfg
+        .allowed_origins
+        .iter()
+        .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    if !matches!(scheme, "http" | "https") {
+        return false;
+    }
+    is_loopback_name(host_part(rest))
+}
+
+/// `host[:port]` (with `[v6]` brackets kept) to its host.
+fn host_part(hostport: &str) -> &str {
+    if hostport.starts_with('[') {
+        return hostport.split_inclusive(']').next().unwrap_or(hostport);
+    }
+    hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host == "127.0.0.1" || host == "[::1]"
+}
+
+fn host_allowed(host: &str, cfg: &HttpConfig) -> bool {
+    let name = host_part(host);
+    if is_loopback_name(name) {
+        return true;
+    }
+    let bound = cfg.addr.ip();
+    if !bound.is_unspecified() {
+        let bound_name = match bound {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        if name == bound_name {
+            return true;
+        }
+    }
+    cfg.allowed_hosts
+        .iter()
+        .any(|h| h == "*" || h.eq_ignore_ascii_case(name) || h.eq_ignore_ascii_case(host))
+}
+
+async fn route(shard: &Rc<Shard>, cfg: &HttpConfig, req: Request<Incoming>) -> McpResponse {
+    if req.uri().path() != cfg.path {
+        let msg = format!("Not Found: the MCP endpoint is {}", cfg.path);
+        return reject(404, jsonrpc::INVALID_REQUEST, &msg);
+    }
+    let h = req.headers();
+    if let Some(origin) = header(h, "origin") {
+        if !origin_allowed(origin, cfg) {
+            return reject(
+                403,
+                jsonrpc::INVALID_REQUEST,
+                "Forbidden: Origin not allowed",
+            );
+        }
+    }
+    match header(h, "host") {
+        Some(host) if host_allowed(host, cfg) => {}
+        Some(_) => return reject(403, jsonrpc::INVALID_REQUEST, "Forbidden: Host not allowed"),
+        None => {
+            return reject(
+                400,
+                jsonrpc::INVALID_REQUEST,
+                "Bad Request: Host header required",
+            )
+        }
+    }
+    let method = match *req.method() {
+        Method::POST => HttpMethod::Post,
+        Method::GET => HttpMethod::Get,
+        Method::DELETE => HttpMethod::Delete,
+        _ => {
+            return reject(
+                405,
+                jsonrpc::INVALID_REQUEST,
+                "Method Not Allowed: use POST, GET or DELETE",
+            )
+            .with_header("allow", "GET, POST, DELETE")
+        }
+    };
+    let accepts = parse_accept(header(h, "accept"));
+    let version = header(h, "mcp-protocol-version").map(str::to_owned);
+    let modern = version
+        .as_deref()
+        .is_some_and(|v| mcp::modern_version(v).is_some());
+    let session_id = header(h, "mcp-session-id").map(str::to_owned);
+    let last_event_id = header(h, "last-event-id").map(str::to_owned);
+    let headers = h.clone();
+
+    if method != HttpMethod::Post {
+        if modern {
+            // 2026-07-28 has no GET stream and no sessions to delete.
+            return reject(
+                405,
+                jsonrpc::INVALID_REQUEST,
+                "Method Not Allowed: this protocol version uses POST only",
+            )
+            .with_header("allow", "POST");
+        }
+        if let Some(v) = version.as_deref() {
+            if !mcp::is_legacy_version(v) {
+                return unsupported_version_header(v);
+            }
+        }
+        let Some(session_id) = session_id else {
+            return reject(
+                400,
+                jsonrpc::INVALID_REQUEST,
+                "Bad Request: Mcp-Session-Id header required",
+            );
+        };
+        let call = HttpCall {
+            session_id,
+            method,
+            protocol_version: version,
+            last_event_id,
+            accepts,
+            body: Vec::new(),
+        };
+        return to_owner(shard, call).await;
+    }
+
+    // POST: every body is one JSON-RPC message.
+    match header(&headers, "content-type") {
+        Some(ct)
+            if ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json") => {}
+        _ => {
+            return reject(
+                415,
+                jsonrpc::INVALID_REQUEST,
+                "Unsupported Media Type: POST bodies must be application/json",
+            )
+        }
+    }
+    if !accepts.json && !accepts.sse {
+        return reject(
+            406,
+            jsonrpc::INVALID_REQUEST,
+            "Not Acceptable: accept application/json and/or text/event-stream",
+        );
+    }
+    let body = match read_body(shard, cfg, req.into_body()).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+
+    // A version we do not know is answered the modern way (-32022 with the
+    // versions we support), echoing the request's id.
+    if modern
+        || version
+            .as_deref()
+            .is_some_and(|v| !mcp::is_legacy_version(v))
+    {
+        return modern_post(shard, &headers, accepts, body).await;
+    }
+    if let Some(session_id) = session_id {
+        let call = HttpCall {
+            session_id,
+            method,
+            protocol_version: version,
+            last_event_id: None,
+            accepts,
+            body,
+        };
+        return to_owner(shard, call).await;
+    }
+    match peek(shard, body) {
+        Peeked::Initialize(body) => session::initialize(shard, accepts, body).await,
+        // A modern request without its version header.
+        Peeked::Modern(body) => modern_post(shard, &headers, accepts, body).await,
+        Peeked::Other => reject(
+            400,
+            jsonrpc::INVALID_REQUEST,
+            "Bad Request: Mcp-Session-Id header required",
+        ),
+        Peeked::Invalid(r) => r,
+    }
+}
+
+fn unsupported_version_header(v: &str) -> McpResponse {
+    let mut out = Vec::new();
+    crate::server::write_unsupported_version(&mut out, &Id::Null, v);
+    trim_newline(&mut out);
+    McpResponse::json(400, out)
+}
+
+/// Reads the body within `max_message_bytes` and `body_timeout_ms`.
+async fn read_body(
+    shard: &Rc<Shard>,
+    cfg: &HttpConfig,
+    body: Incoming,
+) -> Result<Vec<u8>, McpResponse> {
+    let max = shard.limits.max_message_bytes;
+    let limited = http_body_util::Limited::new(body, max);
+    let timeout = Duration::from_millis(cfg.body_timeout_ms);
+    let collected = futures_lite::future::or(async { Some(limited.collect().await) }, async {
+        glommio::timer::sleep(timeout).await;
+        None
+    })
+    .await;
+    match collected {
+        None => Err(reject(
+            408,
+            jsonrpc::INVALID_REQUEST,
+            "Request Timeout: body not received in time",
+        )),
+        Some(Ok(c)) => Ok(c.to_bytes().to_vec()),
+        Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            shard.metrics.borrow_mut().counters.oversize_messages += 1;
+            let msg =
+                format!("Payload Too Large: bodies are limited to {max} bytes (max-message-bytes)");
+            Err(reject(413, jsonrpc::INVALID_REQUEST, &msg))
+        }
+        Some(Err(_)) => Err(reject(
+            400,
+            jsonrpc::INVALID_REQUEST,
+            "Bad Request: the body could not be read",
+        )),
+    }
+}
+
+/// Sends a legacy session request to the shard that owns the session.
+async fn to_owner(shard: &Rc<Shard>, call: HttpCall) -> McpResponse {
+    let Some(owner) = session::owner_of(&call.session_id, shard.shard_count) else {
+        return reject(404, jsonrpc::INVALID_REQUEST, "Session not found");
+    };
+    if owner == shard.id {
+        return session::serve_call(shard, call).await;
+    }
+    match forward::relay(shard, owner, call).await {
+        Ok(r) => r,
+        Err(e) => {
+            let err = kv::mesh_error(e, owner, shard.limits.mesh_timeout_ms);
+            reject(503, err.code, &err.message).with_header("retry-after", "1")
+        }
+    }
+}
+
+enum Peeked {
+    Initialize(Vec<u8>),
+    Modern(Vec<u8>),
+    Other,
+    Invalid(McpResponse),
+}
+
+/// Classifies a session-less legacy POST without handling it.
+fn peek(shard: &Rc<Shard>, body: Vec<u8>) -> Peeked {
+    let (mut buf, len) = padded(body);
+    let verdict = shard.parser.borrow_mut().parse(&mut buf, len, |parsed| {
+        let root = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!("Parse error: {e}");
+                return Err(McpResponse::rpc_error(
+                    400,
+                    &Id::Null,
+                    jsonrpc::PARSE_ERROR,
+                    &msg,
+                ));
+            }
+        };
+        match jsonrpc::classify(root) {
+            Err(inv) => Err(McpResponse::rpc_error(400, &inv.id, inv.code, inv.message)),
+            Ok(Message::Request { method, params, .. }) => {
+                let declared = params
+                    .as_ref()
+                    .and_then(|p| p.get("_meta"))
+                    .and_then(|m| m.get(meta::PROTOCOL_VERSION))
+                    .is_some();
+                Ok(if method == mcp::method::INITIALIZE {
+                    1
+                } else if method == mcp::method::DISCOVER || declared {
+                    2
+                } else {
+                    0
+                })
+            }
+            Ok(_) => Ok(0),
+        }
+    });
+    buf.truncate(len);
+    match verdict {
+        Ok(1) => Peeked::Initialize(buf),
+        Ok(2) => Peeked::Modern(buf),
+        Ok(_) => Peeked::Other,
+        Err(r) => Peeked::Invalid(r),
+    }
+}
+
+fn padded(mut body: Vec<u8>) -> (Vec<u8>, usize) {
+    let len = body.len();
+    body.resize(len + PARSE_PADDING, b' ');
+    (body, len)
+}
+
+/// Decodes a header value that may use the `=?base64?...?=` sentinel.
+fn decode_header_value(v: &str) -> Option<String> {
+    match v
+        .strip_prefix("=?base64?")
+        .and_then(|x| x.strip_suffix("?="))
+    {
+        Some(b64) => {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+            String::from_utf8(bytes).ok()
+        }
+        None => Some(v.to_owned()),
+    }
+}
+
+/// The HTTP status a modern JSON-RPC error travels with.
+fn modern_status(code: i32) -> u16 {
+    match code {
+        jsonrpc::METHOD_NOT_FOUND => 404,
+        jsonrpc::PARSE_ERROR | jsonrpc::INVALID_REQUEST => 400,
+        code::HEADER_MISMATCH
+        | code::MISSING_REQUIRED_CLIENT_CAPABILITY
+        | code::UNSUPPORTED_PROTOCOL_VERSION => 400,
+        _ => 200,
+    }
+}
+
+/// Reads `"code":N` back from an encoded error response.
+fn error_code_of(out: &[u8]) -> Option<i32> {
+    let at = memchr::memmem::find(out, b"\"error\":{\"code\":")? + 16;
+    let rest = &out[at..];
+    let end = rest
+        .iter()
+        .position(|b| !(b.is_ascii_digit() || *b == b'-'))?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// Progress for a modern SSE response: events without ids (modern streams
+/// are not resumable); dropped, and counted, if the client is not reading.
+struct ModernSink {
+    pipe: Rc<Pipe<Bytes>>,
+    shard: std::rc::Weak<Shard>,
+}
+
+impl Notifier for ModernSink {
+    fn notify(&self, message: &[u8]) {
+        if self.pipe.push(sse_event(None, message)).is_err() {
+            if let Some(s) = self.shard.upgrade() {
+                s.metrics.borrow_mut().counters.notifications_dropped += 1;
+            }
+        }
+    }
+}
+
+enum ModernOutcome {
+    Done(McpResponse),
+    Json(Option<crate::server::PendingResponse>, Vec<u8>),
+    Stream(
+        Rc<Pipe<Bytes>>,
+        Option<crate::server::PendingResponse>,
+        Vec<u8>,
+    ),
+}
+
+/// A 2026-07-28 request: validated against its headers, served statelessly.
+async fn modern_post(
+    shard: &Rc<Shard>,
+    headers: &HeaderMap,
+    accepts: Accepts,
+    body: Vec<u8>,
+) -> McpResponse {
+    let (mut buf, len) = padded(body);
+    let started = Instant::now();
+    let outcome = shard.parser.borrow_mut().parse(&mut buf, len, |parsed| {
+        let root = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!("Parse error: {e}");
+                return ModernOutcome::Done(McpResponse::rpc_error(
+                    400,
+                    &Id::Null,
+                    jsonrpc::PARSE_ERROR,
+                    &msg,
+                ));
+            }
+        };
+        let msg = match jsonrpc::classify(root) {
+            Ok(m) => m,
+            Err(inv) => {
+                return ModernOutcome::Done(McpResponse::rpc_error(
+                    400,
+                    &inv.id,
+                    inv.code,
+                    inv.message,
+                ))
+            }
+        };
+        let mut session = Session::new(None);
+        let (id, method, params) = match &msg {
+            Message::Request { id, method, params } => (*id, *method, *params),
+            Message::Notification { .. } => {
+                let mut out = Vec::new();
+                let h = session.handle_parsed(shard, msg, &mut out, started, None);
+                account(shard, &h, started);
+                return ModernOutcome::Done(McpResponse::empty(202));
+            }
+            Message::Response { id, .. } => {
+                return ModernOutcome::Done(McpResponse::rpc_error(
+                    400,
+                    id,
+                    jsonrpc::INVALID_REQUEST,
+                    "clients do not send responses in protocol version 2026-07-28",
+                ))
+            }
+        };
+        if let Err((status, code, message)) = check_headers(headers, method, &params) {
+            let mut r = McpResponse::rpc_error(status, &id, code, &message);
+            r.status = status;
+            shard.metrics.borrow_mut().counters.error_responses += 1;
+            return ModernOutcome::Done(r);
+        }
+        let mut out = Vec::with_capacity(256);
+        if session::wants_sse(accepts, &msg) {
+            let pipe = Pipe::new(shard.http.as_ref().map_or(256, |c| c.sse_queue_events));
+            let related: SharedNotifier = Rc::new(ModernSink {
+                pipe: pipe.clone(),
+                shard: Rc::downgrade(shard),
+            });
+            let h = session.handle_parsed(shard, msg, &mut out, started, Some(&related));
+            account(shard, &h, started);
+            ModernOutcome::Stream(pipe, h.pending, out)
+        } else {
+            let h = session.handle_parsed(shard, msg, &mut out, started, None);
+            account(shard, &h, started);
+            ModernOutcome::Json(h.pending, out)
+        }
+    });
+    match outcome {
+        ModernOutcome::Done(r) => r,
+        ModernOutcome::Json(pending, mut out) => {
+            if let Some(p) = pending {
+                out = p.await;
+            }
+            trim_newline(&mut out);
+            let status = error_code_of(&out).map_or(200, modern_status);
+            McpResponse::json(status, out)
+        }
+        ModernOutcome::Stream(pipe, pending, mut out) => {
+            let task = match pending {
+                None => {
+                    trim_newline(&mut out);
+                    let _ = pipe.push_final(sse_event(None, &out));
+                    None
+                }
+                Some(p) => {
+                    let sink = pipe.clone();
+                    // Owned by the response body: when the client closes the
+                    // stream, the body drops and the handler is cancelled.
+                    Some(glommio::spawn_local(async move {
+                        let mut out = p.await;
+                        trim_newline(&mut out);
+                        let _ = sink.push_final(sse_event(None, &out));
+                    }))
+                }
+            };
+            McpResponse {
+                status: 200,
+                headers: Vec::new(),
+                body: McpBody::Sse {
+                    source: SseSource::Local(pipe),
+                    task,
+                    resumable: false,
+                },
+            }
+        }
+    }
+}
+
+/// Modern request metadata headers must be present and agree with the body
+/// (Streamable HTTP 2026-07-28 §Server Validation).
+fn check_headers(
+    headers: &HeaderMap,
+    method: &str,
+    params: &Option<simd_json::tape::Value<'_, '_>>,
+) -> Result<(), (u16, i32, String)> {
+    let mismatch = |m: String| Err((400, code::HEADER_MISMATCH, m));
+    let req_meta = params.as_ref().and_then(|p| p.get("_meta"));
+    let body_version = req_meta
+        .as_ref()
+        .and_then(|m| m.get(meta::PROTOCOL_VERSION))
+        .and_then(|v| v.into_string());
+    let Some(header_version) = header(headers, "mcp-protocol-version") else {
+        return mismatch("Header mismatch: MCP-Protocol-Version header is required".into());
+    };
+    let Some(body_version) = body_version else {
+        return Err((
+            400,
+            jsonrpc::INVALID_PARAMS,
+            "params._meta[\"io.modelcontextprotocol/protocolVersion\"] is required".into(),
+        ));
+    };
+    if header_version != body_version {
+        return mismatch(format!(
+            "Header mismatch: MCP-Protocol-Version header value '{header_version}' does not match body value '{body_version}'"
+        ));
+    }
+    if mcp::modern_version(body_version).is_some()
+        && !req_meta
+            .as_ref()
+            .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
+            .is_some_and(|c| c.is_object())
+    {
+        return Err((
+            400,
+            jsonrpc::INVALID_PARAMS,
+            "params._meta[\"io.modelcontextprotocol/clientCapabilities\"] (an object) is required"
+                .into(),
+        ));
+    }
+    match header(headers, "mcp-method") {
+        None => return mismatch("Header mismatch: Mcp-Method header is required".into()),
+        Some(m) if m != method => return mismatch(format!(
+            "Header mismatch: Mcp-Method header value '{m}' does not match body value '{method}'"
+        )),
+        Some(_) => {}
+    }
+    let name_field = match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" => Some("uri"),
+        _ => None,
+    };
+    if let Some(field) = name_field {
+        let body_name = params
+            .as_ref()
+            .and_then(|p| p.get(field))
+            .and_then(|v| v.into_string());
+        match header(headers, "mcp-name") {
+            None => return mismatch("Header mismatch: Mcp-Name header is required".into()),
+            Some(raw) => match decode_header_value(raw) {
+                None => {
+                    return mismatch(
+                        "Header mismatch: Mcp-Name is not valid Base64-encoded UTF-8".into(),
+                    )
+                }
+                Some(v) if Some(v.as_str()) != body_name => return mismatch(format!(
+                    "Header mismatch: Mcp-Name header value '{v}' does not match body value '{}'",
+                    body_name.unwrap_or("")
+                )),
+                Some(_) => {}
+            },
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> HttpConfig {
+        HttpConfig::new("127.0.0.1:7070".parse().unwrap())
+    }
+
+    #[test]
+    fn accept_header_forms() {
+        assert_eq!(
+            parse_accept(None),
+            Accepts {
+                json: true,
+                sse: true
+            }
+        );
+        assert_eq!(
+            parse_accept(Some("application/json, text/event-stream")),
+            Accepts {
+                json: true,
+                sse: true
+            }
+        );
+        assert_eq!(
+            parse_accept(Some("text/event-stream")),
+            Accepts {
+                json: false,
+                sse: true
+            }
+        );
+        assert_eq!(
+            parse_accept(Some("text/html")),
+            Accepts {
+                json: false,
+                sse: false
+            }
+        );
+        assert_eq!(
+            parse_accept(Some("application/json;q=0, */*")),
+            Accepts {
+                json: true,
+                sse: true
+            }
+        );
+        assert_eq!(
+            parse_accept(Some("application/json;q=0")),
+            Accepts {
+                json: false,
+                sse: false
+            }
+        );
+    }
+
+    #[test]
+    fn origins_and_hosts() {
+        let mut c = cfg();
+        assert!(origin_allowed("http://localhost:3000", &c));
+        assert!(origin_allowed("https://127.0.0.1", &c));
+        assert!(origin_allowed("http://[::1]:8080", &c));
+        assert!(!origin_allowed("http://evil.example", &c));
+        assert!(!origin_allowed("http://localhost.evil.example", &c));
+        assert!(!origin_allowed("null", &c));
+        c.allowed_origins.push("https://app.example".into());
+        assert!(origin_allowed("https://app.example", &c));
+        assert!(host_allowed("localhost:7070", &c));
+        assert!(host_allowed("127.0.0.1", &c));
+        assert!(!host_allowed("attacker.example:7070", &c));
+        c.allowed_hosts.push("mcp.internal".into());
+        assert!(host_allowed("mcp.internal:7070", &c));
+    }
+
+    #[test]
+    fn header_values_decode_base64_sentinels() {
+        assert_eq!(decode_header_value("plain").as_deref(), Some("plain"));
+        assert_eq!(
+            decode_header_value("=?base64?SGVsbG8sIOS4lueVjA==?=").as_deref(),
+            Some("Hello, 世界")
+        );
+        assert_eq!(decode_header_value("=?base64?!!?="), None);
+        assert_eq!(
+            error_code_of(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"x"}}"#),
+            Some(-32601)
+        );
+        assert_eq!(
+            error_code_of(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
+            None
+        );
+    }
+}

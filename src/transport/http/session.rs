@@ -1,0 +1,609 @@
+//! Legacy (2025-11-25 and older) Streamable HTTP sessions, owned by shards.
+//!
+//! `initialize` creates a session on the shard that received it. Its id is
+//! four hex digits naming that shard followed by 128 bits from the kernel's
+//! CSPRNG (`getrandom`), so any shard can route a request to the owner with
+//! no shared table. The owner keeps, per session: the MCP session state,
+//! the live SSE streams (the standalone GET stream is stream 0; each POST
+//! that answers with SSE opens stream 1, 2, ...), and a bounded replay store
+//! of recent events (count and age limits) for `Last-Event-ID` resumption.
+//!
+//! Event ids are `{stream}-{seq}`: unique within the session and naming the
+//! stream, so a resume replays only that stream. A POST stream survives its
+//! connection: if the client disconnects (or the server closes the
+//! connection after `sse_max_connection_ms`, or the client reads too
+//! slowly), the handler keeps running, its events keep landing in the store,
+//! and `GET` with `Last-Event-ID` picks the stream up where it broke.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::body::{sse_event, trim_newline, McpBody, McpResponse, SseSource};
+use super::forward::{Accepts, HttpCall, HttpMethod};
+use crate::config::HttpConfig;
+use crate::protocol::jsonrpc::{self, Id, Message};
+use crate::protocol::PARSE_PADDING;
+use crate::runtime::local::Pipe;
+use crate::runtime::shard::Shard;
+use crate::server::{account, Notifier, PendingResponse, Session, SharedNotifier};
+
+/// Hex digits of the shard prefix of a session id.
+const SHARD_DIGITS: usize = 4;
+/// Random bytes after the prefix.
+const RANDOM_BYTES: usize = 16;
+
+/// A fresh session id owned by `shard`.
+pub fn new_id(shard: usize) -> String {
+    let mut r = [0u8; RANDOM_BYTES];
+    let mut filled = 0;
+    while filled < r.len() {
+        // SAFETY: getrandom writes at most the given length into our buffer.
+        let n = unsafe { libc::getrandom(r[filled..].as_mut_ptr().cast(), r.len() - filled, 0) };
+        assert!(
+            n > 0,
+            "getrandom failed: {}",
+            std::io::Error::last_os_error()
+        );
+        filled += n as usize;
+    }
+    let mut id = format!("{shard:0SHARD_DIGITS$x}");
+    for b in r {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
+/// The shard a session id names, if it is well-formed.
+pub fn owner_of(id: &str, shard_count: usize) -> Option<usize> {
+    if id.len() != SHARD_DIGITS + 2 * RANDOM_BYTES || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let shard = usize::from_str_radix(&id[..SHARD_DIGITS], 16).ok()?;
+    (shard < shard_count).then_some(shard)
+}
+
+struct Stored {
+    stream: u64,
+    seq: u64,
+    at: Instant,
+    frame: Bytes,
+}
+
+/// A stream that has not finished.
+struct Live {
+    /// The connection currently reading it, if any.
+    sink: Option<Rc<Pipe<Bytes>>>,
+    next_seq: u64,
+}
+
+struct Streams {
+    store: VecDeque<Stored>,
+    live: HashMap<u64, Live>,
+    next_stream: u64,
+}
+
+pub struct HttpSession {
+    pub id: String,
+    mcp: RefCell<Session>,
+    last_active: Cell<Instant>,
+    inflight: Cell<usize>,
+    streams: RefCell<Streams>,
+    ended: Cell<bool>,
+    store_max_events: usize,
+    store_max_age: Duration,
+    queue_events: usize,
+    retry_ms: u64,
+    shard: Weak<Shard>,
+}
+
+/// Sends a session's server-to-client messages to one of its streams.
+struct StreamNotifier {
+    session: Weak<HttpSession>,
+    stream: u64,
+}
+
+impl Notifier for StreamNotifier {
+    fn notify(&self, message: &[u8]) {
+        if let Some(s) = self.session.upgrade() {
+            s.emit(self.stream, message, false);
+        }
+    }
+}
+
+impl HttpSession {
+    fn new(shard: &Rc<Shard>, cfg: &HttpConfig) -> Rc<Self> {
+        let id = new_id(shard.id);
+        Rc::new_cyclic(|me: &Weak<HttpSession>| {
+            let standalone: SharedNotifier = Rc::new(StreamNotifier {
+                session: me.clone(),
+                stream: 0,
+            });
+            HttpSession {
+                id,
+                mcp: RefCell::new(Session::new(Some(standalone))),
+                last_active: Cell::new(Instant::now()),
+                inflight: Cell::new(0),
+                streams: RefCell::new(Streams {
+                    store: VecDeque::new(),
+                    live: HashMap::new(),
+                    next_stream: 1,
+                }),
+                ended: Cell::new(false),
+                store_max_events: cfg.sse_store_max_events,
+                store_max_age: Duration::from_millis(cfg.sse_store_max_age_ms),
+                queue_events: cfg.sse_queue_events,
+                retry_ms: cfg.sse_retry_ms,
+                shard: Rc::downgrade(shard),
+            }
+        })
+    }
+
+    fn touch(&self) {
+        self.last_active.set(Instant::now());
+    }
+
+    /// True when nothing uses the session and it has been quiet for `ttl`.
+    fn expired(&self, now: Instant, ttl: Duration) -> bool {
+        if self.inflight.get() > 0 || now.duration_since(self.last_active.get()) < ttl {
+            return false;
+        }
+        let streams = self.streams.borrow();
+        !streams.live.values().any(|l| {
+            l.sink
+                .as_ref()
+                .is_some_and(|s| !s.consumer_gone() && !s.is_closed())
+        })
+    }
+
+    /// Records an event on `stream` and hands it to the stream's reader.
+    /// `last` marks the response that ends a POST stream.
+    fn emit(&self, stream: u64, json: &[u8], last: bool) {
+        if self.ended.get() {
+            return;
+        }
+        let mut st = self.streams.borrow_mut();
+        if stream == 0 {
+            // The standalone stream exists from the first notification on,
+            // whether or not a GET is reading it.
+            st.live.entry(0).or_insert(Live {
+                sink: None,
+                next_seq: 1,
+            });
+        }
+        let Some(live) = st.live.get_mut(&stream) else {
+            return; // a POST stream that already finished
+        };
+        let seq = live.next_seq;
+        live.next_seq += 1;
+        let frame = sse_event(Some(&format!("{stream}-{seq}")), json);
+        if let Some(sink) = &live.sink {
+            let pushed = if last {
+                sink.push_final(frame.clone())
+            } else {
+                sink.push(frame.clone())
+            };
+            match pushed {
+                Ok(()) => {}
+                Err(crate::runtime::local::PushError::Full) => {
+                    // The reader fell behind: close its connection; it resumes
+                    // from the store with Last-Event-ID.
+                    sink.close();
+                    live.sink = None;
+                    if let Some(shard) = self.shard.upgrade() {
+                        shard.metrics.borrow_mut().counters.sse_streams_cut += 1;
+                    }
+                }
+                Err(crate::runtime::local::PushError::Closed) => live.sink = None,
+            }
+        }
+        if last {
+            st.live.remove(&stream);
+        }
+        st.store.push_back(Stored {
+            stream,
+            seq,
+            at: Instant::now(),
+            frame,
+        });
+        self.evict(&mut st);
+    }
+
+    fn evict(&self, st: &mut Streams) {
+        let now = Instant::now();
+        while let Some(front) = st.store.front() {
+            if st.store.len() > self.store_max_events
+                || now.duration_since(front.at) > self.store_max_age
+            {
+                st.store.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// A new pipe for a reader, starting with the priming event (an id and
+    /// empty data, so the client has a `Last-Event-ID` before anything else).
+    fn new_sink(&self, priming_id: &str) -> Rc<Pipe<Bytes>> {
+        let pipe = Pipe::new(self.queue_events);
+        let priming = format!("id: {priming_id}\nretry: {}\ndata: \n\n", self.retry_ms);
+        let _ = pipe.push(Bytes::from(priming));
+        pipe
+    }
+
+    /// Opens a POST response stream.
+    fn open_stream(&self) -> (u64, Rc<Pipe<Bytes>>) {
+        let mut st = self.streams.borrow_mut();
+        let stream = st.next_stream;
+        st.next_stream += 1;
+        let sink = self.new_sink(&format!("{stream}-0"));
+        st.live.insert(
+            stream,
+            Live {
+                sink: Some(sink.clone()),
+                next_seq: 1,
+            },
+        );
+        (stream, sink)
+    }
+
+    /// `GET` without `Last-Event-ID`: the standalone stream, from now on.
+    fn open_standalone(&self) -> Rc<Pipe<Bytes>> {
+        let mut st = self.streams.borrow_mut();
+        let live = st.live.entry(0).or_insert(Live {
+            sink: None,
+            next_seq: 1,
+        });
+        let sink = self.new_sink(&format!("0-{}", live.next_seq - 1));
+        if let Some(old) = live.sink.replace(sink.clone()) {
+            // One reader per stream: the newest connection takes over.
+            old.close();
+        }
+        sink
+    }
+
+    /// `GET` with `Last-Event-ID: {stream}-{seq}`: replays what followed on
+    /// that stream, then keeps the reader attached if the stream goes on.
+    fn resume(&self, stream: u64, after: u64) -> Rc<Pipe<Bytes>> {
+        let mut st = self.streams.borrow_mut();
+        self.evict(&mut st);
+        let pipe = Pipe::new(self.queue_events);
+        for e in st
+            .store
+            .iter()
+            .filter(|e| e.stream == stream && e.seq > after)
+        {
+            // The store is bounded, so a replay may exceed the live queue.
+            pipe.push_replay(e.frame.clone());
+        }
+        match st.live.get_mut(&stream) {
+            Some(live) => {
+                if let Some(old) = live.sink.replace(pipe.clone()) {
+                    old.close();
+                }
+            }
+            None if stream == 0 => {
+                st.live.insert(
+                    0,
+                    Live {
+                        sink: Some(pipe.clone()),
+                        next_seq: after + 1,
+                    },
+                );
+            }
+            // Finished: the replay ends with its final response.
+            None => pipe.close(),
+        }
+        pipe
+    }
+
+    fn end(&self, shard: &Rc<Shard>) {
+        if self.ended.replace(true) {
+            return;
+        }
+        self.mcp.borrow_mut().close(shard);
+        let mut st = self.streams.borrow_mut();
+        for live in st.live.values_mut() {
+            if let Some(s) = live.sink.take() {
+                s.close();
+            }
+        }
+        st.live.clear();
+        st.store.clear();
+    }
+}
+
+/// A request's JSON body, padded for the in-place parser.
+fn padded(mut body: Vec<u8>) -> (Vec<u8>, usize) {
+    let len = body.len();
+    body.resize(len + PARSE_PADDING, b' ');
+    (body, len)
+}
+
+/// Whether a POST answers with SSE: when the client accepts only SSE, or
+/// accepts it and asked for progress (the only related messages tessera
+/// sends before a response).
+pub fn wants_sse(accepts: Accepts, msg: &Message<'_>) -> bool {
+    if !accepts.sse {
+        return false;
+    }
+    if !accepts.json {
+        return true;
+    }
+    match msg {
+        Message::Request {
+            params: Some(p), ..
+        } => p
+            .get("_meta")
+            .and_then(|m| m.get(crate::protocol::mcp::meta::PROGRESS_TOKEN))
+            .is_some(),
+        _ => false,
+    }
+}
+
+enum PostOutcome {
+    Accepted,
+    Error(McpResponse),
+    Json(Vec<u8>, Option<PendingResponse>, bool),
+    Stream(
+        u64,
+        Rc<Pipe<Bytes>>,
+        Option<Vec<u8>>,
+        Option<PendingResponse>,
+    ),
+}
+
+/// Serves one POSTed JSON-RPC message in `session`.
+async fn post(
+    shard: &Rc<Shard>,
+    session: &Rc<HttpSession>,
+    accepts: Accepts,
+    body: Vec<u8>,
+) -> (McpResponse, bool) {
+    let (mut buf, len) = padded(body);
+    let started = Instant::now();
+    let outcome = {
+        let mut parser = shard.parser.borrow_mut();
+        parser.parse(&mut buf, len, |parsed| {
+            let root = match parsed {
+                Ok(r) => r,
+                Err(e) => {
+                    return PostOutcome::Error(McpResponse::rpc_error(
+                        400,
+                        &Id::Null,
+                        jsonrpc::PARSE_ERROR,
+                        &format!("Parse error: {e}"),
+                    ))
+                }
+            };
+            let msg = match jsonrpc::classify(root) {
+                Ok(m) => m,
+                Err(inv) => {
+                    return PostOutcome::Error(McpResponse::rpc_error(
+                        400,
+                        &inv.id,
+                        inv.code,
+                        inv.message,
+                    ))
+                }
+            };
+            let is_request = matches!(msg, Message::Request { .. });
+            let mut out = Vec::with_capacity(256);
+            if !is_request {
+                let h = session
+                    .mcp
+                    .borrow_mut()
+                    .handle_parsed(shard, msg, &mut out, started, None);
+                account(shard, &h, started);
+                return PostOutcome::Accepted;
+            }
+            if wants_sse(accepts, &msg) {
+                let (stream, sink) = session.open_stream();
+                let related: SharedNotifier = Rc::new(StreamNotifier {
+                    session: Rc::downgrade(session),
+                    stream,
+                });
+                let h = session.mcp.borrow_mut().handle_parsed(
+                    shard,
+                    msg,
+                    &mut out,
+                    started,
+                    Some(&related),
+                );
+                account(shard, &h, started);
+                let sync = h.pending.is_none().then_some(out);
+                PostOutcome::Stream(stream, sink, sync, h.pending)
+            } else {
+                let h = session
+                    .mcp
+                    .borrow_mut()
+                    .handle_parsed(shard, msg, &mut out, started, None);
+                account(shard, &h, started);
+                PostOutcome::Json(out, h.pending, h.is_error)
+            }
+        })
+    };
+    match outcome {
+        PostOutcome::Accepted => (McpResponse::empty(202), false),
+        PostOutcome::Error(r) => (r, true),
+        PostOutcome::Json(mut out, pending, is_error) => {
+            if let Some(p) = pending {
+                session.inflight.set(session.inflight.get() + 1);
+                out = p.await;
+                session.inflight.set(session.inflight.get() - 1);
+            }
+            trim_newline(&mut out);
+            (McpResponse::json(200, out), is_error)
+        }
+        PostOutcome::Stream(stream, sink, sync, pending) => {
+            match (sync, pending) {
+                (Some(mut out), _) => {
+                    trim_newline(&mut out);
+                    session.emit(stream, &out, true);
+                }
+                (None, Some(p)) => {
+                    // Runs to the end even if the client disconnects: its
+                    // events stay resumable from the store.
+                    session.inflight.set(session.inflight.get() + 1);
+                    let session = session.clone();
+                    glommio::spawn_local(async move {
+                        let mut out = p.await;
+                        trim_newline(&mut out);
+                        session.emit(stream, &out, true);
+                        session.inflight.set(session.inflight.get() - 1);
+                    })
+                    .detach();
+                }
+                (None, None) => {}
+            }
+            (
+                McpResponse {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: McpBody::Sse {
+                        source: SseSource::Local(sink),
+                        task: None,
+                        resumable: true,
+                    },
+                },
+                false,
+            )
+        }
+    }
+}
+
+/// `initialize` without a session: creates one on this shard when the
+/// handshake succeeds.
+pub async fn initialize(shard: &Rc<Shard>, accepts: Accepts, body: Vec<u8>) -> McpResponse {
+    let cfg = shard.http.clone().expect("HTTP configured");
+    if shard.sessions.borrow().len() >= cfg.max_sessions_per_shard {
+        shard.metrics.borrow_mut().counters.sessions_rejected += 1;
+        let msg = format!(
+            "too many sessions on this shard ({} max, max-sessions-per-shard); retry later",
+            cfg.max_sessions_per_shard
+        );
+        return McpResponse::rpc_error(503, &Id::Null, jsonrpc::SERVER_OVERLOADED, &msg)
+            .with_header("retry-after", "1");
+    }
+    let session = HttpSession::new(shard, &cfg);
+    let (resp, failed) = post(shard, &session, accepts, body).await;
+    if failed || session.mcp.borrow().negotiated_version().is_none() {
+        session.end(shard);
+        return resp;
+    }
+    shard.metrics.borrow_mut().counters.sessions_created += 1;
+    shard
+        .sessions
+        .borrow_mut()
+        .insert(session.id.clone(), session.clone());
+    resp.with_header("mcp-session-id", session.id.clone())
+}
+
+/// On the owning shard: serves a request for an existing session.
+pub async fn serve_call(shard: &Rc<Shard>, call: HttpCall) -> McpResponse {
+    let session = shard.sessions.borrow().get(&call.session_id).cloned();
+    let Some(session) = session.filter(|s| !s.ended.get()) else {
+        return McpResponse::rpc_error(
+            404,
+            &Id::Null,
+            jsonrpc::INVALID_REQUEST,
+            "Session not found: it ended or expired; start a new one with initialize",
+        );
+    };
+    session.touch();
+    match call.method {
+        HttpMethod::Post => post(shard, &session, call.accepts, call.body).await.0,
+        HttpMethod::Delete => {
+            shard.sessions.borrow_mut().remove(&session.id);
+            session.end(shard);
+            McpResponse::empty(200)
+        }
+        HttpMethod::Get => {
+            if !call.accepts.sse {
+                return McpResponse::rpc_error(
+                    406,
+                    &Id::Null,
+                    jsonrpc::INVALID_REQUEST,
+                    "Not Acceptable: GET opens an SSE stream; send Accept: text/event-stream",
+                );
+            }
+            let pipe = match call.last_event_id.as_deref() {
+                None => session.open_standalone(),
+                Some(last) => match parse_event_id(last) {
+                    Some((stream, seq)) => session.resume(stream, seq),
+                    None => {
+                        return McpResponse::rpc_error(
+                            400,
+                            &Id::Null,
+                            jsonrpc::INVALID_REQUEST,
+                            "Last-Event-ID is not an event id of this server",
+                        )
+                    }
+                },
+            };
+            McpResponse {
+                status: 200,
+                headers: Vec::new(),
+                body: McpBody::Sse {
+                    source: SseSource::Local(pipe),
+                    task: None,
+                    resumable: true,
+                },
+            }
+        }
+    }
+}
+
+fn parse_event_id(s: &str) -> Option<(u64, u64)> {
+    let (a, b) = s.trim().split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Removes sessions idle for `session_idle_ttl_ms` (no request, no open
+/// stream); their ids answer 404 from then on.
+pub async fn sweep_loop(shard: Rc<Shard>) {
+    let Some(cfg) = shard.http.clone() else {
+        return;
+    };
+    let ttl = Duration::from_millis(cfg.session_idle_ttl_ms);
+    let every = (ttl / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
+    while !shard.shutdown.is_raised() {
+        futures_lite::future::or(glommio::timer::sleep(every), shard.shutdown.wait()).await;
+        let now = Instant::now();
+        let expired: Vec<Rc<HttpSession>> = shard
+            .sessions
+            .borrow()
+            .values()
+            .filter(|s| s.expired(now, ttl))
+            .cloned()
+            .collect();
+        for s in expired {
+            shard.sessions.borrow_mut().remove(&s.id);
+            s.end(&shard);
+            shard.metrics.borrow_mut().counters.sessions_expired += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_their_shard_and_are_random() {
+        let a = new_id(3);
+        let b = new_id(3);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert!(a.bytes().all(|c| c.is_ascii_graphic()));
+        assert_eq!(owner_of(&a, 4), Some(3));
+        assert_eq!(owner_of(&a, 3), None);
+        assert_eq!(owner_of("zz", 4), None);
+        assert_eq!(owner_of(&a.replace('0', "g"), 4), None);
+        assert_eq!(parse_event_id("3-17"), Some((3, 17)));
+        assert_eq!(parse_event_id("x"), None);
+    }
+}
