@@ -30,9 +30,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub tcp: Option<SocketAddr>,
 
-    /// Serve MCP Streamable HTTP (both spec eras) on this address; every shard
-    /// binds it (SO_REUSEPORT); port 0 picks one free port for all shards.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve MCP Streamable HTTP (both spec eras) on this address
+    /// (`--http` alone: 127.0.0.1:8080); every shard binds it (SO_REUSEPORT);
+    /// port 0 picks one free port for all shards.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_HTTP_ADDR)]
     pub http: Option<SocketAddr>,
 
     #[command(flatten)]
@@ -187,6 +188,7 @@ impl From<&LimitArgs> for Limits {
 }
 
 pub const DEFAULT_TCP_ADDR: &str = "127.0.0.1:7070";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 
 impl ServeArgs {
     /// Resolves defaults and checks the selection against this machine.

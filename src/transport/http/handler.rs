@@ -608,9 +608,11 @@ fn check_headers(
     }
     match header(headers, "mcp-method") {
         None => return mismatch("Header mismatch: Mcp-Method header is required".into()),
-        Some(m) if m != method => return mismatch(format!(
+        Some(m) if m != method => {
+            return mismatch(format!(
             "Header mismatch: Mcp-Method header value '{m}' does not match body value '{method}'"
-        )),
+        ))
+        }
         Some(_) => {}
     }
     let name_field = match method {
@@ -631,10 +633,12 @@ fn check_headers(
                         "Header mismatch: Mcp-Name is not valid Base64-encoded UTF-8".into(),
                     )
                 }
-                Some(v) if Some(v.as_str()) != body_name => return mismatch(format!(
+                Some(v) if Some(v.as_str()) != body_name => {
+                    return mismatch(format!(
                     "Header mismatch: Mcp-Name header value '{v}' does not match body value '{}'",
                     body_name.unwrap_or("")
-                )),
+                ))
+                }
                 Some(_) => {}
             },
         }
