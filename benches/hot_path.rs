@@ -7,7 +7,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tessera::config::Limits;
 use tessera::protocol::PARSE_PADDING;
 use tessera::runtime::shard::Shard;
-use tessera::server::{builtin_registry, Session};
+use tessera::server::api::McpServer;
+use tessera::server::Session;
 
 fn padded(line: &[u8]) -> Vec<u8> {
     let mut v = line.to_vec();
@@ -16,8 +17,13 @@ fn padded(line: &[u8]) -> Vec<u8> {
 }
 
 fn bench(c: &mut Criterion) {
-    let shard = Rc::new(Shard::standalone(Limits::default(), builtin_registry()));
-    let mut session = Session::new(None);
+    let registry = McpServer::new()
+        .with_builtins()
+        .build()
+        .build()
+        .expect("built-in registry");
+    let shard = Rc::new(Shard::standalone(Limits::default(), registry));
+    let mut session = Session::new(&shard, None);
     let mut out = Vec::with_capacity(1 << 16);
     let mut init = padded(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}"#);
     let n = init.len() - PARSE_PADDING;

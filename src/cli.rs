@@ -58,8 +58,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stats_interval: Option<Duration>,
 
+    /// Serve a fixture set instead of the built-in tools: `conformance` is
+    /// what the official MCP conformance suite exercises.
+    #[arg(long, value_enum, value_name = "SET")]
+    pub fixtures: Option<FixtureSet>,
+
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FixtureSet {
+    /// The tools, resources, prompts, tasks and skills the MCP conformance
+    /// suite (`@modelcontextprotocol/conformance`) calls.
+    Conformance,
 }
 
 fn http_defaults() -> HttpConfig {
@@ -166,6 +178,25 @@ pub struct LimitArgs {
     /// Milliseconds connections get to finish in-flight requests at shutdown.
     #[arg(long, default_value_t = Limits::default().drain_timeout_ms)]
     pub drain_timeout_ms: u64,
+    /// Server-to-client requests (sampling, elicitation, roots) a session
+    /// may have awaiting the client's answer.
+    #[arg(long, default_value_t = Limits::default().max_client_requests)]
+    pub max_client_requests: usize,
+    /// Milliseconds a server-to-client request waits for its answer.
+    #[arg(long, default_value_t = Limits::default().client_request_timeout_ms)]
+    pub client_request_timeout_ms: u64,
+    /// Items per page of the list methods.
+    #[arg(long, default_value_t = Limits::default().page_size)]
+    pub page_size: usize,
+    /// Milliseconds a signed multi-round requestState stays valid.
+    #[arg(long, default_value_t = Limits::default().mrtr_state_ttl_ms)]
+    pub mrtr_state_ttl_ms: u64,
+    /// Tasks one shard may hold.
+    #[arg(long, default_value_t = Limits::default().max_tasks_per_shard)]
+    pub max_tasks_per_shard: usize,
+    /// Default and maximum task lifetime in milliseconds.
+    #[arg(long, default_value_t = Limits::default().task_ttl_ms)]
+    pub task_ttl_ms: u64,
 }
 
 impl From<&LimitArgs> for Limits {
@@ -183,6 +214,12 @@ impl From<&LimitArgs> for Limits {
             max_subscriptions_per_session: a.max_subscriptions_per_session,
             max_watchers_per_key: a.max_watchers_per_key,
             drain_timeout_ms: a.drain_timeout_ms,
+            max_client_requests: a.max_client_requests,
+            client_request_timeout_ms: a.client_request_timeout_ms,
+            page_size: a.page_size,
+            mrtr_state_ttl_ms: a.mrtr_state_ttl_ms,
+            max_tasks_per_shard: a.max_tasks_per_shard,
+            task_ttl_ms: a.task_ttl_ms,
         }
     }
 }

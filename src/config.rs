@@ -42,6 +42,25 @@ pub struct Limits {
     pub max_subscriptions_per_session: usize,
     /// Subscribers one kv key may have at its owner; more is a -32600 error.
     pub max_watchers_per_key: usize,
+    /// Server-to-client requests (sampling, elicitation, roots) one legacy
+    /// session may have waiting for the client's answer; the next one fails
+    /// at once with an error the handler sees.
+    pub max_client_requests: usize,
+    /// How long a server-to-client request waits for its answer before the
+    /// handler gets a timeout error.
+    pub client_request_timeout_ms: u64,
+    /// Items per page of `tools/list`, `prompts/list`, `resources/list` and
+    /// `resources/templates/list`; the rest is behind `nextCursor`.
+    pub page_size: usize,
+    /// How long a signed multi-round `requestState` stays valid; an older one
+    /// is refused with -32602.
+    pub mrtr_state_ttl_ms: u64,
+    /// Tasks one shard holds (any status). Creating one more is refused with
+    /// a JSON-RPC error; finished tasks past their TTL are removed first.
+    pub max_tasks_per_shard: usize,
+    /// A task's lifetime when the client asks for none (and the cap on what
+    /// it may ask for); after it the task and its result are removed.
+    pub task_ttl_ms: u64,
     /// On shutdown, how long connections get to finish requests already
     /// read before the shard stops anyway.
     pub drain_timeout_ms: u64,
@@ -62,6 +81,12 @@ impl Default for Limits {
             max_subscriptions_per_session: 1_000,
             max_watchers_per_key: 100_000,
             drain_timeout_ms: 5_000,
+            max_client_requests: 64,
+            client_request_timeout_ms: 60_000,
+            page_size: 100,
+            mrtr_state_ttl_ms: 600_000,
+            max_tasks_per_shard: 10_000,
+            task_ttl_ms: 3_600_000,
         }
     }
 }
@@ -75,10 +100,17 @@ impl Limits {
         Duration::from_millis(self.drain_timeout_ms)
     }
 
+    pub fn client_request_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_request_timeout_ms)
+    }
+
     /// Rejects settings that would make the server unusable rather than
     /// merely strict.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(&str, usize, usize); 9] = [
+        let checks: [(&str, usize, usize); 12] = [
+            ("max-client-requests", self.max_client_requests, 1),
+            ("page-size", self.page_size, 1),
+            ("max-tasks-per-shard", self.max_tasks_per_shard, 1),
             (
                 "max-subscriptions-per-session",
                 self.max_subscriptions_per_session,
@@ -102,8 +134,15 @@ impl Limits {
                 return Err(format!("--{name} must be at least {min} (got {value})"));
             }
         }
-        if self.mesh_timeout_ms == 0 {
-            return Err("--mesh-timeout-ms must be at least 1".into());
+        for (name, v) in [
+            ("mesh-timeout-ms", self.mesh_timeout_ms),
+            ("client-request-timeout-ms", self.client_request_timeout_ms),
+            ("mrtr-state-ttl-ms", self.mrtr_state_ttl_ms),
+            ("task-ttl-ms", self.task_ttl_ms),
+        ] {
+            if v == 0 {
+                return Err(format!("--{name} must be at least 1"));
+            }
         }
         Ok(())
     }
@@ -222,6 +261,42 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// One shard per CPU in `cores`, default limits, no transport yet.
+    pub fn new(cores: Vec<usize>) -> Self {
+        Self {
+            cores,
+            tcp: None,
+            http: None,
+            stdio: false,
+            spin_before_park: None,
+            stats_interval: None,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Newline-delimited JSON-RPC on `addr` (every shard binds it).
+    pub fn with_tcp(mut self, addr: SocketAddr) -> Self {
+        self.tcp = Some(addr);
+        self
+    }
+
+    /// Streamable HTTP (both spec eras) on `addr`, default HTTP settings.
+    pub fn with_http(mut self, addr: SocketAddr) -> Self {
+        self.http = Some(HttpConfig::new(addr));
+        self
+    }
+
+    /// Serve one client on stdin/stdout (attached to shard 0).
+    pub fn with_stdio(mut self) -> Self {
+        self.stdio = true;
+        self
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     pub fn shard_count(&self) -> usize {
         self.cores.len()
     }

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tessera::cli::{Cli, Command};
+use tessera::cli::{Cli, Command, FixtureSet};
+use tessera::server::api::McpServer;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -19,7 +20,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match tessera::runtime::serve(config) {
+            let app = match args.fixtures {
+                None => McpServer::new().with_builtins().build(),
+                Some(FixtureSet::Conformance) => tessera::server::fixtures::conformance(),
+            };
+            match tessera::runtime::serve(config, app) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tessera: {e}");

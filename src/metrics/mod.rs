@@ -26,6 +26,10 @@ pub enum MethodKind {
     Resources,
     /// resources/subscribe, resources/unsubscribe.
     Subscribe,
+    /// prompts/list, prompts/get.
+    Prompts,
+    /// tasks/get, tasks/result, tasks/list, tasks/cancel.
+    Tasks,
     /// Any other request (answered with an error by this build).
     OtherRequest,
     Notification,
@@ -34,7 +38,7 @@ pub enum MethodKind {
 }
 
 impl MethodKind {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
     pub const ALL: [MethodKind; Self::COUNT] = [
         MethodKind::Initialize,
         MethodKind::Ping,
@@ -43,6 +47,8 @@ impl MethodKind {
         MethodKind::ToolsCall,
         MethodKind::Resources,
         MethodKind::Subscribe,
+        MethodKind::Prompts,
+        MethodKind::Tasks,
         MethodKind::OtherRequest,
         MethodKind::Notification,
         MethodKind::Invalid,
@@ -57,6 +63,8 @@ impl MethodKind {
             MethodKind::ToolsCall => "tools/call",
             MethodKind::Resources => "resources/*",
             MethodKind::Subscribe => "(un)subscribe",
+            MethodKind::Prompts => "prompts/*",
+            MethodKind::Tasks => "tasks/*",
             MethodKind::OtherRequest => "(other request)",
             MethodKind::Notification => "(notification)",
             MethodKind::Invalid => "(invalid)",
@@ -139,6 +147,20 @@ counters! {
     /// Reads paused because a connection hit `max_inflight_per_conn` or its
     /// output buffer passed `max_output_buffer_bytes`.
     backpressure_pauses,
+    /// Requests stopped by `notifications/cancelled` (or `tasks/cancel`).
+    requests_cancelled,
+    /// `subscriptions/listen` streams opened.
+    listen_streams,
+    /// Server-to-client requests that failed: refused at
+    /// `max_client_requests`, unanswered within `client_request_timeout_ms`,
+    /// or answered with an error.
+    client_requests_failed,
+    /// Tasks created (task-augmented requests).
+    tasks_created,
+    /// Task creations refused at `max_tasks_per_shard`.
+    tasks_rejected,
+    /// Tasks removed after their TTL.
+    tasks_expired,
 }
 
 /// One shard's live metrics. Not `Send`: it lives inside the shard.

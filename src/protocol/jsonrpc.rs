@@ -67,7 +67,11 @@ pub enum Message<'a> {
         params: Option<TapeValue<'a, 'a>>,
     },
     /// A reply from the client to a server-initiated request.
-    Response { id: Id<'a>, is_error: bool },
+    Response {
+        id: Id<'a>,
+        result: Option<TapeValue<'a, 'a>>,
+        error: Option<TapeValue<'a, 'a>>,
+    },
 }
 
 /// Why a parsed JSON value is not an acceptable JSON-RPC message.
@@ -195,13 +199,10 @@ pub fn classify<'a>(root: TapeValue<'a, 'a>) -> Result<Message<'a>, Invalid<'a>>
     }
 
     match (id, result.is_some(), error.is_some()) {
-        (Some(id), true, false) => Ok(Message::Response {
+        (Some(id), true, false) | (Some(id), false, true) => Ok(Message::Response {
             id: Id::Parsed(id),
-            is_error: false,
-        }),
-        (Some(id), false, true) => Ok(Message::Response {
-            id: Id::Parsed(id),
-            is_error: true,
+            result,
+            error,
         }),
         (_, true, true) => Err(invalid(
             err_id,
@@ -269,7 +270,7 @@ mod tests {
         match r {
             Ok(Message::Request { method, .. }) => Ok(format!("request {method}")),
             Ok(Message::Notification { method, .. }) => Ok(format!("notification {method}")),
-            Ok(Message::Response { is_error, .. }) => Ok(format!("response {is_error}")),
+            Ok(Message::Response { error, .. }) => Ok(format!("response {}", error.is_some())),
             Err(e) => {
                 let mut out = Vec::new();
                 e.id.write(&mut out);

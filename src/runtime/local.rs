@@ -180,6 +180,17 @@ impl<T> Pipe<T> {
         }
     }
 
+    /// Puts `item` before everything queued (a stream's first event,
+    /// decided after others were queued).
+    pub fn push_front(&self, item: T) {
+        if !self.consumer_gone.get() {
+            self.queue.borrow_mut().push_front(item);
+            if let Some(w) = self.waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
     fn push_unbounded(&self, item: T) {
         self.queue.borrow_mut().push_back(item);
         if let Some(w) = self.waker.borrow_mut().take() {
@@ -228,6 +239,19 @@ impl<T> Pipe<T> {
         }
         *self.waker.borrow_mut() = Some(cx.waker().clone());
         Poll::Pending
+    }
+
+    /// Resolves once an item is queued or the pipe is closed, leaving the
+    /// items in place.
+    pub async fn ready(&self) {
+        std::future::poll_fn(|cx| {
+            if !self.queue.borrow().is_empty() || self.closed.get() {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     pub async fn next(&self) -> Option<T> {

@@ -26,6 +26,10 @@ use glommio::GlommioError;
 
 use super::local::{oneshot, OneshotSender, Pipe, PushError};
 use crate::server::kv::{KvOp, KvReply};
+use crate::server::registry::ListKind;
+use crate::server::resources::Watcher;
+use crate::server::tasks::TaskOp;
+use crate::server::tools::RpcError;
 use crate::transport::http::forward::{HttpCall, HttpFrame};
 
 /// Work one shard asks another to do.
@@ -46,6 +50,33 @@ pub enum Request {
     HttpCancel {
         stream: u64,
     },
+    /// Add `watcher` to the watchers of `uri` the receiver keeps. Answered
+    /// with [`Reply::Watched`].
+    Watch {
+        uri: String,
+        watcher: Watcher,
+    },
+    /// Forget `watcher` of `uri`. No reply.
+    Unwatch {
+        uri: String,
+        watcher: Watcher,
+    },
+    /// `uri` changed; the receiver keeps its watchers. No reply.
+    Updated {
+        uri: String,
+    },
+    /// A `tasks/*` operation for a task the receiver owns. Answered with
+    /// [`Reply::Task`].
+    Task(TaskOp),
+    /// Offer (`on`) or withdraw an item of the registry. Sent to shard 0,
+    /// which applies it and forwards it (`broadcast: false`) to the others,
+    /// so every shard sees changes in one order. No reply.
+    SetEnabled {
+        kind: ListKind,
+        name: String,
+        on: bool,
+        broadcast: bool,
+    },
 }
 
 /// `corr` of a request sent with [`Mesh::tell`]: no reply is wanted.
@@ -56,6 +87,10 @@ pub const NO_REPLY: u64 = u64::MAX;
 pub enum Reply {
     Kv(KvReply),
     Http(HttpFrame),
+    /// Answer to [`Request::Watch`]: `Err(max)` at the per-URI bound.
+    Watched(Result<(), usize>),
+    /// Answer to [`Request::Task`]: the result's members, or the error.
+    Task(Result<String, RpcError>),
 }
 
 #[derive(Debug)]

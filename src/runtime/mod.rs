@@ -27,7 +27,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::ServerConfig;
 use crate::metrics::{self, Snapshot};
-use crate::server;
+use crate::server::mrtr::StateKey;
+use crate::server::registry::App;
 use crate::transport::{conn, http, stdio, tcp};
 use mesh::MeshBuilders;
 use shard::Shard;
@@ -85,6 +86,8 @@ struct ShardStart {
     tcp: Option<SocketAddr>,
     stdio: Option<UnixStream>,
     mesh: Option<MeshBuilders>,
+    app: App,
+    state_key: StateKey,
     events: Sender<ShardEvent>,
     commands: Receiver<ShardCommand>,
     /// Signalled once this thread's executor exists (or failed to).
@@ -101,7 +104,7 @@ struct ShardThread {
 /// Runs the server until SIGINT/SIGTERM (or, with stdio, until stdin closes),
 /// then prints the merged latency summary. Errors are startup failures or a
 /// shard that died.
-pub fn serve(mut config: ServerConfig) -> Result<(), String> {
+pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
     let n = config.shard_count();
     process::ensure_memlock(n)?;
     process::block_stop_signals();
@@ -127,6 +130,9 @@ pub fn serve(mut config: ServerConfig) -> Result<(), String> {
         }
         None => None,
     };
+    // Built once here so a definition error stops startup before any thread runs.
+    app.build()?;
+    let state_key = StateKey::random();
     let config = Arc::new(config);
     let mesh = (n > 1).then(|| MeshBuilders::new(n, config.limits.mesh_queue_depth));
     let (event_tx, events) = bounded::<ShardEvent>(EVENT_QUEUE_DEPTH);
@@ -145,6 +151,8 @@ pub fn serve(mut config: ServerConfig) -> Result<(), String> {
                 None
             },
             mesh: mesh.clone(),
+            app: app.clone(),
+            state_key: state_key.clone(),
             events: event_tx.clone(),
             commands: cmd_rx,
             made: made_tx.clone(),
@@ -370,6 +378,8 @@ async fn shard_main(start: ShardStart) {
         tcp,
         stdio,
         mesh,
+        app,
+        state_key,
         events,
         commands,
         ..
@@ -402,7 +412,11 @@ async fn shard_main(start: ShardStart) {
         core,
         config.shard_count(),
         config.limits.clone(),
-        server::builtin_registry(),
+        match app.build() {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        },
+        state_key,
         mesh,
         config.http.clone(),
     ));

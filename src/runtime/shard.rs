@@ -21,8 +21,12 @@ use crate::config::{HttpConfig, Limits};
 use crate::metrics::ShardMetrics;
 use crate::protocol::{Parser, PARSE_PADDING};
 use crate::server::kv::{self, KvOp, KvReply, KvStore};
-use crate::server::tools::Registry;
-use crate::server::{resources, SharedNotifier};
+use crate::server::listen::Listener;
+use crate::server::mrtr::StateKey;
+use crate::server::registry::Registry;
+use crate::server::resources::{self, WatchTable};
+use crate::server::tasks::TaskTable;
+use crate::server::SharedNotifier;
 
 /// Where a kv operation went.
 pub enum Routed {
@@ -91,9 +95,17 @@ impl ConnHandle {
         }
     }
 
-    /// Called by an async handler when its response is encoded.
-    pub fn complete(&self, response: &[u8]) {
+    /// Queues a response an async handler finished (possibly empty).
+    pub fn respond(&self, response: &[u8]) {
+        if response.is_empty() {
+            return;
+        }
         self.ready.borrow_mut().extend_from_slice(response);
+        self.wake();
+    }
+
+    /// An async handler counted in `inflight` ended (answered or cancelled).
+    pub fn finish_one(&self) {
         self.inflight.set(self.inflight.get() - 1);
         self.wake();
     }
@@ -161,8 +173,20 @@ pub struct Shard {
     pub core: usize,
     pub shard_count: usize,
     pub limits: Limits,
-    /// Tools, identical on every shard.
+    /// Tools, resources and prompts: the same definitions on every shard,
+    /// each shard with its own copy.
     pub registry: Registry,
+    /// Signs cursors and multi-round request state. The same key on every
+    /// shard, so a later round may land on any of them.
+    pub state_key: StateKey,
+    /// Watchers of the resource URIs this shard owns (`watch_owner`).
+    pub watches: RefCell<WatchTable>,
+    /// Legacy sessions on this shard that hear list changes, by subscriber id.
+    pub legacy_sessions: RefCell<HashMap<u64, SharedNotifier>>,
+    /// Modern `subscriptions/listen` streams on this shard, by subscriber id.
+    pub listeners: RefCell<HashMap<u64, Listener>>,
+    /// Tasks this shard owns (their ids name it).
+    pub tasks: RefCell<TaskTable>,
     /// The keys this shard owns.
     pub kv: RefCell<KvStore>,
     pub metrics: RefCell<ShardMetrics>,
@@ -180,6 +204,7 @@ pub struct Shard {
     /// Sessions that subscribed to something, by subscriber id.
     pub subscribers: RefCell<HashMap<u64, SharedNotifier>>,
     next_subscriber: Cell<u64>,
+    next_scope: Cell<u64>,
     /// Raised when the shard stops accepting and drains.
     pub shutdown: Flag,
 }
@@ -191,6 +216,7 @@ impl Shard {
         shard_count: usize,
         limits: Limits,
         registry: Registry,
+        state_key: StateKey,
         mesh: Option<Rc<Mesh>>,
         http: Option<HttpConfig>,
     ) -> Self {
@@ -198,12 +224,18 @@ impl Shard {
             id,
             core,
             shard_count,
-            kv: RefCell::new(KvStore::new(
-                limits.kv_max_keys_per_shard,
-                limits.max_watchers_per_key,
+            kv: RefCell::new(KvStore::new(limits.kv_max_keys_per_shard)),
+            watches: RefCell::new(WatchTable::new(limits.max_watchers_per_key)),
+            tasks: RefCell::new(TaskTable::new(
+                id,
+                limits.max_tasks_per_shard,
+                limits.task_ttl_ms,
             )),
             limits,
             registry,
+            state_key,
+            legacy_sessions: RefCell::new(HashMap::new()),
+            listeners: RefCell::new(HashMap::new()),
             metrics: RefCell::new(ShardMetrics::new()),
             parser: RefCell::new(Parser::new()),
             scratch: RefCell::new(Scratch {
@@ -217,6 +249,7 @@ impl Shard {
             relays: RefCell::new(HashMap::new()),
             subscribers: RefCell::new(HashMap::new()),
             next_subscriber: Cell::new(1),
+            next_scope: Cell::new(1),
             shutdown: Flag::default(),
         }
     }
@@ -224,7 +257,7 @@ impl Shard {
     /// A single shard with no mesh, for benchmarks and unit tests that drive
     /// the protocol without an executor.
     pub fn standalone(limits: Limits, registry: Registry) -> Self {
-        Self::new(0, 0, 1, limits, registry, None, None)
+        Self::new(0, 0, 1, limits, registry, StateKey::random(), None, None)
     }
 
     /// Sends `req` to the shard that owns it and returns a future for the
@@ -272,7 +305,7 @@ impl Shard {
                 Box::pin(async move {
                     match call.await? {
                         Reply::Kv(r) => Ok(r),
-                        Reply::Http(_) => Err(MeshError::PeerGone),
+                        _ => Err(MeshError::PeerGone),
                     }
                 }),
                 owner,
@@ -295,21 +328,22 @@ impl Shard {
     /// key's watchers when its value changed.
     pub fn kv_execute(self: &Rc<Self>, op: KvOp) -> KvReply {
         debug_assert_eq!(kv::owner(op.key(), self.shard_count), self.id);
-        let (reply, watchers) = {
-            let mut store = self.kv.borrow_mut();
-            let (reply, changed) = store.apply(&op);
-            let watchers = if changed {
-                store.watchers(op.key()).to_vec()
-            } else {
-                Vec::new()
-            };
-            (reply, watchers)
-        };
-        if matches!(reply, KvReply::Full { .. } | KvReply::WatchersFull { .. }) {
+        let uri = resources::uri_of(op.key());
+        let (reply, changed) = self.kv.borrow_mut().apply(op);
+        if matches!(reply, KvReply::Full { .. }) {
             self.metrics.borrow_mut().counters.kv_full += 1;
         }
-        resources::notify_watchers(self, op.key(), &watchers);
+        if changed {
+            resources::notify_watchers(self, &uri);
+        }
         reply
+    }
+
+    /// A fresh id for a legacy session (scopes its tasks).
+    pub fn next_session_scope(&self) -> u64 {
+        let id = self.next_scope.get();
+        self.next_scope.set(id + 1);
+        id
     }
 
     /// Adds a session that receives server-initiated notifications.
@@ -335,6 +369,31 @@ impl Shard {
             }
             Request::HttpCancel { stream } => {
                 crate::transport::http::forward::cancel(self, from, stream);
+                None
+            }
+            Request::Watch { uri, watcher } => {
+                let r = self.watches.borrow_mut().watch(&uri, watcher);
+                if r.is_err() {
+                    self.metrics.borrow_mut().counters.kv_full += 1;
+                }
+                Some(Reply::Watched(r))
+            }
+            Request::Unwatch { uri, watcher } => {
+                self.watches.borrow_mut().unwatch(&uri, watcher);
+                None
+            }
+            Request::Task(op) => Some(Reply::Task(crate::server::tasks::execute(self, op))),
+            Request::Updated { uri } => {
+                resources::notify_watchers(self, &uri);
+                None
+            }
+            Request::SetEnabled {
+                kind,
+                name,
+                on,
+                broadcast,
+            } => {
+                crate::server::apply_enabled(self, kind, &name, on, broadcast);
                 None
             }
         }

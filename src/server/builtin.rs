@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use simd_json::prelude::*;
 
+use super::ctx::CallCtx;
 use super::tools::{
-    arg_number, arg_str, deny_unknown, Args, Number, Tool, ToolCtx, ToolReply, ToolResult,
+    arg_number, arg_str, deny_unknown, Args, Number, Tool, ToolDescriptor, ToolReply, ToolResult,
 };
 use crate::protocol::json;
 
@@ -20,19 +21,23 @@ pub const SLEEP_MAX_MS: u64 = 60_000;
 /// Closest spacing of `sleep`'s progress notifications.
 const PROGRESS_MIN_INTERVAL: Duration = Duration::from_millis(20);
 
-pub struct Echo;
+pub struct Echo(ToolDescriptor);
+
+impl Default for Echo {
+    fn default() -> Self {
+        Self(ToolDescriptor::new(
+            "echo",
+            "Returns its `text` argument unchanged.",
+            r#"{"type":"object","properties":{"text":{"type":"string","description":"Text to return"}},"required":["text"],"additionalProperties":false}"#,
+        ))
+    }
+}
 
 impl Tool for Echo {
-    fn name(&self) -> &str {
-        "echo"
+    fn descriptor(&self) -> &ToolDescriptor {
+        &self.0
     }
-    fn description(&self) -> &str {
-        "Returns its `text` argument unchanged."
-    }
-    fn input_schema(&self) -> &str {
-        r#"{"type":"object","properties":{"text":{"type":"string","description":"Text to return"}},"required":["text"],"additionalProperties":false}"#
-    }
-    fn call<'a>(&self, _cx: &ToolCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
+    fn call<'a>(&self, _cx: &CallCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
         let r = deny_unknown(&args, &["text"]).and_then(|()| arg_str(&args, "text"));
         ToolReply::Ready(Ok(match r {
             Ok(text) => ToolResult::text(text),
@@ -41,7 +46,18 @@ impl Tool for Echo {
     }
 }
 
-pub struct Add;
+pub struct Add(ToolDescriptor);
+
+impl Default for Add {
+    fn default() -> Self {
+        Self(ToolDescriptor::new(
+            "add",
+            "Adds two numbers `a` and `b`; integers stay exact.",
+            r#"{"type":"object","properties":{"a":{"type":"number"},"b":{"type":"number"}},"required":["a","b"],"additionalProperties":false}"#,
+        )
+        .output_schema(r#"{"type":"object","properties":{"sum":{"type":"number"}},"required":["sum"]}"#))
+    }
+}
 
 impl Add {
     fn sum(args: &Args<'_>) -> Result<Number, String> {
@@ -71,19 +87,10 @@ fn as_f64(n: Number) -> f64 {
 }
 
 impl Tool for Add {
-    fn name(&self) -> &str {
-        "add"
+    fn descriptor(&self) -> &ToolDescriptor {
+        &self.0
     }
-    fn description(&self) -> &str {
-        "Adds two numbers `a` and `b`; integers stay exact."
-    }
-    fn input_schema(&self) -> &str {
-        r#"{"type":"object","properties":{"a":{"type":"number"},"b":{"type":"number"}},"required":["a","b"],"additionalProperties":false}"#
-    }
-    fn output_schema(&self) -> Option<&str> {
-        Some(r#"{"type":"object","properties":{"sum":{"type":"number"}},"required":["sum"]}"#)
-    }
-    fn call<'a>(&self, _cx: &ToolCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
+    fn call<'a>(&self, _cx: &CallCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
         ToolReply::Ready(Ok(match Add::sum(&args) {
             Ok(n) => {
                 let mut text = Vec::with_capacity(24);
@@ -101,19 +108,23 @@ impl Tool for Add {
     }
 }
 
-pub struct Sleep;
+pub struct Sleep(ToolDescriptor);
+
+impl Default for Sleep {
+    fn default() -> Self {
+        Self(ToolDescriptor::new(
+            "sleep",
+            "Waits `ms` milliseconds without blocking other requests, then returns; reports progress when the request carries a progressToken.",
+            r#"{"type":"object","properties":{"ms":{"type":"integer","minimum":0,"maximum":60000,"description":"Milliseconds to wait"}},"required":["ms"],"additionalProperties":false}"#,
+        ))
+    }
+}
 
 impl Tool for Sleep {
-    fn name(&self) -> &str {
-        "sleep"
+    fn descriptor(&self) -> &ToolDescriptor {
+        &self.0
     }
-    fn description(&self) -> &str {
-        "Waits `ms` milliseconds without blocking other requests, then returns; reports progress when the request carries a progressToken."
-    }
-    fn input_schema(&self) -> &str {
-        r#"{"type":"object","properties":{"ms":{"type":"integer","minimum":0,"maximum":60000,"description":"Milliseconds to wait"}},"required":["ms"],"additionalProperties":false}"#
-    }
-    fn call<'a>(&self, cx: &ToolCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
+    fn call<'a>(&self, cx: &CallCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
         if let Err(e) = deny_unknown(&args, &["ms"]) {
             return ToolReply::Ready(Ok(ToolResult::error(e)));
         }

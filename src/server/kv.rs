@@ -10,7 +10,10 @@
 
 use std::collections::HashMap;
 
-use super::tools::{arg_str, deny_unknown, Args, RpcError, Tool, ToolCtx, ToolReply, ToolResult};
+use super::ctx::CallCtx;
+use super::tools::{
+    arg_str, deny_unknown, Args, CallError, RpcError, Tool, ToolDescriptor, ToolReply, ToolResult,
+};
 use crate::protocol::{json, jsonrpc};
 use crate::runtime::mesh::MeshError;
 use crate::runtime::shard::{Routed, Shard};
@@ -36,26 +39,9 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 /// An operation on a key, as sent to its owner.
 #[derive(Debug)]
 pub enum KvOp {
-    Set {
-        key: String,
-        value: Box<str>,
-    },
-    Get {
-        key: String,
-    },
-    Delete {
-        key: String,
-    },
-    /// Subscriber `sub` on shard `shard` wants `notifications/resources/updated`
-    /// when the key changes.
-    Watch {
-        key: String,
-        watcher: Watcher,
-    },
-    Unwatch {
-        key: String,
-        watcher: Watcher,
-    },
+    Set { key: String, value: Box<str> },
+    Get { key: String },
+    Delete { key: String },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -69,37 +55,19 @@ pub enum KvReply {
     },
     Get(Option<Box<str>>),
     Deleted(bool),
-    Watched,
-    /// The key already has its maximum number of watchers.
-    WatchersFull {
-        max: usize,
-    },
 }
 
-/// A subscriber somewhere in the server: the shard it lives on and its id
-/// in that shard's subscriber table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Watcher {
-    pub shard: usize,
-    pub sub: u64,
-}
-
-/// The keys one shard owns, and who watches them. Bounded by
-/// `kv_max_keys_per_shard` and `max_watchers_per_key`.
+/// The keys one shard owns. Bounded by `kv_max_keys_per_shard`.
 pub struct KvStore {
     map: HashMap<Box<str>, Box<str>>,
     max_keys: usize,
-    watchers: HashMap<Box<str>, Vec<Watcher>>,
-    max_watchers_per_key: usize,
 }
 
 impl KvStore {
-    pub fn new(max_keys: usize, max_watchers_per_key: usize) -> Self {
+    pub fn new(max_keys: usize) -> Self {
         Self {
             map: HashMap::new(),
             max_keys,
-            watchers: HashMap::new(),
-            max_watchers_per_key,
         }
     }
 
@@ -133,60 +101,20 @@ impl KvStore {
         KvReply::Deleted(self.map.remove(key).is_some())
     }
 
-    pub fn watch(&mut self, key: &str, w: Watcher) -> KvReply {
-        let list = self.watchers.entry(key.into()).or_default();
-        if list.contains(&w) {
-            return KvReply::Watched;
-        }
-        if list.len() >= self.max_watchers_per_key {
-            return KvReply::WatchersFull {
-                max: self.max_watchers_per_key,
-            };
-        }
-        list.push(w);
-        KvReply::Watched
-    }
-
-    pub fn unwatch(&mut self, key: &str, w: Watcher) {
-        if let Some(list) = self.watchers.get_mut(key) {
-            list.retain(|x| *x != w);
-            if list.is_empty() {
-                self.watchers.remove(key);
-            }
-        }
-    }
-
-    /// Removes a subscriber that no longer exists from every key.
-    pub fn forget_watcher(&mut self, w: Watcher) {
-        self.watchers.retain(|_, list| {
-            list.retain(|x| *x != w);
-            !list.is_empty()
-        });
-    }
-
-    pub fn watchers(&self, key: &str) -> &[Watcher] {
-        self.watchers.get(key).map_or(&[], Vec::as_slice)
-    }
-
     /// Applies `op`; the second value is true when the key's value changed
     /// (its watchers must hear of it).
-    pub fn apply(&mut self, op: &KvOp) -> (KvReply, bool) {
+    pub fn apply(&mut self, op: KvOp) -> (KvReply, bool) {
         match op {
             KvOp::Set { key, value } => {
-                let r = self.set(key, value.clone());
+                let r = self.set(&key, value);
                 let changed = matches!(r, KvReply::Set { .. });
                 (r, changed)
             }
-            KvOp::Get { key } => (self.get(key), false),
+            KvOp::Get { key } => (self.get(&key), false),
             KvOp::Delete { key } => {
-                let r = self.delete(key);
+                let r = self.delete(&key);
                 let changed = r == KvReply::Deleted(true);
                 (r, changed)
-            }
-            KvOp::Watch { key, watcher } => (self.watch(key, *watcher), false),
-            KvOp::Unwatch { key, watcher } => {
-                self.unwatch(key, *watcher);
-                (KvReply::Watched, false)
             }
         }
     }
@@ -195,11 +123,7 @@ impl KvStore {
 impl KvOp {
     pub fn key(&self) -> &str {
         match self {
-            KvOp::Set { key, .. }
-            | KvOp::Get { key }
-            | KvOp::Delete { key }
-            | KvOp::Watch { key, .. }
-            | KvOp::Unwatch { key, .. } => key,
+            KvOp::Set { key, .. } | KvOp::Get { key } | KvOp::Delete { key } => key,
         }
     }
 }
@@ -212,7 +136,7 @@ pub enum KvKind {
 }
 
 /// One of the three kv tools.
-pub struct KvTool(pub KvKind);
+pub struct KvTool(pub KvKind, ToolDescriptor);
 
 /// The `key` property shared by all three input schemas. A macro so the
 /// schemas stay compile-time strings, published verbatim by tools/list.
@@ -297,9 +221,6 @@ fn render(reply: KvReply, served_by: usize, owner: usize) -> ToolResult<'static>
         }
         KvReply::Deleted(d) => ToolResult::text(if d { "deleted" } else { "not found" })
             .with_structured(format!("{{\"deleted\":{d}}}")),
-        KvReply::Watched | KvReply::WatchersFull { .. } => {
-            ToolResult::error("unexpected reply from the key's owner")
-        }
     };
     r.with_meta(meta)
 }
@@ -321,49 +242,41 @@ pub fn mesh_error(e: MeshError, owner: usize, timeout_ms: u64) -> RpcError {
     }
 }
 
+impl KvTool {
+    pub fn new(kind: KvKind) -> Self {
+        let (name, description, input, output) = match kind {
+            KvKind::Set => (
+                "kv_set",
+                "Stores any JSON `value` under `key` in the server's sharded key-value store.",
+                SET_SCHEMA,
+                r#"{"type":"object","properties":{"created":{"type":"boolean"}},"required":["created"]}"#,
+            ),
+            KvKind::Get => (
+                "kv_get",
+                "Returns the JSON value stored under `key` (`found: false` when absent).",
+                KEY_ONLY_SCHEMA,
+                r#"{"type":"object","properties":{"found":{"type":"boolean"},"value":{}},"required":["found","value"]}"#,
+            ),
+            KvKind::Delete => (
+                "kv_delete",
+                "Removes `key` from the key-value store.",
+                KEY_ONLY_SCHEMA,
+                r#"{"type":"object","properties":{"deleted":{"type":"boolean"}},"required":["deleted"]}"#,
+            ),
+        };
+        Self(
+            kind,
+            ToolDescriptor::new(name, description, input).output_schema(output),
+        )
+    }
+}
+
 impl Tool for KvTool {
-    fn name(&self) -> &str {
-        match self.0 {
-            KvKind::Set => "kv_set",
-            KvKind::Get => "kv_get",
-            KvKind::Delete => "kv_delete",
-        }
+    fn descriptor(&self) -> &ToolDescriptor {
+        &self.1
     }
 
-    fn description(&self) -> &str {
-        match self.0 {
-            KvKind::Set => {
-                "Stores any JSON `value` under `key` in the server's sharded key-value store."
-            }
-            KvKind::Get => {
-                "Returns the JSON value stored under `key` (`found: false` when absent)."
-            }
-            KvKind::Delete => "Removes `key` from the key-value store.",
-        }
-    }
-
-    fn input_schema(&self) -> &str {
-        match self.0 {
-            KvKind::Set => SET_SCHEMA,
-            KvKind::Get | KvKind::Delete => KEY_ONLY_SCHEMA,
-        }
-    }
-
-    fn output_schema(&self) -> Option<&str> {
-        Some(match self.0 {
-            KvKind::Set => {
-                r#"{"type":"object","properties":{"created":{"type":"boolean"}},"required":["created"]}"#
-            }
-            KvKind::Get => {
-                r#"{"type":"object","properties":{"found":{"type":"boolean"},"value":{}},"required":["found","value"]}"#
-            }
-            KvKind::Delete => {
-                r#"{"type":"object","properties":{"deleted":{"type":"boolean"}},"required":["deleted"]}"#
-            }
-        })
-    }
-
-    fn call<'a>(&self, cx: &ToolCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
+    fn call<'a>(&self, cx: &CallCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
         let shard = cx.shard;
         let (key, value) = match self.parse(shard, &args) {
             Ok(kv) => kv,
@@ -381,15 +294,17 @@ impl Tool for KvTool {
         let me = shard.id;
         match shard.kv_route(op) {
             Routed::Local(reply) => ToolReply::Ready(Ok(render(reply, me, me))),
-            Routed::Failed(e, owner) => {
-                ToolReply::Ready(Err(mesh_error(e, owner, shard.limits.mesh_timeout_ms)))
-            }
+            Routed::Failed(e, owner) => ToolReply::Ready(Err(CallError::Rpc(mesh_error(
+                e,
+                owner,
+                shard.limits.mesh_timeout_ms,
+            )))),
             Routed::Remote(call, owner) => {
                 let timeout_ms = shard.limits.mesh_timeout_ms;
                 ToolReply::Pending(Box::pin(async move {
                     match call.await {
                         Ok(reply) => Ok(render(reply, me, owner)),
-                        Err(e) => Err(mesh_error(e, owner, timeout_ms)),
+                        Err(e) => Err(CallError::Rpc(mesh_error(e, owner, timeout_ms))),
                     }
                 }))
             }
@@ -415,7 +330,7 @@ mod tests {
 
     #[test]
     fn store_is_bounded() {
-        let mut s = KvStore::new(1, 2);
+        let mut s = KvStore::new(1);
         assert_eq!(s.set("a", "1".into()), KvReply::Set { created: true });
         assert_eq!(s.set("a", "2".into()), KvReply::Set { created: false });
         assert_eq!(s.set("b", "3".into()), KvReply::Full { max_keys: 1 });
@@ -423,18 +338,5 @@ mod tests {
         assert_eq!(s.delete("a"), KvReply::Deleted(true));
         assert_eq!(s.delete("a"), KvReply::Deleted(false));
         assert!(s.is_empty());
-        let (a, b, c) = (
-            Watcher { shard: 0, sub: 1 },
-            Watcher { shard: 1, sub: 1 },
-            Watcher { shard: 1, sub: 2 },
-        );
-        assert_eq!(s.watch("k", a), KvReply::Watched);
-        assert_eq!(s.watch("k", a), KvReply::Watched);
-        assert_eq!(s.watch("k", b), KvReply::Watched);
-        assert_eq!(s.watch("k", c), KvReply::WatchersFull { max: 2 });
-        assert_eq!(s.watchers("k"), &[a, b]);
-        s.forget_watcher(a);
-        s.unwatch("k", b);
-        assert!(s.watchers("k").is_empty());
     }
 }

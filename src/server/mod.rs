@@ -3,8 +3,9 @@
 //! A transport hands [`Session::handle_message`] the bytes of one complete
 //! message and an output buffer; the session parses the message in place,
 //! runs the method, and appends the response to the buffer. Methods that must
-//! wait (async tools, cross-core hops) return a future that yields the encoded
-//! response instead; the transport polls it on the same shard.
+//! wait (async handlers, cross-core hops, questions to the client) return a
+//! [`Pending`] future that yields the encoded response; the transport polls it
+//! on the same shard and registers it so `notifications/cancelled` can stop it.
 //!
 //! Era is decided per message: a request whose `_meta` names a modern
 //! protocol version (2026-07-28) is served statelessly from that metadata;
@@ -12,17 +13,28 @@
 //! first). Both can share one connection.
 //!
 //! Server-to-client messages leave through [`Notifier`]s: the *related* one
-//! passed with a request (progress for that request) and the session's
-//! *unrelated* one (resource updates), so the transport decides where each
-//! lands (the same NDJSON stream, a request's SSE stream, the session's
-//! standalone SSE stream).
+//! passed with a request (its progress, logs, questions to the client) and the
+//! session's *unrelated* one (list changes, resource updates), so the
+//! transport decides where each lands (the NDJSON stream, a request's SSE
+//! stream, the session's standalone SSE stream).
 
+pub mod api;
 pub mod builtin;
+pub mod content;
+pub mod ctx;
+pub mod fixtures;
 pub mod kv;
+pub mod listen;
+pub mod mrtr;
+pub mod registry;
 pub mod resources;
+pub mod schema;
+pub mod skills;
+pub mod tasks;
 pub mod tools;
 
-use std::collections::HashSet;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -38,48 +50,54 @@ use crate::protocol::json;
 use crate::protocol::jsonrpc::{self, Id, Message};
 use crate::protocol::mcp::{self, code, meta, method};
 use crate::runtime::shard::Shard;
-use tools::{Progress, Registry, Tool, ToolCtx, ToolOutcome, ToolReply};
+use content::LogLevel;
+use ctx::{CallCtx, ClientCaps, Ctx, LogSink, Outbound, Rounds};
+use registry::{JsonOutcome, JsonReply, ListKind};
+use tools::{CallError, Progress, RpcError, ToolOutcome, ToolReply};
 
 /// Receives server-to-client JSON-RPC messages (one complete message, no
 /// trailing newline). Must not block: transports queue or drop, and count.
 pub trait Notifier {
     fn notify(&self, message: &[u8]);
+
+    /// Ends the connection carrying this stream while the request goes on
+    /// (Streamable HTTP, SEP-1699: the client resumes with `Last-Event-ID`).
+    /// Transports whose streams cannot be resumed ignore it.
+    fn close_stream(&self) {}
 }
 
 pub type SharedNotifier = Rc<dyn Notifier>;
 
-/// A response that will be ready later: the encoded line.
+/// A response that will be ready later: the encoded line (empty when the
+/// request ends without a response, e.g. a listen stream torn down).
 pub type PendingResponse = Pin<Box<dyn Future<Output = Vec<u8>>>>;
+
+/// A deferred response and how the transport should treat it.
+pub struct Pending {
+    pub fut: PendingResponse,
+    /// The request id (JSON), for registering the task so it can be cancelled.
+    pub id: Option<Box<[u8]>>,
+    /// A stream that lives until the client goes away (`subscriptions/listen`):
+    /// it does not hold a closing connection open.
+    pub long_lived: bool,
+}
 
 /// What handling one message did.
 pub struct Handled {
     pub kind: MethodKind,
-    pub pending: Option<PendingResponse>,
+    pub pending: Option<Pending>,
     /// A JSON-RPC error response was written.
     pub is_error: bool,
 }
 
 impl Handled {
-    fn done(kind: MethodKind, is_error: bool) -> Self {
+    pub(crate) fn done(kind: MethodKind, is_error: bool) -> Self {
         Self {
             kind,
             pending: None,
             is_error,
         }
     }
-}
-
-/// The tools every tessera server offers.
-pub fn builtin_registry() -> Registry {
-    let tools: Vec<Box<dyn Tool>> = vec![
-        Box::new(builtin::Echo),
-        Box::new(builtin::Add),
-        Box::new(builtin::Sleep),
-        Box::new(kv::KvTool(kv::KvKind::Set)),
-        Box::new(kv::KvTool(kv::KvKind::Get)),
-        Box::new(kv::KvTool(kv::KvKind::Delete)),
-    ];
-    Registry::new(tools)
 }
 
 /// The era a request is served in.
@@ -95,9 +113,9 @@ impl Era {
     }
 }
 
-/// Result members every modern result carries.
-const MODERN_RESULT_TAIL: &str = concat!(
-    r#","resultType":"complete","_meta":{"io.modelcontextprotocol/serverInfo":"#,
+/// The server identity member every modern result's `_meta` carries.
+pub(crate) const SERVER_INFO_META: &str = concat!(
+    r#""_meta":{"io.modelcontextprotocol/serverInfo":"#,
     r#"{"name":"tessera","title":"tessera MCP server","version":""#,
     env!("CARGO_PKG_VERSION"),
     r#""}}"#
@@ -107,9 +125,139 @@ const MODERN_RESULT_TAIL: &str = concat!(
 /// adding the modern members when `era` is modern.
 pub fn close_result(out: &mut Vec<u8>, era: Era) {
     if era.is_modern() {
-        out.extend_from_slice(MODERN_RESULT_TAIL.as_bytes());
+        out.extend_from_slice(b",\"resultType\":\"complete\",");
+        out.extend_from_slice(SERVER_INFO_META.as_bytes());
     }
     out.push(b'}');
+}
+
+/// How long clients may cache discovery and list results (`ttlMs`): the sets
+/// can change at run time, and list_changed reaches listening clients at once.
+pub const CACHE_TTL_MS: u64 = 60_000;
+
+/// Writes a result object given as JSON text, adding the modern members
+/// (and `ttlMs`/`cacheScope` when `cacheable` and absent).
+fn write_object_result(out: &mut Vec<u8>, obj: &str, era: Era, cacheable: Option<u64>) {
+    let body = obj.trim();
+    let inner = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .unwrap_or("");
+    out.push(b'{');
+    out.extend_from_slice(inner.as_bytes());
+    let mut sep = !inner.trim().is_empty();
+    let mut member = |out: &mut Vec<u8>, m: &str| {
+        if sep {
+            out.push(b',');
+        }
+        out.extend_from_slice(m.as_bytes());
+        sep = true;
+    };
+    if era.is_modern() {
+        if let Some(ttl) = cacheable {
+            if !inner.contains("\"ttlMs\"") {
+                member(out, &format!("\"ttlMs\":{ttl},\"cacheScope\":\"public\""));
+            }
+        }
+        if !inner.contains("\"resultType\"") {
+            member(out, "\"resultType\":\"complete\"");
+        }
+        if !inner.contains("\"_meta\"") {
+            member(out, SERVER_INFO_META);
+        }
+    }
+    out.push(b'}');
+}
+
+/// Requests a session is running, by id, so the client can cancel them.
+#[derive(Default)]
+pub struct Inflight {
+    running: RefCell<HashMap<Box<[u8]>, Running>>,
+}
+
+struct Running {
+    handle: Option<glommio::task::JoinHandle<()>>,
+    cancelled: Rc<Cell<bool>>,
+    long_lived: bool,
+}
+
+impl Inflight {
+    fn begin(&self, id: &[u8], cancelled: Rc<Cell<bool>>) {
+        self.insert(id, cancelled, false);
+    }
+
+    fn begin_long_lived(&self, id: &[u8]) {
+        self.insert(id, Rc::new(Cell::new(false)), true);
+    }
+
+    fn insert(&self, id: &[u8], cancelled: Rc<Cell<bool>>, long_lived: bool) {
+        self.running.borrow_mut().insert(
+            id.into(),
+            Running {
+                handle: None,
+                cancelled,
+                long_lived,
+            },
+        );
+    }
+
+    /// Ends the streams that last as long as the client (listen streams).
+    pub fn cancel_long_lived(&self) {
+        let ids: Vec<Box<[u8]>> = self
+            .running
+            .borrow()
+            .iter()
+            .filter(|(_, r)| r.long_lived)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in ids {
+            self.cancel(&id);
+        }
+    }
+
+    /// Called by the transport once it has spawned the request's task.
+    pub fn attach(&self, id: &[u8], handle: glommio::task::JoinHandle<()>) {
+        if let Some(r) = self.running.borrow_mut().get_mut(id) {
+            r.handle = Some(handle);
+        }
+    }
+
+    fn finish(&self, id: &[u8]) {
+        self.running.borrow_mut().remove(id);
+    }
+
+    /// Stops request `id`; true when it was running.
+    pub fn cancel(&self, id: &[u8]) -> bool {
+        let r = self.running.borrow_mut().remove(id);
+        match r {
+            Some(r) => {
+                r.cancelled.set(true);
+                if let Some(h) = r.handle {
+                    h.cancel();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn cancel_all(&self) {
+        let all: Vec<Running> = self.running.borrow_mut().drain().map(|(_, r)| r).collect();
+        for r in all {
+            r.cancelled.set(true);
+            if let Some(h) = r.handle {
+                h.cancel();
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.borrow().is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,28 +275,40 @@ pub struct Session {
     phase: Phase,
     /// The client sent `notifications/initialized`.
     client_initialized: bool,
+    caps: ClientCaps,
+    /// Set by `logging/setLevel`; none: no log messages.
+    log_level: Option<LogLevel>,
     /// Where server-initiated messages unrelated to a request go.
     unrelated: Option<SharedNotifier>,
-    /// This session's id in the shard's subscriber table, once it subscribes.
+    /// This session's id in the shard's subscriber tables, once it has one.
     subscriber: Option<u64>,
-    /// kv keys this session watches (`resources/subscribe`).
+    /// Resource URIs this session watches (`resources/subscribe`).
     subscriptions: HashSet<Box<str>>,
-}
-
-impl Default for Session {
-    fn default() -> Self {
-        Self::new(None)
-    }
+    outbound: Rc<Outbound>,
+    inflight: Rc<Inflight>,
+    /// Modern listen streams opened on this session's transport.
+    listens: Rc<RefCell<HashSet<u64>>>,
+    /// Scopes this session's tasks (legacy `tasks/list`).
+    scope: u64,
 }
 
 impl Session {
-    pub fn new(unrelated: Option<SharedNotifier>) -> Self {
+    pub fn new(shard: &Shard, unrelated: Option<SharedNotifier>) -> Self {
         Self {
             phase: Phase::AwaitingInitialize,
             client_initialized: false,
+            caps: ClientCaps::default(),
+            log_level: None,
             unrelated,
             subscriber: None,
             subscriptions: HashSet::new(),
+            outbound: Outbound::new(
+                shard.limits.max_client_requests,
+                shard.limits.client_request_timeout(),
+            ),
+            inflight: Rc::new(Inflight::default()),
+            listens: Rc::new(RefCell::new(HashSet::new())),
+            scope: shard.next_session_scope(),
         }
     }
 
@@ -168,21 +328,50 @@ impl Session {
         self.subscriptions.len()
     }
 
-    /// Releases what the session holds on the shard and on key owners.
+    pub fn inflight(&self) -> &Rc<Inflight> {
+        &self.inflight
+    }
+
+    pub fn has_log_level(&self) -> bool {
+        self.log_level.is_some()
+    }
+
+    /// Releases what the session holds on the shard and on watch owners, and
+    /// stops its running requests.
     pub fn close(&mut self, shard: &Rc<Shard>) {
+        self.inflight.cancel_all();
+        self.outbound.close();
         if let Some(sub) = self.subscriber.take() {
-            for key in self.subscriptions.drain() {
-                resources::unwatch(shard, &key, sub);
+            for uri in self.subscriptions.drain() {
+                resources::unwatch(shard, &uri, sub);
             }
             shard.subscribers.borrow_mut().remove(&sub);
+            shard.legacy_sessions.borrow_mut().remove(&sub);
         }
+    }
+
+    /// The client's input ended: questions to it fail now rather than at
+    /// their timeout, and its listen streams end.
+    pub fn input_closed(&self) {
+        self.outbound.close();
+        if !self.listens.borrow().is_empty() {
+            self.inflight.cancel_long_lived();
+        }
+    }
+
+    fn subscriber_id(&mut self, shard: &Rc<Shard>) -> Option<u64> {
+        if self.subscriber.is_none() {
+            let n = self.unrelated.clone()?;
+            self.subscriber = Some(shard.register_subscriber(n));
+        }
+        self.subscriber
     }
 
     /// Handles the message in `buf[..len]` (`buf` must extend
     /// `protocol::PARSE_PADDING` bytes further; the message is unescaped in
     /// place). Appends at most one response line to `out`, or returns a
     /// future for a response that needs to wait. `related` receives messages
-    /// tied to this request (progress).
+    /// tied to this request.
     pub fn handle_message(
         &mut self,
         shard: &Rc<Shard>,
@@ -190,7 +379,7 @@ impl Session {
         len: usize,
         out: &mut Vec<u8>,
         related: Option<&SharedNotifier>,
-    ) -> Option<PendingResponse> {
+    ) -> Option<Pending> {
         let started = Instant::now();
         let handled = {
             let mut parser = shard.parser.borrow_mut();
@@ -224,34 +413,65 @@ impl Session {
         related: Option<&SharedNotifier>,
     ) -> Handled {
         match msg {
-            Message::Request { id, method, params } => {
-                self.dispatch_request(shard, id, method, params, out, started, related)
-            }
-            Message::Notification { method, .. } => {
-                if method == method::INITIALIZED {
-                    self.client_initialized = true;
+            Message::Request { id, method, params } => self.dispatch_request(
+                shard,
+                Req {
+                    id,
+                    name: method,
+                    params,
+                    started,
+                    related,
+                },
+                out,
+            ),
+            Message::Notification { method, params } => {
+                match method {
+                    method::INITIALIZED => self.client_initialized = true,
+                    "notifications/cancelled" => {
+                        if let Some(rid) = params.as_ref().and_then(|p| p.get("requestId")) {
+                            if rid.is_str() || rid.is_number() {
+                                let id = Id::Parsed(rid).to_owned_bytes();
+                                if self.inflight.cancel(&id) {
+                                    shard.metrics.borrow_mut().counters.requests_cancelled += 1;
+                                }
+                            }
+                        }
+                    }
+                    // Unknown notifications are ignored, as JSON-RPC requires.
+                    _ => {}
                 }
-                // Unknown notifications are ignored, as JSON-RPC requires.
                 Handled::done(MethodKind::Notification, false)
             }
-            // This build sends no server-to-client requests, so there is
-            // nothing to correlate a client response with.
-            Message::Response { .. } => Handled::done(MethodKind::Notification, false),
+            Message::Response { id, result, error } => {
+                if let Id::Parsed(v) = id {
+                    if let Some(n) = v.as_u64() {
+                        let answer = match (result, error) {
+                            (Some(r), _) => Ok(json::encode_value(r)),
+                            (None, Some(e)) => Err(client_error(e)),
+                            (None, None) => {
+                                Err(RpcError::new(jsonrpc::INTERNAL_ERROR, "empty response"))
+                            }
+                        };
+                        if !self.outbound.complete(n, answer) {
+                            log::debug!(
+                                "shard {}: response to unknown server request {n}",
+                                shard.id
+                            );
+                        }
+                    }
+                }
+                Handled::done(MethodKind::Notification, false)
+            }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn dispatch_request(
         &mut self,
         shard: &Rc<Shard>,
-        id: Id<'_>,
-        name: &str,
-        params: Option<TapeValue<'_, '_>>,
+        req: Req<'_, '_>,
         out: &mut Vec<u8>,
-        started: Instant,
-        related: Option<&SharedNotifier>,
     ) -> Handled {
-        let req_meta = params.as_ref().and_then(|p| p.get("_meta"));
+        let req_meta = req.params.as_ref().and_then(|p| p.get("_meta"));
         let declared = req_meta
             .as_ref()
             .and_then(|m| m.get(meta::PROTOCOL_VERSION));
@@ -263,24 +483,23 @@ impl Session {
                     // requests are governed by `initialize`.
                     None if mcp::is_legacy_version(s) => Era::Legacy,
                     None => {
-                        write_unsupported_version(out, &id, s);
-                        return Handled::done(kind_of(name), true);
+                        write_unsupported_version(out, &req.id, s);
+                        return Handled::done(kind_of(req.name), true);
                     }
                 },
                 None => {
                     let msg = "_meta[\"io.modelcontextprotocol/protocolVersion\"] must be a string";
-                    jsonrpc::write_error(out, &id, jsonrpc::INVALID_PARAMS, msg);
-                    return Handled::done(kind_of(name), true);
+                    jsonrpc::write_error(out, &req.id, jsonrpc::INVALID_PARAMS, msg);
+                    return Handled::done(kind_of(req.name), true);
                 }
             },
-            None if name == method::DISCOVER => {
+            None if req.name == method::DISCOVER => {
                 let msg = "server/discover needs params._meta[\"io.modelcontextprotocol/protocolVersion\"]";
-                jsonrpc::write_error(out, &id, jsonrpc::INVALID_PARAMS, msg);
+                jsonrpc::write_error(out, &req.id, jsonrpc::INVALID_PARAMS, msg);
                 return Handled::done(MethodKind::Discover, true);
             }
             None => Era::Legacy,
         };
-        let progress = progress_for(&req_meta, related);
 
         if let Era::Modern(_) = era {
             let caps = req_meta
@@ -288,60 +507,126 @@ impl Session {
                 .and_then(|m| m.get(meta::CLIENT_CAPABILITIES));
             if !caps.is_some_and(|c| c.is_object()) {
                 let msg = "modern requests need params._meta[\"io.modelcontextprotocol/clientCapabilities\"] (an object)";
-                jsonrpc::write_error(out, &id, jsonrpc::INVALID_PARAMS, msg);
-                return Handled::done(kind_of(name), true);
+                jsonrpc::write_error(out, &req.id, jsonrpc::INVALID_PARAMS, msg);
+                return Handled::done(kind_of(req.name), true);
             }
-            return match name {
+            let mut cx = CallCtx::new(shard, era);
+            cx.caps = ClientCaps::parse(caps);
+            cx.progress = progress_for(&req_meta, req.related);
+            cx.related = req.related.cloned();
+            if let (Some(level), Some(sink)) = (
+                req_meta
+                    .as_ref()
+                    .and_then(|m| m.get("io.modelcontextprotocol/logLevel"))
+                    .and_then(|l| l.into_string())
+                    .and_then(LogLevel::parse),
+                req.related,
+            ) {
+                cx.log = Some(LogSink {
+                    min: level,
+                    sink: sink.clone(),
+                });
+            }
+            return match req.name {
                 method::DISCOVER => {
-                    write_discover(out, &id);
+                    write_discover(shard, out, &req.id);
                     Handled::done(MethodKind::Discover, false)
                 }
-                method::TOOLS_LIST => list_tools(shard, &id, params, out, era),
-                method::TOOLS_CALL => call_tool(shard, id, params, out, started, era, progress),
-                method::RESOURCES_LIST
-                | method::RESOURCES_TEMPLATES_LIST
-                | method::RESOURCES_READ => {
-                    resources::handle(shard, name, id, params, out, started, era)
+                method::TOOLS_LIST => list_tools(shard, &req, out, era),
+                method::TOOLS_CALL => call_tool(shard, &req, out, cx, &self.inflight),
+                "prompts/list" => list_prompts(shard, &req, out, era),
+                "prompts/get" => get_prompt(shard, &req, out, cx, &self.inflight),
+                method::RESOURCES_LIST => list_resources(shard, &req, out, era),
+                method::RESOURCES_TEMPLATES_LIST => list_templates(shard, &req, out, era),
+                method::RESOURCES_READ => read_resource(shard, &req, out, cx, &self.inflight),
+                "completion/complete" => complete(shard, &req, out, era),
+                "subscriptions/listen" => listen(shard, &req, out, &self.inflight, &self.listens),
+                name if skill_method(shard, name) => skill_request(shard, &req, out, era),
+                name if tasks::is_task_method(name, era) => {
+                    tasks::handle(shard, &req, out, cx, &self.inflight)
                 }
                 _ => {
-                    let msg = format!("Method not found: {name}");
-                    jsonrpc::write_error(out, &id, jsonrpc::METHOD_NOT_FOUND, &msg);
+                    let msg = format!("Method not found: {}", req.name);
+                    jsonrpc::write_error(out, &req.id, jsonrpc::METHOD_NOT_FOUND, &msg);
                     Handled::done(MethodKind::OtherRequest, true)
                 }
             };
         }
 
-        match name {
+        match req.name {
             method::INITIALIZE => {
-                let r = self.initialize(&id, params, out);
-                Handled::done(MethodKind::Initialize, r.is_err())
+                let r = self.initialize(shard, &req.id, req.params, out);
+                return Handled::done(MethodKind::Initialize, r.is_err());
             }
             method::PING => {
-                jsonrpc::begin_result(out, &id);
+                jsonrpc::begin_result(out, &req.id);
                 out.extend_from_slice(b"{}");
                 jsonrpc::end_response(out);
-                Handled::done(MethodKind::Ping, false)
+                return Handled::done(MethodKind::Ping, false);
             }
             _ if self.phase == Phase::AwaitingInitialize => {
                 jsonrpc::write_error(
                     out,
-                    &id,
+                    &req.id,
                     jsonrpc::INVALID_REQUEST,
                     "server not initialized: send initialize first",
                 );
-                Handled::done(kind_of(name), true)
+                return Handled::done(kind_of(req.name), true);
             }
-            method::TOOLS_LIST => list_tools(shard, &id, params, out, era),
-            method::TOOLS_CALL => call_tool(shard, id, params, out, started, era, progress),
-            method::RESOURCES_LIST | method::RESOURCES_TEMPLATES_LIST | method::RESOURCES_READ => {
-                resources::handle(shard, name, id, params, out, started, era)
+            _ => {}
+        }
+
+        let mut cx = CallCtx::new(shard, era);
+        cx.caps = self.caps;
+        cx.progress = progress_for(&req_meta, req.related);
+        let channel = req.related.or(self.unrelated.as_ref()).cloned();
+        cx.related = channel.clone();
+        cx.outbound = Some(self.outbound.clone());
+        cx.session_scope = self.scope;
+        if let (Some(min), Some(sink)) = (self.log_level, channel) {
+            cx.log = Some(LogSink { min, sink });
+        }
+        match req.name {
+            "logging/setLevel" => {
+                let level = req
+                    .params
+                    .as_ref()
+                    .and_then(|p| p.get("level"))
+                    .and_then(|l| l.into_string())
+                    .and_then(LogLevel::parse);
+                match level {
+                    Some(l) => {
+                        self.log_level = Some(l);
+                        jsonrpc::begin_result(out, &req.id);
+                        out.extend_from_slice(b"{}");
+                        jsonrpc::end_response(out);
+                        Handled::done(MethodKind::OtherRequest, false)
+                    }
+                    None => {
+                        let msg = "logging/setLevel needs params.level: one of debug, info, notice, warning, error, critical, alert, emergency";
+                        jsonrpc::write_error(out, &req.id, jsonrpc::INVALID_PARAMS, msg);
+                        Handled::done(MethodKind::OtherRequest, true)
+                    }
+                }
             }
+            method::TOOLS_LIST => list_tools(shard, &req, out, era),
+            method::TOOLS_CALL => call_tool(shard, &req, out, cx, &self.inflight),
+            "prompts/list" => list_prompts(shard, &req, out, era),
+            "prompts/get" => get_prompt(shard, &req, out, cx, &self.inflight),
+            method::RESOURCES_LIST => list_resources(shard, &req, out, era),
+            method::RESOURCES_TEMPLATES_LIST => list_templates(shard, &req, out, era),
+            method::RESOURCES_READ => read_resource(shard, &req, out, cx, &self.inflight),
             method::RESOURCES_SUBSCRIBE | method::RESOURCES_UNSUBSCRIBE => {
-                self.subscribe(shard, name == method::RESOURCES_SUBSCRIBE, id, params, out)
+                self.subscribe(shard, req.name == method::RESOURCES_SUBSCRIBE, &req, out)
             }
+            "completion/complete" => complete(shard, &req, out, era),
+            name if tasks::is_task_method(name, era) => {
+                tasks::handle(shard, &req, out, cx, &self.inflight)
+            }
+            name if skill_method(shard, name) => skill_request(shard, &req, out, era),
             _ => {
-                let msg = format!("Method not found: {name}");
-                jsonrpc::write_error(out, &id, jsonrpc::METHOD_NOT_FOUND, &msg);
+                let msg = format!("Method not found: {}", req.name);
+                jsonrpc::write_error(out, &req.id, jsonrpc::METHOD_NOT_FOUND, &msg);
                 Handled::done(MethodKind::OtherRequest, true)
             }
         }
@@ -349,6 +634,7 @@ impl Session {
 
     fn initialize(
         &mut self,
+        shard: &Rc<Shard>,
         id: &Id<'_>,
         params: Option<TapeValue<'_, '_>>,
         out: &mut Vec<u8>,
@@ -376,17 +662,22 @@ impl Session {
                 }
             }
         }
+        self.caps = ClientCaps::parse(params.as_ref().and_then(|p| p.get("capabilities")));
         let version = mcp::negotiate(requested);
         self.phase = Phase::Ready { version };
+        // From now on the session hears about list changes.
+        if let (Some(sub), Some(n)) = (self.subscriber_id(shard), self.unrelated.clone()) {
+            shard.legacy_sessions.borrow_mut().insert(sub, n);
+        }
         jsonrpc::begin_result(out, id);
         out.extend_from_slice(b"{\"protocolVersion\":\"");
         out.extend_from_slice(version.as_bytes());
-        out.extend_from_slice(
-            b"\",\"capabilities\":{\"tools\":{\"listChanged\":false},\"resources\":{\"subscribe\":true,\"listChanged\":false}},\"serverInfo\":",
-        );
+        out.extend_from_slice(b"\",\"capabilities\":");
+        write_capabilities(shard, out, Era::Legacy);
+        out.extend_from_slice(b",\"serverInfo\":");
         out.extend_from_slice(mcp::SERVER_INFO_JSON.as_bytes());
         out.extend_from_slice(b",\"instructions\":");
-        json::write_str(out, mcp::INSTRUCTIONS);
+        json::write_str(out, instructions(shard));
         out.push(b'}');
         jsonrpc::end_response(out);
         Ok(())
@@ -397,56 +688,96 @@ impl Session {
         &mut self,
         shard: &Rc<Shard>,
         on: bool,
-        id: Id<'_>,
-        params: Option<TapeValue<'_, '_>>,
+        req: &Req<'_, '_>,
         out: &mut Vec<u8>,
     ) -> Handled {
         let kind = MethodKind::Subscribe;
-        let key = match resources::key_param(&params) {
-            Ok(k) => k,
+        let uri = match resources::uri_param(&req.params) {
+            Ok(u) => u.to_owned(),
             Err(e) => {
-                jsonrpc::write_error(out, &id, jsonrpc::INVALID_PARAMS, &e);
+                write_rpc_error(out, &req.id, &e);
                 return Handled::done(kind, true);
             }
         };
-        let Some(unrelated) = self.unrelated.clone() else {
-            jsonrpc::write_error(
-                out,
-                &id,
+        if !resource_exists(shard, &uri) {
+            write_rpc_error(out, &req.id, &resources::not_found(Era::Legacy, &uri));
+            return Handled::done(kind, true);
+        }
+        let Some(sub) = self.subscriber_id(shard) else {
+            let e = RpcError::new(
                 jsonrpc::INVALID_REQUEST,
                 "this transport cannot deliver resource updates",
             );
+            write_rpc_error(out, &req.id, &e);
             return Handled::done(kind, true);
         };
+        if !on {
+            self.subscriptions.remove(uri.as_str());
+            resources::unwatch(shard, &uri, sub);
+            write_empty_result(out, &req.id);
+            return Handled::done(kind, false);
+        }
         let max = shard.limits.max_subscriptions_per_session;
-        if on && !self.subscriptions.contains(key.as_str()) && self.subscriptions.len() >= max {
+        if !self.subscriptions.contains(uri.as_str()) && self.subscriptions.len() >= max {
             shard.metrics.borrow_mut().counters.subscription_limit += 1;
-            let msg = format!(
-                "subscription limit reached: {max} per session (max-subscriptions-per-session)"
+            let e = RpcError::new(
+                jsonrpc::INVALID_REQUEST,
+                format!(
+                    "subscription limit reached: {max} per session (max-subscriptions-per-session)"
+                ),
             );
-            jsonrpc::write_error(out, &id, jsonrpc::INVALID_REQUEST, &msg);
+            write_rpc_error(out, &req.id, &e);
             return Handled::done(kind, true);
         }
-        let sub = *self
-            .subscriber
-            .get_or_insert_with(|| shard.register_subscriber(unrelated));
-        let pending = if on {
-            self.subscriptions.insert(key.clone().into_boxed_str());
-            resources::watch(shard, key, sub, id, out)
-        } else {
-            self.subscriptions.remove(key.as_str());
-            resources::unwatch(shard, &key, sub);
-            jsonrpc::begin_result(out, &id);
-            out.extend_from_slice(b"{}");
-            jsonrpc::end_response(out);
-            None
-        };
-        Handled {
-            kind,
-            pending,
-            is_error: false,
+        self.subscriptions.insert(uri.clone().into_boxed_str());
+        match resources::watch(shard, uri, sub) {
+            resources::WatchOp::Done(r) => {
+                let is_error = write_empty_or_error(out, &req.id, r);
+                Handled::done(kind, is_error)
+            }
+            resources::WatchOp::Remote(fut) => {
+                let id = req.id.to_owned_bytes();
+                let shard2 = shard.clone();
+                let started = req.started;
+                let fut: PendingResponse = Box::pin(async move {
+                    let mut out = Vec::with_capacity(96);
+                    let is_error = write_empty_or_error(&mut out, &Id::Encoded(&id), fut.await);
+                    finish_metrics(&shard2, kind, started, is_error);
+                    out
+                });
+                Handled {
+                    kind,
+                    pending: Some(Pending {
+                        fut,
+                        id: None,
+                        long_lived: false,
+                    }),
+                    is_error: false,
+                }
+            }
         }
     }
+}
+
+/// One request being dispatched.
+pub struct Req<'a, 'r> {
+    pub id: Id<'a>,
+    pub name: &'a str,
+    pub params: Option<TapeValue<'a, 'a>>,
+    pub started: Instant,
+    pub related: Option<&'r SharedNotifier>,
+}
+
+fn client_error(e: TapeValue<'_, '_>) -> RpcError {
+    let code = e
+        .get("code")
+        .and_then(|c| c.as_i64())
+        .unwrap_or(jsonrpc::INTERNAL_ERROR as i64) as i32;
+    let message = e
+        .get("message")
+        .and_then(|m| m.into_string())
+        .unwrap_or("client error");
+    RpcError::new(code, message)
 }
 
 fn kind_of(name: &str) -> MethodKind {
@@ -460,6 +791,7 @@ fn kind_of(name: &str) -> MethodKind {
             MethodKind::Resources
         }
         method::RESOURCES_SUBSCRIBE | method::RESOURCES_UNSUBSCRIBE => MethodKind::Subscribe,
+        "prompts/list" | "prompts/get" => MethodKind::Prompts,
         _ => MethodKind::OtherRequest,
     }
 }
@@ -468,11 +800,15 @@ fn kind_of(name: &str) -> MethodKind {
 /// themselves when they finish).
 pub fn account(shard: &Shard, handled: &Handled, started: Instant) {
     if handled.pending.is_none() {
-        let mut m = shard.metrics.borrow_mut();
-        m.record(handled.kind, started.elapsed());
-        if handled.is_error {
-            m.counters.error_responses += 1;
-        }
+        finish_metrics(shard, handled.kind, started, handled.is_error);
+    }
+}
+
+fn finish_metrics(shard: &Shard, kind: MethodKind, started: Instant, is_error: bool) {
+    let mut m = shard.metrics.borrow_mut();
+    m.record(kind, started.elapsed());
+    if is_error {
+        m.counters.error_responses += 1;
     }
 }
 
@@ -489,6 +825,35 @@ fn progress_for(
     let mut encoded = Vec::with_capacity(16);
     json::write_value(&mut encoded, token);
     Some(Progress::new(encoded.into_boxed_slice(), related?.clone()))
+}
+
+pub(crate) fn write_rpc_error(out: &mut Vec<u8>, id: &Id<'_>, e: &RpcError) {
+    jsonrpc::write_error_with_data(
+        out,
+        id,
+        e.code,
+        &e.message,
+        e.data.as_deref().map(str::as_bytes),
+    );
+}
+
+fn write_empty_result(out: &mut Vec<u8>, id: &Id<'_>) {
+    jsonrpc::begin_result(out, id);
+    out.extend_from_slice(b"{}");
+    jsonrpc::end_response(out);
+}
+
+fn write_empty_or_error(out: &mut Vec<u8>, id: &Id<'_>, r: Result<(), RpcError>) -> bool {
+    match r {
+        Ok(()) => {
+            write_empty_result(out, id);
+            false
+        }
+        Err(e) => {
+            write_rpc_error(out, id, &e);
+            true
+        }
+    }
 }
 
 /// -32022 with `data: {supported, requested}`.
@@ -508,16 +873,59 @@ pub fn write_unsupported_version(out: &mut Vec<u8>, id: &Id<'_>, requested: &str
     );
 }
 
-/// How long clients may cache discovery and list results (`ttlMs`); the
-/// tool set does not change while the server runs.
-pub const CACHE_TTL_MS: u64 = 300_000;
+fn instructions(shard: &Shard) -> &str {
+    shard
+        .registry
+        .instructions
+        .as_deref()
+        .unwrap_or(mcp::INSTRUCTIONS)
+}
 
-fn write_discover(out: &mut Vec<u8>, id: &Id<'_>) {
+/// The capabilities this server implements, per era.
+fn write_capabilities(shard: &Shard, out: &mut Vec<u8>, era: Era) {
+    let r = &shard.registry;
+    out.extend_from_slice(b"{\"tools\":{\"listChanged\":true}");
+    if r.has_resources() {
+        out.extend_from_slice(b",\"resources\":{\"subscribe\":true,\"listChanged\":true}");
+    }
+    if r.has_prompts() {
+        out.extend_from_slice(b",\"prompts\":{\"listChanged\":true}");
+    }
+    out.extend_from_slice(b",\"completions\":{},\"logging\":{}");
+    if era == Era::Legacy {
+        tasks::write_legacy_capability(out);
+    }
+    let mut exts: Vec<(&str, &str)> = r
+        .extensions
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if era.is_modern() {
+        exts.push((tasks::EXTENSION, "{}"));
+    }
+    if !exts.is_empty() {
+        out.extend_from_slice(b",\"extensions\":{");
+        for (i, (k, v)) in exts.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json::write_str(out, k);
+            out.push(b':');
+            out.extend_from_slice(v.as_bytes());
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
+}
+
+fn write_discover(shard: &Shard, out: &mut Vec<u8>, id: &Id<'_>) {
     jsonrpc::begin_result(out, id);
     out.extend_from_slice(b"{\"supportedVersions\":");
     out.extend_from_slice(mcp::ALL_VERSIONS_JSON.as_bytes());
-    out.extend_from_slice(b",\"capabilities\":{\"tools\":{\"listChanged\":false},\"resources\":{\"listChanged\":false}},\"instructions\":");
-    json::write_str(out, mcp::INSTRUCTIONS);
+    out.extend_from_slice(b",\"capabilities\":");
+    write_capabilities(shard, out, Era::Modern(mcp::MODERN_VERSIONS[0]));
+    out.extend_from_slice(b",\"instructions\":");
+    json::write_str(out, instructions(shard));
     out.extend_from_slice(b",\"ttlMs\":");
     json::write_u64(out, CACHE_TTL_MS);
     out.extend_from_slice(b",\"cacheScope\":\"public\"");
@@ -525,22 +933,63 @@ fn write_discover(out: &mut Vec<u8>, id: &Id<'_>) {
     jsonrpc::end_response(out);
 }
 
-fn list_tools(
-    shard: &Rc<Shard>,
-    id: &Id<'_>,
-    params: Option<TapeValue<'_, '_>>,
+fn cursor_of<'a>(req: &Req<'a, '_>) -> Result<Option<&'a str>, RpcError> {
+    match req.params.as_ref().and_then(|p| p.get("cursor")) {
+        None => Ok(None),
+        Some(c) if c.is_null() => Ok(None),
+        Some(c) => c
+            .into_string()
+            .map(Some)
+            .ok_or_else(|| RpcError::invalid_params("invalid cursor")),
+    }
+}
+
+/// Writes one page of a list result: `{"<member>":[...],"nextCursor":...}`.
+fn write_list<T>(
+    shard: &Shard,
+    req: &Req<'_, '_>,
     out: &mut Vec<u8>,
     era: Era,
+    member: &str,
+    items: &[T],
+    write_item: impl Fn(&T, &mut Vec<u8>),
+    kind: MethodKind,
 ) -> Handled {
-    let cursor = params.as_ref().and_then(|p| p.get("cursor"));
-    if cursor.is_some_and(|c| !c.is_null()) {
-        // tools/list fits in one page, so no cursor was ever issued.
-        jsonrpc::write_error(out, id, jsonrpc::INVALID_PARAMS, "invalid cursor");
-        return Handled::done(MethodKind::ToolsList, true);
+    let cursor = match cursor_of(req) {
+        Ok(c) => c,
+        Err(e) => {
+            write_rpc_error(out, &req.id, &e);
+            return Handled::done(kind, true);
+        }
+    };
+    let (start, end, next) = match registry::page(
+        items.len(),
+        cursor,
+        shard.limits.page_size,
+        member,
+        &shard.state_key,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            write_rpc_error(out, &req.id, &e);
+            return Handled::done(kind, true);
+        }
+    };
+    jsonrpc::begin_result(out, &req.id);
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(member.as_bytes());
+    out.extend_from_slice(b"\":[");
+    for (i, item) in items[start..end].iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_item(item, out);
     }
-    jsonrpc::begin_result(out, id);
-    out.push(b'{');
-    out.extend_from_slice(shard.registry.tools_member_json());
+    out.push(b']');
+    if let Some(n) = next {
+        out.extend_from_slice(b",\"nextCursor\":");
+        json::write_str(out, &n);
+    }
     if era.is_modern() {
         out.extend_from_slice(b",\"ttlMs\":");
         json::write_u64(out, CACHE_TTL_MS);
@@ -548,25 +997,286 @@ fn list_tools(
     }
     close_result(out, era);
     jsonrpc::end_response(out);
-    Handled::done(MethodKind::ToolsList, false)
+    Handled::done(kind, false)
 }
 
-/// `tools/call`: checks the params, runs the tool under the supervisor
-/// (a panic costs this request only), and writes or defers the response.
+fn list_tools(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: Era) -> Handled {
+    let enabled: Vec<&registry::ToolEntry> = shard
+        .registry
+        .tools
+        .iter()
+        .filter(|e| e.enabled.get())
+        .collect();
+    write_list(
+        shard,
+        req,
+        out,
+        era,
+        "tools",
+        &enabled,
+        |e, out| e.tool.descriptor().write_json(out),
+        MethodKind::ToolsList,
+    )
+}
+
+fn list_prompts(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: Era) -> Handled {
+    let enabled: Vec<&registry::PromptEntry> = shard
+        .registry
+        .prompts
+        .iter()
+        .filter(|e| e.enabled.get())
+        .collect();
+    write_list(
+        shard,
+        req,
+        out,
+        era,
+        "prompts",
+        &enabled,
+        |e, out| e.prompt.descriptor().write_json(out),
+        MethodKind::Prompts,
+    )
+}
+
+fn list_resources(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: Era) -> Handled {
+    let enabled: Vec<&registry::ResourceEntry> = shard
+        .registry
+        .resources
+        .iter()
+        .filter(|e| e.enabled.get())
+        .collect();
+    write_list(
+        shard,
+        req,
+        out,
+        era,
+        "resources",
+        &enabled,
+        |e, out| e.resource.descriptor().write_json(out),
+        MethodKind::Resources,
+    )
+}
+
+fn list_templates(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: Era) -> Handled {
+    let all: Vec<&registry::TemplateDescriptor> = shard
+        .registry
+        .templates
+        .iter()
+        .map(|(t, _)| t.descriptor())
+        .collect();
+    write_list(
+        shard,
+        req,
+        out,
+        era,
+        "resourceTemplates",
+        &all,
+        |d, out| d.write_json(out),
+        MethodKind::Resources,
+    )
+}
+
+fn skill_method(shard: &Shard, name: &str) -> bool {
+    !shard.registry.skills.is_empty()
+        && matches!(
+            name,
+            "skills/list" | "skills/get" | "resources/directory/read"
+        )
+}
+
+/// `skills/list`, `skills/get`, `resources/directory/read` (SEP-2640).
+fn skill_request(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: Era) -> Handled {
+    let kind = MethodKind::Resources;
+    let skills = &shard.registry.skills;
+    match req.name {
+        "skills/list" => write_list(
+            shard,
+            req,
+            out,
+            era,
+            "skills",
+            skills,
+            |s, out| out.extend_from_slice(s.entry_json.as_bytes()),
+            kind,
+        ),
+        "skills/get" => match skills::get(skills, &req.params) {
+            Ok(obj) => {
+                jsonrpc::begin_result(out, &req.id);
+                write_object_result(out, &obj, era, Some(CACHE_TTL_MS));
+                jsonrpc::end_response(out);
+                Handled::done(kind, false)
+            }
+            Err(e) => {
+                write_rpc_error(out, &req.id, &e);
+                Handled::done(kind, true)
+            }
+        },
+        _ => {
+            let uri = match resources::uri_param(&req.params) {
+                Ok(u) => u,
+                Err(e) => {
+                    write_rpc_error(out, &req.id, &e);
+                    return Handled::done(kind, true);
+                }
+            };
+            match skills::directory(skills, uri) {
+                Ok(children) => write_list(
+                    shard,
+                    req,
+                    out,
+                    era,
+                    "resources",
+                    children,
+                    |(uri, name, mime), out| {
+                        out.extend_from_slice(b"{\"uri\":");
+                        json::write_str(out, uri);
+                        out.extend_from_slice(b",\"name\":");
+                        json::write_str(out, name);
+                        out.extend_from_slice(b",\"mimeType\":");
+                        json::write_str(out, mime);
+                        out.push(b'}');
+                    },
+                    kind,
+                ),
+                Err(e) => {
+                    write_rpc_error(out, &req.id, &e);
+                    Handled::done(kind, true)
+                }
+            }
+        }
+    }
+}
+
+fn resource_exists(shard: &Shard, uri: &str) -> bool {
+    shard.registry.resource(uri).is_some() || shard.registry.template_for(uri).is_some()
+}
+
+/// Modern era: reads `inputResponses` and `requestState` for a request that
+/// may take several rounds.
+fn rounds_for(
+    shard: &Shard,
+    params: &Option<TapeValue<'_, '_>>,
+    target: &str,
+) -> Result<Rounds, RpcError> {
+    let mut responses = HashMap::new();
+    if let Some(r) = params.as_ref().and_then(|p| p.get("inputResponses")) {
+        let Some(obj) = r.as_object() else {
+            return Err(RpcError::invalid_params("inputResponses must be an object"));
+        };
+        for (k, v) in obj.iter() {
+            if !v.is_object() {
+                return Err(RpcError::invalid_params(format!(
+                    "inputResponses.{k} must be an object"
+                )));
+            }
+            responses.insert(k.to_owned(), json::encode_value(v));
+        }
+    }
+    let state = match params.as_ref().and_then(|p| p.get("requestState")) {
+        None => None,
+        Some(s) => {
+            let Some(s) = s.into_string() else {
+                return Err(RpcError::invalid_params("requestState must be a string"));
+            };
+            let opened = shard
+                .state_key
+                .open(target, s, shard.limits.mrtr_state_ttl_ms)
+                .map_err(|e| RpcError::invalid_params(format!("invalid requestState: {e}")))?;
+            Some(opened)
+        }
+    };
+    Ok(Rounds::new(responses, state))
+}
+
+/// Writes the `InputRequiredResult` for a handler that needs client input.
+fn write_input_required(
+    shard: &Shard,
+    out: &mut Vec<u8>,
+    id: &Id<'_>,
+    ctx: Option<&Ctx>,
+    target: &str,
+) -> bool {
+    let Some(rounds) = ctx.and_then(|c| c.rounds()).filter(|r| r.has_requests()) else {
+        let e = RpcError::new(
+            jsonrpc::INTERNAL_ERROR,
+            "handler asked for input but recorded no input request",
+        );
+        write_rpc_error(out, id, &e);
+        return true;
+    };
+    jsonrpc::begin_result(out, id);
+    out.extend_from_slice(b"{\"inputRequests\":");
+    out.extend_from_slice(rounds.input_requests_json().as_bytes());
+    if let Some(state) = rounds.next_state() {
+        out.extend_from_slice(b",\"requestState\":");
+        json::write_str(out, &shard.state_key.seal(target, &state));
+    }
+    out.extend_from_slice(b",\"resultType\":\"input_required\",");
+    out.extend_from_slice(SERVER_INFO_META.as_bytes());
+    out.push(b'}');
+    jsonrpc::end_response(out);
+    false
+}
+
+/// Wraps a handler's future: supervised, registered for cancellation,
+/// encoded by `write`, accounted.
+pub(crate) fn pend<T: 'static>(
+    shard: &Rc<Shard>,
+    req: &Req<'_, '_>,
+    kind: MethodKind,
+    fut: Pin<Box<dyn Future<Output = T>>>,
+    inflight: &Rc<Inflight>,
+    cancelled: Rc<Cell<bool>>,
+    name: String,
+    write: impl FnOnce(&Shard, &mut Vec<u8>, &Id<'_>, T) -> bool + 'static,
+) -> Handled {
+    let id = req.id.to_owned_bytes();
+    inflight.begin(&id, cancelled);
+    let track = id.clone();
+    let shard = shard.clone();
+    let inflight = inflight.clone();
+    let started = req.started;
+    let fut: PendingResponse = Box::pin(async move {
+        let outcome = AssertUnwindSafe(fut).catch_unwind().await;
+        inflight.finish(&id);
+        let mut out = Vec::with_capacity(128);
+        let is_error = match outcome {
+            Ok(v) => write(&shard, &mut out, &Id::Encoded(&id), v),
+            Err(_) => {
+                write_panic(&shard, &mut out, &Id::Encoded(&id), &name);
+                true
+            }
+        };
+        finish_metrics(&shard, kind, started, is_error);
+        out
+    });
+    Handled {
+        kind,
+        pending: Some(Pending {
+            fut,
+            id: Some(track),
+            long_lived: false,
+        }),
+        is_error: false,
+    }
+}
+
+/// `tools/call`: checks the params and arguments, runs the tool under the
+/// supervisor (a panic costs this request only), and writes or defers the
+/// response.
 fn call_tool(
     shard: &Rc<Shard>,
-    id: Id<'_>,
-    params: Option<TapeValue<'_, '_>>,
+    req: &Req<'_, '_>,
     out: &mut Vec<u8>,
-    started: Instant,
-    era: Era,
-    progress: Option<Progress>,
+    mut cx: CallCtx<'_>,
+    inflight: &Rc<Inflight>,
 ) -> Handled {
     let kind = MethodKind::ToolsCall;
-    let Some(params) = params.filter(|p| p.is_object()) else {
+    let id = &req.id;
+    let Some(params) = req.params.filter(|p| p.is_object()) else {
         jsonrpc::write_error(
             out,
-            &id,
+            id,
             jsonrpc::INVALID_PARAMS,
             "tools/call needs params {name, arguments}",
         );
@@ -575,7 +1285,7 @@ fn call_tool(
     let Some(name) = params.get("name").and_then(|n| n.into_string()) else {
         jsonrpc::write_error(
             out,
-            &id,
+            id,
             jsonrpc::INVALID_PARAMS,
             "tools/call needs params.name (a string)",
         );
@@ -588,59 +1298,79 @@ fn call_tool(
         Some(_) => {
             jsonrpc::write_error(
                 out,
-                &id,
+                id,
                 jsonrpc::INVALID_PARAMS,
                 "params.arguments must be an object",
             );
             return Handled::done(kind, true);
         }
     };
-    let Some(tool) = shard.registry.get(name) else {
+    let Some(entry) = shard.registry.tool(name) else {
         let msg = format!("Unknown tool: {name}");
-        jsonrpc::write_error(out, &id, jsonrpc::INVALID_PARAMS, &msg);
+        jsonrpc::write_error(out, id, jsonrpc::INVALID_PARAMS, &msg);
         return Handled::done(kind, true);
     };
-
-    let cx = ToolCtx { shard, progress };
-    let reply = std::panic::catch_unwind(AssertUnwindSafe(|| tool.call(&cx, args)));
-    match reply {
-        Ok(ToolReply::Ready(outcome)) => Handled::done(kind, write_outcome(out, &id, outcome, era)),
-        Ok(ToolReply::Pending(fut)) => {
-            let id = id.to_owned_bytes();
-            let shard = shard.clone();
-            let tool_name = name.to_owned();
-            let pending = async move {
-                let outcome = AssertUnwindSafe(fut).catch_unwind().await;
-                let mut out = Vec::with_capacity(128);
-                let is_error = match outcome {
-                    Ok(outcome) => write_outcome(&mut out, &Id::Encoded(&id), outcome, era),
-                    Err(_) => {
-                        write_panic(&shard, &mut out, &Id::Encoded(&id), &tool_name);
-                        true
-                    }
-                };
-                let mut m = shard.metrics.borrow_mut();
-                m.record(kind, started.elapsed());
-                if is_error {
-                    m.counters.error_responses += 1;
-                }
-                out
-            };
-            Handled {
-                kind,
-                pending: Some(Box::pin(pending)),
-                is_error: false,
+    if let Err(e) = entry.validator.validate(&args) {
+        let result = tools::ToolResult::error(format!("invalid arguments: {e}"));
+        jsonrpc::begin_result(out, id);
+        result.write_json(out, cx.era);
+        jsonrpc::end_response(out);
+        return Handled::done(kind, false);
+    }
+    if let Some(h) = tasks::intercept_call(shard, req, out, &cx, entry, args, inflight) {
+        return h;
+    }
+    let target = format!("tools/call:{name}");
+    if cx.era.is_modern() {
+        match rounds_for(shard, &req.params, &target) {
+            Ok(r) => *cx.rounds.get_mut() = Some(r),
+            Err(e) => {
+                write_rpc_error(out, id, &e);
+                return Handled::done(kind, true);
             }
         }
+    }
+    let era = cx.era;
+    let tool = entry.tool.clone();
+    let reply = std::panic::catch_unwind(AssertUnwindSafe(|| tool.call(&cx, args)));
+    match reply {
+        Ok(ToolReply::Ready(outcome)) => {
+            let is_error =
+                write_tool_outcome(shard, out, id, outcome, era, cx.made().as_ref(), &target);
+            Handled::done(kind, is_error)
+        }
+        Ok(ToolReply::Pending(fut)) => {
+            let ctx = cx.made();
+            pend(
+                shard,
+                req,
+                kind,
+                fut,
+                inflight,
+                cx.cancelled.clone(),
+                name.to_owned(),
+                move |shard, out, id, o| {
+                    write_tool_outcome(shard, out, id, o, era, ctx.as_ref(), &target)
+                },
+            )
+        }
         Err(_) => {
-            write_panic(shard, out, &id, name);
+            write_panic(shard, out, id, name);
             Handled::done(kind, true)
         }
     }
 }
 
 /// Writes a tool's outcome; returns whether it was a JSON-RPC error.
-fn write_outcome(out: &mut Vec<u8>, id: &Id<'_>, outcome: ToolOutcome<'_>, era: Era) -> bool {
+pub fn write_tool_outcome(
+    shard: &Shard,
+    out: &mut Vec<u8>,
+    id: &Id<'_>,
+    outcome: ToolOutcome<'_>,
+    era: Era,
+    ctx: Option<&Ctx>,
+    target: &str,
+) -> bool {
     match outcome {
         Ok(result) => {
             jsonrpc::begin_result(out, id);
@@ -648,31 +1378,485 @@ fn write_outcome(out: &mut Vec<u8>, id: &Id<'_>, outcome: ToolOutcome<'_>, era: 
             jsonrpc::end_response(out);
             false
         }
-        Err(e) => {
-            jsonrpc::write_error_with_data(
-                out,
-                id,
-                e.code,
-                &e.message,
-                e.data.as_deref().map(str::as_bytes),
+        Err(CallError::InputRequired) if era.is_modern() => {
+            write_input_required(shard, out, id, ctx, target)
+        }
+        Err(CallError::InputRequired) => {
+            let e = RpcError::new(
+                jsonrpc::INTERNAL_ERROR,
+                "input required outside a multi-round request",
             );
+            write_rpc_error(out, id, &e);
+            true
+        }
+        Err(CallError::Rpc(e)) => {
+            write_rpc_error(out, id, &e);
             true
         }
     }
 }
 
+/// Writes a JSON result object (prompts, resources); returns whether it was
+/// a JSON-RPC error.
+fn write_json_outcome(
+    shard: &Shard,
+    out: &mut Vec<u8>,
+    id: &Id<'_>,
+    outcome: JsonOutcome,
+    era: Era,
+    ctx: Option<&Ctx>,
+    target: &str,
+    cacheable: Option<u64>,
+) -> bool {
+    match outcome {
+        Ok(obj) => {
+            jsonrpc::begin_result(out, id);
+            write_object_result(out, &obj, era, cacheable);
+            jsonrpc::end_response(out);
+            false
+        }
+        Err(CallError::InputRequired) if era.is_modern() => {
+            write_input_required(shard, out, id, ctx, target)
+        }
+        Err(CallError::InputRequired) => {
+            let e = RpcError::new(
+                jsonrpc::INTERNAL_ERROR,
+                "input required outside a multi-round request",
+            );
+            write_rpc_error(out, id, &e);
+            true
+        }
+        Err(CallError::Rpc(e)) => {
+            write_rpc_error(out, id, &e);
+            true
+        }
+    }
+}
+
+/// Runs a JSON-result handler (prompt, resource) and writes or defers it.
+fn run_json(
+    shard: &Rc<Shard>,
+    req: &Req<'_, '_>,
+    out: &mut Vec<u8>,
+    cx: &CallCtx<'_>,
+    inflight: &Rc<Inflight>,
+    kind: MethodKind,
+    target: String,
+    cacheable: Option<u64>,
+    call: impl FnOnce(&CallCtx<'_>) -> JsonReply,
+) -> Handled {
+    let era = cx.era;
+    match std::panic::catch_unwind(AssertUnwindSafe(|| call(cx))) {
+        Ok(JsonReply::Ready(o)) => {
+            let is_error = write_json_outcome(
+                shard,
+                out,
+                &req.id,
+                o,
+                era,
+                cx.made().as_ref(),
+                &target,
+                cacheable,
+            );
+            Handled::done(kind, is_error)
+        }
+        Ok(JsonReply::Pending(fut)) => {
+            let ctx = cx.made();
+            let label = target.clone();
+            pend(
+                shard,
+                req,
+                kind,
+                fut,
+                inflight,
+                cx.cancelled.clone(),
+                label,
+                move |shard, out, id, o| {
+                    write_json_outcome(shard, out, id, o, era, ctx.as_ref(), &target, cacheable)
+                },
+            )
+        }
+        Err(_) => {
+            write_panic(shard, out, &req.id, &target);
+            Handled::done(kind, true)
+        }
+    }
+}
+
+fn get_prompt(
+    shard: &Rc<Shard>,
+    req: &Req<'_, '_>,
+    out: &mut Vec<u8>,
+    mut cx: CallCtx<'_>,
+    inflight: &Rc<Inflight>,
+) -> Handled {
+    let kind = MethodKind::Prompts;
+    let Some(name) = req
+        .params
+        .as_ref()
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.into_string())
+    else {
+        jsonrpc::write_error(
+            out,
+            &req.id,
+            jsonrpc::INVALID_PARAMS,
+            "prompts/get needs params.name (a string)",
+        );
+        return Handled::done(kind, true);
+    };
+    let Some(entry) = shard.registry.prompt(name) else {
+        let msg = format!("Unknown prompt: {name}");
+        jsonrpc::write_error(out, &req.id, jsonrpc::INVALID_PARAMS, &msg);
+        return Handled::done(kind, true);
+    };
+    let mut args: Vec<(String, String)> = Vec::new();
+    if let Some(a) = req
+        .params
+        .as_ref()
+        .and_then(|p| p.get("arguments"))
+        .filter(|a| !a.is_null())
+    {
+        let Some(obj) = a.as_object() else {
+            jsonrpc::write_error(
+                out,
+                &req.id,
+                jsonrpc::INVALID_PARAMS,
+                "params.arguments must be an object",
+            );
+            return Handled::done(kind, true);
+        };
+        for (k, v) in obj.iter() {
+            let Some(s) = v.into_string() else {
+                let msg = format!("prompt argument `{k}` must be a string");
+                jsonrpc::write_error(out, &req.id, jsonrpc::INVALID_PARAMS, &msg);
+                return Handled::done(kind, true);
+            };
+            args.push((k.to_owned(), s.to_owned()));
+        }
+    }
+    let prompt = entry.prompt.clone();
+    for a in &prompt.descriptor().arguments {
+        if a.required && !args.iter().any(|(k, _)| k == &a.name) {
+            let msg = format!("missing required prompt argument `{}`", a.name);
+            jsonrpc::write_error(out, &req.id, jsonrpc::INVALID_PARAMS, &msg);
+            return Handled::done(kind, true);
+        }
+    }
+    let target = format!("prompts/get:{name}");
+    if cx.era.is_modern() {
+        match rounds_for(shard, &req.params, &target) {
+            Ok(r) => *cx.rounds.get_mut() = Some(r),
+            Err(e) => {
+                write_rpc_error(out, &req.id, &e);
+                return Handled::done(kind, true);
+            }
+        }
+    }
+    run_json(shard, req, out, &cx, inflight, kind, target, None, |cx| {
+        prompt.get(cx, &args)
+    })
+}
+
+fn read_resource(
+    shard: &Rc<Shard>,
+    req: &Req<'_, '_>,
+    out: &mut Vec<u8>,
+    mut cx: CallCtx<'_>,
+    inflight: &Rc<Inflight>,
+) -> Handled {
+    let kind = MethodKind::Resources;
+    let uri = match resources::uri_param(&req.params) {
+        Ok(u) => u.to_owned(),
+        Err(e) => {
+            write_rpc_error(out, &req.id, &e);
+            return Handled::done(kind, true);
+        }
+    };
+    let target = format!("resources/read:{uri}");
+    if cx.era.is_modern() {
+        match rounds_for(shard, &req.params, &target) {
+            Ok(r) => *cx.rounds.get_mut() = Some(r),
+            Err(e) => {
+                write_rpc_error(out, &req.id, &e);
+                return Handled::done(kind, true);
+            }
+        }
+    }
+    let ttl = if uri.starts_with(resources::URI_SCHEME) {
+        0
+    } else {
+        CACHE_TTL_MS
+    };
+    if let Some(entry) = shard.registry.resource(&uri) {
+        let r = entry.resource.clone();
+        return run_json(
+            shard,
+            req,
+            out,
+            &cx,
+            inflight,
+            kind,
+            target,
+            Some(ttl),
+            |cx| r.read(cx, &uri),
+        );
+    }
+    if let Some((t, vars)) = shard.registry.template_for(&uri) {
+        let t = t.clone();
+        return run_json(
+            shard,
+            req,
+            out,
+            &cx,
+            inflight,
+            kind,
+            target,
+            Some(ttl),
+            |cx| t.read(cx, &uri, &vars),
+        );
+    }
+    write_rpc_error(out, &req.id, &resources::not_found(cx.era, &uri));
+    Handled::done(kind, true)
+}
+
+/// `completion/complete` for prompt arguments and template variables.
+fn complete(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: Era) -> Handled {
+    let kind = MethodKind::OtherRequest;
+    let p = req.params.as_ref();
+    let r = p.and_then(|p| p.get("ref"));
+    let arg = p.and_then(|p| p.get("argument"));
+    let (Some(r), Some(arg)) = (r, arg) else {
+        jsonrpc::write_error(
+            out,
+            &req.id,
+            jsonrpc::INVALID_PARAMS,
+            "completion/complete needs params.ref and params.argument",
+        );
+        return Handled::done(kind, true);
+    };
+    let arg_name = arg.get("name").and_then(|n| n.into_string()).unwrap_or("");
+    let prefix = arg.get("value").and_then(|n| n.into_string()).unwrap_or("");
+    let values = match r.get("type").and_then(|t| t.into_string()) {
+        Some("ref/prompt") => {
+            let name = r.get("name").and_then(|n| n.into_string()).unwrap_or("");
+            match shard.registry.prompt(name) {
+                Some(e) => e.prompt.complete(arg_name, prefix),
+                None => {
+                    let msg = format!("Unknown prompt: {name}");
+                    jsonrpc::write_error(out, &req.id, jsonrpc::INVALID_PARAMS, &msg);
+                    return Handled::done(kind, true);
+                }
+            }
+        }
+        Some("ref/resource") => {
+            let uri = r.get("uri").and_then(|n| n.into_string()).unwrap_or("");
+            match shard.registry.template_named(uri) {
+                Some(t) => t.complete(arg_name, prefix),
+                None if shard.registry.resource(uri).is_some() => Vec::new(),
+                None => {
+                    write_rpc_error(out, &req.id, &resources::not_found(era, uri));
+                    return Handled::done(kind, true);
+                }
+            }
+        }
+        _ => {
+            jsonrpc::write_error(
+                out,
+                &req.id,
+                jsonrpc::INVALID_PARAMS,
+                "params.ref.type must be ref/prompt or ref/resource",
+            );
+            return Handled::done(kind, true);
+        }
+    };
+    const MAX_VALUES: usize = 100;
+    let total = values.len();
+    jsonrpc::begin_result(out, &req.id);
+    out.extend_from_slice(b"{\"completion\":{\"values\":[");
+    for (i, v) in values.iter().take(MAX_VALUES).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::write_str(out, v);
+    }
+    out.extend_from_slice(b"],\"total\":");
+    json::write_u64(out, total as u64);
+    out.extend_from_slice(if total > MAX_VALUES {
+        b",\"hasMore\":true}"
+    } else {
+        b",\"hasMore\":false}"
+    });
+    close_result(out, era);
+    jsonrpc::end_response(out);
+    Handled::done(kind, false)
+}
+
+/// `subscriptions/listen` (modern): acknowledges, then streams the requested
+/// notifications until the client goes away or the server stops.
+fn listen(
+    shard: &Rc<Shard>,
+    req: &Req<'_, '_>,
+    out: &mut Vec<u8>,
+    inflight: &Rc<Inflight>,
+    listens: &Rc<RefCell<HashSet<u64>>>,
+) -> Handled {
+    let kind = MethodKind::OtherRequest;
+    let Some(mut filter) =
+        listen::Filter::parse(req.params.as_ref().and_then(|p| p.get("notifications")))
+    else {
+        jsonrpc::write_error(
+            out,
+            &req.id,
+            jsonrpc::INVALID_PARAMS,
+            "subscriptions/listen needs params.notifications (a SubscriptionFilter object)",
+        );
+        return Handled::done(kind, true);
+    };
+    let Some(related) = req.related else {
+        jsonrpc::write_error(
+            out,
+            &req.id,
+            jsonrpc::INVALID_REQUEST,
+            "subscriptions/listen needs a streaming response (Accept: text/event-stream)",
+        );
+        return Handled::done(kind, true);
+    };
+    // Honour only what this server can send.
+    filter.prompts &= shard.registry.has_prompts();
+    filter.resources &= shard.registry.has_resources();
+    filter.resource_uris.retain(|u| resource_exists(shard, u));
+    let id_json = req.id.to_owned_bytes();
+    let sink: SharedNotifier = Rc::new(listen::Tagged {
+        inner: related.clone(),
+        id_json: id_json.clone(),
+    });
+    let mut ack = Vec::with_capacity(160);
+    ack.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/subscriptions/acknowledged\",\"params\":{\"notifications\":");
+    ack.extend_from_slice(filter.to_json().as_bytes());
+    ack.extend_from_slice(b"}}");
+    sink.notify(&ack);
+
+    let lid = shard.register_subscriber(sink.clone());
+    let uris = filter.resource_uris.clone();
+    for u in &uris {
+        if let resources::WatchOp::Remote(f) = resources::watch(shard, u.clone(), lid) {
+            glommio::spawn_local(async move {
+                let _ = f.await;
+            })
+            .detach();
+        }
+    }
+    shard
+        .listeners
+        .borrow_mut()
+        .insert(lid, listen::Listener { filter, sink });
+    listens.borrow_mut().insert(lid);
+    shard.metrics.borrow_mut().counters.listen_streams += 1;
+
+    struct Unlisten {
+        shard: Rc<Shard>,
+        lid: u64,
+        uris: Vec<String>,
+        listens: Rc<RefCell<HashSet<u64>>>,
+    }
+    impl Drop for Unlisten {
+        fn drop(&mut self) {
+            self.shard.listeners.borrow_mut().remove(&self.lid);
+            self.shard.subscribers.borrow_mut().remove(&self.lid);
+            self.listens.borrow_mut().remove(&self.lid);
+            for u in &self.uris {
+                resources::unwatch(&self.shard, u, self.lid);
+            }
+        }
+    }
+    let guard = Unlisten {
+        shard: shard.clone(),
+        lid,
+        uris,
+        listens: listens.clone(),
+    };
+    let shard2 = shard.clone();
+    inflight.begin_long_lived(&id_json);
+    let inflight2 = inflight.clone();
+    let track = id_json.clone();
+    let fut: PendingResponse = Box::pin(async move {
+        let _guard = guard;
+        shard2.shutdown.wait().await;
+        inflight2.finish(&id_json);
+        // Graceful end: a SubscriptionsListenResult naming the subscription.
+        let mut out = Vec::with_capacity(160);
+        jsonrpc::begin_result(&mut out, &Id::Encoded(&id_json));
+        out.extend_from_slice(
+            b"{\"resultType\":\"complete\",\"_meta\":{\"io.modelcontextprotocol/subscriptionId\":",
+        );
+        out.extend_from_slice(&id_json);
+        out.extend_from_slice(b"}}");
+        jsonrpc::end_response(&mut out);
+        out
+    });
+    Handled {
+        kind,
+        pending: Some(Pending {
+            fut,
+            id: Some(track),
+            long_lived: true,
+        }),
+        is_error: false,
+    }
+}
+
 /// The client learns only that an internal error occurred; the panic message
 /// went to stderr through the panic hook.
-fn write_panic(shard: &Shard, out: &mut Vec<u8>, id: &Id<'_>, tool: &str) {
+fn write_panic(shard: &Shard, out: &mut Vec<u8>, id: &Id<'_>, what: &str) {
     shard.metrics.borrow_mut().counters.handler_panics += 1;
     log::error!(
-        "shard {}: tool {tool:?} panicked; answered -32603",
+        "shard {}: handler {what:?} panicked; answered -32603",
         shard.id
     );
     jsonrpc::write_error(
         out,
         id,
         jsonrpc::INTERNAL_ERROR,
-        "Internal error: the tool failed unexpectedly",
+        "Internal error: the handler failed unexpectedly",
     );
+}
+
+/// Applies a change to the offered set on every shard, in one order: the
+/// change goes to shard 0, which applies it and forwards it to the others
+/// over FIFO mesh queues, so all shards converge.
+pub fn set_enabled(shard: &Rc<Shard>, kind: ListKind, name: &str, on: bool) {
+    if shard.id == 0 {
+        apply_enabled(shard, kind, name, on, true);
+    } else {
+        shard.tell(
+            0,
+            crate::runtime::mesh::Request::SetEnabled {
+                kind,
+                name: name.to_owned(),
+                on,
+                broadcast: true,
+            },
+        );
+    }
+}
+
+/// Applies a change here (and, on shard 0, forwards it to every other shard).
+pub fn apply_enabled(shard: &Rc<Shard>, kind: ListKind, name: &str, on: bool, broadcast: bool) {
+    if broadcast {
+        for to in 1..shard.shard_count {
+            shard.tell(
+                to,
+                crate::runtime::mesh::Request::SetEnabled {
+                    kind,
+                    name: name.to_owned(),
+                    on,
+                    broadcast: false,
+                },
+            );
+        }
+    }
+    if shard.registry.set_enabled(kind, name, on) {
+        listen::list_changed(shard, kind);
+    }
 }

@@ -1,34 +1,31 @@
-//! Resources: every kv entry is the resource `kv://{key}` (key
-//! percent-encoded), readable with `resources/read` and, in the legacy era,
-//! watchable with `resources/subscribe`.
+//! Resource subscriptions, and the `kv://{key}` resources.
 //!
-//! Subscriptions live with the key's owner: the subscribing session's shard
-//! registers a [`Watcher`] (its shard and subscriber id) at `owner(key)`.
-//! When the owner applies a change it sends one `Notify` per shard that has
-//! watchers (carrying all of that shard's subscriber ids), so an update fans
-//! out with one mesh message per shard, not per subscriber. The subscriber's
-//! shard turns it into `notifications/resources/updated` on each session's
-//! notifier. A notification for a subscriber that is gone makes its shard
-//! tell the owner to forget it.
+//! A subscription (legacy `resources/subscribe`, or a modern
+//! `subscriptions/listen` with `resourceSubscriptions`) is a *watcher*: the
+//! subscriber's shard and its id there. Watchers of a URI are kept by one
+//! shard, `watch_owner(uri)`: for `kv://` URIs the key's owner (where changes
+//! happen), for any other URI a hash of it. A change is reported to the
+//! watch owner, which sends one `Notify` per shard that has watchers
+//! (carrying all of that shard's subscriber ids), so an update fans out with
+//! one mesh message per shard, not per subscriber. A notification for a
+//! subscriber that is gone makes its shard tell the owner to forget it.
 
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Instant;
 
 use simd_json::prelude::*;
-use simd_json::tape::Value as TapeValue;
 
-use super::kv::{mesh_error, KvOp, KvReply, Watcher};
-use super::{close_result, Era, Handled, PendingResponse, CACHE_TTL_MS};
-use crate::metrics::MethodKind;
+use super::ctx::CallCtx;
+use super::kv::{self, mesh_error, KvOp, KvReply};
+use super::registry::{JsonReply, ResourceTemplate, TemplateDescriptor};
+use super::tools::{CallError, RpcError};
+use super::Era;
 use crate::protocol::json;
-use crate::protocol::jsonrpc::{self, Id};
 use crate::protocol::mcp::code;
-use crate::runtime::mesh::Request;
+use crate::runtime::mesh::{MeshError, Reply, Request};
 use crate::runtime::shard::{Routed, Shard};
 
 pub const URI_SCHEME: &str = "kv://";
-
-const TEMPLATES_MEMBER: &str = r#""resourceTemplates":[{"uriTemplate":"kv://{key}","name":"kv","title":"Key-value entry","description":"The JSON value stored under {key} by kv_set; subscribe to hear when it changes.","mimeType":"application/json"}]"#;
 
 /// `kv://` + the key with everything but RFC 3986 unreserved bytes
 /// percent-encoded (RFC 6570 simple expansion).
@@ -48,237 +45,152 @@ pub fn uri_of(key: &str) -> String {
 /// The key a `kv://` URI names, if it is one.
 pub fn key_of(uri: &str) -> Option<String> {
     let rest = uri.strip_prefix(URI_SCHEME)?;
-    let bytes = rest.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    let key = String::from_utf8(out).ok()?;
+    let key = super::registry::percent_decode(rest)?;
     (!key.is_empty()).then_some(key)
 }
 
-/// Reads `params.uri` and returns the kv key it names.
-pub fn key_param(params: &Option<TapeValue<'_, '_>>) -> Result<String, String> {
-    let uri = params
-        .as_ref()
-        .and_then(|p| p.get("uri"))
-        .and_then(|u| u.into_string())
-        .ok_or("params.uri (a string) is required")?;
-    key_of(uri)
-        .ok_or_else(|| format!("unknown resource URI {uri:?}: this server serves kv://{{key}}"))
+/// A subscriber somewhere in the server: its shard and its id there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watcher {
+    pub shard: usize,
+    pub sub: u64,
 }
 
-/// `resources/list`, `resources/templates/list`, `resources/read`.
-pub fn handle(
-    shard: &Rc<Shard>,
-    name: &str,
-    id: Id<'_>,
-    params: Option<TapeValue<'_, '_>>,
-    out: &mut Vec<u8>,
-    started: Instant,
-    era: Era,
-) -> Handled {
-    let kind = MethodKind::Resources;
-    let done = |is_error| Handled {
-        kind,
-        pending: None,
-        is_error,
-    };
-    if name != "resources/read" {
-        if params
-            .as_ref()
-            .and_then(|p| p.get("cursor"))
-            .is_some_and(|c| !c.is_null())
-        {
-            jsonrpc::write_error(out, &id, jsonrpc::INVALID_PARAMS, "invalid cursor");
-            return done(true);
+/// The shard that keeps the watchers of `uri`.
+pub fn watch_owner(uri: &str, shards: usize) -> usize {
+    match key_of(uri) {
+        Some(key) => kv::owner(&key, shards),
+        None => kv::owner(uri, shards),
+    }
+}
+
+/// Watchers of the URIs this shard owns, bounded per URI.
+pub struct WatchTable {
+    map: HashMap<Box<str>, Vec<Watcher>>,
+    max_per_uri: usize,
+}
+
+impl WatchTable {
+    pub fn new(max_per_uri: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            max_per_uri,
         }
-        jsonrpc::begin_result(out, &id);
-        // Keys are spread over every shard and may be many; they are reached
-        // through the template rather than enumerated.
-        out.extend_from_slice(if name == "resources/list" {
-            br#"{"resources":[]"#
-        } else {
-            b"{"
-        });
-        if name != "resources/list" {
-            out.extend_from_slice(TEMPLATES_MEMBER.as_bytes());
-        }
-        if era.is_modern() {
-            out.extend_from_slice(b",\"ttlMs\":");
-            json::write_u64(out, CACHE_TTL_MS);
-            out.extend_from_slice(b",\"cacheScope\":\"public\"");
-        }
-        close_result(out, era);
-        jsonrpc::end_response(out);
-        return done(false);
     }
 
-    let key = match key_param(&params) {
-        Ok(k) => k,
-        Err(e) => {
-            jsonrpc::write_error(out, &id, jsonrpc::INVALID_PARAMS, &e);
-            return done(true);
+    /// Err(max) at the bound.
+    pub fn watch(&mut self, uri: &str, w: Watcher) -> Result<(), usize> {
+        let list = self.map.entry(uri.into()).or_default();
+        if list.contains(&w) {
+            return Ok(());
         }
-    };
-    let uri = uri_of(&key);
-    match shard.kv_route(KvOp::Get { key }) {
-        Routed::Local(reply) => done(write_read(out, &id, &uri, reply, era)),
-        Routed::Failed(e, owner) => {
-            let e = mesh_error(e, owner, shard.limits.mesh_timeout_ms);
-            jsonrpc::write_error(out, &id, e.code, &e.message);
-            done(true)
+        if list.len() >= self.max_per_uri {
+            return Err(self.max_per_uri);
         }
-        Routed::Remote(call, owner) => {
-            let id = id.to_owned_bytes();
-            let shard = shard.clone();
-            let pending: PendingResponse = Box::pin(async move {
-                let mut out = Vec::with_capacity(256);
-                let id = Id::Encoded(&id);
-                let is_error = match call.await {
-                    Ok(reply) => write_read(&mut out, &id, &uri, reply, era),
-                    Err(e) => {
-                        let e = mesh_error(e, owner, shard.limits.mesh_timeout_ms);
-                        jsonrpc::write_error(&mut out, &id, e.code, &e.message);
-                        true
-                    }
-                };
-                let mut m = shard.metrics.borrow_mut();
-                m.record(kind, started.elapsed());
-                m.counters.error_responses += is_error as u64;
-                out
-            });
-            Handled {
-                kind,
-                pending: Some(pending),
-                is_error: false,
+        list.push(w);
+        Ok(())
+    }
+
+    pub fn unwatch(&mut self, uri: &str, w: Watcher) {
+        if let Some(list) = self.map.get_mut(uri) {
+            list.retain(|x| *x != w);
+            if list.is_empty() {
+                self.map.remove(uri);
             }
         }
     }
+
+    pub fn watchers(&self, uri: &str) -> Vec<Watcher> {
+        self.map.get(uri).cloned().unwrap_or_default()
+    }
 }
 
-/// Writes a `resources/read` response; returns whether it is an error.
-fn write_read(out: &mut Vec<u8>, id: &Id<'_>, uri: &str, reply: KvReply, era: Era) -> bool {
-    match reply {
-        KvReply::Get(Some(value)) => {
-            jsonrpc::begin_result(out, id);
-            out.extend_from_slice(br#"{"contents":[{"uri":"#);
-            json::write_str(out, uri);
-            out.extend_from_slice(br#","mimeType":"application/json","text":"#);
-            json::write_str(out, &value);
-            out.extend_from_slice(b"}]");
-            if era.is_modern() {
-                // Values change whenever anyone writes them.
-                out.extend_from_slice(b",\"ttlMs\":0,\"cacheScope\":\"public\"");
+fn watch_limit_error(max: usize) -> RpcError {
+    RpcError::new(
+        crate::protocol::jsonrpc::INVALID_REQUEST,
+        format!("this resource already has {max} subscribers (max-watchers-per-key)"),
+    )
+}
+
+/// Where a watch registration went.
+pub enum WatchOp {
+    Done(Result<(), RpcError>),
+    Remote(std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RpcError>>>>),
+}
+
+/// Registers subscriber `sub` of this shard as a watcher of `uri`.
+pub fn watch(shard: &Rc<Shard>, uri: String, sub: u64) -> WatchOp {
+    let w = Watcher {
+        shard: shard.id,
+        sub,
+    };
+    let owner = watch_owner(&uri, shard.shard_count);
+    if owner == shard.id {
+        let r = shard
+            .watches
+            .borrow_mut()
+            .watch(&uri, w)
+            .map_err(watch_limit_error);
+        if r.is_err() {
+            shard.metrics.borrow_mut().counters.kv_full += 1;
+        }
+        return WatchOp::Done(r);
+    }
+    let timeout_ms = shard.limits.mesh_timeout_ms;
+    match shard.mesh_call(owner, Request::Watch { uri, watcher: w }) {
+        Ok(call) => WatchOp::Remote(Box::pin(async move {
+            match call.await {
+                Ok(Reply::Watched(Ok(()))) => Ok(()),
+                Ok(Reply::Watched(Err(max))) => Err(watch_limit_error(max)),
+                Ok(_) => Err(mesh_error(MeshError::PeerGone, owner, timeout_ms)),
+                Err(e) => Err(mesh_error(e, owner, timeout_ms)),
             }
-            close_result(out, era);
-            jsonrpc::end_response(out);
-            false
-        }
-        _ => {
-            let mut data = Vec::with_capacity(64);
-            data.extend_from_slice(b"{\"uri\":");
-            json::write_str(&mut data, uri);
-            data.push(b'}');
-            // 2026-07-28 replaced -32002 with -32602 for unknown resources.
-            let code = if era.is_modern() {
-                jsonrpc::INVALID_PARAMS
-            } else {
-                code::RESOURCE_NOT_FOUND
-            };
-            jsonrpc::write_error_with_data(out, id, code, "Resource not found", Some(&data));
-            true
-        }
+        })),
+        Err(e) => WatchOp::Done(Err(mesh_error(e, owner, timeout_ms))),
     }
 }
 
-/// Registers subscriber `sub` of this shard as a watcher of `key` at its
-/// owner; writes the `resources/subscribe` response or returns it pending.
-pub fn watch(
-    shard: &Rc<Shard>,
-    key: String,
-    sub: u64,
-    id: Id<'_>,
-    out: &mut Vec<u8>,
-) -> Option<PendingResponse> {
-    let watcher = Watcher {
+/// Drops subscriber `sub`'s watch on `uri` (no reply needed).
+pub fn unwatch(shard: &Rc<Shard>, uri: &str, sub: u64) {
+    let w = Watcher {
         shard: shard.id,
         sub,
     };
-    match shard.kv_route(KvOp::Watch { key, watcher }) {
-        Routed::Local(reply) => {
-            write_watch(out, &id, reply);
-            None
-        }
-        Routed::Failed(e, owner) => {
-            let e = mesh_error(e, owner, shard.limits.mesh_timeout_ms);
-            jsonrpc::write_error(out, &id, e.code, &e.message);
-            None
-        }
-        Routed::Remote(call, owner) => {
-            let id = id.to_owned_bytes();
-            let shard = shard.clone();
-            let started = Instant::now();
-            Some(Box::pin(async move {
-                let mut out = Vec::with_capacity(128);
-                let id = Id::Encoded(&id);
-                match call.await {
-                    Ok(reply) => write_watch(&mut out, &id, reply),
-                    Err(e) => {
-                        let e = mesh_error(e, owner, shard.limits.mesh_timeout_ms);
-                        jsonrpc::write_error(&mut out, &id, e.code, &e.message);
-                    }
-                }
-                shard
-                    .metrics
-                    .borrow_mut()
-                    .record(MethodKind::Subscribe, started.elapsed());
-                out
-            }))
-        }
+    let owner = watch_owner(uri, shard.shard_count);
+    if owner == shard.id {
+        shard.watches.borrow_mut().unwatch(uri, w);
+    } else {
+        shard.tell(
+            owner,
+            Request::Unwatch {
+                uri: uri.to_owned(),
+                watcher: w,
+            },
+        );
     }
 }
 
-fn write_watch(out: &mut Vec<u8>, id: &Id<'_>, reply: KvReply) {
-    match reply {
-        KvReply::WatchersFull { max } => {
-            let msg = format!("this resource already has {max} subscribers (max-watchers-per-key)");
-            jsonrpc::write_error(out, id, jsonrpc::INVALID_REQUEST, &msg);
-        }
-        _ => {
-            jsonrpc::begin_result(out, id);
-            out.extend_from_slice(b"{}");
-            jsonrpc::end_response(out);
-        }
+/// Reports that `uri` changed, from any shard.
+pub fn updated(shard: &Rc<Shard>, uri: &str) {
+    let owner = watch_owner(uri, shard.shard_count);
+    if owner == shard.id {
+        notify_watchers(shard, uri);
+    } else {
+        shard.tell(
+            owner,
+            Request::Updated {
+                uri: uri.to_owned(),
+            },
+        );
     }
 }
 
-/// Drops subscriber `sub`'s watch on `key` at the owner (no reply needed).
-pub fn unwatch(shard: &Rc<Shard>, key: &str, sub: u64) {
-    let watcher = Watcher {
-        shard: shard.id,
-        sub,
-    };
-    shard.kv_tell(KvOp::Unwatch {
-        key: key.to_owned(),
-        watcher,
-    });
-}
-
-/// On the owner, after `key` changed: tells every watcher's shard.
-pub fn notify_watchers(shard: &Rc<Shard>, key: &str, watchers: &[Watcher]) {
+/// On the watch owner, after `uri` changed: tells every watcher's shard.
+pub fn notify_watchers(shard: &Rc<Shard>, uri: &str) {
+    let watchers = shard.watches.borrow().watchers(uri);
     if watchers.is_empty() {
         return;
     }
-    let uri = uri_of(key);
     let mut by_shard: Vec<Vec<u64>> = vec![Vec::new(); shard.shard_count];
     for w in watchers {
         if let Some(list) = by_shard.get_mut(w.shard) {
@@ -290,12 +202,12 @@ pub fn notify_watchers(shard: &Rc<Shard>, key: &str, watchers: &[Watcher]) {
             continue;
         }
         if to == shard.id {
-            deliver(shard, &uri, &subs);
+            deliver(shard, uri, &subs);
         } else {
             shard.tell(
                 to,
                 Request::Notify {
-                    uri: uri.clone(),
+                    uri: uri.to_owned(),
                     subscribers: subs,
                 },
             );
@@ -319,13 +231,120 @@ pub fn deliver(shard: &Rc<Shard>, uri: &str, subs: &[u64]) {
                 n.notify(&msg);
                 shard.metrics.borrow_mut().counters.notifications_sent += 1;
             }
-            None => {
-                if let Some(key) = key_of(uri) {
-                    unwatch(shard, &key, sub);
-                }
+            None => unwatch(shard, uri, sub),
+        }
+    }
+}
+
+/// The "resource not found" error of the request's era (-32002 legacy,
+/// -32602 modern, SEP-2164), naming the URI in `data`.
+pub fn not_found(era: Era, uri: &str) -> RpcError {
+    let mut data = Vec::with_capacity(16 + uri.len());
+    data.extend_from_slice(b"{\"uri\":");
+    json::write_str(&mut data, uri);
+    data.push(b'}');
+    let code = if era.is_modern() {
+        crate::protocol::jsonrpc::INVALID_PARAMS
+    } else {
+        code::RESOURCE_NOT_FOUND
+    };
+    RpcError::new(code, "Resource not found")
+        .with_data(String::from_utf8(data).expect("JSON is UTF-8"))
+}
+
+/// `{"contents":[{uri, mimeType, text}]}`.
+pub fn text_contents(uri: &str, mime_type: &str, text: &str) -> String {
+    let mut out = Vec::with_capacity(64 + text.len());
+    out.extend_from_slice(b"{\"contents\":[{\"uri\":");
+    json::write_str(&mut out, uri);
+    out.extend_from_slice(b",\"mimeType\":");
+    json::write_str(&mut out, mime_type);
+    out.extend_from_slice(b",\"text\":");
+    json::write_str(&mut out, text);
+    out.extend_from_slice(b"}]}");
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
+/// `{"contents":[{uri, mimeType, blob}]}`.
+pub fn blob_contents(uri: &str, mime_type: &str, blob_base64: &str) -> String {
+    let mut out = Vec::with_capacity(64 + blob_base64.len());
+    out.extend_from_slice(b"{\"contents\":[{\"uri\":");
+    json::write_str(&mut out, uri);
+    out.extend_from_slice(b",\"mimeType\":");
+    json::write_str(&mut out, mime_type);
+    out.extend_from_slice(b",\"blob\":");
+    json::write_str(&mut out, blob_base64);
+    out.extend_from_slice(b"}]}");
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
+/// The `kv://{key}` template: each entry of the sharded store.
+pub struct KvTemplate {
+    desc: TemplateDescriptor,
+}
+
+impl Default for KvTemplate {
+    fn default() -> Self {
+        Self {
+            desc: TemplateDescriptor {
+                uri_template: "kv://{key}".into(),
+                name: "kv".into(),
+                title: Some("Key-value entry".into()),
+                description: Some(
+                    "The JSON value stored under {key} by kv_set; subscribe to hear when it changes.".into(),
+                ),
+                mime_type: Some("application/json".into()),
+            },
+        }
+    }
+}
+
+fn read_result(era: Era, uri: &str, reply: KvReply) -> Result<String, CallError> {
+    match reply {
+        KvReply::Get(Some(value)) => Ok(text_contents(uri, "application/json", &value)),
+        _ => Err(CallError::Rpc(not_found(era, uri))),
+    }
+}
+
+impl ResourceTemplate for KvTemplate {
+    fn descriptor(&self) -> &TemplateDescriptor {
+        &self.desc
+    }
+
+    fn read(&self, cx: &CallCtx<'_>, uri: &str, vars: &[(String, String)]) -> JsonReply {
+        let era = cx.era;
+        let Some((_, key)) = vars.iter().find(|(k, _)| k == "key") else {
+            return JsonReply::Ready(Err(CallError::Rpc(not_found(era, uri))));
+        };
+        let shard = cx.shard;
+        let uri = uri.to_owned();
+        match shard.kv_route(KvOp::Get { key: key.clone() }) {
+            Routed::Local(reply) => JsonReply::Ready(read_result(era, &uri, reply)),
+            Routed::Failed(e, owner) => JsonReply::Ready(Err(CallError::Rpc(mesh_error(
+                e,
+                owner,
+                shard.limits.mesh_timeout_ms,
+            )))),
+            Routed::Remote(call, owner) => {
+                let timeout_ms = shard.limits.mesh_timeout_ms;
+                JsonReply::Pending(Box::pin(async move {
+                    match call.await {
+                        Ok(reply) => read_result(era, &uri, reply),
+                        Err(e) => Err(CallError::Rpc(mesh_error(e, owner, timeout_ms))),
+                    }
+                }))
             }
         }
     }
+}
+
+/// Reads `params.uri`.
+pub fn uri_param<'a>(params: &Option<simd_json::tape::Value<'a, 'a>>) -> Result<&'a str, RpcError> {
+    params
+        .as_ref()
+        .and_then(|p| p.get("uri"))
+        .and_then(|u| u.into_string())
+        .ok_or_else(|| RpcError::invalid_params("params.uri (a string) is required"))
 }
 
 #[cfg(test)]
@@ -347,5 +366,24 @@ mod tests {
         assert_eq!(key_of("file:///x"), None);
         assert_eq!(key_of("kv://"), None);
         assert_eq!(key_of("kv://%zz"), None);
+    }
+
+    #[test]
+    fn watch_table_is_bounded() {
+        let mut t = WatchTable::new(2);
+        let (a, b, c) = (
+            Watcher { shard: 0, sub: 1 },
+            Watcher { shard: 1, sub: 1 },
+            Watcher { shard: 1, sub: 2 },
+        );
+        assert_eq!(t.watch("u", a), Ok(()));
+        assert_eq!(t.watch("u", a), Ok(()));
+        assert_eq!(t.watch("u", b), Ok(()));
+        assert_eq!(t.watch("u", c), Err(2));
+        assert_eq!(t.watchers("u"), vec![a, b]);
+        t.unwatch("u", a);
+        t.unwatch("u", b);
+        assert!(t.watchers("u").is_empty());
+        assert_eq!(watch_owner("kv://k", 1), 0);
     }
 }

@@ -1,30 +1,27 @@
-//! Tools: the handler trait, results, and the per-shard registry.
+//! Tools: descriptors, the handler trait, results and argument helpers.
 //!
-//! The registry is read-mostly and every shard builds its own copy at start,
-//! so looking a tool up never leaves the core. A handler either finishes at
-//! once (`ToolReply::Ready`, borrowing from the request's bytes, no copies) or
-//! hands back a future that owns what it needs (`ToolReply::Pending`) and is
-//! polled on the same shard while the connection keeps serving other requests.
+//! A handler either finishes at once (`ToolReply::Ready`, borrowing from the
+//! request's bytes, no copies) or hands back a future that owns what it needs
+//! (`ToolReply::Pending`), polled on the same shard while the connection
+//! serves other requests. This is the low-level library API; `api.rs` builds
+//! typed, async tools on top of it.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
 
 use simd_json::prelude::*;
 use simd_json::tape::Value as TapeValue;
 
+use super::content::Content;
+use super::ctx::{CallCtx, CtxError};
 use super::{close_result, Era, SharedNotifier};
 use crate::protocol::json;
-use crate::runtime::shard::Shard;
 
 /// Tool arguments as parsed from the request, borrowed from its bytes.
 pub type Args<'a> = TapeValue<'a, 'a>;
 
-/// A JSON-RPC error raised by a tool call instead of a tool result (protocol
-/// level failures such as overload; argument problems are tool results with
-/// `isError: true`).
+/// A JSON-RPC error raised instead of a result.
 #[derive(Debug, Clone)]
 pub struct RpcError {
     pub code: i32,
@@ -46,13 +43,39 @@ impl RpcError {
         self.data = Some(json);
         self
     }
+
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(crate::protocol::jsonrpc::INVALID_PARAMS, message)
+    }
+}
+
+/// Why a handler produced no result.
+#[derive(Debug, Clone)]
+pub enum CallError {
+    Rpc(RpcError),
+    /// Modern era: the handler needs client input (see `ctx::Ctx::ask`).
+    InputRequired,
+}
+
+impl From<RpcError> for CallError {
+    fn from(e: RpcError) -> Self {
+        CallError::Rpc(e)
+    }
+}
+
+impl From<CtxError> for CallError {
+    fn from(e: CtxError) -> Self {
+        match e {
+            CtxError::InputRequired => CallError::InputRequired,
+            other => CallError::Rpc(other.into()),
+        }
+    }
 }
 
 /// Where a request's `notifications/progress` go, when the client asked for
 /// progress (`_meta.progressToken`) and the transport can deliver it.
 #[derive(Clone)]
 pub struct Progress {
-    /// The token, encoded as JSON.
     token: Box<[u8]>,
     sink: SharedNotifier,
 }
@@ -68,10 +91,10 @@ impl Progress {
         m.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":");
         m.extend_from_slice(&self.token);
         m.extend_from_slice(b",\"progress\":");
-        json::write_f64(&mut m, progress);
+        write_number(&mut m, progress);
         if let Some(t) = total {
             m.extend_from_slice(b",\"total\":");
-            json::write_f64(&mut m, t);
+            write_number(&mut m, t);
         }
         if let Some(msg) = message {
             m.extend_from_slice(b",\"message\":");
@@ -82,17 +105,13 @@ impl Progress {
     }
 }
 
-/// What a tool handler may use besides its arguments.
-pub struct ToolCtx<'s> {
-    pub shard: &'s Rc<Shard>,
-    /// Present when the client asked for progress and it can be delivered.
-    pub progress: Option<Progress>,
-}
-
-/// One content block of a tool result.
-#[derive(Debug, Clone)]
-pub enum Content<'a> {
-    Text(Cow<'a, str>),
+/// Whole numbers print without a fraction.
+fn write_number(out: &mut Vec<u8>, v: f64) {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        json::write_i64(out, v as i64);
+    } else {
+        json::write_f64(out, v);
+    }
 }
 
 /// A `CallToolResult`.
@@ -114,8 +133,15 @@ impl<'a> ToolResult<'a> {
         }
     }
 
-    /// A failed call reported to the model (`isError: true`), per the spec's
-    /// rule that tool execution errors are results, not protocol errors.
+    pub fn with_content(content: Vec<Content<'a>>) -> Self {
+        Self {
+            content,
+            ..Self::default()
+        }
+    }
+
+    /// A failed call reported to the model (`isError: true`): tool execution
+    /// errors are results, not protocol errors.
     pub fn error(message: impl Into<Cow<'a, str>>) -> Self {
         Self {
             is_error: true,
@@ -141,13 +167,7 @@ impl<'a> ToolResult<'a> {
             if i > 0 {
                 out.push(b',');
             }
-            match c {
-                Content::Text(t) => {
-                    out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
-                    json::write_str(out, t);
-                    out.push(b'}');
-                }
-            }
+            c.write(out);
         }
         out.push(b']');
         if let Some(s) = &self.structured {
@@ -188,13 +208,7 @@ impl<'a> ToolResult<'a> {
     /// Detaches the result from the request's bytes.
     pub fn into_owned(self) -> ToolResult<'static> {
         ToolResult {
-            content: self
-                .content
-                .into_iter()
-                .map(|c| match c {
-                    Content::Text(t) => Content::Text(Cow::Owned(t.into_owned())),
-                })
-                .collect(),
+            content: self.content.into_iter().map(Content::into_owned).collect(),
             structured: self.structured,
             meta: self.meta,
             is_error: self.is_error,
@@ -202,7 +216,7 @@ impl<'a> ToolResult<'a> {
     }
 }
 
-pub type ToolOutcome<'a> = Result<ToolResult<'a>, RpcError>;
+pub type ToolOutcome<'a> = Result<ToolResult<'a>, CallError>;
 pub type ToolFuture = Pin<Box<dyn Future<Output = ToolOutcome<'static>>>>;
 
 pub enum ToolReply<'a> {
@@ -210,72 +224,144 @@ pub enum ToolReply<'a> {
     Pending(ToolFuture),
 }
 
+/// Whether a tool runs as a task (experimental tasks, 2025-11-25; the tasks
+/// extension in 2026-07-28).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TaskSupport {
+    #[default]
+    Forbidden,
+    Optional,
+    Required,
+}
+
+impl TaskSupport {
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskSupport::Forbidden => "forbidden",
+            TaskSupport::Optional => "optional",
+            TaskSupport::Required => "required",
+        }
+    }
+}
+
+/// How a tool is listed, built once.
+#[derive(Debug, Clone)]
+pub struct ToolDescriptor {
+    pub name: String,
+    pub description: String,
+    pub title: Option<String>,
+    /// JSON Schema (2020-12) of the arguments object, as JSON text.
+    pub input_schema: String,
+    pub output_schema: Option<String>,
+    /// `annotations` object as JSON text.
+    pub annotations: Option<String>,
+    pub task_support: TaskSupport,
+    /// `icons` array as JSON text.
+    pub icons: Option<String>,
+    /// `_meta` object as JSON text.
+    pub meta: Option<String>,
+    /// Modern era, task-supporting tools: input gathered by multi-round
+    /// requests before the task is created (kind, key, params JSON).
+    pub pre_task_inputs: Vec<(super::ctx::Ask, String, String)>,
+}
+
+impl ToolDescriptor {
+    pub fn new(name: &str, description: &str, input_schema: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            title: None,
+            input_schema: input_schema.to_owned(),
+            output_schema: None,
+            annotations: None,
+            task_support: TaskSupport::Forbidden,
+            icons: None,
+            meta: None,
+            pre_task_inputs: Vec::new(),
+        }
+    }
+
+    pub fn title(mut self, t: &str) -> Self {
+        self.title = Some(t.to_owned());
+        self
+    }
+
+    pub fn output_schema(mut self, s: &str) -> Self {
+        self.output_schema = Some(s.to_owned());
+        self
+    }
+
+    pub fn annotations(mut self, json: &str) -> Self {
+        self.annotations = Some(json.to_owned());
+        self
+    }
+
+    pub fn task_support(mut self, t: TaskSupport) -> Self {
+        self.task_support = t;
+        self
+    }
+
+    /// The `Tool` object for tools/list.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"name\":");
+        json::write_str(out, &self.name);
+        if let Some(t) = &self.title {
+            out.extend_from_slice(b",\"title\":");
+            json::write_str(out, t);
+        }
+        out.extend_from_slice(b",\"description\":");
+        json::write_str(out, &self.description);
+        out.extend_from_slice(b",\"inputSchema\":");
+        out.extend_from_slice(self.input_schema.as_bytes());
+        if let Some(s) = &self.output_schema {
+            out.extend_from_slice(b",\"outputSchema\":");
+            out.extend_from_slice(s.as_bytes());
+        }
+        if let Some(a) = &self.annotations {
+            out.extend_from_slice(b",\"annotations\":");
+            out.extend_from_slice(a.as_bytes());
+        }
+        if self.task_support != TaskSupport::Forbidden {
+            out.extend_from_slice(b",\"execution\":{\"taskSupport\":\"");
+            out.extend_from_slice(self.task_support.name().as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+        if let Some(i) = &self.icons {
+            out.extend_from_slice(b",\"icons\":");
+            out.extend_from_slice(i.as_bytes());
+        }
+        if let Some(m) = &self.meta {
+            out.extend_from_slice(b",\"_meta\":");
+            out.extend_from_slice(m.as_bytes());
+        }
+        out.push(b'}');
+    }
+
+    /// Properties mirrored into `Mcp-Param-{Name}` headers (`x-mcp-header`).
+    pub fn header_params(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut bytes = self.input_schema.clone().into_bytes();
+        if let Ok(tape) = simd_json::to_tape(&mut bytes) {
+            if let Some(props) = tape
+                .as_value()
+                .get("properties")
+                .and_then(|p| p.as_object())
+            {
+                for (name, prop) in props.iter() {
+                    if let Some(h) = prop.get("x-mcp-header").and_then(|h| h.into_string()) {
+                        out.push((name.to_owned(), h.to_owned()));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// A tool a client can call. Implementations are built once per shard.
 pub trait Tool {
-    fn name(&self) -> &str;
-    fn description(&self) -> &str;
-    /// JSON Schema (2020-12) of the arguments object, as JSON text.
-    fn input_schema(&self) -> &str;
-    /// JSON Schema of `structuredContent`, when the tool returns one.
-    fn output_schema(&self) -> Option<&str> {
-        None
-    }
-    fn call<'a>(&self, cx: &ToolCtx<'_>, args: Args<'a>) -> ToolReply<'a>;
-}
-
-/// The tools one shard serves, in the order `tools/list` reports them.
-pub struct Registry {
-    tools: Vec<Box<dyn Tool>>,
-    by_name: HashMap<String, usize>,
-    /// `"tools":[...]`, the member every `tools/list` result carries,
-    /// encoded once.
-    tools_member_json: Vec<u8>,
-}
-
-impl Registry {
-    pub fn new(tools: Vec<Box<dyn Tool>>) -> Self {
-        let mut by_name = HashMap::with_capacity(tools.len());
-        for (i, t) in tools.iter().enumerate() {
-            let previous = by_name.insert(t.name().to_owned(), i);
-            assert!(previous.is_none(), "tool {:?} registered twice", t.name());
-        }
-        let mut out = Vec::new();
-        out.extend_from_slice(b"\"tools\":[");
-        for (i, t) in tools.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"{\"name\":");
-            json::write_str(&mut out, t.name());
-            out.extend_from_slice(b",\"description\":");
-            json::write_str(&mut out, t.description());
-            out.extend_from_slice(b",\"inputSchema\":");
-            out.extend_from_slice(t.input_schema().as_bytes());
-            if let Some(s) = t.output_schema() {
-                out.extend_from_slice(b",\"outputSchema\":");
-                out.extend_from_slice(s.as_bytes());
-            }
-            out.push(b'}');
-        }
-        out.push(b']');
-        Self {
-            tools,
-            by_name,
-            tools_member_json: out,
-        }
-    }
-
-    pub fn get(&self, name: &str) -> Option<&dyn Tool> {
-        self.by_name.get(name).map(|&i| self.tools[i].as_ref())
-    }
-
-    pub fn tools_member_json(&self) -> &[u8] {
-        &self.tools_member_json
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tools.iter().map(|t| t.name())
-    }
+    fn descriptor(&self) -> &ToolDescriptor;
+    fn call<'a>(&self, cx: &CallCtx<'_>, args: Args<'a>) -> ToolReply<'a>;
 }
 
 /// Reads a required string argument.

@@ -28,7 +28,7 @@ use memchr::memchr;
 
 use crate::protocol::{jsonrpc, PARSE_PADDING};
 use crate::runtime::shard::{ConnHandle, Shard, READ_CHUNK_BYTES};
-use crate::server::{PendingResponse, Session, SharedNotifier};
+use crate::server::{Pending, Session, SharedNotifier};
 
 /// Reads served in one poll before the task yields to its neighbours, so a
 /// client that keeps its socket full cannot starve the rest of the core.
@@ -54,7 +54,7 @@ where
     let mut conn = Conn {
         stream,
         shard: shard.clone(),
-        session: Session::new(Some(notifier.clone())),
+        session: Session::new(&shard, Some(notifier.clone())),
         notifier,
         handle,
         partial: Vec::new(),
@@ -157,6 +157,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Poll::Ready(Ok(0)) => {
                     self.read_closed = true;
                     self.finish_partial(&mut scratch.write);
+                    // Nobody can answer server-to-client requests any more,
+                    // and streams that live as long as the client end.
+                    self.session.input_closed();
                 }
                 Poll::Ready(Ok(n)) => self.on_bytes(&mut scratch.read, n, &mut scratch.write),
             }
@@ -329,14 +332,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    fn spawn_pending(&self, pending: PendingResponse) {
-        let handle = self.handle.clone();
-        handle.inflight.set(handle.inflight.get() + 1);
-        glommio::spawn_local(async move {
-            let response = pending.await;
-            handle.complete(&response);
+    /// Runs a deferred response on this core. Counted in `inflight` (so
+    /// the connection waits for it before closing, and stops reading at
+    /// `max_inflight_per_conn`) unless it is a stream that lives as long as
+    /// the client (a listen stream). A cancelled request's task is dropped
+    /// without writing anything: cancelled requests get no response.
+    fn spawn_pending(&self, pending: Pending) {
+        struct Slot {
+            handle: Rc<ConnHandle>,
+            counted: bool,
+        }
+        impl Drop for Slot {
+            fn drop(&mut self) {
+                if self.counted {
+                    self.handle.finish_one();
+                }
+            }
+        }
+        let counted = !pending.long_lived;
+        if counted {
+            self.handle.inflight.set(self.handle.inflight.get() + 1);
+        }
+        let slot = Slot {
+            handle: self.handle.clone(),
+            counted,
+        };
+        let fut = pending.fut;
+        let task = glommio::spawn_local(async move {
+            let slot = slot;
+            let response = fut.await;
+            slot.handle.respond(&response);
         })
         .detach();
+        if let Some(id) = pending.id {
+            self.session.inflight().attach(&id, task);
+        }
     }
 
     /// Sends FIN, then reads and drops whatever the client still sends until

@@ -443,15 +443,23 @@ impl Notifier for ModernSink {
 
 enum ModernOutcome {
     Done(McpResponse),
-    Json(Option<crate::server::PendingResponse>, Vec<u8>),
-    Stream(
-        Rc<Pipe<Bytes>>,
-        Option<crate::server::PendingResponse>,
-        Vec<u8>,
-    ),
+    Answer {
+        /// Where messages related to the request go, when the client
+        /// accepts a stream.
+        pipe: Option<Rc<Pipe<Bytes>>>,
+        pending: Option<crate::server::Pending>,
+        out: Vec<u8>,
+        /// The client accepts only a stream.
+        sse_only: bool,
+    },
 }
 
 /// A 2026-07-28 request: validated against its headers, served statelessly.
+///
+/// The response is JSON unless the request produces a related message
+/// (progress, a log line, a listen acknowledgement) before its result, or
+/// the client accepts only a stream: then it becomes an SSE stream, the
+/// form that can carry them.
 async fn modern_post(
     shard: &Rc<Shard>,
     headers: &HeaderMap,
@@ -484,7 +492,7 @@ async fn modern_post(
                 ))
             }
         };
-        let mut session = Session::new(None);
+        let mut session = Session::new(shard, None);
         let (id, method, params) = match &msg {
             Message::Request { id, method, params } => (*id, *method, *params),
             Message::Notification { .. } => {
@@ -502,72 +510,97 @@ async fn modern_post(
                 ))
             }
         };
-        if let Err((status, code, message)) = check_headers(headers, method, &params) {
+        if let Err((status, code, message)) = check_headers(shard, headers, method, &params) {
             let mut r = McpResponse::rpc_error(status, &id, code, &message);
             r.status = status;
             shard.metrics.borrow_mut().counters.error_responses += 1;
             return ModernOutcome::Done(r);
         }
         let mut out = Vec::with_capacity(256);
-        if session::wants_sse(accepts, &msg) {
-            let pipe = Pipe::new(shard.http.as_ref().map_or(256, |c| c.sse_queue_events));
-            let related: SharedNotifier = Rc::new(ModernSink {
-                pipe: pipe.clone(),
+        let pipe = accepts
+            .sse
+            .then(|| Pipe::new(shard.http.as_ref().map_or(256, |c| c.sse_queue_events)));
+        let related: Option<SharedNotifier> = pipe.as_ref().map(|p| {
+            Rc::new(ModernSink {
+                pipe: p.clone(),
                 shard: Rc::downgrade(shard),
-            });
-            let h = session.handle_parsed(shard, msg, &mut out, started, Some(&related));
-            account(shard, &h, started);
-            ModernOutcome::Stream(pipe, h.pending, out)
-        } else {
-            let h = session.handle_parsed(shard, msg, &mut out, started, None);
-            account(shard, &h, started);
-            ModernOutcome::Json(h.pending, out)
+            }) as SharedNotifier
+        });
+        let h = session.handle_parsed(shard, msg, &mut out, started, related.as_ref());
+        account(shard, &h, started);
+        ModernOutcome::Answer {
+            pipe,
+            pending: h.pending,
+            out,
+            sse_only: !accepts.json,
         }
     });
-    match outcome {
-        ModernOutcome::Done(r) => r,
-        ModernOutcome::Json(pending, mut out) => {
-            if let Some(p) = pending {
-                out = p.await;
+    let (pipe, pending, mut out, sse_only) = match outcome {
+        ModernOutcome::Done(r) => return r,
+        ModernOutcome::Answer {
+            pipe,
+            pending,
+            out,
+            sse_only,
+        } => (pipe, pending, out, sse_only),
+    };
+    let json = |mut out: Vec<u8>| {
+        trim_newline(&mut out);
+        let status = error_code_of(&out).map_or(200, modern_status);
+        McpResponse::json(status, out)
+    };
+    let sse = |pipe: Rc<Pipe<Bytes>>, task: Option<glommio::Task<()>>| McpResponse {
+        status: 200,
+        headers: Vec::new(),
+        body: McpBody::Sse {
+            source: SseSource::Local(pipe),
+            task,
+            resumable: false,
+        },
+    };
+    let Some(p) = pending else {
+        return match pipe {
+            Some(pipe) if sse_only || !pipe.is_empty() => {
+                trim_newline(&mut out);
+                let _ = pipe.push_final(sse_event(None, &out));
+                sse(pipe, None)
             }
-            trim_newline(&mut out);
-            let status = error_code_of(&out).map_or(200, modern_status);
-            McpResponse::json(status, out)
+            _ => json(out),
+        };
+    };
+    let Some(pipe) = pipe else {
+        return json(p.fut.await);
+    };
+    let result: Rc<std::cell::RefCell<Option<Vec<u8>>>> = Rc::default();
+    let sink = pipe.clone();
+    let slot = result.clone();
+    // Owned by the response: when the client goes away, the response drops
+    // and the handler is cancelled.
+    let task = glommio::spawn_local(async move {
+        let mut out = p.fut.await;
+        trim_newline(&mut out);
+        if out.is_empty() {
+            sink.close();
+            return;
         }
-        ModernOutcome::Stream(pipe, pending, mut out) => {
-            let task = match pending {
-                None => {
-                    trim_newline(&mut out);
-                    let _ = pipe.push_final(sse_event(None, &out));
-                    None
-                }
-                Some(p) => {
-                    let sink = pipe.clone();
-                    // Owned by the response body: when the client closes the
-                    // stream, the body drops and the handler is cancelled.
-                    Some(glommio::spawn_local(async move {
-                        let mut out = p.await;
-                        trim_newline(&mut out);
-                        let _ = sink.push_final(sse_event(None, &out));
-                    }))
-                }
-            };
-            McpResponse {
-                status: 200,
-                headers: Vec::new(),
-                body: McpBody::Sse {
-                    source: SseSource::Local(pipe),
-                    task,
-                    resumable: false,
-                },
+        let _ = sink.push_final(sse_event(None, &out));
+        *slot.borrow_mut() = Some(out);
+    });
+    if !sse_only {
+        pipe.ready().await;
+        if pipe.is_closed() && pipe.len() == 1 {
+            if let Some(out) = result.borrow_mut().take() {
+                return json(out);
             }
         }
     }
+    sse(pipe, Some(task))
 }
 
 /// Modern request metadata headers must be present and agree with the body
 /// (Streamable HTTP 2026-07-28 §Server Validation).
 fn check_headers(
+    shard: &Shard,
     headers: &HeaderMap,
     method: &str,
     params: &Option<simd_json::tape::Value<'_, '_>>,
@@ -618,6 +651,8 @@ fn check_headers(
     let name_field = match method {
         "tools/call" | "prompts/get" => Some("name"),
         "resources/read" => Some("uri"),
+        // SEP-2663: task methods route by task id.
+        "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
         _ => None,
     };
     if let Some(field) = name_field {
@@ -638,6 +673,70 @@ fn check_headers(
                     "Header mismatch: Mcp-Name header value '{v}' does not match body value '{}'",
                     body_name.unwrap_or("")
                 ))
+                }
+                Some(_) => {}
+            },
+        }
+    }
+    if method == "tools/call" {
+        check_param_headers(shard, headers, params)?;
+    }
+    Ok(())
+}
+
+/// Arguments a tool marks with `x-mcp-header` travel in `Mcp-Param-{name}`
+/// headers too, and the two must agree (SEP-2243): a value in the body
+/// needs its header; the header's value (Base64 inside `=?base64?...?=`,
+/// strictly padded) must equal the argument's string form.
+fn check_param_headers(
+    shard: &Shard,
+    headers: &HeaderMap,
+    params: &Option<simd_json::tape::Value<'_, '_>>,
+) -> Result<(), (u16, i32, String)> {
+    let mismatch = |m: String| Err((400, code::HEADER_MISMATCH, m));
+    let Some(name) = params
+        .as_ref()
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.into_string())
+    else {
+        return Ok(());
+    };
+    let Some(entry) = shard.registry.tool(name) else {
+        return Ok(());
+    };
+    let args = params.as_ref().and_then(|p| p.get("arguments"));
+    for (param, suffix) in &entry.header_params {
+        let header_name = format!("mcp-param-{}", suffix.to_ascii_lowercase());
+        let body = args
+            .as_ref()
+            .and_then(|a| a.get(param.as_str()))
+            .filter(|v| !v.is_null());
+        let body_text = body.map(|v| match v.into_string() {
+            Some(s) => s.to_owned(),
+            None => crate::protocol::json::encode_value(v),
+        });
+        match (header(headers, &header_name), body_text) {
+            (None, None) => {}
+            (None, Some(_)) => {
+                return mismatch(format!(
+                    "Header mismatch: Mcp-Param-{suffix} header is required when arguments.{param} is present"
+                ))
+            }
+            (Some(_), None) => {
+                return mismatch(format!(
+                    "Header mismatch: Mcp-Param-{suffix} header is present but arguments.{param} is not"
+                ))
+            }
+            (Some(raw), Some(body)) => match decode_header_value(raw) {
+                None => {
+                    return mismatch(format!(
+                        "Header mismatch: Mcp-Param-{suffix} is not valid Base64-encoded UTF-8"
+                    ))
+                }
+                Some(v) if v != body => {
+                    return mismatch(format!(
+                        "Header mismatch: Mcp-Param-{suffix} header value '{v}' does not match arguments.{param}"
+                    ))
                 }
                 Some(_) => {}
             },

@@ -29,7 +29,7 @@ use crate::protocol::jsonrpc::{self, Id, Message};
 use crate::protocol::PARSE_PADDING;
 use crate::runtime::local::Pipe;
 use crate::runtime::shard::Shard;
-use crate::server::{account, Notifier, PendingResponse, Session, SharedNotifier};
+use crate::server::{account, Notifier, Pending, Session, SharedNotifier};
 
 /// Hex digits of the shard prefix of a session id.
 const SHARD_DIGITS: usize = 4;
@@ -112,6 +112,12 @@ impl Notifier for StreamNotifier {
             s.emit(self.stream, message, false);
         }
     }
+
+    fn close_stream(&self) {
+        if let Some(s) = self.session.upgrade() {
+            s.cut_stream(self.stream);
+        }
+    }
 }
 
 impl HttpSession {
@@ -124,7 +130,7 @@ impl HttpSession {
             });
             HttpSession {
                 id,
-                mcp: RefCell::new(Session::new(Some(standalone))),
+                mcp: RefCell::new(Session::new(shard, Some(standalone))),
                 last_active: Cell::new(Instant::now()),
                 inflight: Cell::new(0),
                 streams: RefCell::new(Streams {
@@ -234,12 +240,13 @@ impl HttpSession {
         pipe
     }
 
-    /// Opens a POST response stream.
+    /// Opens a POST response stream. Its priming event is added by
+    /// [`HttpSession::prime`] once the response is known to be a stream.
     fn open_stream(&self) -> (u64, Rc<Pipe<Bytes>>) {
         let mut st = self.streams.borrow_mut();
         let stream = st.next_stream;
         st.next_stream += 1;
-        let sink = self.new_sink(&format!("{stream}-0"));
+        let sink = Pipe::new(self.queue_events);
         st.live.insert(
             stream,
             Live {
@@ -248,6 +255,30 @@ impl HttpSession {
             },
         );
         (stream, sink)
+    }
+
+    fn prime(&self, stream: u64, sink: &Pipe<Bytes>) {
+        let priming = format!("id: {stream}-0\nretry: {}\ndata: \n\n", self.retry_ms);
+        sink.push_front(Bytes::from(priming));
+    }
+
+    /// Forgets a POST stream that ended up answered with plain JSON.
+    fn drop_stream(&self, stream: u64) {
+        let mut st = self.streams.borrow_mut();
+        st.live.remove(&stream);
+        st.store.retain(|e| e.stream != stream);
+    }
+
+    /// Closes the connection reading `stream` (after telling it when to
+    /// come back); the stream itself goes on and is resumable. SEP-1699.
+    pub fn cut_stream(&self, stream: u64) {
+        let mut st = self.streams.borrow_mut();
+        if let Some(live) = st.live.get_mut(&stream) {
+            if let Some(sink) = live.sink.take() {
+                let _ = sink.push(Bytes::from(format!("retry: {}\n\n", self.retry_ms)));
+                sink.close();
+            }
+        }
     }
 
     /// `GET` without `Last-Event-ID`: the standalone stream, from now on.
@@ -300,6 +331,16 @@ impl HttpSession {
         pipe
     }
 
+    /// A POST stream finished without a response (its request was
+    /// cancelled).
+    fn end_stream(&self, stream: u64) {
+        if let Some(live) = self.streams.borrow_mut().live.remove(&stream) {
+            if let Some(s) = live.sink {
+                s.close();
+            }
+        }
+    }
+
     fn end(&self, shard: &Rc<Shard>) {
         if self.ended.replace(true) {
             return;
@@ -347,16 +388,22 @@ pub fn wants_sse(accepts: Accepts, msg: &Message<'_>) -> bool {
 enum PostOutcome {
     Accepted,
     Error(McpResponse),
-    Json(Vec<u8>, Option<PendingResponse>, bool),
-    Stream(
-        u64,
-        Rc<Pipe<Bytes>>,
-        Option<Vec<u8>>,
-        Option<PendingResponse>,
-    ),
+    Answer {
+        /// The request's stream, when the client accepts one.
+        stream: Option<(u64, Rc<Pipe<Bytes>>)>,
+        out: Vec<u8>,
+        pending: Option<Pending>,
+        is_error: bool,
+    },
 }
 
 /// Serves one POSTed JSON-RPC message in `session`.
+///
+/// A request is answered with JSON unless something related to it (progress,
+/// a log line, a question to the client) is sent before its result, or the
+/// client accepts only SSE; then the answer is an SSE stream that carries
+/// those messages and ends with the result. A stream outlives its
+/// connection: the handler keeps running and its events stay resumable.
 async fn post(
     shard: &Rc<Shard>,
     session: &Rc<HttpSession>,
@@ -400,77 +447,128 @@ async fn post(
                 account(shard, &h, started);
                 return PostOutcome::Accepted;
             }
-            if wants_sse(accepts, &msg) {
-                let (stream, sink) = session.open_stream();
-                let related: SharedNotifier = Rc::new(StreamNotifier {
+            let stream = accepts.sse.then(|| session.open_stream());
+            let related: Option<SharedNotifier> = stream.as_ref().map(|(id, _)| {
+                Rc::new(StreamNotifier {
                     session: Rc::downgrade(session),
-                    stream,
-                });
-                let h = session.mcp.borrow_mut().handle_parsed(
-                    shard,
-                    msg,
-                    &mut out,
-                    started,
-                    Some(&related),
-                );
-                account(shard, &h, started);
-                let sync = h.pending.is_none().then_some(out);
-                PostOutcome::Stream(stream, sink, sync, h.pending)
-            } else {
-                let h = session
-                    .mcp
-                    .borrow_mut()
-                    .handle_parsed(shard, msg, &mut out, started, None);
-                account(shard, &h, started);
-                PostOutcome::Json(out, h.pending, h.is_error)
+                    stream: *id,
+                }) as SharedNotifier
+            });
+            let h = session.mcp.borrow_mut().handle_parsed(
+                shard,
+                msg,
+                &mut out,
+                started,
+                related.as_ref(),
+            );
+            account(shard, &h, started);
+            PostOutcome::Answer {
+                stream,
+                out,
+                pending: h.pending,
+                is_error: h.is_error,
             }
         })
     };
-    match outcome {
-        PostOutcome::Accepted => (McpResponse::empty(202), false),
-        PostOutcome::Error(r) => (r, true),
-        PostOutcome::Json(mut out, pending, is_error) => {
-            if let Some(p) = pending {
-                session.inflight.set(session.inflight.get() + 1);
-                out = p.await;
-                session.inflight.set(session.inflight.get() - 1);
-            }
-            trim_newline(&mut out);
-            (McpResponse::json(200, out), is_error)
+    let (stream, mut out, pending, is_error) = match outcome {
+        PostOutcome::Accepted => return (McpResponse::empty(202), false),
+        PostOutcome::Error(r) => return (r, true),
+        PostOutcome::Answer {
+            stream,
+            out,
+            pending,
+            is_error,
+        } => (stream, out, pending, is_error),
+    };
+    let sse_only = !accepts.json;
+    let sse = |stream: u64, sink: Rc<Pipe<Bytes>>| {
+        session.prime(stream, &sink);
+        McpResponse {
+            status: 200,
+            headers: Vec::new(),
+            body: McpBody::Sse {
+                source: SseSource::Local(sink),
+                task: None,
+                resumable: true,
+            },
         }
-        PostOutcome::Stream(stream, sink, sync, pending) => {
-            match (sync, pending) {
-                (Some(mut out), _) => {
-                    trim_newline(&mut out);
-                    session.emit(stream, &out, true);
-                }
-                (None, Some(p)) => {
-                    // Runs to the end even if the client disconnects: its
-                    // events stay resumable from the store.
-                    session.inflight.set(session.inflight.get() + 1);
-                    let session = session.clone();
-                    glommio::spawn_local(async move {
-                        let mut out = p.await;
-                        trim_newline(&mut out);
-                        session.emit(stream, &out, true);
-                        session.inflight.set(session.inflight.get() - 1);
-                    })
-                    .detach();
-                }
-                (None, None) => {}
+    };
+    let Some(p) = pending else {
+        trim_newline(&mut out);
+        return match stream {
+            Some((id, sink)) if sse_only || !sink.is_empty() => {
+                session.emit(id, &out, true);
+                (sse(id, sink), is_error)
             }
-            (
-                McpResponse {
-                    status: 200,
-                    headers: Vec::new(),
-                    body: McpBody::Sse {
-                        source: SseSource::Local(sink),
-                        task: None,
-                        resumable: true,
-                    },
-                },
-                false,
-            )
+            Some((id, _)) => {
+                session.drop_stream(id);
+                (McpResponse::json(200, out), is_error)
+            }
+            None => (McpResponse::json(200, out), is_error),
+        };
+    };
+    // The handler runs as its own task, so `notifications/cancelled` can
+    // stop it and a disconnect does not.
+    struct Running {
+        session: Rc<HttpSession>,
+        stream: Option<(u64, Rc<Pipe<Bytes>>)>,
+        done: Option<Rc<crate::runtime::local::Pipe<Vec<u8>>>>,
+    }
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.session.inflight.set(self.session.inflight.get() - 1);
+            // Ended without an answer (cancelled): end the stream too.
+            if let Some((id, sink)) = &self.stream {
+                self.session.end_stream(*id);
+                sink.close();
+            }
+            if let Some(d) = &self.done {
+                d.close();
+            }
+        }
+    }
+    let done = Pipe::new(1);
+    session.inflight.set(session.inflight.get() + 1);
+    let mut running = Running {
+        session: session.clone(),
+        stream: stream.clone(),
+        done: Some(done.clone()),
+    };
+    let fut = p.fut;
+    let task = glommio::spawn_local(async move {
+        let mut out = fut.await;
+        trim_newline(&mut out);
+        if let Some((id, _)) = running.stream.take() {
+            if !out.is_empty() {
+                running.session.emit(id, &out, true);
+            } else {
+                running.session.end_stream(id);
+            }
+        }
+        if let Some(d) = running.done.take() {
+            let _ = d.push_final(out);
+        }
+    })
+    .detach();
+    if let Some(id) = &p.id {
+        session.mcp.borrow().inflight().attach(id, task);
+    }
+    match stream {
+        None => match done.next().await {
+            Some(out) if !out.is_empty() => (McpResponse::json(200, out), is_error),
+            _ => (McpResponse::empty(202), false),
+        },
+        Some((id, sink)) => {
+            if !sse_only {
+                sink.ready().await;
+                if sink.is_closed() && sink.len() <= 1 {
+                    if let Some(out) = done.next().await.filter(|o| !o.is_empty()) {
+                        session.drop_stream(id);
+                        return (McpResponse::json(200, out), is_error);
+                    }
+                }
+            }
+            (sse(id, sink), false)
         }
     }
 }
