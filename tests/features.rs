@@ -264,6 +264,25 @@ fn legacy_server_to_client_requests_on_the_same_connection() {
         "the client's error reaches the caller: {r}"
     );
 
+    // URL mode: the request names the URL; completion is announced after.
+    c.send(&json!({"jsonrpc": "2.0", "id": 13, "method": "tools/call", "params": {"name": "test_url_elicitation", "arguments": {}}}));
+    let ask = c.recv();
+    assert_eq!(ask["params"]["mode"], "url", "{ask}");
+    assert_eq!(ask["params"]["elicitationId"], "conformance-url-1");
+    c.send(&json!({"jsonrpc": "2.0", "id": ask["id"], "result": {"action": "accept"}}));
+    let (r, before) = until_response(&mut c, json!(13));
+    assert_eq!(
+        result_text(&r),
+        "URL elicitation: action=accept, content=null"
+    );
+    assert!(
+        before
+            .iter()
+            .any(|m| m["method"] == "notifications/elicitation/complete"
+                && m["params"]["elicitationId"] == "conformance-url-1"),
+        "{before:?}"
+    );
+
     // Unanswered: the handler gets a timeout after --client-request-timeout-ms.
     c.send(&json!({"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": {"name": "test_list_roots", "arguments": {}}}));
     let ask = c.recv();

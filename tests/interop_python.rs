@@ -110,3 +110,29 @@ fn python_sdk_over_stdio_legacy_and_modern() {
         "stdio", "modern", bin, "serve", "--stdio", "--cores", &cores,
     ]);
 }
+
+/// Prompts, resources and templates, resource-update notifications,
+/// sampling, elicitation and roots through the SDK's callbacks, against
+/// `--fixtures conformance`, in both eras, over HTTP and stdio.
+#[test]
+fn python_sdk_fixtures_both_eras_http_and_stdio() {
+    let server = Server::start_http(&["--cores", &two_cores(), "--fixtures", "conformance"]);
+    let url = format!("http://{}/mcp", server.http_addr.unwrap());
+    run_client(&["http-fixtures", "legacy", &url]);
+    run_client(&["http-fixtures", "modern", &url]);
+    let bin = tessera_bin();
+    let bin = bin.to_str().unwrap();
+    for era in ["legacy", "modern"] {
+        run_client(&[
+            "stdio-fixtures",
+            era,
+            bin,
+            "serve",
+            "--stdio",
+            "--fixtures",
+            "conformance",
+            "--cores",
+            &two_cores(),
+        ]);
+    }
+}

@@ -323,6 +323,20 @@ impl Ctx {
         l.sink.notify(&m);
     }
 
+    /// Tells the client that the out-of-band (URL mode) elicitation
+    /// `elicitation_id` finished: `notifications/elicitation/complete` on the
+    /// request's channel.
+    pub fn elicitation_complete(&self, elicitation_id: &str) {
+        let Some(r) = &self.0.related else { return };
+        let mut m = Vec::with_capacity(96 + elicitation_id.len());
+        m.extend_from_slice(
+            b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/elicitation/complete\",\"params\":{\"elicitationId\":",
+        );
+        json::write_str(&mut m, elicitation_id);
+        m.extend_from_slice(b"}}");
+        r.notify(&m);
+    }
+
     /// Closes the connection carrying this request's stream; the request
     /// goes on and its events wait for the client to resume (Streamable
     /// HTTP legacy sessions; elsewhere nothing happens).

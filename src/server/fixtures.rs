@@ -331,6 +331,25 @@ fn client_tools(s: McpServer) -> McpServer {
         },
     )
     .tool(
+        ToolSpec::new("test_url_elicitation", "Sends the user to a URL (URL-mode elicitation), then reports completion"),
+        |ctx, _: NoArgs| async move {
+            let r = ask(
+                &ctx,
+                Ask::Elicit,
+                "url",
+                json!({
+                    "mode": "url",
+                    "message": "Please authorize in your browser",
+                    "url": "https://example.com/authorize?session=conformance",
+                    "elicitationId": "conformance-url-1"
+                }),
+            )
+            .await?;
+            ctx.elicitation_complete("conformance-url-1");
+            Ok(CallToolResult::text(elicitation_text("URL elicitation: ", &r)))
+        },
+    )
+    .tool(
         ToolSpec::new("test_list_roots", "Asks the client for its roots"),
         |ctx, _: NoArgs| async move {
             let r = ask(&ctx, Ask::Roots, "roots", json!({})).await?;

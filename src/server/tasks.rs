@@ -886,7 +886,8 @@ pub fn handle(
     if req.name == "tasks/list" {
         let now = now_ms();
         let mut table = shard.tasks.borrow_mut();
-        table.sweep(now);
+        let n = table.sweep(now);
+        shard.metrics.borrow_mut().counters.tasks_expired += n as u64;
         let mut mine: Vec<&Task> = table
             .tasks
             .values()
@@ -934,7 +935,8 @@ pub fn handle(
     };
     let mine = {
         let mut table = shard.tasks.borrow_mut();
-        table.sweep(now_ms());
+        let n = table.sweep(now_ms());
+        shard.metrics.borrow_mut().counters.tasks_expired += n as u64;
         table
             .tasks
             .get(&id)

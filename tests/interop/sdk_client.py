@@ -3,6 +3,14 @@
 Usage:
     sdk_client.py http   legacy|modern URL
     sdk_client.py stdio  legacy|modern SERVER_BINARY [ARGS...]
+    sdk_client.py http-fixtures   legacy|modern URL            (server run with --fixtures conformance)
+    sdk_client.py stdio-fixtures  legacy|modern SERVER_BINARY [ARGS...]
+
+The fixtures modes cover prompts, resources and templates, resource-update
+notifications (legacy resources/subscribe; modern subscriptions/listen),
+sampling, elicitation and roots (legacy: requests from the server on the
+session; modern: input_required rounds the SDK drives with the same
+callbacks).
 
 Exits 0 when every check passes; prints what it checked. Each step is bounded
 by a timeout so a hang fails instead of stalling the test run.
@@ -12,6 +20,7 @@ import asyncio
 import json
 import sys
 
+import mcp.types as types
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -82,7 +91,113 @@ async def subscribe_and_watch(make_session, era):
         await session.unsubscribe_resource("kv://watched-by-python")
 
 
-def session_factory(transport, target):
+async def on_sampling(context, params):
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(type="text", text="hi from python"), model="py-model"
+    )
+
+
+async def on_elicitation(context, params):
+    return types.ElicitResult(action="accept", content={"username": "py", "email": "py@example.com"})
+
+
+async def on_roots(context):
+    return types.ListRootsResult(roots=[types.Root(uri="file:///tmp/py-root", name="py")])
+
+
+async def call(session, era, name, args):
+    """tools/call; in the modern era, answers input_required rounds through
+    the session's own callbacks (the SDK's dispatch_input_request)."""
+    if era == "legacy":
+        return await session.call_tool(name, args)
+    from mcp.client.session import ClientRequestContext
+
+    r = await session.call_tool(name, args, allow_input_required=True)
+    rounds = 0
+    while isinstance(r, types.InputRequiredResult):
+        rounds += 1
+        check(rounds <= 5, f"{name}: at most 5 input rounds")
+        answers = {}
+        for key, req in r.input_requests.items():
+            ctx = ClientRequestContext(session=session, request_id=f"mrtr-{key}")
+            answers[key] = await session.dispatch_input_request(ctx, req)
+        r = await session.call_tool(
+            name, args, allow_input_required=True, input_responses=answers, request_state=r.request_state
+        )
+    check(rounds >= 1, f"{name}: the server asked through input_required")
+    return r
+
+
+async def start(session, era):
+    if era == "legacy":
+        await session.initialize()
+    else:
+        await session.discover()
+
+
+async def exercise_fixtures(session, era):
+    prompts = await session.list_prompts()
+    by_name = {p.name: p for p in prompts.prompts}
+    for name in ["test_simple_prompt", "test_prompt_with_arguments", "test_prompt_with_embedded_resource", "test_prompt_with_image"]:
+        check(name in by_name, f"prompts/list has {name}")
+    args = {a.name: a.required for a in by_name["test_prompt_with_arguments"].arguments}
+    check(args == {"arg1": True, "arg2": True}, "prompt arguments arg1, arg2 required")
+    r = await session.get_prompt("test_prompt_with_arguments", {"arg1": "hello", "arg2": "world"})
+    check(r.messages[0].content.text == "Prompt with arguments: arg1='hello', arg2='world'", "prompts/get with arguments")
+    r = await session.get_prompt("test_prompt_with_image")
+    check(r.messages[0].content.type == "image" and r.messages[0].content.mime_type == "image/png", "prompt with an image")
+    r = await session.get_prompt("test_prompt_with_embedded_resource", {"resourceUri": "test://static-text"})
+    check(str(r.messages[0].content.resource.uri) == "test://static-text", "prompt embeds the resource")
+
+    res = await session.list_resources()
+    uris = {str(x.uri) for x in res.resources}
+    check({"test://static-text", "test://static-binary", "test://watched-resource"} <= uris, "resources/list")
+    r = await session.read_resource("test://static-text")
+    check(r.contents[0].text == "This is the content of the static text resource.", "read a text resource")
+    r = await session.read_resource("test://static-binary")
+    check(r.contents[0].mime_type == "image/png" and len(r.contents[0].blob) > 20, "read a binary resource")
+    t = await session.list_resource_templates()
+    check(any(x.uri_template == "test://template/{id}/data" for x in t.resource_templates), "template listed")
+    r = await session.read_resource("test://template/42/data")
+    check(json.loads(r.contents[0].text) == {"id": "42", "templateTest": True, "data": "Data for ID: 42"}, "read through a template")
+
+    r = await call(session, era, "test_sampling", {"prompt": "Say hi"})
+    check(r.content[0].text == "LLM response: hi from python", f"sampling ({era}): {r.content[0].text}")
+    r = await call(session, era, "test_elicitation", {"message": "Who are you?"})
+    text = r.content[0].text
+    check(text.startswith("User response: action=accept") and "py@example.com" in text, f"elicitation ({era}): {text}")
+    r = await call(session, era, "test_list_roots", {})
+    check("file:///tmp/py-root" in r.content[0].text, f"roots ({era})")
+
+
+async def watch_fixture(make, era):
+    """A resource update reaches the client: legacy subscribe, modern listen."""
+    if era == "legacy":
+        updates = asyncio.Queue()
+
+        async def handler(message):
+            root = getattr(message, "root", message)
+            if getattr(root, "method", None) == "notifications/resources/updated":
+                await updates.put(str(root.params.uri))
+
+        async with make(handler) as session:
+            await session.initialize()
+            await session.subscribe_resource("test://watched-resource")
+            await session.call_tool("test_trigger_resource_update", {})
+            uri = await asyncio.wait_for(updates.get(), STEP_TIMEOUT)
+            check(uri == "test://watched-resource", "legacy: notifications/resources/updated delivered")
+        return
+    from mcp.client.subscriptions import listen
+
+    async with make() as session:
+        await session.discover()
+        async with listen(session, resource_subscriptions=["test://watched-resource"]) as sub:
+            await session.call_tool("test_trigger_resource_update", {})
+            event = await asyncio.wait_for(sub.__anext__(), STEP_TIMEOUT)
+            check("watched-resource" in repr(event), f"modern: resource update on the listen stream: {event!r}")
+
+
+def session_factory(transport, target, **callbacks):
     import contextlib
 
     @contextlib.asynccontextmanager
@@ -93,15 +208,35 @@ def session_factory(transport, target):
             ctx = stdio_client(StdioServerParameters(command=target[0], args=target[1:]))
         async with ctx as streams:
             read, write = streams[0], streams[1]
-            kwargs = {"message_handler": message_handler} if message_handler else {}
+            kwargs = dict(callbacks)
+            if message_handler:
+                kwargs["message_handler"] = message_handler
             async with ClientSession(read, write, **kwargs) as session:
                 yield session
 
     return make
 
 
+async def main_fixtures(transport, era, target):
+    make = session_factory(
+        transport,
+        target,
+        sampling_callback=on_sampling,
+        elicitation_callback=on_elicitation,
+        list_roots_callback=on_roots,
+    )
+    async with make() as session:
+        await start(session, era)
+        await asyncio.wait_for(exercise_fixtures(session, era), STEP_TIMEOUT * 3)
+    await asyncio.wait_for(watch_fixture(make, era), STEP_TIMEOUT)
+    print("ALL CHECKS PASSED", flush=True)
+
+
 async def main():
     transport, era, *target = sys.argv[1:]
+    if transport.endswith("-fixtures"):
+        await main_fixtures(transport.removesuffix("-fixtures"), era, target)
+        return
     make = session_factory(transport, target)
     async with make() as session:
         await asyncio.wait_for(exercise(session, era, transport), STEP_TIMEOUT * 3)
