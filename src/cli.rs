@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{HttpConfig, Limits, ServerConfig};
+use crate::config::{Chaos, HttpConfig, Limits, ServerConfig};
 use crate::runtime::cores;
 
 #[derive(Parser, Debug)]
@@ -65,6 +65,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub chaos: ChaosArgs,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +200,50 @@ pub struct LimitArgs {
     /// Default and maximum task lifetime in milliseconds.
     #[arg(long, default_value_t = Limits::default().task_ttl_ms)]
     pub task_ttl_ms: u64,
+    /// Connections one shard serves at once; more are accepted and closed
+    /// (HTTP: 503 first).
+    #[arg(long, default_value_t = Limits::default().max_connections_per_shard)]
+    pub max_connections_per_shard: usize,
+    /// Close a TCP connection that completes no message for this many
+    /// milliseconds while nothing of it is in flight.
+    #[arg(long, default_value_t = Limits::default().idle_timeout_ms)]
+    pub idle_timeout_ms: u64,
+    /// Connection-handler restarts allowed per connection within
+    /// --restart-period; one more closes the connection.
+    #[arg(long, default_value_t = Limits::default().max_restarts)]
+    pub max_restarts: u32,
+    /// The window --max-restarts counts over (e.g. 60s, 500ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    pub restart_period: Duration,
+    /// Requests per second per principal (connection, session or peer
+    /// address); 0 = unlimited. Over it: -31012 / HTTP 429.
+    #[arg(long, default_value_t = Limits::default().rate_limit_per_sec)]
+    pub rate_limit_per_sec: u32,
+    /// Token-bucket size above the rate; 0 = one second's worth.
+    #[arg(long, default_value_t = Limits::default().rate_limit_burst)]
+    pub rate_limit_burst: u32,
+    /// Rate-limit buckets one shard keeps for HTTP principals.
+    #[arg(long, default_value_t = Limits::default().rate_limit_max_principals)]
+    pub rate_limit_max_principals: usize,
+    /// Shutdown drain as a duration (e.g. 10s); overrides --drain-timeout-ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+}
+
+/// Fault injection (off unless given; logged loudly when on).
+#[derive(Args, Debug, Clone)]
+pub struct ChaosArgs {
+    /// Fraction of tool calls that panic (answered -32603 by the supervisor).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
+    pub chaos_panic_rate: f64,
+    /// Fraction of NDJSON messages after which the connection handler panics,
+    /// and of HTTP requests whose handler panics before routing.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
+    pub chaos_conn_panic_rate: f64,
+    /// Kill one shard's executor this often (round-robin); the main thread
+    /// restarts it.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub chaos_kill_shard_every: Option<Duration>,
 }
 
 impl From<&LimitArgs> for Limits {
@@ -213,13 +260,22 @@ impl From<&LimitArgs> for Limits {
             kv_max_value_bytes: a.kv_max_value_bytes,
             max_subscriptions_per_session: a.max_subscriptions_per_session,
             max_watchers_per_key: a.max_watchers_per_key,
-            drain_timeout_ms: a.drain_timeout_ms,
+            drain_timeout_ms: a
+                .drain_timeout
+                .map_or(a.drain_timeout_ms, |d| d.as_millis() as u64),
             max_client_requests: a.max_client_requests,
             client_request_timeout_ms: a.client_request_timeout_ms,
             page_size: a.page_size,
             mrtr_state_ttl_ms: a.mrtr_state_ttl_ms,
             max_tasks_per_shard: a.max_tasks_per_shard,
             task_ttl_ms: a.task_ttl_ms,
+            max_connections_per_shard: a.max_connections_per_shard,
+            idle_timeout_ms: a.idle_timeout_ms,
+            max_restarts: a.max_restarts,
+            restart_period_ms: a.restart_period.as_millis() as u64,
+            rate_limit_per_sec: a.rate_limit_per_sec,
+            rate_limit_burst: a.rate_limit_burst,
+            rate_limit_max_principals: a.rate_limit_max_principals,
         }
     }
 }
@@ -246,6 +302,15 @@ impl ServeArgs {
         }
         let limits = Limits::from(&self.limits);
         limits.validate()?;
+        let chaos = Chaos {
+            panic_rate: self.chaos.chaos_panic_rate,
+            conn_panic_rate: self.chaos.chaos_conn_panic_rate,
+            kill_shard_every_ms: self
+                .chaos
+                .chaos_kill_shard_every
+                .map(|d| d.as_millis() as u64),
+        };
+        chaos.validate()?;
         if matches!(self.stats_interval, Some(d) if d.is_zero()) {
             return Err("--stats-interval must be greater than zero".into());
         }
@@ -257,6 +322,7 @@ impl ServeArgs {
             spin_before_park: self.spin_before_park.map(Duration::from_micros),
             stats_interval: self.stats_interval,
             limits,
+            chaos,
         })
     }
 }

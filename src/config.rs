@@ -64,6 +64,82 @@ pub struct Limits {
     /// On shutdown, how long connections get to finish requests already
     /// read before the shard stops anyway.
     pub drain_timeout_ms: u64,
+    /// Connections (TCP, HTTP) one shard serves at once. One more is accepted
+    /// and closed at once (HTTP: answered 503 with `Retry-After` first) and
+    /// counted in `connections_refused`. stdio is never refused.
+    pub max_connections_per_shard: usize,
+    /// A TCP connection that completes no message for this long while
+    /// nothing of it is in flight is closed (`connections_idle_closed`);
+    /// a client trickling a line byte by byte (slowloris) counts as idle.
+    /// stdio has no idle timeout.
+    pub idle_timeout_ms: u64,
+    /// Connection-handler restarts allowed within `restart_period_ms`; the
+    /// next panic in that window closes the connection instead (OTP restart
+    /// intensity), after answering what it had read.
+    pub max_restarts: u32,
+    /// The window `max_restarts` counts over.
+    pub restart_period_ms: u64,
+    /// Requests per second one principal may make (a TCP/stdio connection, a
+    /// legacy HTTP session, or the peer address of a stateless HTTP
+    /// request); 0 turns rate limiting off. Over it: JSON-RPC -31012 (HTTP
+    /// 429 with `Retry-After`), counted in `rate_limited`.
+    pub rate_limit_per_sec: u32,
+    /// Requests a principal may make in a burst above the rate (the token
+    /// bucket's size); 0 means one second's worth.
+    pub rate_limit_burst: u32,
+    /// Rate-limit buckets one shard keeps for HTTP principals. At the bound
+    /// buckets that have refilled (they hold no state worth keeping) are
+    /// dropped; if none has, the new principal is served unlimited and the
+    /// miss counted in `rate_table_full`.
+    pub rate_limit_max_principals: usize,
+}
+
+impl Limits {
+    /// Tokens a principal's bucket holds when full.
+    pub fn rate_burst(&self) -> u32 {
+        if self.rate_limit_burst == 0 {
+            self.rate_limit_per_sec
+        } else {
+            self.rate_limit_burst
+        }
+    }
+}
+
+/// Fault injection for tests and demos. Everything is off by default and
+/// the server logs a warning at startup when any of it is on.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Chaos {
+    /// Fraction of tool calls whose handler panics (caught by the
+    /// supervisor: the call is answered -32603).
+    pub panic_rate: f64,
+    /// Fraction of NDJSON lines after which the connection handler itself
+    /// panics (between messages) and HTTP requests whose handler panics
+    /// before routing; exercises connection restarts.
+    pub conn_panic_rate: f64,
+    /// Kill one shard's executor this often (round-robin), so the main
+    /// thread restarts it.
+    pub kill_shard_every_ms: Option<u64>,
+}
+
+impl Chaos {
+    pub fn is_on(&self) -> bool {
+        self.panic_rate > 0.0 || self.conn_panic_rate > 0.0 || self.kill_shard_every_ms.is_some()
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("chaos-panic-rate", self.panic_rate),
+            ("chaos-conn-panic-rate", self.conn_panic_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("--{name} must be a fraction in [0, 1] (got {v})"));
+            }
+        }
+        if self.kill_shard_every_ms == Some(0) {
+            return Err("--chaos-kill-shard-every must be greater than zero".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
@@ -87,6 +163,13 @@ impl Default for Limits {
             mrtr_state_ttl_ms: 600_000,
             max_tasks_per_shard: 10_000,
             task_ttl_ms: 3_600_000,
+            max_connections_per_shard: 65_536,
+            idle_timeout_ms: 300_000,
+            max_restarts: 5,
+            restart_period_ms: 60_000,
+            rate_limit_per_sec: 0,
+            rate_limit_burst: 0,
+            rate_limit_max_principals: 65_536,
         }
     }
 }
@@ -100,6 +183,14 @@ impl Limits {
         Duration::from_millis(self.drain_timeout_ms)
     }
 
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn restart_period(&self) -> Duration {
+        Duration::from_millis(self.restart_period_ms)
+    }
+
     pub fn client_request_timeout(&self) -> Duration {
         Duration::from_millis(self.client_request_timeout_ms)
     }
@@ -107,7 +198,17 @@ impl Limits {
     /// Rejects settings that would make the server unusable rather than
     /// merely strict.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(&str, usize, usize); 12] = [
+        let checks: [(&str, usize, usize); 14] = [
+            (
+                "max-connections-per-shard",
+                self.max_connections_per_shard,
+                1,
+            ),
+            (
+                "rate-limit-max-principals",
+                self.rate_limit_max_principals,
+                1,
+            ),
             ("max-client-requests", self.max_client_requests, 1),
             ("page-size", self.page_size, 1),
             ("max-tasks-per-shard", self.max_tasks_per_shard, 1),
@@ -139,6 +240,8 @@ impl Limits {
             ("client-request-timeout-ms", self.client_request_timeout_ms),
             ("mrtr-state-ttl-ms", self.mrtr_state_ttl_ms),
             ("task-ttl-ms", self.task_ttl_ms),
+            ("idle-timeout-ms", self.idle_timeout_ms),
+            ("restart-period", self.restart_period_ms),
         ] {
             if v == 0 {
                 return Err(format!("--{name} must be at least 1"));
@@ -258,6 +361,7 @@ pub struct ServerConfig {
     /// Print a stats line this often while running.
     pub stats_interval: Option<Duration>,
     pub limits: Limits,
+    pub chaos: Chaos,
 }
 
 impl ServerConfig {
@@ -271,6 +375,7 @@ impl ServerConfig {
             spin_before_park: None,
             stats_interval: None,
             limits: Limits::default(),
+            chaos: Chaos::default(),
         }
     }
 

@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .target(env_logger::Target::Stderr)
         .init();
+    tessera::runtime::supervisor::install_panic_hook();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {

@@ -207,8 +207,8 @@ fn run(a: TcpArgs) -> Result<ExitCode, String> {
         a.warmup.as_secs_f64()
     );
     println!(
-        "responses: {} measured, {} total, {} errors, {} wrong, {} missing",
-        total.measured, total.answered, total.errors, total.wrong, total.missing
+        "requests: {} sent | responses: {} measured, {} total, {} errors, {} wrong, {} missing",
+        total.sent, total.measured, total.answered, total.errors, total.wrong, total.missing
     );
     println!("throughput: {:.0} msg/s", total.measured as f64 / secs);
     println!(

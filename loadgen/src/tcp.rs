@@ -39,6 +39,8 @@ pub struct Outcome {
     pub hist: Histogram<u64>,
     /// Responses received inside the measurement window.
     pub measured: u64,
+    /// Requests written (warm-up included).
+    pub sent: u64,
     /// Every response matched to a request, window or not.
     pub answered: u64,
     /// JSON-RPC errors plus tool results with `isError: true`.
@@ -60,6 +62,7 @@ impl Outcome {
         Self {
             hist: new_histogram(),
             measured: 0,
+            sent: 0,
             answered: 0,
             errors: 0,
             wrong: 0,
@@ -71,6 +74,7 @@ impl Outcome {
     pub fn merge(&mut self, o: Outcome) {
         self.hist.add(&o.hist).expect("same bounds");
         self.measured += o.measured;
+        self.sent += o.sent;
         self.answered += o.answered;
         self.errors += o.errors;
         self.wrong += o.wrong;
@@ -190,6 +194,7 @@ async fn drive(plan: &Plan, out: &mut Outcome) -> Result<(), String> {
     for id in 0..d {
         encode(&mut wbuf, plan, id);
     }
+    out.sent += d;
     let scanner = Scanner::default();
     loop {
         if !wbuf.is_empty() {
@@ -244,6 +249,7 @@ async fn drive(plan: &Plan, out: &mut Outcome) -> Result<(), String> {
                 slot_id[slot] += d;
                 sent_at[slot] = now;
                 encode(&mut wbuf, plan, slot_id[slot]);
+                out.sent += 1;
             } else {
                 slot_busy[slot] = false;
                 outstanding -= 1;

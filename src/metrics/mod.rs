@@ -161,6 +161,23 @@ counters! {
     tasks_rejected,
     /// Tasks removed after their TTL.
     tasks_expired,
+    /// Connections accepted and closed at once at `max_connections_per_shard`.
+    connections_refused,
+    /// TCP connections closed after `idle_timeout_ms` without a message.
+    connections_idle_closed,
+    /// Connection handlers restarted by their supervisor after a panic.
+    connection_restarts,
+    /// Connections closed because they panicked more than `max_restarts`
+    /// times within `restart_period_ms`.
+    connections_given_up,
+    /// Requests refused by the rate limiter (-31012 / HTTP 429).
+    rate_limited,
+    /// HTTP principals served unlimited because the bucket table was full.
+    rate_table_full,
+    /// Mesh rebuilds this shard took part in (a peer shard was restarted).
+    mesh_rejoins,
+    /// Cross-core requests failed because the mesh was rebuilt under them.
+    mesh_lost_in_rebuild,
 }
 
 /// One shard's live metrics. Not `Send`: it lives inside the shard.

@@ -25,6 +25,10 @@ pub const SERVER_OVERLOADED: i32 = -31010;
 /// tessera: a cross-core hop did not complete within `mesh_timeout_ms`. The
 /// owning shard may or may not have applied the operation.
 pub const SHARD_TIMEOUT: i32 = -31011;
+/// The principal (connection, session or peer address) is over its rate
+/// limit (`--rate-limit-per-sec`); `data.retryAfterMs` says when to retry.
+/// Over HTTP the status is 429 with `Retry-After`.
+pub const RATE_LIMITED: i32 = -31012;
 
 /// A request id exactly as the envelope carried it: MCP allows strings and
 /// numbers and forbids null.

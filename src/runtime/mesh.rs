@@ -12,8 +12,16 @@
 //! of requests awaiting replies holds at most `mesh_pending_max` entries per
 //! shard, refused the same way. Every hop has a deadline (`mesh_timeout_ms`).
 //!
-//! Shard ids are the mesh's peer ids, so `from` on the wire and the result of
-//! `kv::owner()` name the same shard without a translation table.
+//! Shard ids and mesh peer ids differ: glommio numbers peers by executor id,
+//! and a restarted shard's executor gets a new, higher one. Messages name
+//! shards (`from`, the result of `kv::owner()`); `peers` maps a shard to its
+//! peer id in the current mesh and is handed to every shard by the main
+//! thread with each (re)build.
+//!
+//! Rebuilds: glommio meshes cannot take a new member, so when the main thread
+//! restarts a dead shard every shard joins a fresh pair of meshes and
+//! swaps it in (`Shard::install_mesh`); requests still waiting on the old
+//! mesh fail with [`MeshError::PeerGone`] and their clients get an error.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -181,6 +189,8 @@ pub enum Delivery {
 /// This shard's end of the mesh.
 pub struct Mesh {
     me: usize,
+    /// Shard id -> peer id in this mesh.
+    peers: Vec<usize>,
     req_tx: Senders<RequestMsg>,
     rep_tx: Senders<ReplyMsg>,
     pending: RefCell<HashMap<u64, Waiter>>,
@@ -191,13 +201,21 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn new(
+        me: usize,
+        peers: Vec<usize>,
         req_tx: Senders<RequestMsg>,
         rep_tx: Senders<ReplyMsg>,
         pending_max: usize,
         timeout: Duration,
     ) -> Self {
+        debug_assert_eq!(
+            peers[me],
+            req_tx.peer_id(),
+            "the main thread's peer map is wrong"
+        );
         Self {
-            me: req_tx.peer_id(),
+            me,
+            peers,
             req_tx,
             rep_tx,
             pending: RefCell::new(HashMap::new()),
@@ -207,9 +225,27 @@ impl Mesh {
         }
     }
 
-    /// This shard's id (its peer id in the mesh).
+    /// This shard's id.
     pub fn me(&self) -> usize {
         self.me
+    }
+
+    /// The shard behind a peer id of this mesh.
+    pub fn shard_of_peer(&self, peer: usize) -> usize {
+        self.peers.iter().position(|&p| p == peer).unwrap_or(peer)
+    }
+
+    /// Fails everything waiting for a reply (the mesh is being replaced);
+    /// returns how many waiters there were.
+    pub fn fail_all(&self) -> usize {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        let n = pending.len();
+        for (_, w) in pending {
+            if let Waiter::Stream(p) = w {
+                p.close();
+            }
+        }
+        n
     }
 
     pub fn pending(&self) -> usize {
@@ -256,7 +292,7 @@ impl Mesh {
             corr,
             body,
         };
-        match self.req_tx.try_send_to(to, msg) {
+        match self.req_tx.try_send_to(self.peers[to], msg) {
             Ok(()) => Ok(corr),
             Err(GlommioError::WouldBlock(_)) => Err(MeshError::Overloaded),
             Err(_) => Err(MeshError::PeerGone),
@@ -292,7 +328,7 @@ impl Mesh {
             corr: NO_REPLY,
             body,
         };
-        match self.req_tx.try_send_to(to, msg) {
+        match self.req_tx.try_send_to(self.peers[to], msg) {
             Ok(()) => Ok(()),
             Err(GlommioError::WouldBlock(_)) => Err(MeshError::Overloaded),
             Err(_) => Err(MeshError::PeerGone),
@@ -341,7 +377,7 @@ impl Mesh {
     /// the peer's reply loop always makes (it never blocks).
     pub async fn reply(&self, to: usize, corr: u64, body: Reply) -> Result<(), MeshError> {
         self.rep_tx
-            .send_to(to, ReplyMsg { corr, body })
+            .send_to(self.peers[to], ReplyMsg { corr, body })
             .await
             .map_err(|_| MeshError::PeerGone)
     }

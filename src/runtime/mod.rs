@@ -13,6 +13,7 @@ pub mod local;
 pub mod mesh;
 pub mod process;
 pub mod shard;
+pub mod supervisor;
 
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
@@ -32,6 +33,7 @@ use crate::server::registry::App;
 use crate::transport::{conn, http, stdio, tcp};
 use mesh::MeshBuilders;
 use shard::Shard;
+use supervisor::RestartIntensity;
 
 /// How often a shard checks its command queue.
 const CONTROL_POLL: Duration = Duration::from_millis(20);
@@ -43,14 +45,13 @@ const EXECUTOR_IO_MEMORY_BYTES: usize = 64 * 1024;
 /// Events queued from shards to the main thread. Lifecycle events wait for
 /// room; stats lines are skipped (and said so) when it is full.
 const EVENT_QUEUE_DEPTH: usize = 1024;
-/// Commands queued to one shard; only shutdown exists.
-const COMMAND_QUEUE_DEPTH: usize = 4;
+/// Commands queued to one shard (shutdown, mesh plans, chaos kills).
+const COMMAND_QUEUE_DEPTH: usize = 16;
 
 /// Shard -> main thread.
 pub enum ShardEvent {
     Ready {
         index: usize,
-        shard: usize,
         core: usize,
     },
     Failed {
@@ -71,11 +72,28 @@ pub enum ShardEvent {
         snapshot: Snapshot,
         unfinished_connections: usize,
     },
+    /// A panic escaped the shard's executor; the thread is ending. Carries
+    /// what the shard held when it died and its metrics so far.
+    Died {
+        index: usize,
+        core: usize,
+        panic: String,
+        lost: String,
+        snapshot: Option<Snapshot>,
+    },
 }
 
 /// Main thread -> shard.
 pub enum ShardCommand {
     Shutdown,
+    /// Join a freshly built mesh; `peers[shard]` is each shard's peer id in
+    /// it. Sent at startup and whenever a shard was restarted.
+    JoinMesh {
+        builders: MeshBuilders,
+        peers: Vec<usize>,
+    },
+    /// Chaos: let a panic escape the executor, as a bug would.
+    Die,
 }
 
 /// What one executor thread is given at start.
@@ -85,13 +103,15 @@ struct ShardStart {
     config: Arc<ServerConfig>,
     tcp: Option<SocketAddr>,
     stdio: Option<UnixStream>,
-    mesh: Option<MeshBuilders>,
     app: App,
     state_key: StateKey,
     events: Sender<ShardEvent>,
     commands: Receiver<ShardCommand>,
-    /// Signalled once this thread's executor exists (or failed to).
-    made: Sender<()>,
+    /// Signalled once this thread's executor exists, with its glommio
+    /// executor id (which orders mesh peers), or `None` if it failed.
+    made: Sender<Option<usize>>,
+    /// Stats ticks count from here on every shard, restarted ones included.
+    epoch: Instant,
 }
 
 struct ShardThread {
@@ -99,11 +119,101 @@ struct ShardThread {
     commands: Sender<ShardCommand>,
     join: Option<JoinHandle<()>>,
     stopped: bool,
+    executor_id: usize,
+    /// Set while a restart waits for the new executor to be serving.
+    restarting_since: Option<Instant>,
+    /// Crashes not caused by chaos, for the restart intensity.
+    crashes: RestartIntensity,
+}
+
+/// Everything needed to start (or restart) a shard thread.
+struct Launcher {
+    config: Arc<ServerConfig>,
+    tcp: Option<SocketAddr>,
+    /// The shard end of the stdio bridge; kept so a restarted shard 0 can
+    /// continue serving the same client.
+    stdio: Option<UnixStream>,
+    app: App,
+    state_key: StateKey,
+    events: Sender<ShardEvent>,
+    epoch: Instant,
+}
+
+impl Launcher {
+    /// Starts the thread for shard `index` and waits for its executor.
+    fn launch(&self, index: usize) -> Result<ShardThread, String> {
+        let core = self.config.cores[index];
+        let (cmd_tx, cmd_rx) = bounded(COMMAND_QUEUE_DEPTH);
+        let (made_tx, made_rx) = bounded::<Option<usize>>(1);
+        let start = ShardStart {
+            index,
+            core,
+            config: self.config.clone(),
+            tcp: self.tcp,
+            stdio: if index == 0 {
+                self.stdio.as_ref().and_then(|s| s.try_clone().ok())
+            } else {
+                None
+            },
+            app: self.app.clone(),
+            state_key: self.state_key.clone(),
+            events: self.events.clone(),
+            commands: cmd_rx,
+            made: made_tx,
+            epoch: self.epoch,
+        };
+        let join = std::thread::Builder::new()
+            .name(format!("tessera-shard-{index}"))
+            .spawn(move || shard_thread(start))
+            .map_err(|e| format!("spawning the thread for core {core}: {e}"))?;
+        let executor_id = made_rx
+            .recv_timeout(STARTUP_TIMEOUT)
+            .ok()
+            .flatten()
+            .unwrap_or(usize::MAX);
+        Ok(ShardThread {
+            core,
+            commands: cmd_tx,
+            join: Some(join),
+            stopped: false,
+            executor_id,
+            restarting_since: None,
+            crashes: RestartIntensity::default(),
+        })
+    }
+}
+
+/// Builds a new mesh and tells every shard to join it. glommio numbers
+/// peers by executor id, so the peer map is the rank of each shard's id.
+fn rebuild_mesh(threads: &[ShardThread], queue_depth: usize) {
+    let n = threads.len();
+    if n < 2 {
+        return;
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| threads[i].executor_id);
+    let mut peers = vec![0; n];
+    for (peer, &shard) in order.iter().enumerate() {
+        peers[shard] = peer;
+    }
+    let builders = MeshBuilders::new(n, queue_depth);
+    for t in threads {
+        let cmd = ShardCommand::JoinMesh {
+            builders: builders.clone(),
+            peers: peers.clone(),
+        };
+        if t.commands
+            .send_timeout(cmd, Duration::from_secs(1))
+            .is_err()
+        {
+            log::warn!("shard on core {}: could not send the mesh plan", t.core);
+        }
+    }
 }
 
 /// Runs the server until SIGINT/SIGTERM (or, with stdio, until stdin closes),
 /// then prints the merged latency summary. Errors are startup failures or a
-/// shard that died.
+/// shard that kept dying.
 pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
     let n = config.shard_count();
     process::ensure_memlock(n)?;
@@ -116,10 +226,11 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
         }
         None => (None, None),
     };
-    let mut bridge = if config.stdio {
-        Some(stdio::start().map_err(|e| format!("starting stdio: {e}"))?)
+    let (stdio_end, stdout_pump) = if config.stdio {
+        let b = stdio::start().map_err(|e| format!("starting stdio: {e}"))?;
+        (Some(b.shard_end), Some(b.stdout_pump))
     } else {
-        None
+        (None, None)
     };
 
     let http_reservation = match config.http.as_mut() {
@@ -132,64 +243,36 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
     };
     // Built once here so a definition error stops startup before any thread runs.
     app.build()?;
-    let state_key = StateKey::random();
-    let config = Arc::new(config);
-    let mesh = (n > 1).then(|| MeshBuilders::new(n, config.limits.mesh_queue_depth));
-    let (event_tx, events) = bounded::<ShardEvent>(EVENT_QUEUE_DEPTH);
-    let mut threads = Vec::with_capacity(n);
-    let (made_tx, made_rx) = bounded::<()>(1);
-    for (index, &core) in config.cores.iter().enumerate() {
-        let (cmd_tx, cmd_rx) = bounded(COMMAND_QUEUE_DEPTH);
-        let start = ShardStart {
-            index,
-            core,
-            config: config.clone(),
-            tcp: tcp_addr,
-            stdio: if index == 0 {
-                bridge.as_mut().and_then(|b| b.shard_end.try_clone().ok())
-            } else {
-                None
-            },
-            mesh: mesh.clone(),
-            app: app.clone(),
-            state_key: state_key.clone(),
-            events: event_tx.clone(),
-            commands: cmd_rx,
-            made: made_tx.clone(),
-        };
-        let join = std::thread::Builder::new()
-            .name(format!("tessera-shard-{index}"))
-            .spawn(move || shard_thread(start))
-            .map_err(|e| format!("spawning the thread for core {core}: {e}"))?;
-        // Executors are created one at a time so glommio numbers them in
-        // shard order; mesh peer ids follow that numbering, which makes
-        // shard i the one pinned to cores[i].
-        let _ = made_rx.recv_timeout(STARTUP_TIMEOUT);
-        threads.push(ShardThread {
-            core,
-            commands: cmd_tx,
-            join: Some(join),
-            stopped: false,
-        });
+    if config.chaos.is_on() {
+        log::warn!(
+            "CHAOS MODE ON: {:?} -- this server injects faults on purpose; never run it in production",
+            config.chaos
+        );
     }
-    drop(event_tx);
-    // The shard holds its own copy of the stdio socket now.
-    let stdout_pump = bridge.take().map(|b| {
-        drop(b.shard_end);
-        b.stdout_pump
-    });
+    let config = Arc::new(config);
+    let (event_tx, events) = bounded::<ShardEvent>(EVENT_QUEUE_DEPTH);
+    let launcher = Launcher {
+        config: config.clone(),
+        tcp: tcp_addr,
+        stdio: stdio_end,
+        app,
+        state_key: StateKey::random(),
+        events: event_tx,
+        epoch: Instant::now(),
+    };
+    let mut threads = Vec::with_capacity(n);
+    for index in 0..n {
+        threads.push(launcher.launch(index)?);
+    }
+    rebuild_mesh(&threads, config.limits.mesh_queue_depth);
 
     // Startup: every shard listening, or the first failure.
-    let mut shard_of_core = vec![usize::MAX; n];
     let mut ready = 0;
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     while ready < n {
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
-            Ok(ShardEvent::Ready { index, shard, .. }) => {
-                shard_of_core[index] = shard;
-                ready += 1;
-            }
+            Ok(ShardEvent::Ready { .. }) => ready += 1,
             Ok(ShardEvent::Failed { core, error }) => {
                 return Err(format!("shard on core {core}: {error}"))
             }
@@ -207,8 +290,8 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
     let placement: Vec<String> = config
         .cores
         .iter()
-        .zip(&shard_of_core)
-        .map(|(core, shard)| format!("shard {shard}=core {core}"))
+        .enumerate()
+        .map(|(shard, core)| format!("shard {shard}=core {core}"))
         .collect();
     if let Some(addr) = tcp_addr {
         log::info!("listening on tcp://{addr} ({})", placement.join(", "));
@@ -225,14 +308,20 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
         log::info!("serving MCP on stdio ({})", placement.join(", "));
     }
 
-    // Running: signals, stats, and watching for shards that die.
+    // Running: signals, stats, and supervising the shard threads.
     let mut stats = StatsPrinter::new(n);
+    let mut total = Snapshot::empty();
     let mut stop_reason: Option<String> = None;
     let mut failure: Option<String> = None;
+    let kill_every = config.chaos.kill_shard_every_ms.map(Duration::from_millis);
+    let mut next_kill = kill_every.map(|d| Instant::now() + d);
+    let mut kills = 0usize;
+    let mut killed_at: Vec<Option<Instant>> = vec![None; n];
     loop {
-        if let Some(sig) = process::wait_stop_signal(Duration::from_millis(50)) {
+        if let Some(sig) = process::wait_stop_signal(Duration::from_millis(10)) {
             stop_reason = Some(format!("signal {sig}"));
         }
+        let mut dead: Vec<usize> = Vec::new();
         loop {
             match events.try_recv() {
                 Ok(ShardEvent::Stats {
@@ -243,17 +332,77 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
                 }) => stats.add(shard, core, tick, snapshot, started),
                 Ok(ShardEvent::StdioClosed) => stop_reason = Some("stdin closed".into()),
                 Ok(ShardEvent::Stopped { index, .. }) => threads[index].stopped = true,
-                Ok(_) => {}
+                Ok(ShardEvent::Died {
+                    index,
+                    core,
+                    panic,
+                    lost,
+                    snapshot,
+                }) => {
+                    log::error!(
+                        "shard {index} on core {core} died ({panic}); lost with it: {lost}"
+                    );
+                    if let Some(s) = snapshot {
+                        total.merge(&s);
+                    }
+                    dead.push(index);
+                }
+                Ok(ShardEvent::Ready { index, core }) => {
+                    if let Some(since) = threads[index].restarting_since.take() {
+                        let noticed = since.elapsed();
+                        let from_kill = killed_at[index].take().map(|k| k.elapsed());
+                        log::warn!(
+                            "shard {index} restarted on core {core}: serving again {:.1} ms after its death was noticed{}",
+                            noticed.as_secs_f64() * 1e3,
+                            from_kill.map_or(String::new(), |d| format!(
+                                " ({:.1} ms after the chaos kill)",
+                                d.as_secs_f64() * 1e3
+                            ))
+                        );
+                    }
+                }
+                Ok(ShardEvent::Failed { core, error }) => {
+                    failure.get_or_insert_with(|| {
+                        format!("restarting the shard on core {core}: {error}")
+                    });
+                }
                 Err(_) => break,
             }
         }
-        for t in &threads {
-            if !t.stopped && t.join.as_ref().is_some_and(|j| j.is_finished()) {
-                failure = Some(format!("the shard on core {} stopped unexpectedly", t.core));
+        for (i, t) in threads.iter().enumerate() {
+            if !t.stopped && !dead.contains(&i) && t.join.as_ref().is_some_and(|j| j.is_finished())
+            {
+                log::error!("shard {i} on core {} ended without a report", t.core);
+                dead.push(i);
+            }
+        }
+        if stop_reason.is_none() && failure.is_none() && !dead.is_empty() {
+            for &index in &dead {
+                let chaos = killed_at[index].is_some();
+                if let Err(e) = restart(&mut threads, &launcher, &mut stats, index, chaos) {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            if failure.is_none() {
+                // One new mesh for every shard, restarted ones included.
+                rebuild_mesh(&threads, config.limits.mesh_queue_depth);
+            }
+        }
+        if let (Some(at), Some(every)) = (next_kill, kill_every) {
+            if Instant::now() >= at && stop_reason.is_none() {
+                let victim = kills % n;
+                kills += 1;
+                next_kill = Some(at + every);
+                if threads[victim].restarting_since.is_none() {
+                    log::warn!("chaos: killing shard {victim}");
+                    killed_at[victim] = Some(Instant::now());
+                    let _ = threads[victim].commands.try_send(ShardCommand::Die);
+                }
             }
         }
         if failure.is_some() {
-            stop_reason.get_or_insert_with(|| "a shard died".into());
+            stop_reason.get_or_insert_with(|| "a shard could not be kept running".into());
         }
         if stop_reason.is_some() {
             break;
@@ -272,7 +421,6 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
             log::warn!("shard on core {}: command queue full", t.core);
         }
     }
-    let mut total = Snapshot::empty();
     let deadline = Instant::now() + config.limits.drain_timeout() + Duration::from_secs(2);
     let mut stopped = threads.iter().filter(|t| t.stopped).count();
     while stopped < n {
@@ -297,6 +445,15 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
                 }
                 threads[index].stopped = true;
                 total.merge(&snapshot);
+                stopped += 1;
+            }
+            Ok(ShardEvent::Died {
+                index, snapshot, ..
+            }) => {
+                if let Some(s) = snapshot {
+                    total.merge(&s);
+                }
+                threads[index].stopped = true;
                 stopped += 1;
             }
             Ok(_) => {}
@@ -324,6 +481,8 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
             }
         }
     }
+    // Our copy of the stdio socket would keep the stdout pump waiting.
+    drop(launcher);
     if let Some(pump) = stdout_pump {
         // Everything answered reaches stdout before the summary is printed.
         let until = Instant::now() + Duration::from_secs(2);
@@ -336,6 +495,43 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
         Some(f) => Err(f),
         None => Ok(()),
     }
+}
+
+/// Replaces the dead shard `index` with a new thread on the same core. A
+/// shard that crashes (not chaos-killed) more than `max_restarts` times in
+/// `restart_period_ms` is not restarted again: the server stops.
+fn restart(
+    threads: &mut [ShardThread],
+    launcher: &Launcher,
+    stats: &mut StatsPrinter,
+    index: usize,
+    chaos_kill: bool,
+) -> Result<(), String> {
+    let limits = &launcher.config.limits;
+    let core = threads[index].core;
+    if !chaos_kill
+        && !threads[index].crashes.allow(
+            Instant::now(),
+            limits.max_restarts,
+            limits.restart_period(),
+        )
+    {
+        return Err(format!(
+            "the shard on core {core} died more than {} times within {} ms",
+            limits.max_restarts, limits.restart_period_ms
+        ));
+    }
+    let noticed = Instant::now();
+    if let Some(j) = threads[index].join.take() {
+        let _ = j.join();
+    }
+    stats.forget(index);
+    let crashes = std::mem::take(&mut threads[index].crashes);
+    let mut t = launcher.launch(index)?;
+    t.crashes = crashes;
+    t.restarting_since = Some(noticed);
+    threads[index] = t;
+    Ok(())
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -356,10 +552,10 @@ fn shard_thread(start: ShardStart) {
         builder = builder.spin_before_park(spin);
     }
     let made = builder.make();
-    let _ = start.made.send(());
     let executor = match made {
         Ok(ex) => ex,
         Err(e) => {
+            let _ = start.made.send(None);
             let _ = start.events.send(ShardEvent::Failed {
                 core: start.core,
                 error: format!("starting the executor: {e}"),
@@ -367,61 +563,109 @@ fn shard_thread(start: ShardStart) {
             return;
         }
     };
-    executor.run(shard_main(start));
+    let _ = start.made.send(Some(executor.id()));
+    let (index, core, events) = (start.index, start.core, start.events.clone());
+    // The shard outlives a panic through this slot, so the thread can still
+    // say what died with it and hand over its metrics.
+    let slot: Rc<std::cell::RefCell<Option<Rc<Shard>>>> = Rc::default();
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        executor.run(shard_main(start, slot.clone()))
+    }));
+    if let Err(panic) = run {
+        let shard = slot.borrow_mut().take();
+        let (lost, snapshot) = match &shard {
+            Some(s) => {
+                let lost = describe_lost(s);
+                s.shutdown_sockets();
+                (lost, Some(s.metrics.borrow().snapshot(s.id)))
+            }
+            None => ("nothing (it had not started serving)".into(), None),
+        };
+        let _ = events.send(ShardEvent::Died {
+            index,
+            core,
+            panic: panic_message(&panic),
+            lost,
+            snapshot,
+        });
+        // After the report, so freeing a large key space does not delay the
+        // restart.
+        if let Some(s) = &shard {
+            s.release_state();
+        }
+    }
 }
 
-async fn shard_main(start: ShardStart) {
+/// What a dead shard held that is gone with it.
+fn describe_lost(s: &Shard) -> String {
+    format!(
+        "{} connection(s), {} legacy HTTP session(s), {} kv key(s), {} task(s), {} cross-core request(s) in flight",
+        s.conns.live(),
+        s.sessions.borrow().len(),
+        s.kv.borrow().len(),
+        s.tasks.borrow().len(),
+        s.mesh().map_or(0, |m| m.pending()),
+    )
+}
+
+async fn shard_main(start: ShardStart, slot: Rc<std::cell::RefCell<Option<Rc<Shard>>>>) {
     let ShardStart {
         index,
         core,
         config,
         tcp,
         stdio,
-        mesh,
         app,
         state_key,
         events,
         commands,
+        epoch,
         ..
     } = start;
     let fail = |error: String| {
         let _ = events.send(ShardEvent::Failed { core, error });
     };
 
-    let (mesh, receivers) = match mesh {
-        Some(builders) => match builders.join().await {
-            Ok(j) => {
-                let m = Rc::new(mesh::Mesh::new(
-                    j.req_tx,
-                    j.rep_tx,
-                    config.limits.mesh_pending_max,
-                    config.limits.mesh_timeout(),
-                ));
-                (Some(m), Some((j.req_rx, j.rep_rx)))
-            }
-            Err(e) => return fail(e),
-        },
-        None => (None, None),
+    let registry = match app.build() {
+        Ok(r) => r,
+        Err(e) => return fail(e),
     };
-    let id = mesh.as_ref().map_or(0, |m| m.me());
-    if id != index {
-        log::warn!("shard on core {core} got mesh id {id}, expected {index}");
-    }
     let shard = Rc::new(Shard::new(
-        id,
+        index,
         core,
         config.shard_count(),
         config.limits.clone(),
-        match app.build() {
-            Ok(r) => r,
-            Err(e) => return fail(e),
-        },
+        registry,
         state_key,
-        mesh,
+        None,
         config.http.clone(),
     ));
-    if let Some((req_rx, rep_rx)) = receivers {
-        shard::spawn_mesh_tasks(&shard, req_rx, rep_rx);
+    shard.chaos.set(config.chaos);
+    *slot.borrow_mut() = Some(shard.clone());
+    if config.shard_count() > 1 {
+        // The mesh comes before anything is served: the shard's keys, tasks
+        // and sessions are reachable only once it has joined. A newer plan
+        // (another shard died meanwhile) replaces a join that cannot finish.
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let Some(mut plan) = next_plan(&commands, deadline).await else {
+            return fail("no mesh plan from the main thread".into());
+        };
+        loop {
+            let (builders, peers) = plan;
+            let joined = futures_lite::future::or(async { Ok(builders.join().await) }, async {
+                Err(next_plan(&commands, deadline).await)
+            })
+            .await;
+            match joined {
+                Ok(Ok(j)) => {
+                    shard.install_mesh(j, peers);
+                    break;
+                }
+                Ok(Err(e)) => return fail(e),
+                Err(Some(newer)) => plan = newer,
+                Err(None) => return fail("the mesh could not be joined in time".into()),
+            }
+        }
     }
 
     let http_listener = match config.http.as_ref().map(|h| (h.addr, http::bind(h.addr))) {
@@ -434,19 +678,13 @@ async fn shard_main(start: ShardStart) {
         Some(Ok(l)) => Some(l),
         None => None,
     };
-    if events
-        .send(ShardEvent::Ready {
-            index,
-            shard: id,
-            core,
-        })
-        .is_err()
-    {
+    if events.send(ShardEvent::Ready { index, core }).is_err() {
         return;
     }
-    log::debug!("shard {id} running on core {core}");
+    log::debug!("shard {index} running on core {core}");
     if let Some(listener) = listener {
         glommio::spawn_local(tcp::accept_loop(shard.clone(), listener)).detach();
+        glommio::spawn_local(conn::idle_sweep(shard.clone())).detach();
     }
     if let Some(listener) = http_listener {
         glommio::spawn_local(http::accept_loop(shard.clone(), listener)).detach();
@@ -461,7 +699,7 @@ async fn shard_main(start: ShardStart) {
                     sock.into_raw_fd(),
                 )
             };
-            if let Err(e) = conn::serve(stream, shard).await {
+            if let Err(e) = conn::serve(stream, shard, conn::Kind::Stdio).await {
                 log::warn!("stdio connection ended: {e}");
             }
             let _ = events.send(ShardEvent::StdioClosed);
@@ -469,7 +707,7 @@ async fn shard_main(start: ShardStart) {
         .detach();
     }
 
-    control_loop(&shard, &commands, &events, config.stats_interval).await;
+    control_loop(&shard, &commands, &events, config.stats_interval, epoch).await;
 
     // Drain: no new connections or requests; in-flight requests finish.
     shard.shutdown.raise();
@@ -478,7 +716,7 @@ async fn shard_main(start: ShardStart) {
     while shard.conns.live() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
-    let snapshot = shard.metrics.borrow().snapshot(id);
+    let snapshot = shard.metrics.borrow().snapshot(index);
     let _ = events.send(ShardEvent::Stopped {
         index,
         core,
@@ -487,26 +725,80 @@ async fn shard_main(start: ShardStart) {
     });
 }
 
+/// The next mesh plan on the command queue; `None` at the deadline or on
+/// shutdown.
+async fn next_plan(
+    commands: &Receiver<ShardCommand>,
+    deadline: Instant,
+) -> Option<(MeshBuilders, Vec<usize>)> {
+    loop {
+        match commands.try_recv() {
+            Ok(ShardCommand::JoinMesh { builders, peers }) => return Some((builders, peers)),
+            Ok(ShardCommand::Shutdown) | Err(TryRecvError::Disconnected) => return None,
+            Ok(ShardCommand::Die) | Err(TryRecvError::Empty) => {}
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Waits for shutdown while sending stats every `stats_interval`.
 async fn control_loop(
     shard: &Rc<Shard>,
     commands: &Receiver<ShardCommand>,
     events: &Sender<ShardEvent>,
     stats_interval: Option<Duration>,
+    epoch: Instant,
 ) {
-    let mut tick = 0u64;
-    let mut next_stats = stats_interval.map(|d| Instant::now() + d);
+    // Ticks count intervals since the process-wide epoch, so a restarted
+    // shard's reports line up with its peers'.
+    let tick_of = |now: Instant, every: Duration| {
+        (now.saturating_duration_since(epoch).as_nanos() / every.as_nanos().max(1)) as u64
+    };
+    let mut last_tick = stats_interval.map_or(0, |every| tick_of(Instant::now(), every));
+    // A mesh join in progress; a newer plan replaces (cancels) it.
+    let mut joining: Option<glommio::Task<()>> = None;
     loop {
         glommio::timer::sleep(CONTROL_POLL).await;
-        match commands.try_recv() {
-            Ok(ShardCommand::Shutdown) | Err(TryRecvError::Disconnected) => return,
-            Err(TryRecvError::Empty) => {}
+        loop {
+            match commands.try_recv() {
+                Ok(ShardCommand::Shutdown) | Err(TryRecvError::Disconnected) => return,
+                Ok(ShardCommand::JoinMesh { builders, peers }) => {
+                    let shard = shard.clone();
+                    let task = glommio::spawn_local(async move {
+                        match builders.join().await {
+                            Ok(j) => {
+                                let lost = shard.install_mesh(j, peers);
+                                let mut m = shard.metrics.borrow_mut();
+                                m.counters.mesh_rejoins += 1;
+                                m.counters.mesh_lost_in_rebuild += lost as u64;
+                                drop(m);
+                                log::info!(
+                                    "shard {}: joined the rebuilt mesh ({lost} cross-core request(s) failed with the old one)",
+                                    shard.id
+                                );
+                            }
+                            Err(e) => log::error!("shard {}: {e}", shard.id),
+                        }
+                    });
+                    drop(joining.replace(task));
+                }
+                Ok(ShardCommand::Die) => {
+                    // Escapes every catch: ends this executor like a real bug.
+                    glommio::spawn_local(async {
+                        panic!("chaos: shard killed on purpose (--chaos-kill-shard-every)")
+                    })
+                    .detach();
+                }
+                Err(TryRecvError::Empty) => break,
+            }
         }
-        if let (Some(at), Some(every)) = (next_stats, stats_interval) {
-            let now = Instant::now();
-            if now >= at {
-                tick += 1;
-                next_stats = Some(at + every);
+        if let Some(every) = stats_interval {
+            let tick = tick_of(Instant::now(), every);
+            if tick > last_tick {
+                last_tick = tick;
                 let snapshot = shard.metrics.borrow().snapshot(shard.id);
                 let ev = ShardEvent::Stats {
                     shard: shard.id,
@@ -543,6 +835,11 @@ impl StatsPrinter {
             previous: Default::default(),
             last_printed: None,
         }
+    }
+
+    /// The shard was restarted: its counters start again from zero.
+    fn forget(&mut self, shard: usize) {
+        self.previous.remove(&shard);
     }
 
     fn add(&mut self, shard: usize, core: usize, tick: u64, snapshot: Snapshot, started: Instant) {

@@ -16,7 +16,13 @@ use std::pin::Pin;
 use super::local::Flag;
 use glommio::channels::channel_mesh::Receivers;
 
-use super::mesh::{Delivery, Mesh, MeshError, Reply, ReplyMsg, Request, RequestMsg, NO_REPLY};
+use super::supervisor::Dice;
+use crate::config::Chaos;
+use crate::server::ratelimit::{Principal, RateTable, Verdict};
+
+use super::mesh::{
+    Delivery, Joined, Mesh, MeshError, Reply, ReplyMsg, Request, RequestMsg, NO_REPLY,
+};
 use crate::config::{HttpConfig, Limits};
 use crate::metrics::ShardMetrics;
 use crate::protocol::{Parser, PARSE_PADDING};
@@ -67,6 +73,16 @@ pub struct ConnHandle {
     /// `ready` beyond this drops notifications (not responses).
     max_ready_bytes: usize,
     shard: std::rc::Weak<Shard>,
+    /// Subject to `idle_timeout_ms` (TCP connections).
+    pub idle_tracked: Cell<bool>,
+    /// Messages completed so far; the idle sweep watches it move.
+    pub messages: Cell<u64>,
+    /// Idle-sweep bookkeeping: the count at the last sweep, and how many
+    /// sweeps in a row saw no message and nothing in flight.
+    pub seen_messages: Cell<u64>,
+    pub quiet_sweeps: Cell<u32>,
+    /// Set by the sweep: the connection must close.
+    pub expired: Cell<bool>,
 }
 
 impl ConnHandle {
@@ -77,6 +93,11 @@ impl ConnHandle {
             waker: RefCell::new(None),
             max_ready_bytes: shard.limits.max_output_buffer_bytes,
             shard: Rc::downgrade(shard),
+            idle_tracked: Cell::new(false),
+            messages: Cell::new(0),
+            seen_messages: Cell::new(0),
+            quiet_sweeps: Cell::new(0),
+            expired: Cell::new(false),
         }
     }
 
@@ -158,6 +179,11 @@ impl ConnTable {
         self.live.get()
     }
 
+    /// Every live connection's handle.
+    pub fn handles(&self) -> Vec<Rc<ConnHandle>> {
+        self.slots.borrow().iter().flatten().cloned().collect()
+    }
+
     pub fn wake_all(&self) {
         let handles: Vec<Rc<ConnHandle>> = self.slots.borrow().iter().flatten().cloned().collect();
         for h in handles {
@@ -192,8 +218,24 @@ pub struct Shard {
     pub metrics: RefCell<ShardMetrics>,
     pub parser: RefCell<Parser>,
     pub scratch: RefCell<Scratch>,
-    pub mesh: Option<Rc<Mesh>>,
+    /// This shard's end of the mesh; replaced when the mesh is rebuilt after
+    /// a peer shard was restarted (`rejoin_mesh`).
+    mesh: RefCell<Option<Rc<Mesh>>>,
+    /// The tasks serving the current mesh's receivers; dropping them (at a
+    /// rebuild) stops them.
+    mesh_tasks: RefCell<Vec<glommio::Task<()>>>,
     pub conns: ConnTable,
+    /// Fault injection settings (off unless `--chaos-*` is given).
+    pub chaos: Cell<Chaos>,
+    pub dice: Dice,
+    /// Rate-limit buckets of HTTP principals served here.
+    pub rate: RefCell<RateTable>,
+    /// Listening and connected sockets this shard serves. If the executor
+    /// dies, glommio 0.9 leaks its tasks (and the sockets in them) instead of
+    /// dropping them; the thread shuts these down so clients see the
+    /// connection end and the kernel stops queueing connections for a
+    /// listener nobody accepts on.
+    sockets: RefCell<std::collections::HashSet<std::os::fd::RawFd>>,
     /// Streamable HTTP settings, when `--http` is on.
     pub http: Option<Rc<HttpConfig>>,
     /// Legacy HTTP sessions this shard owns, by id.
@@ -220,6 +262,7 @@ impl Shard {
         mesh: Option<Rc<Mesh>>,
         http: Option<HttpConfig>,
     ) -> Self {
+        let rate = RateTable::new(limits.rate_limit_max_principals);
         Self {
             id,
             core,
@@ -242,8 +285,18 @@ impl Shard {
                 read: vec![0; READ_CHUNK_BYTES + PARSE_PADDING],
                 write: Vec::with_capacity(READ_CHUNK_BYTES),
             }),
-            mesh,
+            mesh: RefCell::new(mesh),
+            mesh_tasks: RefCell::new(Vec::new()),
             conns: ConnTable::default(),
+            chaos: Cell::new(Chaos::default()),
+            dice: Dice::new(
+                (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
+            ),
+            rate: RefCell::new(rate),
+            sockets: RefCell::new(Default::default()),
             http: http.map(Rc::new),
             sessions: RefCell::new(HashMap::new()),
             relays: RefCell::new(HashMap::new()),
@@ -252,6 +305,108 @@ impl Shard {
             next_scope: Cell::new(1),
             shutdown: Flag::default(),
         }
+    }
+
+    pub fn track_socket(&self, fd: std::os::fd::RawFd) {
+        self.sockets.borrow_mut().insert(fd);
+    }
+
+    pub fn untrack_socket(&self, fd: std::os::fd::RawFd) {
+        self.sockets.borrow_mut().remove(&fd);
+    }
+
+    /// After the executor died: ends every socket it served (see `sockets`).
+    /// Shut down, not closed: the leaked tasks still own the descriptors.
+    pub fn shutdown_sockets(&self) -> usize {
+        let fds: Vec<_> = self.sockets.borrow_mut().drain().collect();
+        for &fd in &fds {
+            // SAFETY: shutdown(2) on a descriptor this shard opened and never
+            // closed (the task owning it was leaked, not dropped).
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
+        fds.len()
+    }
+
+    /// After the executor died: drops the plain-data state its leaked tasks
+    /// would keep alive (keys, watchers, rate buckets, buffers). Anything
+    /// holding glommio objects (sessions, tasks, mesh, relays) must stay:
+    /// dropping those outside their executor panics inside a destructor.
+    pub fn release_state(&self) {
+        let l = &self.limits;
+        *self.kv.borrow_mut() = KvStore::new(l.kv_max_keys_per_shard);
+        *self.watches.borrow_mut() = WatchTable::new(l.max_watchers_per_key);
+        *self.rate.borrow_mut() = RateTable::new(l.rate_limit_max_principals);
+        let mut scratch = self.scratch.borrow_mut();
+        scratch.read = Vec::new();
+        scratch.write = Vec::new();
+    }
+
+    /// This shard's current end of the mesh (none with one shard).
+    pub fn mesh(&self) -> Option<Rc<Mesh>> {
+        self.mesh.borrow().clone()
+    }
+
+    /// Whether a chaos roll says this tool call should panic.
+    pub fn chaos_tool_panic(&self) -> bool {
+        self.dice.roll(self.chaos.get().panic_rate)
+    }
+
+    /// Whether a chaos roll says the connection handler should panic now.
+    pub fn chaos_conn_panic(&self) -> bool {
+        self.dice.roll(self.chaos.get().conn_panic_rate)
+    }
+
+    /// Checks the rate limit of an HTTP principal; `Err(retry_after)` when
+    /// over it. Always `Ok` with rate limiting off.
+    pub fn rate_check(
+        &self,
+        who: &Principal,
+        now: std::time::Instant,
+    ) -> Result<(), std::time::Duration> {
+        let rate = self.limits.rate_limit_per_sec;
+        if rate == 0 {
+            return Ok(());
+        }
+        let verdict = self
+            .rate
+            .borrow_mut()
+            .check(who, now, rate, self.limits.rate_burst());
+        let mut m = self.metrics.borrow_mut();
+        match verdict {
+            Verdict::Allow => Ok(()),
+            Verdict::Untracked => {
+                m.counters.rate_table_full += 1;
+                Ok(())
+            }
+            Verdict::Deny(wait) => {
+                m.counters.rate_limited += 1;
+                Err(wait)
+            }
+        }
+    }
+
+    /// Replaces this shard's end of the mesh with a freshly joined one and
+    /// starts serving it. Everything still waiting on the old mesh fails
+    /// (its callers answer their clients with an error); returns how many.
+    pub fn install_mesh(self: &Rc<Self>, joined: Joined, peers: Vec<usize>) -> usize {
+        let mesh = Rc::new(Mesh::new(
+            self.id,
+            peers,
+            joined.req_tx,
+            joined.rep_tx,
+            self.limits.mesh_pending_max,
+            self.limits.mesh_timeout(),
+        ));
+        let old = self.mesh.replace(Some(mesh));
+        // Dropping the old receivers' tasks stops them; their queues go with them.
+        self.mesh_tasks.borrow_mut().clear();
+        // Relayed HTTP streams were addressed over the old mesh.
+        self.relays.borrow_mut().clear();
+        let lost = old.map_or(0, |m| m.fail_all());
+        spawn_mesh_tasks(self, joined.req_rx, joined.rep_rx);
+        lost
     }
 
     /// A single shard with no mesh, for benchmarks and unit tests that drive
@@ -268,7 +423,7 @@ impl Shard {
         req: Request,
     ) -> Result<impl Future<Output = Result<Reply, MeshError>> + 'static, MeshError> {
         debug_assert_ne!(owner, self.id, "local work must not cross the mesh");
-        let Some(mesh) = &self.mesh else {
+        let Some(mesh) = self.mesh() else {
             return Err(MeshError::PeerGone);
         };
         let r = mesh.call(owner, req);
@@ -285,7 +440,7 @@ impl Shard {
     /// counts the drop (`mesh_dropped`): callers only tell what the receiver
     /// can do without (notifications, unsubscribes).
     pub fn tell(&self, to: usize, req: Request) {
-        let Some(mesh) = &self.mesh else {
+        let Some(mesh) = self.mesh() else {
             return;
         };
         if mesh.tell(to, req).is_err() {
@@ -402,18 +557,18 @@ impl Shard {
 
 /// Starts the tasks that serve this shard's end of the mesh: one request
 /// server and one reply loop per peer.
-pub fn spawn_mesh_tasks(
+fn spawn_mesh_tasks(
     shard: &Rc<Shard>,
     mut req_rx: Receivers<RequestMsg>,
     mut rep_rx: Receivers<ReplyMsg>,
 ) {
-    let mesh = shard.mesh.clone().expect("mesh tasks need a mesh");
-    for (from, rx) in req_rx.streams() {
+    let mesh = shard.mesh().expect("mesh tasks need a mesh");
+    let mut tasks = shard.mesh_tasks.borrow_mut();
+    for (_peer, rx) in req_rx.streams() {
         let shard = shard.clone();
         let mesh = mesh.clone();
-        glommio::spawn_local(async move {
+        tasks.push(glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
-                debug_assert_eq!(msg.from, from);
                 let Some(reply) = shard.serve_remote(msg.from, msg.corr, msg.body) else {
                     continue;
                 };
@@ -425,13 +580,13 @@ pub fn spawn_mesh_tasks(
                     break;
                 }
             }
-        })
-        .detach();
+        }));
     }
-    for (from, rx) in rep_rx.streams() {
+    for (peer, rx) in rep_rx.streams() {
         let shard = shard.clone();
         let mesh = mesh.clone();
-        glommio::spawn_local(async move {
+        let from = mesh.shard_of_peer(peer);
+        tasks.push(glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
                 let corr = msg.corr;
                 match mesh.complete(msg) {
@@ -448,7 +603,6 @@ pub fn spawn_mesh_tasks(
                     }
                 }
             }
-        })
-        .detach();
+        }));
     }
 }

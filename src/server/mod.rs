@@ -26,6 +26,7 @@ pub mod fixtures;
 pub mod kv;
 pub mod listen;
 pub mod mrtr;
+pub mod ratelimit;
 pub mod registry;
 pub mod resources;
 pub mod schema;
@@ -52,6 +53,7 @@ use crate::protocol::mcp::{self, code, meta, method};
 use crate::runtime::shard::Shard;
 use content::LogLevel;
 use ctx::{CallCtx, ClientCaps, Ctx, LogSink, Outbound, Rounds};
+use ratelimit::TokenBucket;
 use registry::{JsonOutcome, JsonReply, ListKind};
 use tools::{CallError, Progress, RpcError, ToolOutcome, ToolReply};
 
@@ -241,6 +243,11 @@ impl Inflight {
         }
     }
 
+    /// The encoded ids of every running request.
+    pub fn ids(&self) -> Vec<Box<[u8]>> {
+        self.running.borrow().keys().cloned().collect()
+    }
+
     pub fn cancel_all(&self) {
         let all: Vec<Running> = self.running.borrow_mut().drain().map(|(_, r)| r).collect();
         for r in all {
@@ -290,6 +297,9 @@ pub struct Session {
     listens: Rc<RefCell<HashSet<u64>>>,
     /// Scopes this session's tasks (legacy `tasks/list`).
     scope: u64,
+    /// This session's own rate limit (TCP/stdio connections; HTTP limits
+    /// requests before they reach the session).
+    rate: Option<TokenBucket>,
 }
 
 impl Session {
@@ -309,6 +319,15 @@ impl Session {
             inflight: Rc::new(Inflight::default()),
             listens: Rc::new(RefCell::new(HashSet::new())),
             scope: shard.next_session_scope(),
+            rate: None,
+        }
+    }
+
+    /// Applies `--rate-limit-per-sec` to this session's requests (the
+    /// session is the principal: a TCP or stdio connection).
+    pub fn limit_rate(&mut self, shard: &Shard) {
+        if shard.limits.rate_limit_per_sec > 0 {
+            self.rate = Some(TokenBucket::full(shard.limits.rate_burst(), Instant::now()));
         }
     }
 
@@ -394,7 +413,34 @@ impl Session {
                         jsonrpc::write_error(out, &inv.id, inv.code, inv.message);
                         Handled::done(MethodKind::Invalid, true)
                     }
-                    Ok(msg) => self.handle_parsed(shard, msg, out, started, related),
+                    Ok(msg) => {
+                        // A panic in dispatch (outside any handler's own
+                        // catch) costs this request only: the partial answer
+                        // is discarded and replaced by -32603.
+                        let id = match &msg {
+                            Message::Request { id, .. } => Some(*id),
+                            _ => None,
+                        };
+                        let mark = out.len();
+                        match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            self.handle_parsed(shard, msg, out, started, related)
+                        })) {
+                            Ok(h) => h,
+                            Err(_) => {
+                                out.truncate(mark);
+                                match id {
+                                    Some(id) => {
+                                        write_panic(shard, out, &id, "dispatch");
+                                        Handled::done(MethodKind::Invalid, true)
+                                    }
+                                    None => {
+                                        write_panic_log(shard, "dispatch of a notification");
+                                        Handled::done(MethodKind::Notification, false)
+                                    }
+                                }
+                            }
+                        }
+                    }
                 },
             })
         };
@@ -471,6 +517,16 @@ impl Session {
         req: Req<'_, '_>,
         out: &mut Vec<u8>,
     ) -> Handled {
+        if let Some(bucket) = self.rate.as_mut() {
+            let limits = &shard.limits;
+            if let Err(wait) =
+                bucket.take(req.started, limits.rate_limit_per_sec, limits.rate_burst())
+            {
+                shard.metrics.borrow_mut().counters.rate_limited += 1;
+                write_rate_limited(out, &req.id, wait);
+                return Handled::done(kind_of(req.name), true);
+            }
+        }
         let req_meta = req.params.as_ref().and_then(|p| p.get("_meta"));
         let declared = req_meta
             .as_ref()
@@ -1332,7 +1388,12 @@ fn call_tool(
     }
     let era = cx.era;
     let tool = entry.tool.clone();
-    let reply = std::panic::catch_unwind(AssertUnwindSafe(|| tool.call(&cx, args)));
+    let reply = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        if shard.chaos_tool_panic() {
+            panic!("chaos: injected tool panic (--chaos-panic-rate)");
+        }
+        tool.call(&cx, args)
+    }));
     match reply {
         Ok(ToolReply::Ready(outcome)) => {
             let is_error =
@@ -1809,16 +1870,36 @@ fn listen(
 /// The client learns only that an internal error occurred; the panic message
 /// went to stderr through the panic hook.
 fn write_panic(shard: &Shard, out: &mut Vec<u8>, id: &Id<'_>, what: &str) {
-    shard.metrics.borrow_mut().counters.handler_panics += 1;
-    log::error!(
-        "shard {}: handler {what:?} panicked; answered -32603",
-        shard.id
-    );
+    write_panic_log(shard, what);
     jsonrpc::write_error(
         out,
         id,
         jsonrpc::INTERNAL_ERROR,
         "Internal error: the handler failed unexpectedly",
+    );
+}
+
+/// The documented answer to a request over its principal's rate limit.
+pub fn write_rate_limited(out: &mut Vec<u8>, id: &Id<'_>, retry_after: std::time::Duration) {
+    let ms = retry_after.as_millis().max(1) as i64;
+    let mut data = Vec::with_capacity(32);
+    data.extend_from_slice(b"{\"retryAfterMs\":");
+    json::write_i64(&mut data, ms);
+    data.push(b'}');
+    jsonrpc::write_error_with_data(
+        out,
+        id,
+        jsonrpc::RATE_LIMITED,
+        "Rate limit exceeded: retry later",
+        Some(&data),
+    );
+}
+
+fn write_panic_log(shard: &Shard, what: &str) {
+    shard.metrics.borrow_mut().counters.handler_panics += 1;
+    log::debug!(
+        "shard {}: handler {what:?} panicked; answered -32603",
+        shard.id
     );
 }
 

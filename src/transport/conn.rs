@@ -14,13 +14,27 @@
 //!
 //! Bounds: a line longer than `max_message_bytes` is answered with -32600 and
 //! the rest of it is skipped; reading pauses while `max_inflight_per_conn`
-//! handlers are running or `max_output_buffer_bytes` of output is waiting.
+//! handlers are running or `max_output_buffer_bytes` of output is waiting; a
+//! TCP connection that completes no message for `idle_timeout_ms` while
+//! nothing of it is in flight is closed (`idle_sweep`).
+//!
+//! Supervision: the connection's poll runs under `catch_unwind`. A panic in
+//! the handler itself (request dispatch has its own catch and costs one
+//! request) restarts it on the same socket with everything it holds: the
+//! session, its subscriptions and pending server-to-client requests, async
+//! handlers still running, and the input not yet handled (the rest of the
+//! read that was being split into lines is re-queued). Responses already
+//! produced are kept and written, so nothing is answered twice or dropped.
+//! More than `max_restarts` panics within `restart_period_ms` close the
+//! connection instead, after every request it read has been answered.
 
+use std::collections::VecDeque;
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt;
@@ -28,6 +42,7 @@ use memchr::memchr;
 
 use crate::protocol::{jsonrpc, PARSE_PADDING};
 use crate::runtime::shard::{ConnHandle, Shard, READ_CHUNK_BYTES};
+use crate::runtime::supervisor::RestartIntensity;
 use crate::server::{Pending, Session, SharedNotifier};
 
 /// Reads served in one poll before the task yields to its neighbours, so a
@@ -42,19 +57,31 @@ const KEEP_BUFFER_BYTES: usize = 64 * 1024;
 /// could destroy responses the client has not read yet.
 const LINGER: Duration = Duration::from_millis(200);
 
+/// Which transport a connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A TCP client: idle timeout applies.
+    Tcp,
+    /// The one stdio client: may stay quiet for as long as it likes.
+    Stdio,
+}
+
 /// Serves one client until it closes, the I/O fails, or the shard drains.
-pub async fn serve<S>(stream: S, shard: Rc<Shard>) -> io::Result<()>
+pub async fn serve<S>(stream: S, shard: Rc<Shard>, kind: Kind) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let handle = Rc::new(ConnHandle::new(&shard));
+    handle.idle_tracked.set(kind == Kind::Tcp);
     let notifier: SharedNotifier = handle.clone();
     let slot = shard.conns.register(handle.clone());
     shard.metrics.borrow_mut().counters.connections_opened += 1;
+    let mut session = Session::new(&shard, Some(notifier.clone()));
+    session.limit_rate(&shard);
     let mut conn = Conn {
         stream,
         shard: shard.clone(),
-        session: Session::new(&shard, Some(notifier.clone())),
+        session,
         notifier,
         handle,
         partial: Vec::new(),
@@ -64,14 +91,72 @@ where
         read_closed: false,
         paused: false,
         linger: None,
+        chunk_len: None,
+        consumed: 0,
+        replay: VecDeque::new(),
+        restarts: RestartIntensity::default(),
+        gave_up: false,
     };
-    let r = std::future::poll_fn(|cx| conn.poll(cx)).await;
+    let r = std::future::poll_fn(|cx| loop {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| conn.poll(cx))) {
+            Ok(p) => return p,
+            Err(_) => {
+                if !conn.recover() {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    })
+    .await;
     conn.session.close(&shard);
     shard.conns.unregister(slot);
     shard.metrics.borrow_mut().counters.connections_closed += 1;
     match r {
         Err(e) if is_disconnect(&e) => Ok(()),
         r => r,
+    }
+}
+
+/// Closes TCP connections that complete no message for `idle_timeout_ms`
+/// while nothing of theirs is in flight. One task per shard looks at every
+/// connection a few times per timeout, so the request path pays one counter
+/// increment per message and no timer.
+pub async fn idle_sweep(shard: Rc<Shard>) {
+    let idle = shard.limits.idle_timeout();
+    let period = (idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+    let sweeps_max = (idle.as_nanos() / period.as_nanos()).max(1) as u32;
+    loop {
+        let stop = futures_lite::future::or(
+            async {
+                glommio::timer::sleep(period).await;
+                false
+            },
+            async {
+                shard.shutdown.wait().await;
+                true
+            },
+        )
+        .await;
+        if stop {
+            return;
+        }
+        for h in shard.conns.handles() {
+            if !h.idle_tracked.get() || h.expired.get() {
+                continue;
+            }
+            let msgs = h.messages.get();
+            if msgs != h.seen_messages.get() || h.inflight.get() > 0 {
+                h.seen_messages.set(msgs);
+                h.quiet_sweeps.set(0);
+                continue;
+            }
+            let quiet = h.quiet_sweeps.get() + 1;
+            h.quiet_sweeps.set(quiet);
+            if quiet >= sweeps_max {
+                h.expired.set(true);
+                h.wake();
+            }
+        }
     }
 }
 
@@ -104,6 +189,17 @@ struct Conn<S> {
     paused: bool,
     /// Set once a draining connection has sent its FIN.
     linger: Option<glommio::timer::Timer>,
+    /// While a read is being split into lines: its length in the shard's
+    /// read buffer, and how much of it is handled (`consumed`). What a crash
+    /// leaves between the two is re-queued by `recover`.
+    chunk_len: Option<usize>,
+    consumed: usize,
+    /// Complete lines (each followed by parser padding) re-queued after a
+    /// restart, handled before anything new is read.
+    replay: VecDeque<Vec<u8>>,
+    restarts: RestartIntensity,
+    /// The restart intensity was exceeded: answer what was read, then close.
+    gave_up: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -116,6 +212,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let (max_inflight, max_out) =
             (limits.max_inflight_per_conn, limits.max_output_buffer_bytes);
         let mut reads = 0;
+        if !self.replay.is_empty() {
+            let shard = self.shard.clone();
+            let mut scratch = shard.scratch.borrow_mut();
+            while let Some(mut line) = self.replay.pop_front() {
+                let len = line.len() - PARSE_PADDING;
+                self.handle_line(&mut line, len, &mut scratch.write);
+            }
+            if let Poll::Ready(Err(e)) = self.write_batch(cx, &mut scratch.write) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if self.handle.expired.get() && !self.read_closed {
+            self.read_closed = true;
+            self.shard
+                .metrics
+                .borrow_mut()
+                .counters
+                .connections_idle_closed += 1;
+        }
         loop {
             self.take_completed();
             if let Poll::Ready(Err(e)) = self.flush_backlog(cx) {
@@ -161,7 +276,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     // and streams that live as long as the client end.
                     self.session.input_closed();
                 }
-                Poll::Ready(Ok(n)) => self.on_bytes(&mut scratch.read, n, &mut scratch.write),
+                Poll::Ready(Ok(n)) => {
+                    self.chunk_len = Some(n);
+                    self.consumed = 0;
+                    self.on_bytes(&mut scratch.read, n, &mut scratch.write);
+                    self.chunk_len = None;
+                }
             }
             if let Poll::Ready(Err(e)) = self.write_batch(cx, &mut scratch.write) {
                 return Poll::Ready(Err(e));
@@ -259,6 +379,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.handle_partial(out);
             }
             start = i + 1;
+            self.consumed = start;
         }
         while start < n {
             match memchr(b'\n', &data[start..n]) {
@@ -270,6 +391,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         self.handle_line(&mut data[start..], len, out);
                     }
                     start += len + 1;
+                    self.consumed = start;
+                    if self.shard.chaos_conn_panic() {
+                        panic!("chaos: connection handler panic (--chaos-conn-panic-rate)");
+                    }
                 }
                 None => {
                     if n - start > max {
@@ -277,10 +402,116 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     } else {
                         self.partial.extend_from_slice(&data[start..n]);
                     }
+                    self.consumed = n;
                     break;
                 }
             }
         }
+    }
+
+    /// Called right after the connection handler panicked, before any other
+    /// task runs: saves what the shard's shared buffers hold for this
+    /// connection and decides whether to restart. `false`: close now.
+    fn recover(&mut self) -> bool {
+        let shard = self.shard.clone();
+        let mut scratch = shard.scratch.borrow_mut();
+        // Responses produced before the panic belong to this client; the
+        // next connection to run would otherwise write them.
+        self.backlog.extend_from_slice(&scratch.write);
+        scratch.write.clear();
+        if let Some(n) = self.chunk_len.take() {
+            let mut rest = Vec::new();
+            if self.consumed == 0 && !self.discarding {
+                rest.append(&mut self.partial);
+            }
+            rest.extend_from_slice(&scratch.read[self.consumed.min(n)..n]);
+            let mut lines = rest.split(|&b| b == b'\n').peekable();
+            while let Some(line) = lines.next() {
+                if lines.peek().is_none() {
+                    // No newline yet: the start of the next line.
+                    self.partial.extend_from_slice(line);
+                    break;
+                }
+                let mut owned = Vec::with_capacity(line.len() + PARSE_PADDING);
+                owned.extend_from_slice(line);
+                owned.resize(line.len() + PARSE_PADDING, 0);
+                self.replay.push_back(owned);
+            }
+        }
+        drop(scratch);
+        let limits = &shard.limits;
+        let mut m = shard.metrics.borrow_mut();
+        if !self.gave_up
+            && self
+                .restarts
+                .allow(Instant::now(), limits.max_restarts, limits.restart_period())
+        {
+            m.counters.connection_restarts += 1;
+            drop(m);
+            log::debug!(
+                "shard {}: connection handler panicked; restarted on the same socket ({} restart(s) in the last {} ms)",
+                shard.id,
+                self.restarts.recent(),
+                limits.restart_period_ms
+            );
+            return true;
+        }
+        if self.gave_up {
+            // Panicked again while closing: stop here.
+            return false;
+        }
+        m.counters.connections_given_up += 1;
+        drop(m);
+        log::warn!(
+            "shard {}: connection handler panicked more than {} times in {} ms; closing the connection",
+            shard.id,
+            limits.max_restarts,
+            limits.restart_period_ms
+        );
+        self.give_up();
+        true
+    }
+
+    /// Answers every request the connection read and has not answered with
+    /// an error, then lets it close (`read_closed`).
+    fn give_up(&mut self) {
+        self.gave_up = true;
+        self.read_closed = true;
+        const MSG: &str =
+            "Internal error: the connection is being closed after repeated internal failures";
+        let shard = self.shard.clone();
+        let mut out = Vec::new();
+        for mut line in std::mem::take(&mut self.replay) {
+            let len = line.len() - PARSE_PADDING;
+            let mut parser = shard.parser.borrow_mut();
+            // Each line gets what it would have got, except that requests
+            // are refused instead of served.
+            parser.parse(&mut line, len, |parsed| match parsed {
+                Err(e) => {
+                    let msg = format!("Parse error: {e}");
+                    jsonrpc::write_error(&mut out, &jsonrpc::Id::Null, jsonrpc::PARSE_ERROR, &msg);
+                }
+                Ok(root) => match jsonrpc::classify(root) {
+                    Ok(jsonrpc::Message::Request { id, .. }) => {
+                        jsonrpc::write_error(&mut out, &id, jsonrpc::INTERNAL_ERROR, MSG)
+                    }
+                    Ok(_) => {}
+                    Err(inv) => jsonrpc::write_error(&mut out, &inv.id, inv.code, inv.message),
+                },
+            });
+        }
+        for id in self.session.inflight().ids() {
+            jsonrpc::write_error(
+                &mut out,
+                &jsonrpc::Id::Encoded(&id),
+                jsonrpc::INTERNAL_ERROR,
+                MSG,
+            );
+        }
+        // Their tasks end without answering: the error above is their answer.
+        self.session.inflight().cancel_all();
+        self.partial.clear();
+        self.backlog.extend_from_slice(&out);
     }
 
     /// At EOF a final line without its newline is still a message.
@@ -316,6 +547,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn handle_line(&mut self, buf: &mut [u8], mut len: usize, out: &mut Vec<u8>) {
+        self.handle.messages.set(self.handle.messages.get() + 1);
         if len > 0 && buf[len - 1] == b'\r' {
             len -= 1;
         }

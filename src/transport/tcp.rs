@@ -2,10 +2,12 @@
 //!
 //! Every shard binds the same address with SO_REUSEPORT (glommio sets it), so
 //! the kernel spreads new connections across cores and each connection lives
-//! its whole life on the core that accepted it.
+//! its whole life on the core that accepted it. At `max_connections_per_shard`
+//! a new connection is accepted and closed at once (`connections_refused`).
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -18,12 +20,39 @@ use crate::runtime::shard::Shard;
 /// the loop backs off instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
 
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(io::Error::from)
+/// Pending connections the kernel queues per listener (the kernel caps it
+/// at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listener and its descriptor (glommio's listener does not expose it; the
+/// shard needs it to shut the socket down if its executor dies).
+pub struct Bound {
+    pub listener: TcpListener,
+    pub fd: RawFd,
+}
+
+/// Binds `addr` with SO_REUSEPORT so every shard can listen on it.
+pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let sk = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sk.set_reuse_port(true)?;
+    sk.set_reuse_address(true)?;
+    sk.bind(&addr.into())?;
+    sk.listen(LISTEN_BACKLOG)?;
+    let fd = sk.into_raw_fd();
+    // SAFETY: `fd` is a bound, listening socket we own and hand over.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    Ok(Bound { listener, fd })
 }
 
 /// Accepts connections until the shard starts draining.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+pub async fn accept_loop(shard: Rc<Shard>, bound: Bound) {
+    let Bound { listener, fd } = bound;
+    shard.track_socket(fd);
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.shutdown.wait().await;
@@ -39,6 +68,13 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 continue;
             }
         };
+        if shard.conns.live() >= shard.limits.max_connections_per_shard {
+            // Accepted and closed at once: the client sees EOF, not a hang
+            // in the listen backlog.
+            shard.metrics.borrow_mut().counters.connections_refused += 1;
+            drop(stream);
+            continue;
+        }
         // Responses are written once per batch, so Nagle would only add delay.
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("shard {}: TCP_NODELAY: {e}", shard.id);
@@ -46,11 +82,15 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             let peer = stream.peer_addr().ok();
-            if let Err(e) = conn::serve(stream, shard.clone()).await {
+            let fd = stream.as_raw_fd();
+            shard.track_socket(fd);
+            if let Err(e) = conn::serve(stream, shard.clone(), conn::Kind::Tcp).await {
                 log::debug!("shard {}: connection {peer:?} ended: {e}", shard.id);
             }
+            shard.untrack_socket(fd);
         })
         .detach();
     }
+    shard.untrack_socket(fd);
     log::debug!("shard {}: stopped accepting", shard.id);
 }

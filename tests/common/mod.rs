@@ -522,3 +522,22 @@ impl Iterator for SseEvents<'_> {
         }
     }
 }
+
+/// POSTs a stateless (2026-07-28) `server/discover`: the cheapest request
+/// that goes through the whole modern HTTP path.
+pub fn modern_discover(c: &mut HttpConn) -> HttpResp {
+    let body = serde_json::json!({"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{
+        "io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}})
+    .to_string();
+    c.request(
+        "POST",
+        "/mcp",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "server/discover"),
+        ],
+        Some(body.as_bytes()),
+    )
+}

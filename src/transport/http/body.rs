@@ -90,6 +90,18 @@ impl McpResponse {
         Self::json(status, out)
     }
 
+    /// 429 for a principal over its rate limit: the documented JSON-RPC
+    /// error (-31012, `data.retryAfterMs`) and `Retry-After` in whole seconds.
+    pub fn rate_limited(retry_after: std::time::Duration) -> Self {
+        let mut out = Vec::new();
+        crate::server::write_rate_limited(&mut out, &Id::Null, retry_after);
+        if out.last() == Some(&b'\n') {
+            out.pop();
+        }
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        Self::json(429, out).with_header("retry-after", secs.max(1).to_string())
+    }
+
     pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
         self.headers.push((name.to_owned(), value.into()));
         self
@@ -231,7 +243,7 @@ impl Drop for SseBody {
             } => {
                 pipe.detach_consumer();
                 if !*ended {
-                    if let Some(mesh) = &self.shard.mesh {
+                    if let Some(mesh) = self.shard.mesh() {
                         mesh.forget(*corr);
                     }
                     self.shard

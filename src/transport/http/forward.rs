@@ -81,7 +81,7 @@ pub async fn relay(
     owner: usize,
     call: HttpCall,
 ) -> Result<McpResponse, MeshError> {
-    let mesh = shard.mesh.clone().ok_or(MeshError::PeerGone)?;
+    let mesh = shard.mesh().ok_or(MeshError::PeerGone)?;
     let (corr, pipe) =
         mesh.call_stream(owner, Request::Http(Box::new(call)), RELAY_DEPTH_FRAMES)?;
     shard.metrics.borrow_mut().counters.mesh_requests_sent += 1;
@@ -131,7 +131,7 @@ pub async fn relay(
 
 /// On the owner: serves a relayed call and streams the response back.
 pub fn serve(shard: &Rc<Shard>, from: usize, corr: u64, call: HttpCall) {
-    let Some(mesh) = shard.mesh.clone() else {
+    let Some(mesh) = shard.mesh() else {
         return;
     };
     let task_shard = shard.clone();

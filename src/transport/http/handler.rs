@@ -5,6 +5,7 @@
 //! shard received them: no session, no hop. Legacy requests belong to a
 //! session and are served by the shard that owns it (`session`, `forward`).
 
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -25,11 +26,18 @@ use crate::protocol::mcp::{self, code, meta};
 use crate::protocol::PARSE_PADDING;
 use crate::runtime::local::Pipe;
 use crate::runtime::shard::Shard;
+use crate::server::ratelimit::Principal;
 use crate::server::{account, kv, Notifier, Session, SharedNotifier};
 
-pub async fn handle(shard: Rc<Shard>, req: Request<Incoming>) -> Response<OutBody> {
+/// Serves one HTTP request; `peer` is the client's address (the rate-limit
+/// principal of requests without a session).
+pub async fn handle(
+    shard: Rc<Shard>,
+    req: Request<Incoming>,
+    peer: Option<IpAddr>,
+) -> Response<OutBody> {
     let cfg = shard.http.clone().expect("HTTP configured");
-    let resp = route(&shard, &cfg, req).await;
+    let resp = route(&shard, &cfg, req, peer).await;
     if resp.status >= 400 && resp.status != 404 && resp.status != 503 {
         shard.metrics.borrow_mut().counters.http_rejected += 1;
     }
@@ -129,7 +137,12 @@ fn host_allowed(host: &str, cfg: &HttpConfig) -> bool {
         .any(|h| h == "*" || h.eq_ignore_ascii_case(name) || h.eq_ignore_ascii_case(host))
 }
 
-async fn route(shard: &Rc<Shard>, cfg: &HttpConfig, req: Request<Incoming>) -> McpResponse {
+async fn route(
+    shard: &Rc<Shard>,
+    cfg: &HttpConfig,
+    req: Request<Incoming>,
+    peer: Option<IpAddr>,
+) -> McpResponse {
     if req.uri().path() != cfg.path {
         let msg = format!("Not Found: the MCP endpoint is {}", cfg.path);
         return reject(404, jsonrpc::INVALID_REQUEST, &msg);
@@ -239,6 +252,15 @@ async fn route(shard: &Rc<Shard>, cfg: &HttpConfig, req: Request<Incoming>) -> M
         Err(r) => return r,
     };
 
+    // Requests without a session are limited per peer address here; a
+    // session's requests at its owner (`session::serve_call`).
+    if session_id.is_none() || modern {
+        if let Some(ip) = peer {
+            if let Err(wait) = shard.rate_check(&Principal::Peer(ip), std::time::Instant::now()) {
+                return McpResponse::rate_limited(wait);
+            }
+        }
+    }
     // A version we do not know is answered the modern way (-32022 with the
     // versions we support), echoing the request's id.
     if modern

@@ -29,6 +29,7 @@ use crate::protocol::jsonrpc::{self, Id, Message};
 use crate::protocol::PARSE_PADDING;
 use crate::runtime::local::Pipe;
 use crate::runtime::shard::Shard;
+use crate::server::ratelimit::Principal;
 use crate::server::{account, Notifier, Pending, Session, SharedNotifier};
 
 /// Hex digits of the shard prefix of a session id.
@@ -612,10 +613,20 @@ pub async fn serve_call(shard: &Rc<Shard>, call: HttpCall) -> McpResponse {
         );
     };
     session.touch();
+    if call.method == HttpMethod::Post {
+        let who = Principal::Session(session.id.clone());
+        if let Err(wait) = shard.rate_check(&who, std::time::Instant::now()) {
+            return McpResponse::rate_limited(wait);
+        }
+    }
     match call.method {
         HttpMethod::Post => post(shard, &session, call.accepts, call.body).await.0,
         HttpMethod::Delete => {
             shard.sessions.borrow_mut().remove(&session.id);
+            shard
+                .rate
+                .borrow_mut()
+                .forget(&Principal::Session(session.id.clone()));
             session.end(shard);
             McpResponse::empty(200)
         }
