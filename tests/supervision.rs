@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -467,4 +467,59 @@ fn graceful_shutdown_finishes_requests_and_flushes_sse_streams() {
     let st = server.wait_exit(Duration::from_secs(10)).expect("exit");
     assert!(st.success());
     assert!(server.stderr().contains("tessera summary"));
+}
+
+#[test]
+fn the_stdio_session_survives_restarts_of_its_shard() {
+    let cores = allowed_cores();
+    let core = cores[0].to_string();
+    let mut server = Server::spawn(
+        &[
+            "serve",
+            "--stdio",
+            "--cores",
+            &core,
+            "--chaos-kill-shard-every",
+            "400ms",
+        ],
+        Stdio::piped(),
+    );
+    let mut stdin = server.child().stdin.take().unwrap();
+    let mut stdout = BufReader::new(server.child().stdout.take().unwrap());
+    let mut ask = |id: u64, method: &str, params: Value| -> Value {
+        stdin.write_all(&line(id, method, params)).unwrap();
+        let mut l = String::new();
+        assert!(stdout.read_line(&mut l).unwrap() > 0, "stdout closed");
+        serde_json::from_str(&l).unwrap()
+    };
+    let init = ask(
+        1,
+        "initialize",
+        json!({"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+    );
+    assert_eq!(init["result"]["protocolVersion"], "2025-06-18");
+    // The client initializes once and never again: after each restart of
+    // the only shard it must still be served, at the version it agreed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut id = 2;
+    let mut restarts = 0;
+    while restarts < 3 && Instant::now() < deadline {
+        let r = ask(
+            id,
+            "tools/call",
+            json!({"name":"echo","arguments":{"text":format!("m{id}")}}),
+        );
+        assert_eq!(result_text(&r), format!("m{id}"), "{r}");
+        id += 1;
+        std::thread::sleep(Duration::from_millis(20));
+        restarts = server.stderr().matches("shard 0 restarted").count();
+    }
+    assert!(restarts >= 3, "3 restarts in 15 s:\n{}", server.stderr());
+    let again = ask(
+        id,
+        "initialize",
+        json!({"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+    );
+    assert_eq!(error_code(&again), -32600, "still initialized: {again}");
+    let _ = server.stop_with(libc::SIGTERM);
 }

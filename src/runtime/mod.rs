@@ -15,6 +15,7 @@ pub mod process;
 pub mod shard;
 pub mod supervisor;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
@@ -30,6 +31,7 @@ use crate::config::ServerConfig;
 use crate::metrics::{self, Snapshot};
 use crate::server::mrtr::StateKey;
 use crate::server::registry::App;
+use crate::server::Resume;
 use crate::transport::{conn, http, stdio, tcp};
 use mesh::MeshBuilders;
 use shard::Shard;
@@ -66,6 +68,9 @@ pub enum ShardEvent {
     },
     /// The stdio client closed its input and has been answered.
     StdioClosed,
+    /// The stdio session's negotiated state changed; a restarted shard 0
+    /// resumes from the latest.
+    StdioSession(Resume),
     Stopped {
         index: usize,
         core: usize,
@@ -103,6 +108,7 @@ struct ShardStart {
     config: Arc<ServerConfig>,
     tcp: Option<SocketAddr>,
     stdio: Option<UnixStream>,
+    stdio_resume: Option<Resume>,
     app: App,
     state_key: StateKey,
     events: Sender<ShardEvent>,
@@ -133,6 +139,8 @@ struct Launcher {
     /// The shard end of the stdio bridge; kept so a restarted shard 0 can
     /// continue serving the same client.
     stdio: Option<UnixStream>,
+    /// The stdio session as shard 0 last reported it.
+    stdio_resume: Cell<Option<Resume>>,
     app: App,
     state_key: StateKey,
     events: Sender<ShardEvent>,
@@ -155,6 +163,7 @@ impl Launcher {
             } else {
                 None
             },
+            stdio_resume: self.stdio_resume.get(),
             app: self.app.clone(),
             state_key: self.state_key.clone(),
             events: self.events.clone(),
@@ -255,6 +264,7 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
         config: config.clone(),
         tcp: tcp_addr,
         stdio: stdio_end,
+        stdio_resume: Cell::new(None),
         app,
         state_key: StateKey::random(),
         events: event_tx,
@@ -331,6 +341,7 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
                     snapshot,
                 }) => stats.add(shard, core, tick, snapshot, started),
                 Ok(ShardEvent::StdioClosed) => stop_reason = Some("stdin closed".into()),
+                Ok(ShardEvent::StdioSession(r)) => launcher.stdio_resume.set(Some(r)),
                 Ok(ShardEvent::Stopped { index, .. }) => threads[index].stopped = true,
                 Ok(ShardEvent::Died {
                     index,
@@ -615,6 +626,7 @@ async fn shard_main(start: ShardStart, slot: Rc<std::cell::RefCell<Option<Rc<Sha
         config,
         tcp,
         stdio,
+        stdio_resume,
         app,
         state_key,
         events,
@@ -699,7 +711,15 @@ async fn shard_main(start: ShardStart, slot: Rc<std::cell::RefCell<Option<Rc<Sha
                     sock.into_raw_fd(),
                 )
             };
-            if let Err(e) = conn::serve(stream, shard, conn::Kind::Stdio).await {
+            let report_to = events.clone();
+            let report = Box::new(move |r| {
+                // Never block the executor: a full event queue only means
+                // a restart would resume an older state.
+                if report_to.try_send(ShardEvent::StdioSession(r)).is_err() {
+                    log::warn!("stdio session state not recorded: event queue full");
+                }
+            });
+            if let Err(e) = conn::serve_stdio(stream, shard, stdio_resume, report).await {
                 log::warn!("stdio connection ended: {e}");
             }
             let _ = events.send(ShardEvent::StdioClosed);

@@ -276,6 +276,20 @@ enum Phase {
     },
 }
 
+/// The part of a session that can outlive its shard: what `initialize` and
+/// `logging/setLevel` agreed. The stdio client cannot reconnect, so the main
+/// thread keeps this and a restarted shard 0 resumes the session from it
+/// instead of answering "not initialized" to a client that did initialize.
+/// Subscriptions, running requests and pending server-to-client requests die
+/// with the shard and are not part of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    version: &'static str,
+    caps: ClientCaps,
+    client_initialized: bool,
+    log_level: Option<LogLevel>,
+}
+
 /// One client's legacy MCP state: a TCP or stdio connection, or an HTTP
 /// session. Modern requests read nothing from it.
 pub struct Session {
@@ -328,6 +342,31 @@ impl Session {
     pub fn limit_rate(&mut self, shard: &Shard) {
         if shard.limits.rate_limit_per_sec > 0 {
             self.rate = Some(TokenBucket::full(shard.limits.rate_burst(), Instant::now()));
+        }
+    }
+
+    /// What a restart would need to carry this session on; none before
+    /// `initialize`.
+    pub fn resume_state(&self) -> Option<Resume> {
+        let Phase::Ready { version } = self.phase else {
+            return None;
+        };
+        Some(Resume {
+            version,
+            caps: self.caps,
+            client_initialized: self.client_initialized,
+            log_level: self.log_level,
+        })
+    }
+
+    /// Continues a session that was initialized before its shard restarted.
+    pub fn resume(&mut self, shard: &Rc<Shard>, r: Resume) {
+        self.phase = Phase::Ready { version: r.version };
+        self.caps = r.caps;
+        self.client_initialized = r.client_initialized;
+        self.log_level = r.log_level;
+        if let (Some(sub), Some(n)) = (self.subscriber_id(shard), self.unrelated.clone()) {
+            shard.legacy_sessions.borrow_mut().insert(sub, n);
         }
     }
 

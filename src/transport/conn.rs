@@ -43,7 +43,7 @@ use memchr::memchr;
 use crate::protocol::{jsonrpc, PARSE_PADDING};
 use crate::runtime::shard::{ConnHandle, Shard, READ_CHUNK_BYTES};
 use crate::runtime::supervisor::RestartIntensity;
-use crate::server::{Pending, Session, SharedNotifier};
+use crate::server::{Pending, Resume, Session, SharedNotifier};
 
 /// Reads served in one poll before the task yields to its neighbours, so a
 /// client that keeps its socket full cannot starve the rest of the core.
@@ -71,6 +71,34 @@ pub async fn serve<S>(stream: S, shard: Rc<Shard>, kind: Kind) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    serve_with(stream, shard, kind, None, None).await
+}
+
+/// Serves the stdio client: like `serve`, but the session can start from
+/// `resume` (the state it had before shard 0 restarted), and every change
+/// to that state is handed to `report` so the next restart can resume too.
+pub async fn serve_stdio<S>(
+    stream: S,
+    shard: Rc<Shard>,
+    resume: Option<Resume>,
+    report: Box<dyn Fn(Resume)>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_with(stream, shard, Kind::Stdio, resume, Some(report)).await
+}
+
+async fn serve_with<S>(
+    stream: S,
+    shard: Rc<Shard>,
+    kind: Kind,
+    resume: Option<Resume>,
+    report: Option<Box<dyn Fn(Resume)>>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let handle = Rc::new(ConnHandle::new(&shard));
     handle.idle_tracked.set(kind == Kind::Tcp);
     let notifier: SharedNotifier = handle.clone();
@@ -78,6 +106,9 @@ where
     shard.metrics.borrow_mut().counters.connections_opened += 1;
     let mut session = Session::new(&shard, Some(notifier.clone()));
     session.limit_rate(&shard);
+    if let Some(r) = resume {
+        session.resume(&shard, r);
+    }
     let mut conn = Conn {
         stream,
         shard: shard.clone(),
@@ -96,6 +127,8 @@ where
         replay: VecDeque::new(),
         restarts: RestartIntensity::default(),
         gave_up: false,
+        report,
+        reported: resume,
     };
     let r = std::future::poll_fn(|cx| loop {
         match std::panic::catch_unwind(AssertUnwindSafe(|| conn.poll(cx))) {
@@ -198,6 +231,9 @@ struct Conn<S> {
     /// restart, handled before anything new is read.
     replay: VecDeque<Vec<u8>>,
     restarts: RestartIntensity,
+    /// Stdio only: where session changes go, and the last one sent.
+    report: Option<Box<dyn Fn(Resume)>>,
+    reported: Option<Resume>,
     /// The restart intensity was exceeded: answer what was read, then close.
     gave_up: bool,
 }
@@ -281,10 +317,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     self.consumed = 0;
                     self.on_bytes(&mut scratch.read, n, &mut scratch.write);
                     self.chunk_len = None;
+                    self.report_session();
                 }
             }
             if let Poll::Ready(Err(e)) = self.write_batch(cx, &mut scratch.write) {
                 return Poll::Ready(Err(e));
+            }
+        }
+    }
+
+    fn report_session(&mut self) {
+        let Some(report) = &self.report else {
+            return;
+        };
+        if let Some(now) = self.session.resume_state() {
+            if self.reported != Some(now) {
+                self.reported = Some(now);
+                report(now);
             }
         }
     }
