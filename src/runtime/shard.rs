@@ -217,6 +217,10 @@ pub struct Shard {
     pub kv: RefCell<KvStore>,
     pub metrics: RefCell<ShardMetrics>,
     pub parser: RefCell<Parser>,
+    /// While a transport handles a batch of messages in one go: when the
+    /// previous message of the batch finished. Each message is timed from
+    /// there, so a batch costs one clock read per message instead of two.
+    pub batch_clock: Cell<Option<std::time::Instant>>,
     pub scratch: RefCell<Scratch>,
     /// This shard's end of the mesh; replaced when the mesh is rebuilt after
     /// a peer shard was restarted (`rejoin_mesh`).
@@ -281,6 +285,7 @@ impl Shard {
             listeners: RefCell::new(HashMap::new()),
             metrics: RefCell::new(ShardMetrics::new()),
             parser: RefCell::new(Parser::new()),
+            batch_clock: Cell::new(None),
             scratch: RefCell::new(Scratch {
                 read: vec![0; READ_CHUNK_BYTES + PARSE_PADDING],
                 write: Vec::with_capacity(READ_CHUNK_BYTES),

@@ -444,7 +444,9 @@ pub struct CallCtx<'s> {
     pub outbound: Option<Rc<Outbound>>,
     /// Modern era: `inputResponses` and the verified `requestState`.
     pub rounds: RefCell<Option<Rounds>>,
-    pub cancelled: Rc<Cell<bool>>,
+    /// Made on first use: most calls finish synchronously and never need a
+    /// flag someone else could set (saves an allocation per request).
+    cancelled: OnceCell<Rc<Cell<bool>>>,
     /// The legacy session the call belongs to (its tasks are listed to it
     /// alone); 0 in the modern era.
     pub session_scope: u64,
@@ -452,6 +454,13 @@ pub struct CallCtx<'s> {
 }
 
 impl<'s> CallCtx<'s> {
+    /// The flag that `notifications/cancelled` sets for this call.
+    pub fn cancelled(&self) -> Rc<Cell<bool>> {
+        self.cancelled
+            .get_or_init(|| Rc::new(Cell::new(false)))
+            .clone()
+    }
+
     pub fn new(shard: &'s Rc<Shard>, era: Era) -> Self {
         Self {
             shard,
@@ -462,7 +471,7 @@ impl<'s> CallCtx<'s> {
             related: None,
             outbound: None,
             rounds: RefCell::new(None),
-            cancelled: Rc::new(Cell::new(false)),
+            cancelled: OnceCell::new(),
             session_scope: 0,
             made: OnceCell::new(),
         }
@@ -481,7 +490,7 @@ impl<'s> CallCtx<'s> {
                     related: self.related.clone(),
                     outbound: self.outbound.clone(),
                     rounds: self.rounds.borrow_mut().take(),
-                    cancelled: self.cancelled.clone(),
+                    cancelled: self.cancelled(),
                 }))
             })
             .clone()

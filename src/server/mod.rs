@@ -438,7 +438,7 @@ impl Session {
         out: &mut Vec<u8>,
         related: Option<&SharedNotifier>,
     ) -> Option<Pending> {
-        let started = Instant::now();
+        let started = shard.batch_clock.get().unwrap_or_else(Instant::now);
         let handled = {
             let mut parser = shard.parser.borrow_mut();
             parser.parse(buf, len, |parsed| match parsed {
@@ -483,7 +483,13 @@ impl Session {
                 },
             })
         };
-        account(shard, &handled, started);
+        if handled.pending.is_none() {
+            let ended = Instant::now();
+            finish_metrics(shard, handled.kind, ended - started, handled.is_error);
+            if shard.batch_clock.get().is_some() {
+                shard.batch_clock.set(Some(ended));
+            }
+        }
         handled.pending
     }
 
@@ -837,7 +843,7 @@ impl Session {
                 let fut: PendingResponse = Box::pin(async move {
                     let mut out = Vec::with_capacity(96);
                     let is_error = write_empty_or_error(&mut out, &Id::Encoded(&id), fut.await);
-                    finish_metrics(&shard2, kind, started, is_error);
+                    finish_metrics(&shard2, kind, started.elapsed(), is_error);
                     out
                 });
                 Handled {
@@ -895,13 +901,13 @@ fn kind_of(name: &str) -> MethodKind {
 /// themselves when they finish).
 pub fn account(shard: &Shard, handled: &Handled, started: Instant) {
     if handled.pending.is_none() {
-        finish_metrics(shard, handled.kind, started, handled.is_error);
+        finish_metrics(shard, handled.kind, started.elapsed(), handled.is_error);
     }
 }
 
-fn finish_metrics(shard: &Shard, kind: MethodKind, started: Instant, is_error: bool) {
+fn finish_metrics(shard: &Shard, kind: MethodKind, took: std::time::Duration, is_error: bool) {
     let mut m = shard.metrics.borrow_mut();
-    m.record(kind, started.elapsed());
+    m.record(kind, took);
     if is_error {
         m.counters.error_responses += 1;
     }
@@ -1342,7 +1348,7 @@ pub(crate) fn pend<T: 'static>(
                 true
             }
         };
-        finish_metrics(&shard, kind, started, is_error);
+        finish_metrics(&shard, kind, started.elapsed(), is_error);
         out
     });
     Handled {
@@ -1415,7 +1421,13 @@ fn call_tool(
     if let Some(h) = tasks::intercept_call(shard, req, out, &cx, entry, args, inflight) {
         return h;
     }
-    let target = format!("tools/call:{name}");
+    // Only the modern era names the call in requestState; legacy calls skip
+    // the allocation.
+    let target = if cx.era.is_modern() {
+        format!("tools/call:{name}")
+    } else {
+        String::new()
+    };
     if cx.era.is_modern() {
         match rounds_for(shard, &req.params, &target) {
             Ok(r) => *cx.rounds.get_mut() = Some(r),
@@ -1447,7 +1459,7 @@ fn call_tool(
                 kind,
                 fut,
                 inflight,
-                cx.cancelled.clone(),
+                cx.cancelled(),
                 name.to_owned(),
                 move |shard, out, id, o| {
                     write_tool_outcome(shard, out, id, o, era, ctx.as_ref(), &target)
@@ -1569,7 +1581,7 @@ fn run_json(
                 kind,
                 fut,
                 inflight,
-                cx.cancelled.clone(),
+                cx.cancelled(),
                 label,
                 move |shard, out, id, o| {
                     write_json_outcome(shard, out, id, o, era, ctx.as_ref(), &target, cacheable)

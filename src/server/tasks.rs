@@ -1005,7 +1005,7 @@ pub fn handle(
                 kind,
                 fut,
                 _inflight,
-                cx.cancelled.clone(),
+                cx.cancelled(),
                 req.name.to_owned(),
                 |_shard, out, id, r: Result<String, CallError>| match r {
                     Ok(obj) => {

@@ -315,7 +315,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Poll::Ready(Ok(n)) => {
                     self.chunk_len = Some(n);
                     self.consumed = 0;
+                    self.shard.batch_clock.set(Some(Instant::now()));
                     self.on_bytes(&mut scratch.read, n, &mut scratch.write);
+                    self.shard.batch_clock.set(None);
                     self.chunk_len = None;
                     self.report_session();
                 }
@@ -463,6 +465,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// connection and decides whether to restart. `false`: close now.
     fn recover(&mut self) -> bool {
         let shard = self.shard.clone();
+        shard.batch_clock.set(None);
         let mut scratch = shard.scratch.borrow_mut();
         // Responses produced before the panic belong to this client; the
         // next connection to run would otherwise write them.
