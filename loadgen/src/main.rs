@@ -1,25 +1,37 @@
-//! `tessera-loadgen`: closed-loop, pipelined load for MCP servers over TCP
-//! (newline-delimited JSON-RPC), with latency in an HdrHistogram.
+//! `tessera-loadgen`: load for MCP servers over TCP (NDJSON), Streamable
+//! HTTP (legacy sessions or the modern stateless era) and stdio, closed loop
+//! (pipelined) or open loop (fixed rate, latency from the intended send
+//! time), with latency in an HdrHistogram; plus a subscription fan-out
+//! workload.
 //!
 //! Each selected core runs one pinned glommio executor driving its share of
 //! the connections. Every response is checked against the request it answers;
-//! a wrong or missing response makes the run fail.
+//! a wrong or missing response makes the run fail (exit 1).
 
+mod driver;
+mod fanout;
 mod hgrm;
 mod scan;
-mod tcp;
+mod stats;
+mod wire;
+mod workload;
 
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use glommio::{LocalExecutorBuilder, Placement};
-use simd_json::prelude::*;
 use tessera::cli::parse_duration;
-use tessera::protocol::json;
 use tessera::runtime::{cores, process};
+
+use driver::Plan;
+use stats::{Outcome, Stats, Tick};
+use wire::{HttpWire, Wire};
+use workload::Workload;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,6 +48,12 @@ struct Cli {
 enum Transport {
     /// Newline-delimited JSON-RPC over TCP (`tessera serve --tcp`).
     Tcp(TcpArgs),
+    /// Streamable HTTP POSTs (`tessera serve --http`), legacy or modern era.
+    Http(HttpArgs),
+    /// The server's stdio: spawns the command given after `--`.
+    Stdio(StdioArgs),
+    /// Subscription fan-out: S subscribers, P updates/s, delivery latency.
+    Fanout(fanout::FanoutArgs),
 }
 
 #[derive(Args, Debug)]
@@ -43,12 +61,55 @@ struct TcpArgs {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:7070")]
     addr: SocketAddr,
-    /// Connections to open, spread over the loadgen's threads.
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Era {
+    /// 2025-11-25: initialize, then requests carry Mcp-Session-Id.
+    Legacy,
+    /// 2026-07-28: stateless; MCP-Protocol-Version, Mcp-Method, Mcp-Name
+    /// headers and `_meta` in every request.
+    Modern,
+}
+
+#[derive(Args, Debug)]
+struct HttpArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// The MCP endpoint path.
+    #[arg(long, default_value = "/mcp")]
+    path: String,
+    #[arg(long, value_enum, default_value = "modern")]
+    era: Era,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Args, Debug)]
+struct StdioArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// The server command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct LoadArgs {
+    /// Connections to open, spread over the loadgen's threads (stdio: 1).
     #[arg(long, default_value_t = 16)]
     connections: usize,
-    /// Requests kept in flight per connection.
+    /// Requests kept in flight per connection (closed loop), or the most
+    /// that may be outstanding (open loop).
     #[arg(long, default_value_t = 64)]
     pipeline: usize,
+    /// Open loop: total requests per second, spread evenly over the
+    /// connections; latency counts from each request's intended send time.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Length of the measured period (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -73,10 +134,25 @@ struct TcpArgs {
     /// Method params (JSON object) for methods other than tools/call.
     #[arg(long, value_name = "JSON")]
     params: Option<String>,
+    /// A weighted mix of requests instead of --method (see README: one
+    /// `WEIGHT METHOD TOOL|- [JSON]` per line; `{key}` is a kv key).
+    #[arg(long, value_name = "FILE")]
+    mix: Option<PathBuf>,
+    /// Fraction of `{key}` requests whose key another shard owns (so the
+    /// request crosses the mesh).
+    #[arg(long, default_value_t = 0.0)]
+    cross_shard: f64,
     /// Write the latency percentile distribution (HdrHistogram .hgrm text,
     /// milliseconds) to this file.
     #[arg(long, value_name = "FILE")]
-    hgrm: Option<std::path::PathBuf>,
+    hgrm: Option<PathBuf>,
+    /// Print the summary as JSON (with the full configuration) on stdout
+    /// instead of text.
+    #[arg(long)]
+    json: bool,
+    /// No per-second progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
     /// Give up on a connection that receives nothing for this long while it
     /// has requests outstanding.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -89,8 +165,27 @@ struct TcpArgs {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let Transport::Tcp(args) = Cli::parse().transport;
-    match run(args) {
+    let r = match Cli::parse().transport {
+        Transport::Tcp(a) => {
+            let target = Target::Tcp(a.addr);
+            run(target, a.load)
+        }
+        Transport::Http(a) => {
+            let target = Target::Http {
+                addr: a.addr,
+                wire: HttpWire {
+                    modern: a.era == Era::Modern,
+                    host: a.addr.to_string(),
+                    path: a.path,
+                    session: None,
+                },
+            };
+            run(target, a.load)
+        }
+        Transport::Stdio(a) => run(Target::Stdio(a.command), a.load),
+        Transport::Fanout(a) => fanout::run(a),
+    };
+    match r {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tessera-loadgen: {e}");
@@ -99,131 +194,303 @@ fn main() -> ExitCode {
     }
 }
 
-/// Checks that `s` is a JSON object and returns it in compact form.
-fn json_object(what: &str, s: &str) -> Result<String, String> {
-    let mut bytes = s.as_bytes().to_vec();
-    let tape =
-        simd_json::to_tape(&mut bytes).map_err(|e| format!("{what} is not valid JSON: {e}"))?;
-    let v = tape.as_value();
-    if !v.is_object() {
-        return Err(format!("{what} must be a JSON object"));
-    }
-    Ok(json::encode_value(v))
+enum Target {
+    Tcp(SocketAddr),
+    Http { addr: SocketAddr, wire: HttpWire },
+    Stdio(Vec<String>),
 }
 
-fn request_suffix(a: &TcpArgs) -> Result<Vec<u8>, String> {
-    let mut s = Vec::new();
-    s.extend_from_slice(b",\"method\":");
-    json::write_str(&mut s, &a.method);
-    if a.method == "tools/call" {
-        let args = match (&a.args, a.tool.as_str()) {
-            (Some(j), _) => json_object("--args", j)?,
-            (None, "echo") => r#"{"text":"hello"}"#.into(),
-            (None, "add") => r#"{"a":1,"b":2}"#.into(),
-            (None, _) => "{}".into(),
-        };
-        s.extend_from_slice(b",\"params\":{\"name\":");
-        json::write_str(&mut s, &a.tool);
-        s.extend_from_slice(b",\"arguments\":");
-        s.extend_from_slice(args.as_bytes());
-        s.push(b'}');
-    } else if let Some(p) = &a.params {
-        s.extend_from_slice(b",\"params\":");
-        s.extend_from_slice(json_object("--params", p)?.as_bytes());
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Target::Tcp(a) => format!("tcp {a}"),
+            Target::Http { addr, wire } => format!(
+                "http {addr}{} {}",
+                wire.path,
+                if wire.modern {
+                    "modern (2026-07-28)"
+                } else {
+                    "legacy (2025-11-25)"
+                }
+            ),
+            Target::Stdio(cmd) => format!("stdio `{}`", cmd.join(" ")),
+        }
     }
-    s.extend_from_slice(b"}\n");
-    Ok(s)
 }
 
-fn run(a: TcpArgs) -> Result<ExitCode, String> {
-    if a.connections == 0 || a.pipeline == 0 {
+fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
+    let connections = if matches!(target, Target::Stdio(_)) {
+        1
+    } else {
+        a.connections
+    };
+    if connections == 0 || a.pipeline == 0 {
         return Err("--connections and --pipeline must be at least 1".into());
     }
     if a.duration.is_zero() {
         return Err("--duration must be greater than zero".into());
     }
+    if a.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        return Err("--rate must be a positive number of requests per second".into());
+    }
+    if !(0.0..=1.0).contains(&a.cross_shard) {
+        return Err("--cross-shard is a fraction between 0 and 1".into());
+    }
+    let mut workload = match &a.mix {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            Workload::from_mix(&text)?
+        }
+        None => Workload::single(&a.method, &a.tool, a.args.as_deref(), a.params.as_deref())?,
+    };
+    workload.cross_shard = a.cross_shard;
     let cores = cores::select(a.cores.as_deref())?;
-    let threads = cores.len().min(a.connections);
+    let threads = cores.len().min(connections);
     process::ensure_memlock(threads)?;
+    process::raise_nofile();
 
-    let suffix = request_suffix(&a)?;
+    let mut child = None;
+    let stdio_fd = match &target {
+        Target::Stdio(cmd) => {
+            let (ours, theirs) =
+                std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+            let out = theirs.try_clone().map_err(|e| format!("dup: {e}"))?;
+            let c = std::process::Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                    theirs,
+                )))
+                .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(out)))
+                .spawn()
+                .map_err(|e| format!("starting {}: {e}", cmd[0]))?;
+            child = Some(c);
+            Some(ours)
+        }
+        _ => None,
+    };
+    let mut stdio_fd = stdio_fd;
+
     let start = Instant::now();
     let warm_end = start + a.warmup;
     let end = warm_end + a.duration;
+    let wire = match &target {
+        Target::Http { wire, .. } => Wire::Http(wire.clone()),
+        _ => Wire::Ndjson,
+    };
+    let addr = match &target {
+        Target::Tcp(addr) | Target::Http { addr, .. } => Some(*addr),
+        Target::Stdio(_) => None,
+    };
+    let (tick_tx, tick_rx) = std::sync::mpsc::channel::<Tick>();
+    let printer = stats::spawn_printer(tick_rx, threads, start, warm_end, a.quiet, "msg/s");
     let mut handles = Vec::with_capacity(threads);
     for (t, &core) in cores.iter().take(threads).enumerate() {
-        let conns = (t..a.connections).step_by(threads).count();
-        let plan = tcp::Plan {
-            addr: a.addr,
+        let conns: Vec<usize> = (t..connections).step_by(threads).collect();
+        let plan = Plan {
+            wire: wire.clone(),
+            workload: workload.clone(),
             pipeline: a.pipeline,
-            prefix: br#"{"jsonrpc":"2.0","id":"#.to_vec(),
-            suffix: suffix.clone(),
+            rate_per_conn: a.rate.map(|r| r / connections as f64),
             warm_end,
             end,
             response_timeout: a.response_timeout,
         };
+        let fd = stdio_fd.take();
+        let ticks = tick_tx.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("loadgen-{t}"))
             .io_memory(64 * 1024)
             .spawn(move || async move {
                 let plan = Rc::new(plan);
-                let tasks: Vec<_> = (0..conns)
-                    .map(|_| glommio::spawn_local(tcp::run(plan.clone())))
+                let stats = Rc::new(RefCell::new(Stats::new()));
+                let done = Rc::new(Cell::new(false));
+                glommio::spawn_local(report_ticks(stats.clone(), done.clone(), start, ticks))
+                    .detach();
+                let mut fd = fd;
+                let tasks: Vec<_> = conns
+                    .into_iter()
+                    .map(|c| {
+                        let (plan, stats) = (plan.clone(), stats.clone());
+                        let fd = if c == 0 { fd.take() } else { None };
+                        glommio::spawn_local(async move {
+                            let r = connect_and_run(addr, fd, &plan, c, &stats).await;
+                            if let Err(e) = r {
+                                stats.borrow_mut().total.failures.push(e);
+                            }
+                        })
+                    })
                     .collect();
-                let mut total = tcp::Outcome::new();
                 for task in tasks {
-                    total.merge(task.await);
+                    task.await;
                 }
+                done.set(true);
+                let total = std::mem::replace(&mut stats.borrow_mut().total, Outcome::new());
                 total
             })
             .map_err(|e| format!("starting a thread on core {core}: {e}"))?;
         handles.push(handle);
     }
-    let mut total = tcp::Outcome::new();
-    for h in handles {
-        match h.join() {
-            Ok(o) => total.merge(o),
-            Err(e) => total.failures.push(format!("loadgen thread failed: {e}")),
+    let mut total = stats::join_all(handles, &tick_tx, printer);
+    if let Some(mut c) = child {
+        // Our end of the pipe is closed: a well-behaved server exits.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if c.try_wait().ok().flatten().is_none() {
+            let _ = c.kill();
+            total
+                .failures
+                .push("the stdio server did not exit within 5 s of EOF".into());
+        }
+        let _ = c.wait();
+    }
+    report(
+        &target,
+        &a,
+        &workload,
+        connections,
+        &cores[..threads],
+        total,
+    )
+}
+
+async fn connect_and_run(
+    addr: Option<SocketAddr>,
+    fd: Option<std::os::unix::net::UnixStream>,
+    plan: &Plan,
+    conn: usize,
+    stats: &RefCell<Stats>,
+) -> Result<(), String> {
+    match (addr, fd) {
+        (Some(addr), _) => {
+            let s = glommio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            s.set_nodelay(true)
+                .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+            driver::run(s, plan, conn, stats).await
+        }
+        (None, Some(fd)) => {
+            // SAFETY: the descriptor is a live socket we own and hand over.
+            let s = unsafe {
+                <glommio::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(
+                    std::os::fd::IntoRawFd::into_raw_fd(fd),
+                )
+            };
+            driver::run(s, plan, conn, stats).await
+        }
+        (None, None) => Err("no transport".into()),
+    }
+}
+
+/// Ships this thread's tick every second, aligned on the run's start.
+async fn report_ticks(
+    stats: Rc<RefCell<Stats>>,
+    done: Rc<Cell<bool>>,
+    start: Instant,
+    ticks: std::sync::mpsc::Sender<Tick>,
+) {
+    for index in 0u64.. {
+        let at = start + Duration::from_secs(index + 1);
+        glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;
+        if done.get() {
+            return;
+        }
+        let t = stats.borrow_mut().take_tick(index);
+        if ticks.send(t).is_err() {
+            return;
         }
     }
+}
 
+fn report(
+    target: &Target,
+    a: &LoadArgs,
+    workload: &Workload,
+    connections: usize,
+    cores_used: &[usize],
+    total: Outcome,
+) -> Result<ExitCode, String> {
     let secs = a.duration.as_secs_f64();
     let h = &total.hist;
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let what = if a.method == "tools/call" {
-        format!("tools/call {}", a.tool)
-    } else {
-        a.method.clone()
+    let throughput = total.measured as f64 / secs;
+    let mode = match a.rate {
+        Some(r) => format!(
+            "open loop {r:.0} req/s, at most {} outstanding per connection",
+            a.pipeline
+        ),
+        None => format!("{} pipeline", a.pipeline),
     };
-    println!(
-        "tessera-loadgen: tcp {} | {} connections x {} pipeline | {} thread(s) on cores {} | {} | {:.1} s measured after {:.1} s warm-up",
-        a.addr,
-        a.connections,
-        a.pipeline,
-        threads,
-        cores::format_core_list(&cores[..threads]),
-        what,
+    let header = format!(
+        "tessera-loadgen: {} | {} connections x {} | {} thread(s) on cores {} | {} | {:.1} s measured after {:.1} s warm-up",
+        target.describe(),
+        connections,
+        mode,
+        cores_used.len(),
+        cores::format_core_list(cores_used),
+        workload.describe(),
         secs,
         a.warmup.as_secs_f64()
     );
-    println!(
-        "requests: {} sent | responses: {} measured, {} total, {} errors, {} wrong, {} missing",
-        total.sent, total.measured, total.answered, total.errors, total.wrong, total.missing
-    );
-    println!("throughput: {:.0} msg/s", total.measured as f64 / secs);
-    println!(
-        "latency (us): p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}",
-        us(0.5),
-        us(0.9),
-        us(0.99),
-        us(0.999),
-        h.max() as f64 / 1000.0,
-        h.mean() / 1000.0
-    );
+    if a.json {
+        let q = |p: f64| serde_json::json!(us(p));
+        let v = serde_json::json!({
+            "config": {
+                "target": target.describe(),
+                "connections": connections,
+                "pipeline": a.pipeline,
+                "rate": a.rate,
+                "duration_s": secs,
+                "warmup_s": a.warmup.as_secs_f64(),
+                "cores": cores::format_core_list(cores_used),
+                "workload": workload.describe(),
+                "cross_shard": a.cross_shard,
+                "mix": a.mix.as_ref().map(|p| p.display().to_string()),
+                "response_timeout_s": a.response_timeout.as_secs_f64(),
+            },
+            "requests_sent": total.sent,
+            "responses_total": total.answered,
+            "responses_measured": total.measured,
+            "errors": total.errors,
+            "wrong": total.wrong,
+            "missing": total.missing,
+            "throughput_msg_per_s": throughput,
+            "latency_us": {
+                "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99_9": q(0.999),
+                "max": h.max() as f64 / 1000.0, "mean": h.mean() / 1000.0,
+            },
+            "failures": total.failures,
+        });
+        println!("{v}");
+    } else {
+        println!("{header}");
+        println!(
+            "requests: {} sent | responses: {} measured, {} total, {} errors, {} wrong, {} missing",
+            total.sent, total.measured, total.answered, total.errors, total.wrong, total.missing
+        );
+        println!("throughput: {throughput:.0} msg/s");
+        println!(
+            "latency (us): p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}",
+            us(0.5),
+            us(0.9),
+            us(0.99),
+            us(0.999),
+            h.max() as f64 / 1000.0,
+            h.mean() / 1000.0
+        );
+    }
     if let Some(path) = &a.hgrm {
         std::fs::write(path, hgrm::percentile_distribution(h))
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
+    Ok(verdict(&total, a.allow_errors))
+}
+
+/// Prints why the run failed, if it did, and returns the exit status.
+pub fn verdict(total: &Outcome, allow_errors: bool) -> ExitCode {
     let mut failed = false;
     for f in dedup_failures(&total.failures) {
         eprintln!("tessera-loadgen: {f}");
@@ -236,7 +503,7 @@ fn run(a: TcpArgs) -> Result<ExitCode, String> {
         );
         failed = true;
     }
-    if total.errors > 0 && !a.allow_errors {
+    if total.errors > 0 && !allow_errors {
         eprintln!(
             "tessera-loadgen: FAIL: {} error response(s) (pass --allow-errors if expected)",
             total.errors
@@ -247,11 +514,11 @@ fn run(a: TcpArgs) -> Result<ExitCode, String> {
         eprintln!("tessera-loadgen: FAIL: no response inside the measured period");
         failed = true;
     }
-    Ok(if failed {
+    if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
 /// Collapses identical failure messages (one per connection) into counts.

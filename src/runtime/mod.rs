@@ -226,6 +226,13 @@ fn rebuild_mesh(threads: &[ShardThread], queue_depth: usize) {
 pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
     let n = config.shard_count();
     process::ensure_memlock(n)?;
+    let nofile = process::raise_nofile();
+    let wanted = (config.limits.max_connections_per_shard as u64).saturating_mul(n as u64);
+    if nofile < wanted {
+        log::info!(
+            "RLIMIT_NOFILE is {nofile}: fewer connections than --max-connections-per-shard x shards ({wanted}) can be open; raise it (tuning/README.md)"
+        );
+    }
     process::block_stop_signals();
 
     let (tcp_addr, reservation) = match config.tcp {

@@ -132,6 +132,31 @@ pub fn reserve_listen_addr(addr: SocketAddr) -> Result<(SocketAddr, PortReservat
     Ok((bound, PortReservation(sock)))
 }
 
+/// Raises the RLIMIT_NOFILE soft limit to the hard limit: every connection
+/// is a descriptor, and the usual soft default (1024) would cap a shard far
+/// below `--max-connections-per-shard`. Returns the limit now in force.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return lim.rlim_max;
+        }
+    }
+    lim.rlim_cur
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
