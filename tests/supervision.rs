@@ -302,6 +302,7 @@ fn a_killed_shard_is_back_within_a_second_and_serves_new_connections() {
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let answered: u64 = load.into_iter().map(|h| h.join().unwrap()).sum();
+    eprintln!("{restarted}\nrequests answered under load across the kill: {answered}");
     assert!(answered > 100, "load was served: {answered}");
     let st = server.stop_with(libc::SIGTERM);
     assert!(st.success(), "{}", server.stderr());

@@ -163,6 +163,9 @@ counters! {
     tasks_expired,
     /// Connections accepted and closed at once at `max_connections_per_shard`.
     connections_refused,
+    /// `accept` failures, such as `EMFILE` at `RLIMIT_NOFILE`; the listener
+    /// pauses 20 ms after each and the connection waits in the backlog.
+    accept_errors,
     /// TCP connections closed after `idle_timeout_ms` without a message.
     connections_idle_closed,
     /// Connection handlers restarted by their supervisor after a panic.

@@ -57,6 +57,7 @@ pub async fn accept_loop(shard: Rc<Shard>, bound: Bound) {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
                 log::warn!("shard {}: HTTP accept failed: {e}", shard.id);
+                shard.metrics.borrow_mut().counters.accept_errors += 1;
                 glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
                 continue;
             }
