@@ -2,6 +2,7 @@
 //! with the load generator (core lists, durations).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -19,11 +20,24 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server: one pinned executor per selected core.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Check a config file (syntax, keys, values, and the resulting
+    /// configuration on this machine) without starting: exit 0 if it is
+    /// good, 2 with every problem listed by line and key if not.
+    CheckConfig {
+        /// The TOML file, as for `serve --config`.
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file: one key per flag, in snake_case
+    /// (`max_connections_per_shard = 1000`); flags on the command line
+    /// override it. See tessera.example.toml.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Listen for newline-delimited JSON-RPC on this TCP address. Every shard
     /// binds it (SO_REUSEPORT); port 0 picks one free port for all shards.
     /// Defaults to 127.0.0.1:7070 unless --stdio or --http is given.
@@ -57,6 +71,11 @@ pub struct ServeArgs {
     /// Print per-core msg/s, p50 and p99 at this interval (e.g. `1s`, `500ms`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stats_interval: Option<Duration>,
+
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` over plain HTTP
+    /// on this address (keep it private: no authentication). Port 0 picks one.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
 
     /// Serve a fixture set instead of the built-in tools: `conformance` is
     /// what the official MCP conformance suite exercises.
@@ -284,6 +303,18 @@ pub const DEFAULT_TCP_ADDR: &str = "127.0.0.1:7070";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 
 impl ServeArgs {
+    /// `serve` with these arguments (what would follow `tessera serve`).
+    ///
+    /// # Panics
+    /// If they do not parse; for callers holding known-good arguments.
+    pub fn parse_from_serve(args: &[&str]) -> Self {
+        let argv = ["tessera", "serve"].iter().chain(args);
+        match Cli::parse_from(argv).command {
+            Command::Serve(a) => *a,
+            Command::CheckConfig { .. } => unreachable!("parsed serve"),
+        }
+    }
+
     /// Resolves defaults and checks the selection against this machine.
     pub fn to_config(&self) -> Result<ServerConfig, String> {
         let mut cores = cores::select(self.cores.as_deref())?;
@@ -321,6 +352,7 @@ impl ServeArgs {
             stdio: self.stdio,
             spin_before_park: self.spin_before_park.map(Duration::from_micros),
             stats_interval: self.stats_interval,
+            admin: self.admin,
             limits,
             chaos,
         })

@@ -360,6 +360,8 @@ pub struct ServerConfig {
     pub spin_before_park: Option<Duration>,
     /// Print a stats line this often while running.
     pub stats_interval: Option<Duration>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
+    pub admin: Option<SocketAddr>,
     pub limits: Limits,
     pub chaos: Chaos,
 }
@@ -374,6 +376,7 @@ impl ServerConfig {
             stdio: false,
             spin_before_park: None,
             stats_interval: None,
+            admin: None,
             limits: Limits::default(),
             chaos: Chaos::default(),
         }

@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod metrics;
 pub mod protocol;
 pub mod runtime;

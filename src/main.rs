@@ -1,9 +1,13 @@
-//! The `tessera` binary: parses the command line and runs the server.
+//! The `tessera` binary: parses the command line (and the config file it
+//! names) and runs the server.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
-use tessera::cli::{Cli, Command, FixtureSet};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use tessera::cli::{Cli, Command, FixtureSet, ServeArgs};
+use tessera::config::ServerConfig;
+use tessera::config_file::ConfigFile;
 use tessera::server::api::McpServer;
 
 fn main() -> ExitCode {
@@ -11,15 +15,19 @@ fn main() -> ExitCode {
         .target(env_logger::Target::Stderr)
         .init();
     tessera::runtime::supervisor::install_panic_hook();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Serve(args) => {
-            let config = match args.to_config() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("tessera: {e}");
-                    return ExitCode::from(2);
-                }
+            let serve_matches = matches
+                .subcommand_matches("serve")
+                .expect("serve was matched");
+            // What followed `serve` on the command line (tessera has no
+            // options before the subcommand).
+            let cli_args: Vec<OsString> = std::env::args_os().skip(2).collect();
+            let (args, config) = match resolve(*args, serve_matches, &cli_args) {
+                Ok(r) => r,
+                Err(code) => return code,
             };
             let app = match args.fixtures {
                 None => McpServer::new().with_builtins().build(),
@@ -32,6 +40,97 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::CheckConfig { file } => {
+            let empty = Cli::command()
+                .try_get_matches_from(["tessera", "serve"])
+                .expect("serve without flags parses");
+            let args = ServeArgs::parse_from_serve(&[]);
+            let serve_matches = empty.subcommand_matches("serve").expect("serve");
+            let args = ServeArgs {
+                config: Some(file.clone()),
+                ..args
+            };
+            match resolve(args, serve_matches, &[]) {
+                Ok((_, config)) => {
+                    println!(
+                        "{}: ok ({} shard(s) on cores {:?})",
+                        file.display(),
+                        config.cores.len(),
+                        config.cores
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+    }
+}
+
+/// Applies `--config` (the file's keys under the command line's flags) and
+/// checks the result. Errors are printed, naming the file line and key
+/// where there is one; the exit code is 2.
+fn resolve(
+    args: ServeArgs,
+    serve_matches: &clap::ArgMatches,
+    cli_args: &[OsString],
+) -> Result<(ServeArgs, ServerConfig), ExitCode> {
+    let (args, file) = match &args.config {
+        None => (args, None),
+        Some(path) => {
+            let file = ConfigFile::load(path).map_err(|errors| {
+                for e in &errors {
+                    eprintln!("tessera: {e}");
+                }
+                ExitCode::from(2)
+            })?;
+            let argv = file.merged_argv(serve_matches, cli_args);
+            let merged = match Cli::try_parse_from(argv) {
+                Ok(Cli {
+                    command: Command::Serve(a),
+                }) => *a,
+                Ok(_) => unreachable!("the merged argv starts with serve"),
+                Err(e) => {
+                    eprintln!(
+                        "tessera: {}: {}",
+                        path.display(),
+                        e.to_string().lines().next().unwrap_or("")
+                    );
+                    return Err(ExitCode::from(2));
+                }
+            };
+            let overridden = file
+                .entries
+                .iter()
+                .filter(|e| {
+                    serve_matches.value_source(&e.key)
+                        == Some(clap::parser::ValueSource::CommandLine)
+                })
+                .count();
+            log::info!(
+                "configuration from {} ({} key(s), {overridden} overridden on the command line)",
+                path.display(),
+                file.entries.len()
+            );
+            (merged, Some(file))
+        }
+    };
+    match args.to_config() {
+        Ok(config) => Ok((args, config)),
+        Err(e) => {
+            match file
+                .as_ref()
+                .and_then(|f| f.locate(&e).map(|entry| (f, entry)))
+            {
+                Some((f, entry)) => eprintln!(
+                    "tessera: {}:{}: key `{}`: {e}",
+                    f.path.display(),
+                    entry.line,
+                    entry.key
+                ),
+                None => eprintln!("tessera: {e}"),
+            }
+            Err(ExitCode::from(2))
         }
     }
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+pub mod prometheus;
+
 /// What a message was, for accounting. Requests are split by MCP method;
 /// everything else shares a bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,7 +188,36 @@ counters! {
 /// One shard's live metrics. Not `Send`: it lives inside the shard.
 pub struct ShardMetrics {
     hist: Vec<Histogram<u64>>,
+    /// Error responses by method kind.
+    errors: [u64; MethodKind::COUNT],
     pub counters: Counters,
+}
+
+/// Levels a shard reports with its metrics (not counts since start): what it
+/// holds at the moment of the snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Connections open (TCP, HTTP and stdio).
+    pub connections: u64,
+    /// Legacy HTTP sessions held (a TCP or stdio connection is its own
+    /// session and is counted in `connections`).
+    pub http_sessions: u64,
+    /// Tasks held.
+    pub tasks: u64,
+    /// Keys held in this shard's part of the kv store.
+    pub kv_keys: u64,
+    /// Cross-core requests awaiting a reply: (from shard, to shard, count).
+    pub mesh_pending: Vec<(usize, usize, u64)>,
+}
+
+impl Gauges {
+    fn add(&mut self, o: &Gauges) {
+        self.connections += o.connections;
+        self.http_sessions += o.http_sessions;
+        self.tasks += o.tasks;
+        self.kv_keys += o.kv_keys;
+        self.mesh_pending.extend_from_slice(&o.mesh_pending);
+    }
 }
 
 impl Default for ShardMetrics {
@@ -199,8 +230,16 @@ impl ShardMetrics {
     pub fn new() -> Self {
         Self {
             hist: (0..MethodKind::COUNT).map(|_| new_histogram()).collect(),
+            errors: [0; MethodKind::COUNT],
             counters: Counters::default(),
         }
+    }
+
+    /// Counts an error response to a message of `kind`.
+    #[inline]
+    pub fn record_error(&mut self, kind: MethodKind) {
+        self.errors[kind as usize] += 1;
+        self.counters.error_responses += 1;
     }
 
     #[inline]
@@ -213,7 +252,9 @@ impl ShardMetrics {
         Snapshot {
             shards: vec![shard],
             hist: self.hist.clone(),
+            errors: self.errors,
             counters: self.counters.clone(),
+            gauges: Gauges::default(),
         }
     }
 }
@@ -224,7 +265,11 @@ impl ShardMetrics {
 pub struct Snapshot {
     pub shards: Vec<usize>,
     pub hist: Vec<Histogram<u64>>,
+    /// Error responses by method kind (indexed like `hist`).
+    pub errors: [u64; MethodKind::COUNT],
     pub counters: Counters,
+    /// Filled in by the shard when it sends the snapshot.
+    pub gauges: Gauges,
 }
 
 impl Snapshot {
@@ -232,7 +277,9 @@ impl Snapshot {
         Self {
             shards: Vec::new(),
             hist: (0..MethodKind::COUNT).map(|_| new_histogram()).collect(),
+            errors: [0; MethodKind::COUNT],
             counters: Counters::default(),
+            gauges: Gauges::default(),
         }
     }
 
@@ -242,7 +289,11 @@ impl Snapshot {
             // Same bounds on both sides, so adding cannot fail.
             a.add(b).expect("histograms share bounds");
         }
+        for (a, b) in self.errors.iter_mut().zip(&other.errors) {
+            *a += b;
+        }
         self.counters.add(&other.counters);
+        self.gauges.add(&other.gauges);
     }
 
     /// Messages recorded across all kinds.

@@ -193,7 +193,8 @@ pub struct Mesh {
     peers: Vec<usize>,
     req_tx: Senders<RequestMsg>,
     rep_tx: Senders<ReplyMsg>,
-    pending: RefCell<HashMap<u64, Waiter>>,
+    /// Correlation id -> (the shard asked, who waits for the reply).
+    pending: RefCell<HashMap<u64, (usize, Waiter)>>,
     next_corr: Cell<u64>,
     pending_max: usize,
     timeout: Duration,
@@ -240,7 +241,7 @@ impl Mesh {
     pub fn fail_all(&self) -> usize {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
         let n = pending.len();
-        for (_, w) in pending {
+        for (_, (_, w)) in pending {
             if let Waiter::Stream(p) = w {
                 p.close();
             }
@@ -250,6 +251,18 @@ impl Mesh {
 
     pub fn pending(&self) -> usize {
         self.pending.borrow().len()
+    }
+
+    /// Requests awaiting a reply, by the shard they were sent to (`shards`
+    /// entries): the depth of each pair's request queue as seen from here.
+    pub fn pending_per_shard(&self, shards: usize) -> Vec<u64> {
+        let mut out = vec![0u64; shards];
+        for (to, _) in self.pending.borrow().values() {
+            if let Some(n) = out.get_mut(*to) {
+                *n += 1;
+            }
+        }
+        out
     }
 
     /// Sends `body` to shard `to`. Fails at once if the request cannot be
@@ -262,7 +275,9 @@ impl Mesh {
     ) -> Result<impl Future<Output = Result<Reply, MeshError>> + 'static, MeshError> {
         let corr = self.send_request(to, body)?;
         let (tx, rx) = oneshot();
-        self.pending.borrow_mut().insert(corr, Waiter::Once(tx));
+        self.pending
+            .borrow_mut()
+            .insert(corr, (to, Waiter::Once(tx)));
         let mesh = self.clone();
         let timeout = self.timeout;
         Ok(async move {
@@ -311,7 +326,7 @@ impl Mesh {
         let pipe = Pipe::new(depth);
         self.pending
             .borrow_mut()
-            .insert(corr, Waiter::Stream(pipe.clone()));
+            .insert(corr, (to, Waiter::Stream(pipe.clone())));
         Ok((corr, pipe))
     }
 
@@ -340,9 +355,9 @@ impl Mesh {
         let mut pending = self.pending.borrow_mut();
         let stream = match pending.get(&msg.corr) {
             None => return Delivery::Unclaimed,
-            Some(Waiter::Stream(p)) => p.clone(),
-            Some(Waiter::Once(_)) => {
-                if let Some(Waiter::Once(tx)) = pending.remove(&msg.corr) {
+            Some((_, Waiter::Stream(p))) => p.clone(),
+            Some((_, Waiter::Once(_))) => {
+                if let Some((_, Waiter::Once(tx))) = pending.remove(&msg.corr) {
                     drop(pending);
                     tx.send(msg.body);
                 }

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use crate::metrics::{self, Snapshot};
 use crate::server::mrtr::StateKey;
 use crate::server::registry::App;
 use crate::server::Resume;
+use crate::transport::admin::{self, AdminView};
 use crate::transport::{conn, http, stdio, tcp};
 use mesh::MeshBuilders;
 use shard::Shard;
@@ -265,6 +266,24 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
             config.chaos
         );
     }
+    let admin = match config.admin {
+        Some(addr) => {
+            let view = Arc::new(Mutex::new(AdminView::new(&config.cores)));
+            let bound = admin::start(addr, view.clone())?;
+            log::info!("admin endpoint on http://{bound} (/metrics, /healthz, /readyz)");
+            Some(view)
+        }
+        None => None,
+    };
+    // Publishes to the admin endpoint's view; the lock is shared only with
+    // the admin thread.
+    let publish = |f: &dyn Fn(&mut AdminView)| {
+        if let Some(v) = &admin {
+            if let Ok(mut v) = v.lock() {
+                f(&mut v);
+            }
+        }
+    };
     let config = Arc::new(config);
     let (event_tx, events) = bounded::<ShardEvent>(EVENT_QUEUE_DEPTH);
     let launcher = Launcher {
@@ -289,7 +308,10 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
     while ready < n {
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
-            Ok(ShardEvent::Ready { .. }) => ready += 1,
+            Ok(ShardEvent::Ready { index, .. }) => {
+                ready += 1;
+                publish(&|v| v.shard_up(index));
+            }
             Ok(ShardEvent::Failed { core, error }) => {
                 return Err(format!("shard on core {core}: {error}"))
             }
@@ -346,7 +368,15 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
                     core,
                     tick,
                     snapshot,
-                }) => stats.add(shard, core, tick, snapshot, started),
+                }) => {
+                    if admin.is_some() {
+                        let snap = snapshot.clone();
+                        publish(&|v| v.shard_snapshot(shard, snap.clone()));
+                    }
+                    if config.stats_interval.is_some() {
+                        stats.add(shard, core, tick, snapshot, started);
+                    }
+                }
                 Ok(ShardEvent::StdioClosed) => stop_reason = Some("stdin closed".into()),
                 Ok(ShardEvent::StdioSession(r)) => launcher.stdio_resume.set(Some(r)),
                 Ok(ShardEvent::Stopped { index, .. }) => threads[index].stopped = true,
@@ -360,12 +390,14 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
                     log::error!(
                         "shard {index} on core {core} died ({panic}); lost with it: {lost}"
                     );
+                    publish(&|v| v.shard_died(index, snapshot.as_ref()));
                     if let Some(s) = snapshot {
                         total.merge(&s);
                     }
                     dead.push(index);
                 }
                 Ok(ShardEvent::Ready { index, core }) => {
+                    publish(&|v| v.shard_up(index));
                     if let Some(since) = threads[index].restarting_since.take() {
                         let noticed = since.elapsed();
                         let from_kill = killed_at[index].take().map(|k| k.elapsed());
@@ -427,6 +459,7 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
         }
     }
     let elapsed = started.elapsed();
+    publish(&|v| v.stopping());
     log::info!(
         "stopping ({}): draining for up to {} ms",
         stop_reason.as_deref().unwrap_or("?"),
@@ -734,7 +767,12 @@ async fn shard_main(start: ShardStart, slot: Rc<std::cell::RefCell<Option<Rc<Sha
         .detach();
     }
 
-    control_loop(&shard, &commands, &events, config.stats_interval, epoch).await;
+    // Metrics go to the main thread for --stats-interval, or every second
+    // for the admin endpoint.
+    let report_every = config
+        .stats_interval
+        .or(config.admin.map(|_| admin::ADMIN_REFRESH));
+    control_loop(&shard, &commands, &events, report_every, epoch).await;
 
     // Drain: no new connections or requests; in-flight requests finish.
     shard.shutdown.raise();
@@ -826,7 +864,8 @@ async fn control_loop(
             let tick = tick_of(Instant::now(), every);
             if tick > last_tick {
                 last_tick = tick;
-                let snapshot = shard.metrics.borrow().snapshot(shard.id);
+                let mut snapshot = shard.metrics.borrow().snapshot(shard.id);
+                snapshot.gauges = shard.gauges();
                 let ev = ShardEvent::Stats {
                     shard: shard.id,
                     core: shard.core,

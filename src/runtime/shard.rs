@@ -349,6 +349,28 @@ impl Shard {
     }
 
     /// This shard's current end of the mesh (none with one shard).
+    /// What this shard holds right now, for the admin endpoint.
+    pub fn gauges(&self) -> crate::metrics::Gauges {
+        let mesh_pending = self
+            .mesh()
+            .map(|m| {
+                m.pending_per_shard(self.shard_count)
+                    .into_iter()
+                    .enumerate()
+                    .filter(|&(to, _)| to != self.id)
+                    .map(|(to, n)| (self.id, to, n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        crate::metrics::Gauges {
+            connections: self.conns.live() as u64,
+            http_sessions: self.sessions.borrow().len() as u64,
+            tasks: self.tasks.borrow().len() as u64,
+            kv_keys: self.kv.borrow().len() as u64,
+            mesh_pending,
+        }
+    }
+
     pub fn mesh(&self) -> Option<Rc<Mesh>> {
         self.mesh.borrow().clone()
     }

@@ -909,7 +909,7 @@ fn finish_metrics(shard: &Shard, kind: MethodKind, took: std::time::Duration, is
     let mut m = shard.metrics.borrow_mut();
     m.record(kind, took);
     if is_error {
-        m.counters.error_responses += 1;
+        m.record_error(kind);
     }
 }
 

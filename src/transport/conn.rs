@@ -593,7 +593,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         jsonrpc::write_error(out, &jsonrpc::Id::Null, jsonrpc::INVALID_REQUEST, &msg);
         let mut m = self.shard.metrics.borrow_mut();
         m.counters.oversize_messages += 1;
-        m.counters.error_responses += 1;
+        m.record_error(crate::metrics::MethodKind::Invalid);
         self.partial = Vec::new();
         self.discarding = true;
     }

@@ -535,7 +535,10 @@ async fn modern_post(
         if let Err((status, code, message)) = check_headers(shard, headers, method, &params) {
             let mut r = McpResponse::rpc_error(status, &id, code, &message);
             r.status = status;
-            shard.metrics.borrow_mut().counters.error_responses += 1;
+            shard
+                .metrics
+                .borrow_mut()
+                .record_error(crate::metrics::MethodKind::Invalid);
             return ModernOutcome::Done(r);
         }
         let mut out = Vec::with_capacity(256);

@@ -1,0 +1,229 @@
+//! The admin endpoint (`--admin ADDR`): `/metrics` (Prometheus text),
+//! `/healthz` (the process is up) and `/readyz` (every shard accepts).
+//!
+//! It runs on its own plain thread with blocking std sockets, never on a
+//! shard: scrapes are rare, and keeping them off the executors means a slow
+//! scraper can never delay a request. The main thread publishes what it
+//! knows (each shard's latest metrics snapshot, which shards are up) into an
+//! [`AdminView`] behind a mutex that only the main thread and this thread
+//! touch — nothing on the request path does.
+//!
+//! Bounds: one connection at a time (a scraper that stalls holds the
+//! endpoint for at most `ADMIN_IO_TIMEOUT`), a request head of at most
+//! `ADMIN_REQUEST_BYTES_MAX`, one request per connection.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::metrics::prometheus::{self, ShardState};
+use crate::metrics::Snapshot;
+
+/// How long one scrape may take to send its request or read the answer.
+pub const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest request head read; longer ones get 431.
+pub const ADMIN_REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// How often shards send their metrics to the main thread while the admin
+/// endpoint is on (and `--stats-interval` does not ask for more often).
+pub const ADMIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// What the main thread knows, as of its latest update.
+pub struct AdminView {
+    started: Instant,
+    /// Latest snapshot of each running shard (reset when one restarts).
+    latest: Vec<Option<Snapshot>>,
+    /// Final snapshots of executors that died, so counters stay monotonic.
+    retired: Snapshot,
+    shards: Vec<ShardState>,
+    /// The server is draining: not ready any more.
+    stopping: bool,
+}
+
+impl AdminView {
+    pub fn new(cores: &[usize]) -> Self {
+        Self {
+            started: Instant::now(),
+            latest: vec![None; cores.len()],
+            retired: Snapshot::empty(),
+            shards: cores
+                .iter()
+                .enumerate()
+                .map(|(shard, &core)| ShardState {
+                    shard,
+                    core,
+                    up: false,
+                    restarts: 0,
+                })
+                .collect(),
+            stopping: false,
+        }
+    }
+
+    pub fn shard_snapshot(&mut self, shard: usize, snapshot: Snapshot) {
+        if let Some(slot) = self.latest.get_mut(shard) {
+            *slot = Some(snapshot);
+        }
+    }
+
+    pub fn shard_up(&mut self, shard: usize) {
+        if let Some(s) = self.shards.get_mut(shard) {
+            s.up = true;
+        }
+    }
+
+    /// A shard's executor died; `last` is what it had counted.
+    pub fn shard_died(&mut self, shard: usize, last: Option<&Snapshot>) {
+        if let Some(s) = self.shards.get_mut(shard) {
+            s.up = false;
+            s.restarts += 1;
+        }
+        let previous = self.latest.get_mut(shard).and_then(Option::take);
+        // The death report is newer than the last periodic snapshot.
+        if let Some(snap) = last.or(previous.as_ref()) {
+            let mut counted = snap.clone();
+            counted.gauges = Default::default();
+            self.retired.merge(&counted);
+        }
+    }
+
+    pub fn stopping(&mut self) {
+        self.stopping = true;
+    }
+
+    pub fn ready(&self) -> bool {
+        !self.stopping && self.shards.iter().all(|s| s.up)
+    }
+
+    pub fn render(&self) -> String {
+        let mut merged = self.retired.clone();
+        for s in self.latest.iter().flatten() {
+            merged.merge(s);
+        }
+        prometheus::render(&merged, &self.shards, self.started.elapsed())
+    }
+}
+
+/// Binds `addr` (so a bad address fails startup) and serves it from a new
+/// thread; returns the bound address.
+pub fn start(addr: SocketAddr, view: Arc<Mutex<AdminView>>) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("admin address {addr}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("admin address {addr}: {e}"))?;
+    std::thread::Builder::new()
+        .name("tessera-admin".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(s) => {
+                        if let Err(e) = serve_one(s, &view) {
+                            log::debug!("admin: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("admin: accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        })
+        .map_err(|e| format!("admin thread: {e}"))?;
+    Ok(bound)
+}
+
+fn serve_one(mut s: TcpStream, view: &Mutex<AdminView>) -> std::io::Result<()> {
+    s.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    s.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break Some(i);
+        }
+        if buf.len() >= ADMIN_REQUEST_BYTES_MAX {
+            break None;
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let Some(head_end) = head_end else {
+        return respond(
+            &mut s,
+            "431 Request Header Fields Too Large",
+            "text/plain",
+            "request head too large\n",
+            false,
+        );
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]);
+    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let head_only = method == "HEAD";
+    if method != "GET" && !head_only {
+        return respond(
+            &mut s,
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n",
+            head_only,
+        );
+    }
+    match path {
+        "/metrics" => {
+            let body = view.lock().map(|v| v.render()).unwrap_or_default();
+            respond(
+                &mut s,
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                &body,
+                head_only,
+            )
+        }
+        "/healthz" => respond(&mut s, "200 OK", "text/plain", "ok\n", head_only),
+        "/readyz" => {
+            let ready = view.lock().map(|v| v.ready()).unwrap_or(false);
+            if ready {
+                respond(&mut s, "200 OK", "text/plain", "ready\n", head_only)
+            } else {
+                respond(
+                    &mut s,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready\n",
+                    head_only,
+                )
+            }
+        }
+        _ => respond(
+            &mut s,
+            "404 Not Found",
+            "text/plain",
+            "not found\n",
+            head_only,
+        ),
+    }
+}
+
+fn respond(
+    s: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    s.write_all(&out)?;
+    s.flush()
+}
