@@ -244,6 +244,9 @@ pub struct LimitArgs {
     /// Rate-limit buckets one shard keeps for HTTP principals.
     #[arg(long, default_value_t = Limits::default().rate_limit_max_principals)]
     pub rate_limit_max_principals: usize,
+    /// Command-tool programs one shard runs at once; more calls get -31010.
+    #[arg(long, default_value_t = Limits::default().max_command_children_per_shard)]
+    pub max_command_children_per_shard: usize,
     /// Shutdown drain as a duration (e.g. 10s); overrides --drain-timeout-ms.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
@@ -295,6 +298,7 @@ impl From<&LimitArgs> for Limits {
             rate_limit_per_sec: a.rate_limit_per_sec,
             rate_limit_burst: a.rate_limit_burst,
             rate_limit_max_principals: a.rate_limit_max_principals,
+            max_command_children_per_shard: a.max_command_children_per_shard,
         }
     }
 }

@@ -92,6 +92,10 @@ pub struct Limits {
     /// dropped; if none has, the new principal is served unlimited and the
     /// miss counted in `rate_table_full`.
     pub rate_limit_max_principals: usize,
+    /// Command-tool programs (`[[tool]]` in the config file) one shard runs
+    /// at once; one more call is refused with -31010 before anything starts,
+    /// counted in `commands_refused`.
+    pub max_command_children_per_shard: usize,
 }
 
 impl Limits {
@@ -170,6 +174,7 @@ impl Default for Limits {
             rate_limit_per_sec: 0,
             rate_limit_burst: 0,
             rate_limit_max_principals: 65_536,
+            max_command_children_per_shard: 16,
         }
     }
 }
@@ -198,7 +203,12 @@ impl Limits {
     /// Rejects settings that would make the server unusable rather than
     /// merely strict.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(&str, usize, usize); 14] = [
+        let checks: [(&str, usize, usize); 15] = [
+            (
+                "max-command-children-per-shard",
+                self.max_command_children_per_shard,
+                1,
+            ),
             (
                 "max-connections-per-shard",
                 self.max_connections_per_shard,

@@ -17,6 +17,7 @@ use clap::{ArgAction, ArgMatches, CommandFactory};
 use toml::de::{DeTable, DeValue};
 
 use crate::cli::Cli;
+use crate::server::command::CommandToolConfig;
 
 /// Largest config file read, so a wrong path (a log, a device) fails fast.
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
@@ -60,6 +61,17 @@ pub struct Entry {
 pub struct ConfigFile {
     pub path: PathBuf,
     pub entries: Vec<Entry>,
+    /// `[[tool]]` tables: command tools (`server::command`).
+    pub tools: Vec<CommandToolConfig>,
+}
+
+/// The keys that are tables of their own rather than flags.
+const SECTIONS: &[&str] = &["tool"];
+
+#[derive(serde::Deserialize)]
+struct Sections {
+    #[serde(default)]
+    tool: Vec<toml::Spanned<toml::Value>>,
 }
 
 impl ConfigFile {
@@ -109,6 +121,9 @@ impl ConfigFile {
         for (k, v) in table.get_ref().iter() {
             let key: &str = k.get_ref();
             let line = line_of(k.span().start);
+            if SECTIONS.contains(&key) {
+                continue;
+            }
             let arg = serve
                 .get_arguments()
                 .find(|a| a.get_id().as_str() == key && !NOT_IN_FILE.contains(&key));
@@ -139,11 +154,45 @@ impl ConfigFile {
                 args,
             });
         }
+        let mut tools = Vec::new();
+        match toml::from_str::<Sections>(text) {
+            Err(e) => {
+                let line = e.span().map_or(0, |s| line_of(s.start));
+                errors.push(err(line, Some("tool"), first_line(e.message())));
+            }
+            Ok(sections) => {
+                let mut names = std::collections::HashSet::new();
+                for t in sections.tool {
+                    let line = line_of(t.span().start);
+                    // Each table on its own, so one bad tool does not hide
+                    // the others' problems.
+                    let t: CommandToolConfig = match t.into_inner().try_into() {
+                        Ok(t) => t,
+                        Err(e) => {
+                            errors.push(err(line, Some("tool"), first_line(e.message())));
+                            continue;
+                        }
+                    };
+                    if let Err(m) = t.validate() {
+                        errors.push(err(line, Some("tool"), format!("{}: {m}", t.name)));
+                    } else if !names.insert(t.name.clone()) {
+                        errors.push(err(
+                            line,
+                            Some("tool"),
+                            format!("{}: a tool of this name is already defined", t.name),
+                        ));
+                    } else {
+                        tools.push(t);
+                    }
+                }
+            }
+        }
         if errors.is_empty() {
             entries.sort_by_key(|e| e.line);
             Ok(Self {
                 path: path.to_path_buf(),
                 entries,
+                tools,
             })
         } else {
             errors.sort_by_key(|e| e.line);

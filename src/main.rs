@@ -9,6 +9,8 @@ use tessera::cli::{Cli, Command, FixtureSet, ServeArgs};
 use tessera::config::ServerConfig;
 use tessera::config_file::ConfigFile;
 use tessera::server::api::McpServer;
+use tessera::server::command::{self, CommandToolConfig};
+use tessera::server::registry::App;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -25,14 +27,11 @@ fn main() -> ExitCode {
             // What followed `serve` on the command line (tessera has no
             // options before the subcommand).
             let cli_args: Vec<OsString> = std::env::args_os().skip(2).collect();
-            let (args, config) = match resolve(*args, serve_matches, &cli_args) {
+            let (args, config, tools) = match resolve(*args, serve_matches, &cli_args) {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            let app = match args.fixtures {
-                None => McpServer::new().with_builtins().build(),
-                Some(FixtureSet::Conformance) => tessera::server::fixtures::conformance(),
-            };
+            let app = app(&args, &config, &tools);
             match tessera::runtime::serve(config, app) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -52,18 +51,38 @@ fn main() -> ExitCode {
                 ..args
             };
             match resolve(args, serve_matches, &[]) {
-                Ok((_, config)) => {
+                Ok((args, config, tools)) => {
+                    // The registry as the server would build it (duplicate
+                    // tool names, bad schemas).
+                    if let Err(e) = app(&args, &config, &tools).build() {
+                        eprintln!("tessera: {}: {e}", file.display());
+                        return ExitCode::from(2);
+                    }
                     println!(
-                        "{}: ok ({} shard(s) on cores {:?})",
+                        "{}: ok ({} shard(s) on cores {:?}, {} command tool(s))",
                         file.display(),
                         config.cores.len(),
-                        config.cores
+                        config.cores,
+                        tools.len()
                     );
                     ExitCode::SUCCESS
                 }
                 Err(code) => code,
             }
         }
+    }
+}
+
+/// The tools, resources and prompts to serve.
+fn app(args: &ServeArgs, config: &ServerConfig, tools: &[CommandToolConfig]) -> App {
+    match args.fixtures {
+        None => command::register(
+            McpServer::new().with_builtins(),
+            tools,
+            config.limits.max_command_children_per_shard,
+        )
+        .build(),
+        Some(FixtureSet::Conformance) => tessera::server::fixtures::conformance(),
     }
 }
 
@@ -74,7 +93,7 @@ fn resolve(
     args: ServeArgs,
     serve_matches: &clap::ArgMatches,
     cli_args: &[OsString],
-) -> Result<(ServeArgs, ServerConfig), ExitCode> {
+) -> Result<(ServeArgs, ServerConfig, Vec<CommandToolConfig>), ExitCode> {
     let (args, file) = match &args.config {
         None => (args, None),
         Some(path) => {
@@ -116,7 +135,13 @@ fn resolve(
         }
     };
     match args.to_config() {
-        Ok(config) => Ok((args, config)),
+        Ok(config) => {
+            let tools = file.map(|f| f.tools).unwrap_or_default();
+            if !tools.is_empty() {
+                log::info!("{} command tool(s) from the config file", tools.len());
+            }
+            Ok((args, config, tools))
+        }
         Err(e) => {
             match file
                 .as_ref()

@@ -146,6 +146,15 @@ counters! {
     http_rejected,
     /// Handler panics caught by the supervisor (each cost one request).
     handler_panics,
+    /// Command-tool programs started.
+    commands_started,
+    /// Command-tool calls that failed: non-zero exit, killed, timed out, or
+    /// the program could not be started.
+    commands_failed,
+    /// Command-tool programs killed at their `timeout_ms`.
+    commands_timed_out,
+    /// Command-tool calls refused at `max_command_children_per_shard`.
+    commands_refused,
     /// Reads paused because a connection hit `max_inflight_per_conn` or its
     /// output buffer passed `max_output_buffer_bytes`.
     backpressure_pauses,

@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod builtin;
+pub mod command;
 pub mod content;
 pub mod ctx;
 pub mod fixtures;
