@@ -28,6 +28,16 @@ pub enum Command {
         /// The TOML file, as for `serve --config`.
         file: PathBuf,
     },
+    /// Read a bearer token from stdin and print its line for the
+    /// `--auth-tokens` file (only the SHA-256 of the token is stored).
+    HashToken {
+        /// Who the token identifies (audit, session binding, rate limits).
+        #[arg(long)]
+        principal: String,
+        /// Roles granted to the token, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -137,11 +147,54 @@ pub struct HttpArgs {
     pub sse_max_connection_ms: u64,
     #[arg(long, default_value_t = http_defaults().sse_queue_events)]
     pub sse_queue_events: usize,
+    /// Who may call over HTTP: `none`, or `token` (bearer tokens from
+    /// --auth-tokens; 401 otherwise). TCP and stdio are not authenticated.
+    #[arg(long, value_enum, default_value = "none")]
+    pub auth: AuthMode,
+    /// The tokens file for `--auth token`: one `sha256:<hex> <principal>
+    /// [role,role]` per line (`tessera hash-token` prints one).
+    #[arg(long, value_name = "FILE")]
+    pub auth_tokens: Option<PathBuf>,
+    /// This server's resource URI for OAuth protected-resource metadata
+    /// (RFC 9728), e.g. https://mcp.example.com/mcp. Default: from the
+    /// request's Host.
+    #[arg(long, value_name = "URL")]
+    pub auth_resource: Option<String>,
+    /// An authorization server that issues tokens for this resource
+    /// (repeatable), listed in the protected-resource metadata.
+    #[arg(long, value_name = "URL")]
+    pub auth_server: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No authentication.
+    None,
+    /// Bearer tokens from --auth-tokens.
+    Token,
 }
 
 impl HttpArgs {
-    fn to_config(&self, addr: SocketAddr) -> HttpConfig {
-        HttpConfig {
+    fn to_config(&self, addr: SocketAddr) -> Result<HttpConfig, String> {
+        let auth = match (self.auth, &self.auth_tokens) {
+            (AuthMode::None, None) => None,
+            (AuthMode::None, Some(_)) => {
+                return Err("--auth-tokens needs --auth token".into());
+            }
+            (AuthMode::Token, None) => {
+                return Err("--auth token needs --auth-tokens FILE".into());
+            }
+            (AuthMode::Token, Some(path)) => {
+                let tokens = crate::server::auth::TokenTable::load(path)
+                    .map_err(|e| format!("--auth-tokens: {e}"))?;
+                Some(std::sync::Arc::new(crate::server::auth::AuthConfig {
+                    tokens,
+                    resource: self.auth_resource.clone(),
+                    authorization_servers: self.auth_server.clone(),
+                }))
+            }
+        };
+        Ok(HttpConfig {
             addr,
             path: self.http_path.clone(),
             allowed_origins: self.allow_origin.clone(),
@@ -157,7 +210,8 @@ impl HttpArgs {
             sse_keepalive_ms: self.sse_keepalive_ms,
             sse_max_connection_ms: self.sse_max_connection_ms,
             sse_queue_events: self.sse_queue_events,
-        }
+            auth,
+        })
     }
 }
 
@@ -315,7 +369,7 @@ impl ServeArgs {
         let argv = ["tessera", "serve"].iter().chain(args);
         match Cli::parse_from(argv).command {
             Command::Serve(a) => *a,
-            Command::CheckConfig { .. } => unreachable!("parsed serve"),
+            _ => unreachable!("parsed serve"),
         }
     }
 
@@ -331,7 +385,13 @@ impl ServeArgs {
             (None, false) => Some(DEFAULT_TCP_ADDR.parse().expect("valid default address")),
             (None, true) => None,
         };
-        let http = self.http.map(|addr| self.http_opts.to_config(addr));
+        let http = match self.http {
+            Some(addr) => Some(self.http_opts.to_config(addr)?),
+            None if self.http_opts.auth != AuthMode::None => {
+                return Err("--auth applies to Streamable HTTP: add --http".into());
+            }
+            None => None,
+        };
         if let Some(h) = &http {
             h.validate()?;
         }

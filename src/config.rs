@@ -304,6 +304,9 @@ pub struct HttpConfig {
     /// connection is closed (the client resumes from the replay store); a
     /// modern stream drops progress notifications, never the response.
     pub sse_queue_events: usize,
+    /// `--auth token`: bearer tokens every request must carry (401 with
+    /// `WWW-Authenticate` otherwise). Read-only, shared by every shard.
+    pub auth: Option<std::sync::Arc<crate::server::auth::AuthConfig>>,
 }
 
 impl HttpConfig {
@@ -324,6 +327,7 @@ impl HttpConfig {
             sse_keepalive_ms: 15_000,
             sse_max_connection_ms: 300_000,
             sse_queue_events: 256,
+            auth: None,
         }
     }
 

@@ -15,6 +15,7 @@ use tessera::server::registry::App;
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .target(env_logger::Target::Stderr)
+        .format(log_line)
         .init();
     tessera::runtime::supervisor::install_panic_hook();
     let matches = Cli::command().get_matches();
@@ -31,6 +32,13 @@ fn main() -> ExitCode {
                 Ok(r) => r,
                 Err(code) => return code,
             };
+            if config.http.as_ref().is_some_and(|h| h.auth.is_some())
+                && (config.tcp.is_some() || config.stdio)
+            {
+                log::warn!(
+                    "--auth covers Streamable HTTP only: the TCP listener and stdio accept anyone who can reach them"
+                );
+            }
             let app = app(&args, &config, &tools);
             match tessera::runtime::serve(config, app) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -39,6 +47,22 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::HashToken { principal, roles } => {
+            if principal.is_empty() || principal.chars().any(char::is_whitespace) {
+                eprintln!("tessera: --principal must be one word");
+                return ExitCode::from(2);
+            }
+            let mut token = String::new();
+            if std::io::stdin().read_line(&mut token).is_err() || token.trim().is_empty() {
+                eprintln!("tessera: give the token on stdin (e.g. `printf %s \"$TOKEN\" | tessera hash-token --principal alice`)");
+                return ExitCode::from(2);
+            }
+            println!(
+                "{}",
+                tessera::server::auth::hash_line(token.trim(), &principal, &roles)
+            );
+            ExitCode::SUCCESS
         }
         Command::CheckConfig { file } => {
             let empty = Cli::command()
@@ -71,6 +95,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `[time LEVEL thread target] message`: the thread names the shard
+/// (`tessera-shard-N`), `main` or `tessera-admin`, so every line says where it
+/// came from without each call site repeating it.
+fn log_line(f: &mut env_logger::fmt::Formatter, r: &log::Record<'_>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let thread = std::thread::current();
+    writeln!(
+        f,
+        "[{} {:<5} {} {}] {}",
+        f.timestamp_millis(),
+        r.level(),
+        thread.name().unwrap_or("?"),
+        r.target(),
+        r.args()
+    )
 }
 
 /// The tools, resources and prompts to serve.

@@ -52,8 +52,15 @@ fn python() -> &'static PathBuf {
 
 /// Runs the SDK client script; panics with its output unless every check passed.
 fn run_client(args: &[&str]) {
+    run_client_with(args, &[]);
+}
+
+/// [`run_client`] with environment variables for the client script
+/// (`MCP_BEARER_TOKEN`: send it as `Authorization: Bearer` over HTTP).
+fn run_client_with(args: &[&str], env: &[(&str, &str)]) {
     let script = workspace().join("tests/interop/sdk_client.py");
     let mut child = Command::new(python())
+        .envs(env.iter().copied())
         .arg("-W")
         .arg("ignore::DeprecationWarning")
         .arg(&script)
@@ -96,6 +103,46 @@ fn python_sdk_over_http_legacy_and_modern() {
     let url = format!("http://{}/mcp", server.http_addr.unwrap());
     run_client(&["http", "legacy", &url]);
     run_client(&["http", "modern", &url]);
+}
+
+/// The SDK's own HTTP client with a bearer token drives a whole session in
+/// both eras against `--auth token`; without the token it is refused.
+#[test]
+fn python_sdk_over_authenticated_http() {
+    let token = "sdk-interop-token-4242";
+    let mut hasher = Command::new(tessera_bin())
+        .args(["hash-token", "--principal", "sdk"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    hasher
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(token.as_bytes())
+        .unwrap();
+    let line = String::from_utf8(hasher.wait_with_output().unwrap().stdout).unwrap();
+    let file = std::env::temp_dir().join(format!("tessera-sdk-tokens-{}", std::process::id()));
+    std::fs::write(&file, line).unwrap();
+    let server = Server::start_http(&[
+        "--cores",
+        &two_cores(),
+        "--auth",
+        "token",
+        "--auth-tokens",
+        file.to_str().unwrap(),
+    ]);
+    let url = format!("http://{}/mcp", server.http_addr.unwrap());
+    run_client_with(&["http", "legacy", &url], &[("MCP_BEARER_TOKEN", token)]);
+    run_client_with(&["http", "modern", &url], &[("MCP_BEARER_TOKEN", token)]);
+    let refused = std::panic::catch_unwind(|| run_client(&["http", "modern", &url]));
+    assert!(
+        refused.is_err(),
+        "without the token the SDK client must fail"
+    );
+    let _ = std::fs::remove_file(file);
 }
 
 #[test]

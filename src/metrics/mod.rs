@@ -146,6 +146,10 @@ counters! {
     http_rejected,
     /// Handler panics caught by the supervisor (each cost one request).
     handler_panics,
+    /// HTTP requests refused 401: no bearer token, or not a valid one.
+    auth_failures,
+    /// Requests for a session with another principal's token (404).
+    auth_session_mismatch,
     /// Command-tool programs started.
     commands_started,
     /// Command-tool calls that failed: non-zero exit, killed, timed out, or

@@ -19,6 +19,7 @@
 //! stream, the session's standalone SSE stream).
 
 pub mod api;
+pub mod auth;
 pub mod builtin;
 pub mod command;
 pub mod content;

@@ -55,6 +55,8 @@ impl TokenBucket {
 pub enum Principal {
     Session(String),
     Peer(IpAddr),
+    /// An authenticated caller (`--auth`) of sessionless requests.
+    User(String),
 }
 
 /// What the limiter decided for one request.

@@ -17,6 +17,7 @@ by a timeout so a hang fails instead of stalling the test run.
 """
 
 import asyncio
+import os
 import json
 import sys
 
@@ -203,7 +204,14 @@ def session_factory(transport, target, **callbacks):
     @contextlib.asynccontextmanager
     async def make(message_handler=None):
         if transport == "http":
-            ctx = streamable_http_client(target[0])
+            token = os.environ.get("MCP_BEARER_TOKEN")
+            if token:
+                from mcp.shared._httpx_utils import create_mcp_http_client
+
+                client = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+                ctx = streamable_http_client(target[0], http_client=client)
+            else:
+                ctx = streamable_http_client(target[0])
         else:
             ctx = stdio_client(StdioServerParameters(command=target[0], args=target[1:]))
         async with ctx as streams:

@@ -44,6 +44,9 @@ pub struct HttpCall {
     pub last_event_id: Option<String>,
     pub accepts: Accepts,
     pub body: Vec<u8>,
+    /// The authenticated caller (`--auth`); a session answers only the
+    /// principal that created it.
+    pub principal: Option<String>,
 }
 
 #[derive(Debug)]

@@ -26,6 +26,7 @@ use crate::protocol::mcp::{self, code, meta};
 use crate::protocol::PARSE_PADDING;
 use crate::runtime::local::Pipe;
 use crate::runtime::shard::Shard;
+use crate::server::auth::{self, AuthConfig};
 use crate::server::ratelimit::Principal;
 use crate::server::{account, kv, Notifier, Session, SharedNotifier};
 
@@ -143,6 +144,11 @@ async fn route(
     req: Request<Incoming>,
     peer: Option<IpAddr>,
 ) -> McpResponse {
+    if let Some(auth) = &cfg.auth {
+        if req.uri().path().starts_with(auth::METADATA_PATH) && req.method() == Method::GET {
+            return protected_resource_metadata(auth, cfg, req.headers());
+        }
+    }
     if req.uri().path() != cfg.path {
         let msg = format!("Not Found: the MCP endpoint is {}", cfg.path);
         return reject(404, jsonrpc::INVALID_REQUEST, &msg);
@@ -168,6 +174,16 @@ async fn route(
             )
         }
     }
+    let principal = match &cfg.auth {
+        None => None,
+        Some(auth) => match authenticate(auth, cfg, h) {
+            Ok(p) => Some(p),
+            Err(r) => {
+                shard.metrics.borrow_mut().counters.auth_failures += 1;
+                return r;
+            }
+        },
+    };
     let method = match *req.method() {
         Method::POST => HttpMethod::Post,
         Method::GET => HttpMethod::Get,
@@ -219,6 +235,7 @@ async fn route(
             last_event_id,
             accepts,
             body: Vec::new(),
+            principal,
         };
         return to_owner(shard, call).await;
     }
@@ -255,8 +272,13 @@ async fn route(
     // Requests without a session are limited per peer address here; a
     // session's requests at its owner (`session::serve_call`).
     if session_id.is_none() || modern {
-        if let Some(ip) = peer {
-            if let Err(wait) = shard.rate_check(&Principal::Peer(ip), std::time::Instant::now()) {
+        let who = match (&principal, peer) {
+            (Some(p), _) => Some(Principal::User(p.clone())),
+            (None, Some(ip)) => Some(Principal::Peer(ip)),
+            (None, None) => None,
+        };
+        if let Some(who) = who {
+            if let Err(wait) = shard.rate_check(&who, std::time::Instant::now()) {
                 return McpResponse::rate_limited(wait);
             }
         }
@@ -278,11 +300,12 @@ async fn route(
             last_event_id: None,
             accepts,
             body,
+            principal,
         };
         return to_owner(shard, call).await;
     }
     match peek(shard, body) {
-        Peeked::Initialize(body) => session::initialize(shard, accepts, body).await,
+        Peeked::Initialize(body) => session::initialize(shard, accepts, body, principal).await,
         // A modern request without its version header.
         Peeked::Modern(body) => modern_post(shard, &headers, accepts, body).await,
         Peeked::Other => reject(
@@ -292,6 +315,59 @@ async fn route(
         ),
         Peeked::Invalid(r) => r,
     }
+}
+
+/// The principal of a request's bearer token, or the 401 to answer: with
+/// `WWW-Authenticate` naming the protected-resource metadata (RFC 9728) so a
+/// client can find the authorization server.
+fn authenticate(auth: &AuthConfig, cfg: &HttpConfig, h: &HeaderMap) -> Result<String, McpResponse> {
+    let presented = header(h, "authorization").and_then(auth::bearer);
+    if let Some(entry) = presented.and_then(|t| auth.tokens.authenticate(t)) {
+        return Ok(entry.principal.clone());
+    }
+    let mut challenge = format!(
+        "Bearer resource_metadata=\"{}\"",
+        metadata_url(auth, cfg, h)
+    );
+    if presented.is_some() {
+        challenge.push_str(", error=\"invalid_token\"");
+    }
+    let message = if presented.is_some() {
+        "Unauthorized: the bearer token is not valid"
+    } else {
+        "Unauthorized: send Authorization: Bearer <token>"
+    };
+    Err(reject(401, jsonrpc::INVALID_REQUEST, message).with_header("www-authenticate", challenge))
+}
+
+/// This endpoint's resource URI: configured, or from the request's Host.
+fn resource_uri(auth: &AuthConfig, cfg: &HttpConfig, h: &HeaderMap) -> String {
+    auth.resource.clone().unwrap_or_else(|| {
+        format!(
+            "http://{}{}",
+            header(h, "host").unwrap_or("localhost"),
+            cfg.path
+        )
+    })
+}
+
+/// Where the metadata lives: the resource's origin, the well-known path,
+/// then the resource's path (RFC 9728 section 3.1).
+fn metadata_url(auth: &AuthConfig, cfg: &HttpConfig, h: &HeaderMap) -> String {
+    let resource = resource_uri(auth, cfg, h);
+    let (scheme, rest) = resource.split_once("://").unwrap_or(("http", &resource));
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    format!("{scheme}://{host}{}{path}", auth::METADATA_PATH)
+}
+
+fn protected_resource_metadata(auth: &AuthConfig, cfg: &HttpConfig, h: &HeaderMap) -> McpResponse {
+    let body = serde_json::json!({
+        "resource": resource_uri(auth, cfg, h),
+        "authorization_servers": auth.authorization_servers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "tessera MCP server",
+    });
+    McpResponse::json(200, body.to_string().into_bytes())
 }
 
 fn unsupported_version_header(v: &str) -> McpResponse {

@@ -99,6 +99,8 @@ pub struct HttpSession {
     queue_events: usize,
     retry_ms: u64,
     shard: Weak<Shard>,
+    /// Who created the session (`--auth`); only they may use it.
+    principal: RefCell<Option<String>>,
 }
 
 /// Sends a session's server-to-client messages to one of its streams.
@@ -145,6 +147,7 @@ impl HttpSession {
                 queue_events: cfg.sse_queue_events,
                 retry_ms: cfg.sse_retry_ms,
                 shard: Rc::downgrade(shard),
+                principal: RefCell::new(None),
             }
         })
     }
@@ -576,7 +579,12 @@ async fn post(
 
 /// `initialize` without a session: creates one on this shard when the
 /// handshake succeeds.
-pub async fn initialize(shard: &Rc<Shard>, accepts: Accepts, body: Vec<u8>) -> McpResponse {
+pub async fn initialize(
+    shard: &Rc<Shard>,
+    accepts: Accepts,
+    body: Vec<u8>,
+    principal: Option<String>,
+) -> McpResponse {
     let cfg = shard.http.clone().expect("HTTP configured");
     if shard.sessions.borrow().len() >= cfg.max_sessions_per_shard {
         shard.metrics.borrow_mut().counters.sessions_rejected += 1;
@@ -588,6 +596,7 @@ pub async fn initialize(shard: &Rc<Shard>, accepts: Accepts, body: Vec<u8>) -> M
             .with_header("retry-after", "1");
     }
     let session = HttpSession::new(shard, &cfg);
+    *session.principal.borrow_mut() = principal;
     let (resp, failed) = post(shard, &session, accepts, body).await;
     if failed || session.mcp.borrow().negotiated_version().is_none() {
         session.end(shard);
@@ -612,6 +621,17 @@ pub async fn serve_call(shard: &Rc<Shard>, call: HttpCall) -> McpResponse {
             "Session not found: it ended or expired; start a new one with initialize",
         );
     };
+    if *session.principal.borrow() != call.principal {
+        // Indistinguishable from an unknown session: a token must not learn
+        // which session ids exist.
+        shard.metrics.borrow_mut().counters.auth_session_mismatch += 1;
+        return McpResponse::rpc_error(
+            404,
+            &Id::Null,
+            jsonrpc::INVALID_REQUEST,
+            "Session not found: it ended or expired; start a new one with initialize",
+        );
+    }
     session.touch();
     if call.method == HttpMethod::Post {
         let who = Principal::Session(session.id.clone());

@@ -1,0 +1,214 @@
+//! Bearer-token authentication for Streamable HTTP (`--auth token`), the
+//! OAuth 2.1 resource-server side of MCP authorization: who is calling.
+//!
+//! Tokens are never stored in clear: the tokens file holds one
+//! `sha256:<hex> <principal> [role,role]` line per token (`tessera
+//! hash-token` prints one). A presented token is hashed and compared with
+//! every entry in constant time (no early exit, no length leak), so timing
+//! says nothing about how close a guess was. The table is read once at
+//! startup and shared read-only by every shard.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+/// Largest tokens file read.
+pub const TOKENS_FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// One accepted token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEntry {
+    hash: [u8; 32],
+    pub principal: String,
+    pub roles: Vec<String>,
+}
+
+/// Every accepted token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenTable {
+    entries: Vec<TokenEntry>,
+}
+
+/// Settings of `--auth token`, shared by every shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub tokens: TokenTable,
+    /// This server's resource URI (RFC 9728 `resource`); when absent it is
+    /// `http://<Host><path>` of the request.
+    pub resource: Option<String>,
+    /// Authorization servers that issue the tokens, published in the
+    /// protected-resource metadata.
+    pub authorization_servers: Vec<String>,
+}
+
+/// The well-known path of RFC 9728 protected-resource metadata.
+pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+fn sha256(token: &str) -> [u8; 32] {
+    let digest = Sha256::digest(token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&digest);
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The tokens-file line for `token`.
+pub fn hash_line(token: &str, principal: &str, roles: &[String]) -> String {
+    let mut line = format!("sha256:{} {principal}", hex(&sha256(token)));
+    if !roles.is_empty() {
+        line.push(' ');
+        line.push_str(&roles.join(","));
+    }
+    line
+}
+
+impl TokenTable {
+    /// Reads a tokens file; errors name the line.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.len() > TOKENS_FILE_BYTES_MAX {
+            return Err(format!(
+                "{}: larger than {TOKENS_FILE_BYTES_MAX} bytes",
+                path.display()
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|(line, e)| format!("{}:{line}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, (usize, String)> {
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let hash = parts
+                .next()
+                .and_then(|h| h.strip_prefix("sha256:"))
+                .and_then(unhex)
+                .ok_or((
+                    i + 1,
+                    "expected sha256:<64 hex digits> (see tessera hash-token)".to_string(),
+                ))?;
+            let principal = parts
+                .next()
+                .ok_or((i + 1, "expected a principal after the hash".to_string()))?
+                .to_string();
+            let roles = parts
+                .next()
+                .map(|r| {
+                    r.split(',')
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if parts.next().is_some() {
+                return Err((
+                    i + 1,
+                    "expected `sha256:<hex> <principal> [role,role]`".into(),
+                ));
+            }
+            entries.push(TokenEntry {
+                hash,
+                principal,
+                roles,
+            });
+        }
+        if entries.is_empty() {
+            return Err((0, "no tokens: every request would be refused".into()));
+        }
+        Ok(Self { entries })
+    }
+
+    /// The entry for `token`, comparing with every entry in constant time.
+    pub fn authenticate(&self, token: &str) -> Option<&TokenEntry> {
+        let h = sha256(token);
+        let mut found = None;
+        for e in &self.entries {
+            let diff = e.hash.iter().zip(&h).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            // Branch-free choice: keep looking at every entry either way.
+            let hit = std::hint::black_box(diff) == 0;
+            if hit && found.is_none() {
+                found = Some(e);
+            }
+        }
+        found
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The bearer token of an `Authorization` header value.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip_and_only_the_right_token_matches() {
+        let a = hash_line("s3cret-a", "alice", &["reader".into(), "writer".into()]);
+        let b = hash_line("s3cret-b", "bob", &[]);
+        let table = TokenTable::parse(&format!("# tokens\n{a}\n\n{b}\n")).unwrap();
+        assert_eq!(table.len(), 2);
+        let alice = table.authenticate("s3cret-a").unwrap();
+        assert_eq!(alice.principal, "alice");
+        assert_eq!(alice.roles, vec!["reader", "writer"]);
+        assert_eq!(table.authenticate("s3cret-b").unwrap().principal, "bob");
+        assert!(table.authenticate("s3cret-c").is_none());
+        assert!(table.authenticate("").is_none());
+        assert!(!a.contains("s3cret"), "the clear token is not in the line");
+    }
+
+    #[test]
+    fn bad_lines_name_their_number() {
+        assert_eq!(TokenTable::parse("\nnope alice\n").unwrap_err().0, 2);
+        assert_eq!(TokenTable::parse("sha256:00 alice\n").unwrap_err().0, 1);
+        let ok = hash_line("t", "p", &[]);
+        assert_eq!(
+            TokenTable::parse(&format!("{ok}\n{ok} x y\n"))
+                .unwrap_err()
+                .0,
+            2
+        );
+        assert!(TokenTable::parse("# only comments\n").is_err());
+    }
+
+    #[test]
+    fn bearer_values() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+    }
+}

@@ -1,0 +1,226 @@
+//! `--auth token` over Streamable HTTP against the real binary: 401 with the
+//! RFC 9728 challenge and metadata, bearer tokens from a hashed tokens file,
+//! legacy sessions bound to their principal, and `tessera hash-token`.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn hash_token(token: &str, principal: &str, roles: &str) -> String {
+    let mut child = Command::new(tessera_bin())
+        .args(["hash-token", "--principal", principal, "--roles", roles])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(token.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        line.starts_with("sha256:") && !line.contains(token),
+        "{line}"
+    );
+    line
+}
+
+fn tokens_file(text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tessera-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("tokens-{}", text.len()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const ALICE: &str = "alice-token-0123456789";
+const BOB: &str = "bob-token-9876543210";
+
+fn start() -> Server {
+    let file = tokens_file(&format!(
+        "# test tokens\n{}\n{}\n",
+        hash_token(ALICE, "alice", "reader,writer"),
+        hash_token(BOB, "bob", "reader")
+    ));
+    Server::start_http(&[
+        "--cores",
+        "0",
+        "--auth",
+        "token",
+        "--auth-tokens",
+        file.to_str().unwrap(),
+        "--auth-server",
+        "https://auth.example.com",
+    ])
+}
+
+fn init_body() -> String {
+    json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string()
+}
+
+fn post(c: &mut HttpConn, token: Option<&str>, session: Option<&str>, body: &str) -> HttpResp {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    if let Some(s) = session {
+        headers.push(("mcp-session-id", s));
+        headers.push(("mcp-protocol-version", "2025-11-25"));
+    }
+    c.request("POST", "/mcp", &headers, Some(body.as_bytes()))
+}
+
+#[test]
+fn requests_without_a_valid_token_get_401_with_the_metadata_challenge() {
+    let server = start();
+    let mut c = server.http();
+    let r = post(&mut c, None, None, &init_body());
+    assert_eq!(r.status, 401);
+    let challenge = r.header("www-authenticate").expect("challenge").to_string();
+    assert!(
+        challenge.starts_with("Bearer resource_metadata=\""),
+        "{challenge}"
+    );
+    assert!(!challenge.contains("invalid_token"), "{challenge}");
+    let url = challenge.split('"').nth(1).unwrap().to_string();
+    assert!(
+        url.ends_with("/.well-known/oauth-protected-resource/mcp"),
+        "{url}"
+    );
+
+    let mut c = server.http();
+    let r = post(&mut c, Some("not-a-token"), None, &init_body());
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("error=\"invalid_token\""));
+
+    // The metadata the challenge points at (RFC 9728), without a token.
+    let path = url.split_once("//").unwrap().1;
+    let path = &path[path.find('/').unwrap()..];
+    let mut c = server.http();
+    let r = c.request("GET", path, &[], None);
+    assert_eq!(r.status, 200);
+    let m: Value = r.json();
+    assert!(m["resource"].as_str().unwrap().ends_with("/mcp"), "{m}");
+    assert_eq!(
+        m["authorization_servers"],
+        json!(["https://auth.example.com"])
+    );
+    assert_eq!(m["bearer_methods_supported"], json!(["header"]));
+}
+
+#[test]
+fn a_session_belongs_to_the_principal_that_created_it() {
+    let server = start();
+    let mut c = server.http();
+    let r = post(&mut c, Some(ALICE), None, &init_body());
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let session = r.header("mcp-session-id").expect("session").to_string();
+    let mut c = server.http();
+    let r = post(
+        &mut c,
+        Some(ALICE),
+        Some(&session),
+        &json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string(),
+    );
+    assert_eq!(r.status, 202);
+    let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}).to_string();
+    let mut c = server.http();
+    let r = post(&mut c, Some(ALICE), Some(&session), &call);
+    assert_eq!(r.status, 200);
+    let v = sse_or_json(&r);
+    assert_eq!(v["result"]["content"][0]["text"], "hi", "{v}");
+
+    // Bob's valid token cannot use Alice's session: it does not exist for him.
+    let mut c = server.http();
+    let r = post(&mut c, Some(BOB), Some(&session), &call);
+    assert_eq!(r.status, 404);
+    // Nor can a request without a token.
+    let mut c = server.http();
+    assert_eq!(post(&mut c, None, Some(&session), &call).status, 401);
+
+    // Stateless (2026-07-28) requests need the token too.
+    let modern = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"m"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}).to_string();
+    for (token, status) in [(None, 401), (Some(BOB), 200)] {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        let mut c = server.http();
+        let r = c.request("POST", "/mcp", &headers, Some(modern.as_bytes()));
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+    }
+}
+
+/// The JSON-RPC message of a response sent as JSON or as one SSE event.
+fn sse_or_json(r: &HttpResp) -> Value {
+    let text = String::from_utf8_lossy(&r.body);
+    if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data:")) {
+        if let Ok(v) = serde_json::from_str(data.trim()) {
+            return v;
+        }
+    }
+    serde_json::from_str(text.trim()).unwrap_or_else(|_| panic!("no JSON in {text}"))
+}
+
+#[test]
+fn bad_auth_settings_stop_startup_with_the_reason() {
+    let bad = tokens_file("sha256:abc alice\n");
+    for (args, want) in [
+        (
+            vec!["serve", "--http", "127.0.0.1:0", "--auth", "token"],
+            "--auth token needs --auth-tokens FILE".to_string(),
+        ),
+        (
+            vec![
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--auth",
+                "token",
+                "--auth-tokens",
+                bad.to_str().unwrap(),
+            ],
+            format!("{}:1: expected sha256:", bad.display()),
+        ),
+        (
+            vec![
+                "serve",
+                "--tcp",
+                "127.0.0.1:0",
+                "--auth",
+                "token",
+                "--auth-tokens",
+                bad.to_str().unwrap(),
+            ],
+            "--auth applies to Streamable HTTP".to_string(),
+        ),
+    ] {
+        let out = Command::new(tessera_bin()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(&want), "{args:?}: want {want:?} in {err}");
+    }
+}
