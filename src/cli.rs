@@ -191,6 +191,7 @@ impl HttpArgs {
                     tokens,
                     resource: self.auth_resource.clone(),
                     authorization_servers: self.auth_server.clone(),
+                    roles: Vec::new(),
                 }))
             }
         };

@@ -63,15 +63,19 @@ pub struct ConfigFile {
     pub entries: Vec<Entry>,
     /// `[[tool]]` tables: command tools (`server::command`).
     pub tools: Vec<CommandToolConfig>,
+    /// `[[role]]` tables: what each role may use (`--auth`).
+    pub roles: Vec<crate::server::auth::Role>,
 }
 
 /// The keys that are tables of their own rather than flags.
-const SECTIONS: &[&str] = &["tool"];
+const SECTIONS: &[&str] = &["tool", "role"];
 
 #[derive(serde::Deserialize)]
 struct Sections {
     #[serde(default)]
     tool: Vec<toml::Spanned<toml::Value>>,
+    #[serde(default)]
+    role: Vec<toml::Spanned<toml::Value>>,
 }
 
 impl ConfigFile {
@@ -118,10 +122,22 @@ impl ConfigFile {
             .expect("the serve subcommand exists");
         let mut entries = Vec::new();
         let mut errors = Vec::new();
+        let mut bad_section = false;
         for (k, v) in table.get_ref().iter() {
             let key: &str = k.get_ref();
             let line = line_of(k.span().start);
             if SECTIONS.contains(&key) {
+                if !matches!(v.get_ref(), DeValue::Array(_)) {
+                    bad_section = true;
+                    errors.push(err(
+                        line,
+                        Some(key),
+                        format!(
+                            "write [[{key}]] tables (one per {key}), not {}",
+                            kind(v.get_ref())
+                        ),
+                    ));
+                }
                 continue;
             }
             let arg = serve
@@ -155,12 +171,30 @@ impl ConfigFile {
             });
         }
         let mut tools = Vec::new();
+        let mut roles: Vec<crate::server::auth::Role> = Vec::new();
         match toml::from_str::<Sections>(text) {
+            // Already reported by key above.
+            Err(_) if bad_section => {}
             Err(e) => {
                 let line = e.span().map_or(0, |s| line_of(s.start));
-                errors.push(err(line, Some("tool"), first_line(e.message())));
+                errors.push(err(line, None, first_line(e.message())));
             }
             Ok(sections) => {
+                for r in sections.role {
+                    let line = line_of(r.span().start);
+                    match r.into_inner().try_into::<crate::server::auth::Role>() {
+                        Err(e) => errors.push(err(line, Some("role"), first_line(e.message()))),
+                        Ok(r) if r.name.is_empty() => {
+                            errors.push(err(line, Some("role"), "name must not be empty".into()))
+                        }
+                        Ok(r) if roles.iter().any(|o| o.name == r.name) => errors.push(err(
+                            line,
+                            Some("role"),
+                            format!("{}: a role of this name is already defined", r.name),
+                        )),
+                        Ok(r) => roles.push(r),
+                    }
+                }
                 let mut names = std::collections::HashSet::new();
                 for t in sections.tool {
                     let line = line_of(t.span().start);
@@ -193,6 +227,7 @@ impl ConfigFile {
                 path: path.to_path_buf(),
                 entries,
                 tools,
+                roles,
             })
         } else {
             errors.sort_by_key(|e| e.line);

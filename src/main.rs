@@ -176,8 +176,24 @@ fn resolve(
         }
     };
     match args.to_config() {
-        Ok(config) => {
-            let tools = file.map(|f| f.tools).unwrap_or_default();
+        Ok(mut config) => {
+            let (tools, roles) = file.map(|f| (f.tools, f.roles)).unwrap_or_default();
+            if !roles.is_empty() {
+                let Some(auth) = config.http.as_mut().and_then(|h| h.auth.as_mut()) else {
+                    eprintln!("tessera: [[role]] needs --auth token (roles restrict authenticated principals)");
+                    return Err(ExitCode::from(2));
+                };
+                let auth = std::sync::Arc::make_mut(auth);
+                auth.roles = roles;
+                let undefined = auth.undefined_roles();
+                if !undefined.is_empty() {
+                    eprintln!(
+                        "tessera: the tokens file names roles no [[role]] defines: {}",
+                        undefined.join(", ")
+                    );
+                    return Err(ExitCode::from(2));
+                }
+            }
             if !tools.is_empty() {
                 log::info!("{} command tool(s) from the config file", tools.len());
             }

@@ -224,3 +224,95 @@ fn bad_auth_settings_stop_startup_with_the_reason() {
         assert!(err.contains(&want), "{args:?}: want {want:?} in {err}");
     }
 }
+
+#[test]
+fn roles_limit_what_a_principal_sees_and_calls() {
+    let tokens = tokens_file(&format!(
+        "{}\n{}\n",
+        hash_token(ALICE, "alice", "ops"),
+        hash_token(BOB, "bob", "reader")
+    ));
+    let dir = std::env::temp_dir().join(format!("tessera-auth-{}", std::process::id()));
+    let config = dir.join("roles.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cores = \"0\"\nauth = \"token\"\nauth_tokens = {:?}\n\n[[role]]\nname = \"reader\"\ntools = [\"echo\", \"kv_g*\"]\n\n[[role]]\nname = \"ops\"\ntools = [\"*\"]\nresources = [\"*\"]\nprompts = [\"*\"]\n",
+            tokens.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let server = Server::start_http(&["--config", config.to_str().unwrap()]);
+
+    // Bob: echo and kv_get only, in both eras.
+    let mut c = server.http();
+    let r = post(&mut c, Some(BOB), None, &init_body());
+    assert_eq!(r.status, 200);
+    let session = r.header("mcp-session-id").unwrap().to_string();
+    let list = json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}).to_string();
+    let mut c = server.http();
+    let tools = sse_or_json(&post(&mut c, Some(BOB), Some(&session), &list));
+    let mut names: Vec<String> = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["echo", "kv_get"], "{tools}");
+    let set = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"k","value":1}}}).to_string();
+    let mut c = server.http();
+    let denied = sse_or_json(&post(&mut c, Some(BOB), Some(&session), &set));
+    assert_eq!(denied["error"]["code"], json!(-31013), "{denied}");
+    let modern = json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"k","value":1},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}).to_string();
+    let bearer = format!("Bearer {BOB}");
+    let mut c = server.http();
+    let r = c.request(
+        "POST",
+        "/mcp",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "kv_set"),
+            ("authorization", bearer.as_str()),
+        ],
+        Some(modern.as_bytes()),
+    );
+    assert_eq!(
+        r.json()["error"]["code"],
+        json!(-31013),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    // Alice's ops role grants everything.
+    let mut c = server.http();
+    let r = post(&mut c, Some(ALICE), None, &init_body());
+    let session = r.header("mcp-session-id").unwrap().to_string();
+    let mut c = server.http();
+    let ok = sse_or_json(&post(&mut c, Some(ALICE), Some(&session), &set));
+    assert!(ok["result"].is_object(), "{ok}");
+    assert!(server
+        .stderr()
+        .contains("denied: principal bob may not use tool \"kv_set\""));
+
+    // A tokens file naming a role nobody defined is refused at startup.
+    let typo = dir.join("typo.toml");
+    std::fs::write(
+        &typo,
+        format!(
+            "http = \"127.0.0.1:0\"\nauth = \"token\"\nauth_tokens = {:?}\n[[role]]\nname = \"reader\"\n",
+            tokens.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(tessera_bin())
+        .args(["check-config", typo.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("roles no [[role]] defines: ops"), "{err}");
+}

@@ -88,7 +88,7 @@ fn bad_files_are_refused_with_the_line_and_the_key() {
             format!("{p}:3: key `max_restart`: unknown key; did you mean `max_restarts`?"),
             format!("{p}:4: key `max_message_bytes`: invalid value 'lots'"),
             format!("{p}:5: key `stdio`: expected true or false, found a string"),
-            format!("{p}:6: key `tool`: invalid type: map, expected a sequence"),
+            format!("{p}:6: key `tool`: write [[tool]] tables (one per tool), not a table"),
         ] {
             assert!(err.contains(&want), "{args:?}: missing {want:?} in\n{err}");
         }

@@ -150,6 +150,8 @@ counters! {
     auth_failures,
     /// Requests for a session with another principal's token (404).
     auth_session_mismatch,
+    /// Calls, gets and reads refused -31013 because no role grants them.
+    auth_denied,
     /// Command-tool programs started.
     commands_started,
     /// Command-tool calls that failed: non-zero exit, killed, timed out, or

@@ -39,6 +39,9 @@ pub struct AuthConfig {
     /// Authorization servers that issue the tokens, published in the
     /// protected-resource metadata.
     pub authorization_servers: Vec<String>,
+    /// `[[role]]`s of the config file; empty: every principal may use
+    /// everything.
+    pub roles: Vec<Role>,
 }
 
 /// The well-known path of RFC 9728 protected-resource metadata.
@@ -162,6 +165,101 @@ impl TokenTable {
     }
 }
 
+/// One `[[role]]` of the config file: what its holders may use, as name
+/// patterns (`*` alone, or one `*` at the start or end, or an exact name;
+/// resources match their URI).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    pub name: String,
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    #[serde(default)]
+    pub resources: Vec<String>,
+}
+
+fn pattern_matches(pattern: &str, name: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(prefix) = pattern.strip_suffix('*') {
+        return name.starts_with(prefix);
+    }
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        return name.ends_with(suffix);
+    }
+    pattern == name
+}
+
+/// What one principal may use: the union of its roles. Absent (no roles
+/// configured, or no auth) means everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub principal: String,
+    tools: Vec<String>,
+    prompts: Vec<String>,
+    resources: Vec<String>,
+}
+
+impl Access {
+    pub fn tool(&self, name: &str) -> bool {
+        self.tools.iter().any(|p| pattern_matches(p, name))
+    }
+    pub fn prompt(&self, name: &str) -> bool {
+        self.prompts.iter().any(|p| pattern_matches(p, name))
+    }
+    pub fn resource(&self, uri: &str) -> bool {
+        self.resources.iter().any(|p| pattern_matches(p, uri))
+    }
+}
+
+impl AuthConfig {
+    /// The access of `principal` (None: unrestricted, because no roles are
+    /// configured).
+    pub fn access(&self, principal: &str) -> Option<Access> {
+        if self.roles.is_empty() {
+            return None;
+        }
+        let mut a = Access {
+            principal: principal.to_string(),
+            tools: Vec::new(),
+            prompts: Vec::new(),
+            resources: Vec::new(),
+        };
+        let entry = self
+            .tokens
+            .entries
+            .iter()
+            .find(|e| e.principal == principal);
+        for role in entry.map(|e| e.roles.as_slice()).unwrap_or_default() {
+            if let Some(r) = self.roles.iter().find(|r| &r.name == role) {
+                a.tools.extend(r.tools.iter().cloned());
+                a.prompts.extend(r.prompts.iter().cloned());
+                a.resources.extend(r.resources.iter().cloned());
+            }
+        }
+        Some(a)
+    }
+
+    /// Roles named by tokens but not defined (a typo locks users out).
+    pub fn undefined_roles(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if self.roles.is_empty() {
+            return out;
+        }
+        for e in &self.tokens.entries {
+            for r in &e.roles {
+                if !self.roles.iter().any(|d| &d.name == r) && !out.contains(r) {
+                    out.push(r.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
 /// The bearer token of an `Authorization` header value.
 pub fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
@@ -202,6 +300,51 @@ mod tests {
             2
         );
         assert!(TokenTable::parse("# only comments\n").is_err());
+    }
+
+    #[test]
+    fn roles_grant_by_pattern_and_nothing_else() {
+        let tokens = TokenTable::parse(&format!(
+            "{}\n{}\n",
+            hash_line("a", "alice", &["ops".into(), "reader".into()]),
+            hash_line("b", "bob", &["reader".into()])
+        ))
+        .unwrap();
+        let role = |name: &str, tools: &[&str], resources: &[&str]| Role {
+            name: name.into(),
+            tools: tools.iter().map(|s| s.to_string()).collect(),
+            prompts: vec![],
+            resources: resources.iter().map(|s| s.to_string()).collect(),
+        };
+        let cfg = AuthConfig {
+            tokens,
+            resource: None,
+            authorization_servers: vec![],
+            roles: vec![
+                role("reader", &["kv_get", "echo"], &["kv://*"]),
+                role("ops", &["kv_*"], &[]),
+            ],
+        };
+        let bob = cfg.access("bob").unwrap();
+        assert!(bob.tool("echo") && bob.tool("kv_get") && !bob.tool("kv_set"));
+        assert!(bob.resource("kv://x") && !bob.resource("file:///etc/passwd"));
+        assert!(!bob.prompt("anything"));
+        let alice = cfg.access("alice").unwrap();
+        assert!(alice.tool("kv_set") && alice.tool("echo"));
+        assert!(cfg.undefined_roles().is_empty());
+        let open = AuthConfig {
+            roles: vec![],
+            ..cfg.clone()
+        };
+        assert!(
+            open.access("bob").is_none(),
+            "no roles configured: unrestricted"
+        );
+        let typo = AuthConfig {
+            roles: vec![role("reader", &[], &[])],
+            ..cfg
+        };
+        assert_eq!(typo.undefined_roles(), vec!["ops".to_string()]);
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub fn close_result(out: &mut Vec<u8>, era: Era) {
 /// can change at run time, and list_changed reaches listening clients at once.
 pub const CACHE_TTL_MS: u64 = 60_000;
 
+/// JSON-RPC code: the principal's roles do not grant the tool, prompt or
+/// resource the request names (`--auth` with `[[role]]`s).
+pub const FORBIDDEN: i32 = -31013;
+
 /// Writes a result object given as JSON text, adding the modern members
 /// (and `ttlMs`/`cacheScope` when `cacheable` and absent).
 fn write_object_result(out: &mut Vec<u8>, obj: &str, era: Era, cacheable: Option<u64>) {
@@ -316,6 +320,9 @@ pub struct Session {
     /// This session's own rate limit (TCP/stdio connections; HTTP limits
     /// requests before they reach the session).
     rate: Option<TokenBucket>,
+    /// What the authenticated principal may use (`[[role]]`s); None:
+    /// everything.
+    access: Option<Rc<auth::Access>>,
 }
 
 impl Session {
@@ -336,7 +343,48 @@ impl Session {
             listens: Rc::new(RefCell::new(HashSet::new())),
             scope: shard.next_session_scope(),
             rate: None,
+            access: None,
         }
+    }
+
+    /// Restricts this session to what `access` allows (`--auth` roles).
+    pub fn set_access(&mut self, access: Option<auth::Access>) {
+        self.access = access.map(Rc::new);
+    }
+
+    /// Answers -31013 when the session's roles do not grant what `req`
+    /// names (a tool, a prompt, a resource URI); logs and counts it.
+    fn deny(&self, shard: &Shard, req: &Req<'_, '_>, out: &mut Vec<u8>) -> Option<Handled> {
+        let access = self.access.as_deref()?;
+        let (kind, key, what) = match req.name {
+            method::TOOLS_CALL => (MethodKind::ToolsCall, "name", "tool"),
+            "prompts/get" => (MethodKind::Prompts, "name", "prompt"),
+            _ => (MethodKind::Resources, "uri", "resource"),
+        };
+        let name = req
+            .params
+            .and_then(|p| p.get(key))
+            .and_then(|n| n.into_string())?;
+        let allowed = match what {
+            "tool" => access.tool(name),
+            "prompt" => access.prompt(name),
+            _ => access.resource(name),
+        };
+        if allowed {
+            return None;
+        }
+        shard.metrics.borrow_mut().counters.auth_denied += 1;
+        log::warn!(
+            "denied: principal {} may not use {what} {name:?} ({})",
+            access.principal,
+            req.name
+        );
+        let msg = format!(
+            "forbidden: principal {:?} may not use {what} {name:?}",
+            access.principal
+        );
+        jsonrpc::write_error(out, &req.id, FORBIDDEN, &msg);
+        Some(Handled::done(kind, true))
     }
 
     /// Applies `--rate-limit-per-sec` to this session's requests (the
@@ -604,6 +652,16 @@ impl Session {
             None => Era::Legacy,
         };
 
+        // Roles (`--auth`): refused before anything runs, in both eras.
+        if matches!(
+            req.name,
+            method::TOOLS_CALL | "prompts/get" | method::RESOURCES_READ
+        ) {
+            if let Some(h) = self.deny(shard, &req, out) {
+                return h;
+            }
+        }
+
         if let Era::Modern(_) = era {
             let caps = req_meta
                 .as_ref()
@@ -635,12 +693,16 @@ impl Session {
                     write_discover(shard, out, &req.id);
                     Handled::done(MethodKind::Discover, false)
                 }
-                method::TOOLS_LIST => list_tools(shard, &req, out, era),
+                method::TOOLS_LIST => list_tools(shard, &req, out, era, self.access.as_deref()),
                 method::TOOLS_CALL => call_tool(shard, &req, out, cx, &self.inflight),
-                "prompts/list" => list_prompts(shard, &req, out, era),
+                "prompts/list" => list_prompts(shard, &req, out, era, self.access.as_deref()),
                 "prompts/get" => get_prompt(shard, &req, out, cx, &self.inflight),
-                method::RESOURCES_LIST => list_resources(shard, &req, out, era),
-                method::RESOURCES_TEMPLATES_LIST => list_templates(shard, &req, out, era),
+                method::RESOURCES_LIST => {
+                    list_resources(shard, &req, out, era, self.access.as_deref())
+                }
+                method::RESOURCES_TEMPLATES_LIST => {
+                    list_templates(shard, &req, out, era, self.access.as_deref())
+                }
                 method::RESOURCES_READ => read_resource(shard, &req, out, cx, &self.inflight),
                 "completion/complete" => complete(shard, &req, out, era),
                 "subscriptions/listen" => listen(shard, &req, out, &self.inflight, &self.listens),
@@ -712,12 +774,14 @@ impl Session {
                     }
                 }
             }
-            method::TOOLS_LIST => list_tools(shard, &req, out, era),
+            method::TOOLS_LIST => list_tools(shard, &req, out, era, self.access.as_deref()),
             method::TOOLS_CALL => call_tool(shard, &req, out, cx, &self.inflight),
-            "prompts/list" => list_prompts(shard, &req, out, era),
+            "prompts/list" => list_prompts(shard, &req, out, era, self.access.as_deref()),
             "prompts/get" => get_prompt(shard, &req, out, cx, &self.inflight),
-            method::RESOURCES_LIST => list_resources(shard, &req, out, era),
-            method::RESOURCES_TEMPLATES_LIST => list_templates(shard, &req, out, era),
+            method::RESOURCES_LIST => list_resources(shard, &req, out, era, self.access.as_deref()),
+            method::RESOURCES_TEMPLATES_LIST => {
+                list_templates(shard, &req, out, era, self.access.as_deref())
+            }
             method::RESOURCES_READ => read_resource(shard, &req, out, cx, &self.inflight),
             method::RESOURCES_SUBSCRIBE | method::RESOURCES_UNSUBSCRIBE => {
                 self.subscribe(shard, req.name == method::RESOURCES_SUBSCRIBE, &req, out)
@@ -1103,12 +1167,19 @@ fn write_list<T>(
     Handled::done(kind, false)
 }
 
-fn list_tools(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: Era) -> Handled {
+fn list_tools(
+    shard: &Rc<Shard>,
+    req: &Req<'_, '_>,
+    out: &mut Vec<u8>,
+    era: Era,
+    access: Option<&auth::Access>,
+) -> Handled {
     let enabled: Vec<&registry::ToolEntry> = shard
         .registry
         .tools
         .iter()
         .filter(|e| e.enabled.get())
+        .filter(|e| access.is_none_or(|a| a.tool(&e.tool.descriptor().name)))
         .collect();
     write_list(
         shard,
@@ -1122,12 +1193,19 @@ fn list_tools(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: Era)
     )
 }
 
-fn list_prompts(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: Era) -> Handled {
+fn list_prompts(
+    shard: &Rc<Shard>,
+    req: &Req<'_, '_>,
+    out: &mut Vec<u8>,
+    era: Era,
+    access: Option<&auth::Access>,
+) -> Handled {
     let enabled: Vec<&registry::PromptEntry> = shard
         .registry
         .prompts
         .iter()
         .filter(|e| e.enabled.get())
+        .filter(|e| access.is_none_or(|a| a.prompt(&e.prompt.descriptor().name)))
         .collect();
     write_list(
         shard,
@@ -1141,12 +1219,19 @@ fn list_prompts(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: Er
     )
 }
 
-fn list_resources(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: Era) -> Handled {
+fn list_resources(
+    shard: &Rc<Shard>,
+    req: &Req<'_, '_>,
+    out: &mut Vec<u8>,
+    era: Era,
+    access: Option<&auth::Access>,
+) -> Handled {
     let enabled: Vec<&registry::ResourceEntry> = shard
         .registry
         .resources
         .iter()
         .filter(|e| e.enabled.get())
+        .filter(|e| access.is_none_or(|a| a.resource(&e.resource.descriptor().uri)))
         .collect();
     write_list(
         shard,
@@ -1160,12 +1245,19 @@ fn list_resources(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: 
     )
 }
 
-fn list_templates(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: Era) -> Handled {
+fn list_templates(
+    shard: &Rc<Shard>,
+    req: &Req<'_, '_>,
+    out: &mut Vec<u8>,
+    era: Era,
+    access: Option<&auth::Access>,
+) -> Handled {
     let all: Vec<&registry::TemplateDescriptor> = shard
         .registry
         .templates
         .iter()
         .map(|(t, _)| t.descriptor())
+        .filter(|d| access.is_none_or(|a| a.resource(&d.uri_template)))
         .collect();
     write_list(
         shard,

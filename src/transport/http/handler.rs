@@ -290,7 +290,7 @@ async fn route(
             .as_deref()
             .is_some_and(|v| !mcp::is_legacy_version(v))
     {
-        return modern_post(shard, &headers, accepts, body).await;
+        return modern_post(shard, &headers, accepts, body, principal.as_deref()).await;
     }
     if let Some(session_id) = session_id {
         let call = HttpCall {
@@ -307,7 +307,9 @@ async fn route(
     match peek(shard, body) {
         Peeked::Initialize(body) => session::initialize(shard, accepts, body, principal).await,
         // A modern request without its version header.
-        Peeked::Modern(body) => modern_post(shard, &headers, accepts, body).await,
+        Peeked::Modern(body) => {
+            modern_post(shard, &headers, accepts, body, principal.as_deref()).await
+        }
         Peeked::Other => reject(
             400,
             jsonrpc::INVALID_REQUEST,
@@ -563,7 +565,12 @@ async fn modern_post(
     headers: &HeaderMap,
     accepts: Accepts,
     body: Vec<u8>,
+    principal: Option<&str>,
 ) -> McpResponse {
+    let access = match (&shard.http, principal) {
+        (Some(cfg), Some(p)) => cfg.auth.as_ref().and_then(|a| a.access(p)),
+        _ => None,
+    };
     let (mut buf, len) = padded(body);
     let started = Instant::now();
     let outcome = shard.parser.borrow_mut().parse(&mut buf, len, |parsed| {
@@ -591,6 +598,7 @@ async fn modern_post(
             }
         };
         let mut session = Session::new(shard, None);
+        session.set_access(access.clone());
         let (id, method, params) = match &msg {
             Message::Request { id, method, params } => (*id, *method, *params),
             Message::Notification { .. } => {

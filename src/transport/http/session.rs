@@ -596,6 +596,10 @@ pub async fn initialize(
             .with_header("retry-after", "1");
     }
     let session = HttpSession::new(shard, &cfg);
+    let access = principal
+        .as_deref()
+        .and_then(|p| cfg.auth.as_ref().and_then(|a| a.access(p)));
+    session.mcp.borrow_mut().set_access(access);
     *session.principal.borrow_mut() = principal;
     let (resp, failed) = post(shard, &session, accepts, body).await;
     if failed || session.mcp.borrow().negotiated_version().is_none() {
