@@ -157,21 +157,28 @@ fn a_session_belongs_to_the_principal_that_created_it() {
     // Stateless (2026-07-28) requests need the token too.
     let modern = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"m"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}).to_string();
     for (token, status) in [(None, 401), (Some(BOB), 200)] {
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let mut headers = vec![
-            ("content-type", "application/json"),
-            ("accept", "application/json"),
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "echo"),
-        ];
-        if let Some(a) = &auth {
-            headers.push(("authorization", a.as_str()));
-        }
-        let mut c = server.http();
-        let r = c.request("POST", "/mcp", &headers, Some(modern.as_bytes()));
+        let r = modern_call(&server, token, "echo", &modern);
         assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
     }
+}
+
+/// POSTs a stateless (2026-07-28) tools/call of `tool` with `body`,
+/// with `token` as the bearer when given.
+fn modern_call(server: &Server, token: Option<&str>, tool: &str, body: &str) -> HttpResp {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", tool),
+    ];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    server
+        .http()
+        .request("POST", "/mcp", &headers, Some(body.as_bytes()))
 }
 
 /// The JSON-RPC message of a response sent as JSON or as one SSE event.
@@ -265,21 +272,7 @@ fn roles_limit_what_a_principal_sees_and_calls() {
     let denied = sse_or_json(&post(&mut c, Some(BOB), Some(&session), &set));
     assert_eq!(denied["error"]["code"], json!(-31013), "{denied}");
     let modern = json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"k","value":1},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}).to_string();
-    let bearer = format!("Bearer {BOB}");
-    let mut c = server.http();
-    let r = c.request(
-        "POST",
-        "/mcp",
-        &[
-            ("content-type", "application/json"),
-            ("accept", "application/json"),
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "kv_set"),
-            ("authorization", bearer.as_str()),
-        ],
-        Some(modern.as_bytes()),
-    );
+    let r = modern_call(&server, Some(BOB), "kv_set", &modern);
     assert_eq!(
         r.json()["error"]["code"],
         json!(-31013),

@@ -88,6 +88,21 @@ fn is_error(r: &Value) -> bool {
     r["result"]["isError"] == json!(true)
 }
 
+/// An initialised legacy session on a raw socket, for pipelining requests
+/// and reading the answers in whatever order they come.
+fn raw_session(server: &Server) -> (TcpStream, BufReader<TcpStream>) {
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    writeln!(s, "{init}").unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    writeln!(s, "{initialized}").unwrap();
+    (s, r)
+}
+
 fn start(extra: &[&str]) -> Server {
     let path = config("tools.toml", TOOLS);
     std::env::set_var("TESSERA_TEST_VISIBLE", "yes");
@@ -178,19 +193,8 @@ fn the_shard_serves_others_while_a_child_runs_and_the_cap_refuses_extra_children
     c.initialize();
     // Two calls pipelined on one connection: the first runs, the second is
     // refused by the cap of 1 before anything starts.
-    let mut s = TcpStream::connect(server.addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
-    writeln!(s, "{init}").unwrap();
+    let (mut s, mut r) = raw_session(&server);
     let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    writeln!(
-        s,
-        "{}",
-        json!({"jsonrpc":"2.0","method":"notifications/initialized"})
-    )
-    .unwrap();
     for id in [1, 2] {
         let call = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"nap","arguments":{"secs":0.3}}});
         writeln!(s, "{call}").unwrap();
@@ -254,19 +258,7 @@ fn running(argv: &[&str]) -> usize {
 #[test]
 fn a_cancelled_call_kills_its_child() {
     let server = start(&[]);
-    let mut s = TcpStream::connect(server.addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
-    writeln!(s, "{init}").unwrap();
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    writeln!(
-        s,
-        "{}",
-        json!({"jsonrpc":"2.0","method":"notifications/initialized"})
-    )
-    .unwrap();
+    let (mut s, _r) = raw_session(&server);
     let secs = format!("{}.25", 40 + std::process::id() % 50);
     let call = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"nap_long","arguments":{"secs": secs.parse::<f64>().unwrap()}}});
     writeln!(s, "{call}").unwrap();
