@@ -87,6 +87,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
 
+    /// Append one JSON line per request (time, shard, principal, session,
+    /// method, name, outcome, code, latency_us) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Rotate the audit log when it would grow past this many bytes.
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    pub audit_log_max_bytes: u64,
+    /// Rotated audit logs kept (FILE.1 is the newest).
+    #[arg(long, default_value_t = 5)]
+    pub audit_log_keep: u32,
+    /// Audit lines a shard holds while the writer is behind; past it lines
+    /// are dropped and counted (audit_dropped).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub audit_buffer_bytes: usize,
+
     /// Serve a fixture set instead of the built-in tools: `conformance` is
     /// what the official MCP conformance suite exercises.
     #[arg(long, value_enum, value_name = "SET")]
@@ -147,8 +162,10 @@ pub struct HttpArgs {
     pub sse_max_connection_ms: u64,
     #[arg(long, default_value_t = http_defaults().sse_queue_events)]
     pub sse_queue_events: usize,
-    /// Who may call over HTTP: `none`, or `token` (bearer tokens from
-    /// --auth-tokens; 401 otherwise). TCP and stdio are not authenticated.
+    /// Who may call: `none`, `token` (bearer tokens from --auth-tokens) or
+    /// `jwt` (signed JWTs; keys and claim checks below). HTTP carries the token in
+    /// `Authorization: Bearer`; TCP and stdio in `params._meta.authorization`
+    /// ("Bearer <token>") of `initialize` or of a modern request.
     #[arg(long, value_enum, default_value = "none")]
     pub auth: AuthMode,
     /// The tokens file for `--auth token`: one `sha256:<hex> <principal>
@@ -157,13 +174,41 @@ pub struct HttpArgs {
     pub auth_tokens: Option<PathBuf>,
     /// This server's resource URI for OAuth protected-resource metadata
     /// (RFC 9728), e.g. https://mcp.example.com/mcp. Default: from the
-    /// request's Host.
+    /// request's Host. With --auth jwt it is also the audience every token
+    /// must name (`aud`).
     #[arg(long, value_name = "URL")]
     pub auth_resource: Option<String>,
     /// An authorization server that issues tokens for this resource
     /// (repeatable), listed in the protected-resource metadata.
     #[arg(long, value_name = "URL")]
     pub auth_server: Vec<String>,
+    /// --auth jwt: a file holding the HS256 secret (at least 32 bytes).
+    #[arg(long, value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// --auth jwt: an RS256 (RSA) or ES256 (P-256) public key in PEM
+    /// (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub jwt_public_key: Vec<PathBuf>,
+    /// --auth jwt: a JWKS file (RS256, ES256 and HS256 keys; chosen by `kid`).
+    #[arg(long, value_name = "FILE")]
+    pub jwt_jwks: Option<PathBuf>,
+    /// --auth jwt: an accepted `iss` (repeatable); given, every token must
+    /// carry one of them.
+    #[arg(long, value_name = "URL")]
+    pub jwt_issuer: Vec<String>,
+    /// --auth jwt: the `aud` tokens must name. Default: --auth-resource.
+    #[arg(long, value_name = "URI")]
+    pub jwt_audience: Option<String>,
+    /// --auth jwt: clock skew allowed when checking `exp` and `nbf`.
+    #[arg(long, default_value_t = 30)]
+    pub jwt_leeway_s: u64,
+    /// --auth jwt: the claim naming the principal.
+    #[arg(long, default_value = "sub")]
+    pub jwt_principal_claim: String,
+    /// --auth jwt: the claim listing the principal's roles (an array, or a
+    /// space-separated string such as `scope`).
+    #[arg(long, default_value = "roles")]
+    pub jwt_roles_claim: String,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,29 +217,63 @@ pub enum AuthMode {
     None,
     /// Bearer tokens from --auth-tokens.
     Token,
+    /// Signed JWTs checked with --jwt-secret-file, --jwt-public-key or
+    /// --jwt-jwks.
+    Jwt,
 }
 
 impl HttpArgs {
-    fn to_config(&self, addr: SocketAddr) -> Result<HttpConfig, String> {
-        let auth = match (self.auth, &self.auth_tokens) {
-            (AuthMode::None, None) => None,
-            (AuthMode::None, Some(_)) => {
-                return Err("--auth-tokens needs --auth token".into());
+    /// The `--auth` settings, shared by every transport.
+    fn auth_config(&self) -> Result<Option<crate::server::auth::AuthConfig>, String> {
+        use crate::server::auth::{AuthConfig, TokenTable, Verifier};
+        use crate::server::jwt::{JwtSettings, JwtVerifier};
+        let jwt_given = self.jwt_secret_file.is_some()
+            || !self.jwt_public_key.is_empty()
+            || self.jwt_jwks.is_some();
+        if self.auth != AuthMode::Token && self.auth_tokens.is_some() {
+            return Err("--auth-tokens needs --auth token".into());
+        }
+        if self.auth != AuthMode::Jwt && jwt_given {
+            return Err(
+                "--jwt-secret-file, --jwt-public-key and --jwt-jwks need --auth jwt".into(),
+            );
+        }
+        let verifier = match self.auth {
+            AuthMode::None => return Ok(None),
+            AuthMode::Token => {
+                let Some(path) = &self.auth_tokens else {
+                    return Err("--auth token needs --auth-tokens FILE".into());
+                };
+                Verifier::Tokens(TokenTable::load(path).map_err(|e| format!("--auth-tokens: {e}"))?)
             }
-            (AuthMode::Token, None) => {
-                return Err("--auth token needs --auth-tokens FILE".into());
-            }
-            (AuthMode::Token, Some(path)) => {
-                let tokens = crate::server::auth::TokenTable::load(path)
-                    .map_err(|e| format!("--auth-tokens: {e}"))?;
-                Some(std::sync::Arc::new(crate::server::auth::AuthConfig {
-                    tokens,
-                    resource: self.auth_resource.clone(),
-                    authorization_servers: self.auth_server.clone(),
-                    roles: Vec::new(),
-                }))
-            }
+            AuthMode::Jwt => Verifier::Jwt(JwtVerifier::load(&JwtSettings {
+                secret_file: self.jwt_secret_file.clone(),
+                public_keys: self.jwt_public_key.clone(),
+                jwks_file: self.jwt_jwks.clone(),
+                issuers: self.jwt_issuer.clone(),
+                audience: self
+                    .jwt_audience
+                    .clone()
+                    .or_else(|| self.auth_resource.clone())
+                    .unwrap_or_default(),
+                leeway_s: self.jwt_leeway_s,
+                principal_claim: self.jwt_principal_claim.clone(),
+                roles_claim: self.jwt_roles_claim.clone(),
+            })?),
         };
+        Ok(Some(AuthConfig {
+            verifier,
+            resource: self.auth_resource.clone(),
+            authorization_servers: self.auth_server.clone(),
+            roles: Vec::new(),
+        }))
+    }
+
+    fn to_config(
+        &self,
+        addr: SocketAddr,
+        auth: Option<std::sync::Arc<crate::server::auth::AuthConfig>>,
+    ) -> Result<HttpConfig, String> {
         Ok(HttpConfig {
             addr,
             path: self.http_path.clone(),
@@ -386,11 +465,21 @@ impl ServeArgs {
             (None, false) => Some(DEFAULT_TCP_ADDR.parse().expect("valid default address")),
             (None, true) => None,
         };
+        let auth = self.http_opts.auth_config()?.map(std::sync::Arc::new);
+        let audit = self
+            .audit_log
+            .as_ref()
+            .map(|path| crate::server::audit::AuditConfig {
+                path: path.clone(),
+                max_bytes: self.audit_log_max_bytes,
+                keep: self.audit_log_keep,
+                buffer_bytes: self.audit_buffer_bytes,
+            });
+        if let Some(a) = &audit {
+            a.validate()?;
+        }
         let http = match self.http {
-            Some(addr) => Some(self.http_opts.to_config(addr)?),
-            None if self.http_opts.auth != AuthMode::None => {
-                return Err("--auth applies to Streamable HTTP: add --http".into());
-            }
+            Some(addr) => Some(self.http_opts.to_config(addr, auth.clone())?),
             None => None,
         };
         if let Some(h) = &http {
@@ -418,6 +507,8 @@ impl ServeArgs {
             spin_before_park: self.spin_before_park.map(Duration::from_micros),
             stats_interval: self.stats_interval,
             admin: self.admin,
+            audit,
+            auth,
             limits,
             chaos,
         })

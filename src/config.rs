@@ -376,6 +376,11 @@ pub struct ServerConfig {
     pub stats_interval: Option<Duration>,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
     pub admin: Option<SocketAddr>,
+    /// `--auth`: every transport's callers must present a valid token
+    /// (`http.auth` is the same settings).
+    pub auth: Option<std::sync::Arc<crate::server::auth::AuthConfig>>,
+    /// `--audit-log`: one JSON line per request.
+    pub audit: Option<crate::server::audit::AuditConfig>,
     pub limits: Limits,
     pub chaos: Chaos,
 }
@@ -391,6 +396,8 @@ impl ServerConfig {
             spin_before_park: None,
             stats_interval: None,
             admin: None,
+            auth: None,
+            audit: None,
             limits: Limits::default(),
             chaos: Chaos::default(),
         }

@@ -32,13 +32,6 @@ fn main() -> ExitCode {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            if config.http.as_ref().is_some_and(|h| h.auth.is_some())
-                && (config.tcp.is_some() || config.stdio)
-            {
-                log::warn!(
-                    "--auth covers Streamable HTTP only: the TCP listener and stdio accept anyone who can reach them"
-                );
-            }
             let app = app(&args, &config, &tools);
             match tessera::runtime::serve(config, app) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -103,12 +96,16 @@ fn main() -> ExitCode {
 fn log_line(f: &mut env_logger::fmt::Formatter, r: &log::Record<'_>) -> std::io::Result<()> {
     use std::io::Write as _;
     let thread = std::thread::current();
+    // The session whose request this thread is serving, when there is one.
+    let session = tessera::server::log_session();
+    let session = session.as_deref().map(|s| format!(" session={s}"));
     writeln!(
         f,
-        "[{} {:<5} {} {}] {}",
+        "[{} {:<5} {}{} {}] {}",
         f.timestamp_millis(),
         r.level(),
         thread.name().unwrap_or("?"),
+        session.unwrap_or_default(),
         r.target(),
         r.args()
     )
@@ -179,8 +176,8 @@ fn resolve(
         Ok(mut config) => {
             let (tools, roles) = file.map(|f| (f.tools, f.roles)).unwrap_or_default();
             if !roles.is_empty() {
-                let Some(auth) = config.http.as_mut().and_then(|h| h.auth.as_mut()) else {
-                    eprintln!("tessera: [[role]] needs --auth token (roles restrict authenticated principals)");
+                let Some(auth) = config.auth.as_mut() else {
+                    eprintln!("tessera: [[role]] needs --auth token or --auth jwt (roles restrict authenticated principals)");
                     return Err(ExitCode::from(2));
                 };
                 let auth = std::sync::Arc::make_mut(auth);
@@ -192,6 +189,9 @@ fn resolve(
                         undefined.join(", ")
                     );
                     return Err(ExitCode::from(2));
+                }
+                if let Some(h) = config.http.as_mut() {
+                    h.auth = config.auth.clone();
                 }
             }
             if !tools.is_empty() {

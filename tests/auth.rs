@@ -4,35 +4,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use serde_json::{json, Value};
-
-fn hash_token(token: &str, principal: &str, roles: &str) -> String {
-    let mut child = Command::new(tessera_bin())
-        .args(["hash-token", "--principal", principal, "--roles", roles])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(token.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let line = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(
-        line.starts_with("sha256:") && !line.contains(token),
-        "{line}"
-    );
-    line
-}
 
 fn tokens_file(text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tessera-auth-{}", std::process::id()));
@@ -213,16 +189,45 @@ fn bad_auth_settings_stop_startup_with_the_reason() {
             format!("{}:1: expected sha256:", bad.display()),
         ),
         (
+            vec!["serve", "--tcp", "127.0.0.1:0", "--auth", "jwt"],
+            "--auth jwt needs a key".to_string(),
+        ),
+        (
             vec![
                 "serve",
                 "--tcp",
                 "127.0.0.1:0",
                 "--auth",
-                "token",
-                "--auth-tokens",
+                "jwt",
+                "--jwt-public-key",
                 bad.to_str().unwrap(),
             ],
-            "--auth applies to Streamable HTTP".to_string(),
+            "not an RSA or P-256 EC public key".to_string(),
+        ),
+        (
+            vec![
+                "serve",
+                "--tcp",
+                "127.0.0.1:0",
+                "--auth",
+                "jwt",
+                "--jwt-public-key",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/jwt/ec-public.pem"
+                ),
+            ],
+            "needs the audience".to_string(),
+        ),
+        (
+            vec![
+                "serve",
+                "--tcp",
+                "127.0.0.1:0",
+                "--jwt-jwks",
+                bad.to_str().unwrap(),
+            ],
+            "need --auth jwt".to_string(),
         ),
     ] {
         let out = Command::new(tessera_bin()).args(&args).output().unwrap();

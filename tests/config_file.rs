@@ -159,13 +159,17 @@ fn the_example_documents_every_flag_and_checks_clean() {
             }
             _ => l.to_string(),
         })
-        // Chaos, fixtures and auth (its tokens file is this host's) stay off.
+        // Chaos, fixtures and auth (its token and key files are this
+        // host's) stay off.
         .filter(|l| {
             ![
                 "chaos_kill_shard_every",
                 "fixtures",
                 "auth =",
                 "auth_tokens",
+                "jwt_secret_file",
+                "jwt_public_key",
+                "jwt_jwks",
             ]
             .iter()
             .any(|k| l.starts_with(k))

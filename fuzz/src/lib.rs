@@ -60,6 +60,7 @@ pub fn shard(http: bool) -> Rc<Shard> {
         StateKey::random(),
         None,
         http,
+        None,
     ))
 }
 

@@ -146,12 +146,16 @@ counters! {
     http_rejected,
     /// Handler panics caught by the supervisor (each cost one request).
     handler_panics,
-    /// HTTP requests refused 401: no bearer token, or not a valid one.
+    /// Requests refused for want of a valid token: HTTP 401, TCP/stdio
+    /// -31014.
     auth_failures,
     /// Requests for a session with another principal's token (404).
     auth_session_mismatch,
     /// Calls, gets and reads refused -31013 because no role grants them.
     auth_denied,
+    /// Audit lines dropped because the shard's buffer was full (the writer
+    /// fell behind).
+    audit_dropped,
     /// Command-tool programs started.
     commands_started,
     /// Command-tool calls that failed: non-zero exit, killed, timed out, or

@@ -15,7 +15,7 @@ pub mod process;
 pub mod shard;
 pub mod supervisor;
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
@@ -119,6 +119,8 @@ struct ShardStart {
     made: Sender<Option<usize>>,
     /// Stats ticks count from here on every shard, restarted ones included.
     epoch: Instant,
+    /// The audit writer's queue (`--audit-log`).
+    audit: Option<Sender<Vec<u8>>>,
 }
 
 struct ShardThread {
@@ -141,11 +143,12 @@ struct Launcher {
     /// continue serving the same client.
     stdio: Option<UnixStream>,
     /// The stdio session as shard 0 last reported it.
-    stdio_resume: Cell<Option<Resume>>,
+    stdio_resume: RefCell<Option<Resume>>,
     app: App,
     state_key: StateKey,
     events: Sender<ShardEvent>,
     epoch: Instant,
+    audit: Option<Sender<Vec<u8>>>,
 }
 
 impl Launcher {
@@ -164,13 +167,14 @@ impl Launcher {
             } else {
                 None
             },
-            stdio_resume: self.stdio_resume.get(),
+            stdio_resume: self.stdio_resume.borrow().clone(),
             app: self.app.clone(),
             state_key: self.state_key.clone(),
             events: self.events.clone(),
             commands: cmd_rx,
             made: made_tx,
             epoch: self.epoch,
+            audit: self.audit.clone(),
         };
         let join = std::thread::Builder::new()
             .name(format!("tessera-shard-{index}"))
@@ -284,17 +288,31 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
             }
         }
     };
+    let (audit_writer, audit_tx) = match &config.audit {
+        Some(a) => {
+            let (w, tx) = crate::server::audit::AuditWriter::start(a, n)?;
+            log::info!(
+                "audit log: {} (rotated at {} bytes, {} kept)",
+                a.path.display(),
+                a.max_bytes,
+                a.keep
+            );
+            (Some(w), Some(tx))
+        }
+        None => (None, None),
+    };
     let config = Arc::new(config);
     let (event_tx, events) = bounded::<ShardEvent>(EVENT_QUEUE_DEPTH);
     let launcher = Launcher {
         config: config.clone(),
         tcp: tcp_addr,
         stdio: stdio_end,
-        stdio_resume: Cell::new(None),
+        stdio_resume: RefCell::new(None),
         app,
         state_key: StateKey::random(),
         events: event_tx,
         epoch: Instant::now(),
+        audit: audit_tx,
     };
     let mut threads = Vec::with_capacity(n);
     for index in 0..n {
@@ -378,7 +396,7 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
                     }
                 }
                 Ok(ShardEvent::StdioClosed) => stop_reason = Some("stdin closed".into()),
-                Ok(ShardEvent::StdioSession(r)) => launcher.stdio_resume.set(Some(r)),
+                Ok(ShardEvent::StdioSession(r)) => *launcher.stdio_resume.borrow_mut() = Some(r),
                 Ok(ShardEvent::Stopped { index, .. }) => threads[index].stopped = true,
                 Ok(ShardEvent::Died {
                     index,
@@ -541,6 +559,11 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    if let Some(w) = audit_writer {
+        // Shards that ended flushed their lines; one that did not end
+        // still holds the queue open, so this waits only so long.
+        w.finish_within(Duration::from_secs(2));
+    }
     eprint!("{}", total.summary(elapsed));
     match failure {
         Some(f) => Err(f),
@@ -672,6 +695,7 @@ async fn shard_main(start: ShardStart, slot: Rc<std::cell::RefCell<Option<Rc<Sha
         events,
         commands,
         epoch,
+        audit,
         ..
     } = start;
     let fail = |error: String| {
@@ -691,6 +715,7 @@ async fn shard_main(start: ShardStart, slot: Rc<std::cell::RefCell<Option<Rc<Sha
         state_key,
         None,
         config.http.clone(),
+        config.auth.clone(),
     ));
     shard.chaos.set(config.chaos);
     *slot.borrow_mut() = Some(shard.clone());
@@ -734,6 +759,14 @@ async fn shard_main(start: ShardStart, slot: Rc<std::cell::RefCell<Option<Rc<Sha
         return;
     }
     log::debug!("shard {index} running on core {core}");
+    if let (Some(tx), Some(a)) = (audit, &config.audit) {
+        *shard.audit.borrow_mut() = Some(crate::server::audit::AuditBuffer::new(
+            tx,
+            a.buffer_bytes,
+            index,
+        ));
+        glommio::spawn_local(crate::server::audit::flush_loop(shard.clone())).detach();
+    }
     if let Some(listener) = listener {
         glommio::spawn_local(tcp::accept_loop(shard.clone(), listener)).detach();
         glommio::spawn_local(conn::idle_sweep(shard.clone())).detach();

@@ -242,6 +242,11 @@ pub struct Shard {
     sockets: RefCell<std::collections::HashSet<std::os::fd::RawFd>>,
     /// Streamable HTTP settings, when `--http` is on.
     pub http: Option<Rc<HttpConfig>>,
+    /// `--auth`: TCP and stdio sessions must authenticate with these (HTTP
+    /// reads its copy in `http`).
+    pub auth: Option<std::sync::Arc<crate::server::auth::AuthConfig>>,
+    /// This shard's audit lines waiting for the writer (`--audit-log`).
+    pub audit: RefCell<Option<crate::server::audit::AuditBuffer>>,
     /// Legacy HTTP sessions this shard owns, by id.
     pub sessions: RefCell<HashMap<String, Rc<crate::transport::http::session::HttpSession>>>,
     /// HTTP responses this shard is streaming to other shards, by (asking
@@ -265,6 +270,7 @@ impl Shard {
         state_key: StateKey,
         mesh: Option<Rc<Mesh>>,
         http: Option<HttpConfig>,
+        auth: Option<std::sync::Arc<crate::server::auth::AuthConfig>>,
     ) -> Self {
         let rate = RateTable::new(limits.rate_limit_max_principals);
         Self {
@@ -302,6 +308,8 @@ impl Shard {
             ),
             rate: RefCell::new(rate),
             sockets: RefCell::new(Default::default()),
+            auth,
+            audit: RefCell::new(None),
             http: http.map(Rc::new),
             sessions: RefCell::new(HashMap::new()),
             relays: RefCell::new(HashMap::new()),
@@ -439,7 +447,17 @@ impl Shard {
     /// A single shard with no mesh, for benchmarks and unit tests that drive
     /// the protocol without an executor.
     pub fn standalone(limits: Limits, registry: Registry) -> Self {
-        Self::new(0, 0, 1, limits, registry, StateKey::random(), None, None)
+        Self::new(
+            0,
+            0,
+            1,
+            limits,
+            registry,
+            StateKey::random(),
+            None,
+            None,
+            None,
+        )
     }
 
     /// Sends `req` to the shard that owns it and returns a future for the

@@ -1,7 +1,11 @@
-//! Bearer-token authentication for Streamable HTTP (`--auth token`), the
-//! OAuth 2.1 resource-server side of MCP authorization: who is calling.
+//! Authentication (`--auth token|jwt`), the OAuth 2.1 resource-server side
+//! of MCP authorization: who is calling, and what their roles let them use.
 //!
-//! Tokens are never stored in clear: the tokens file holds one
+//! Streamable HTTP carries the token in `Authorization: Bearer`; TCP and
+//! stdio carry it in a request's `params._meta.authorization` (`initialize`
+//! for legacy sessions), see [`META_AUTHORIZATION`].
+//!
+//! `--auth token`: tokens are never stored in clear: the tokens file holds one
 //! `sha256:<hex> <principal> [role,role]` line per token (`tessera
 //! hash-token` prints one). A presented token is hashed and compared with
 //! every entry in constant time (no early exit, no length leak), so timing
@@ -29,10 +33,26 @@ pub struct TokenTable {
     entries: Vec<TokenEntry>,
 }
 
-/// Settings of `--auth token`, shared by every shard.
+/// Who a valid token says is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub principal: String,
+    pub roles: Vec<String>,
+}
+
+/// How presented tokens are checked.
+#[derive(Debug, Clone)]
+pub enum Verifier {
+    /// `--auth token`: opaque tokens from a hashed tokens file.
+    Tokens(TokenTable),
+    /// `--auth jwt`: signed JWTs (signature, exp, nbf, iss, aud).
+    Jwt(super::jwt::JwtVerifier),
+}
+
+/// Settings of `--auth`, shared by every shard.
+#[derive(Debug, Clone)]
 pub struct AuthConfig {
-    pub tokens: TokenTable,
+    pub verifier: Verifier,
     /// This server's resource URI (RFC 9728 `resource`); when absent it is
     /// `http://<Host><path>` of the request.
     pub resource: Option<String>,
@@ -216,24 +236,34 @@ impl Access {
 }
 
 impl AuthConfig {
-    /// The access of `principal` (None: unrestricted, because no roles are
+    /// Who `token` belongs to, or why it is refused (for the log and the
+    /// 401's `error_description`; it names no secret).
+    pub fn authenticate(&self, token: &str) -> Result<Identity, String> {
+        match &self.verifier {
+            Verifier::Tokens(t) => t
+                .authenticate(token)
+                .map(|e| Identity {
+                    principal: e.principal.clone(),
+                    roles: e.roles.clone(),
+                })
+                .ok_or_else(|| "the bearer token is not valid".to_string()),
+            Verifier::Jwt(j) => j.verify(token),
+        }
+    }
+
+    /// The access of `who` (None: unrestricted, because no roles are
     /// configured).
-    pub fn access(&self, principal: &str) -> Option<Access> {
+    pub fn access(&self, who: &Identity) -> Option<Access> {
         if self.roles.is_empty() {
             return None;
         }
         let mut a = Access {
-            principal: principal.to_string(),
+            principal: who.principal.clone(),
             tools: Vec::new(),
             prompts: Vec::new(),
             resources: Vec::new(),
         };
-        let entry = self
-            .tokens
-            .entries
-            .iter()
-            .find(|e| e.principal == principal);
-        for role in entry.map(|e| e.roles.as_slice()).unwrap_or_default() {
+        for role in &who.roles {
             if let Some(r) = self.roles.iter().find(|r| &r.name == role) {
                 a.tools.extend(r.tools.iter().cloned());
                 a.prompts.extend(r.prompts.iter().cloned());
@@ -244,12 +274,16 @@ impl AuthConfig {
     }
 
     /// Roles named by tokens but not defined (a typo locks users out).
+    /// JWT roles are only known when a token arrives.
     pub fn undefined_roles(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
+        let Verifier::Tokens(tokens) = &self.verifier else {
+            return out;
+        };
         if self.roles.is_empty() {
             return out;
         }
-        for e in &self.tokens.entries {
+        for e in &tokens.entries {
             for r in &e.roles {
                 if !self.roles.iter().any(|d| &d.name == r) && !out.contains(r) {
                     out.push(r.clone());
@@ -268,6 +302,10 @@ pub fn bearer(value: &str) -> Option<&str> {
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
 }
+
+/// The `_meta` member that carries a token over TCP and stdio, valued like
+/// the HTTP header: `"Bearer <token>"`.
+pub const META_AUTHORIZATION: &str = "authorization";
 
 #[cfg(test)]
 mod tests {
@@ -316,8 +354,15 @@ mod tests {
             prompts: vec![],
             resources: resources.iter().map(|s| s.to_string()).collect(),
         };
+        let who = |name: &str| {
+            let e = tokens.entries.iter().find(|e| e.principal == name).unwrap();
+            Identity {
+                principal: e.principal.clone(),
+                roles: e.roles.clone(),
+            }
+        };
         let cfg = AuthConfig {
-            tokens,
+            verifier: Verifier::Tokens(tokens.clone()),
             resource: None,
             authorization_servers: vec![],
             roles: vec![
@@ -325,11 +370,11 @@ mod tests {
                 role("ops", &["kv_*"], &[]),
             ],
         };
-        let bob = cfg.access("bob").unwrap();
+        let bob = cfg.access(&who("bob")).unwrap();
         assert!(bob.tool("echo") && bob.tool("kv_get") && !bob.tool("kv_set"));
         assert!(bob.resource("kv://x") && !bob.resource("file:///etc/passwd"));
         assert!(!bob.prompt("anything"));
-        let alice = cfg.access("alice").unwrap();
+        let alice = cfg.access(&who("alice")).unwrap();
         assert!(alice.tool("kv_set") && alice.tool("echo"));
         assert!(cfg.undefined_roles().is_empty());
         let open = AuthConfig {
@@ -337,7 +382,7 @@ mod tests {
             ..cfg.clone()
         };
         assert!(
-            open.access("bob").is_none(),
+            open.access(&who("bob")).is_none(),
             "no roles configured: unrestricted"
         );
         let typo = AuthConfig {

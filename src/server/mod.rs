@@ -19,12 +19,14 @@
 //! stream, the session's standalone SSE stream).
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod builtin;
 pub mod command;
 pub mod content;
 pub mod ctx;
 pub mod fixtures;
+pub mod jwt;
 pub mod kv;
 pub mod listen;
 pub mod mrtr;
@@ -142,6 +144,69 @@ pub const CACHE_TTL_MS: u64 = 60_000;
 /// JSON-RPC code: the principal's roles do not grant the tool, prompt or
 /// resource the request names (`--auth` with `[[role]]`s).
 pub const FORBIDDEN: i32 = -31013;
+
+thread_local! {
+    /// The session whose request this thread is serving, for log lines.
+    static LOG_SESSION: RefCell<Option<Rc<str>>> = const { RefCell::new(None) };
+}
+
+/// The session whose request the calling thread is serving, if any (log
+/// lines carry it).
+pub fn log_session() -> Option<Rc<str>> {
+    LOG_SESSION.with(|s| s.borrow().clone())
+}
+
+/// Names the session on this thread's log lines until dropped.
+struct LogSession(Option<Rc<str>>);
+
+impl LogSession {
+    fn enter(label: &Rc<str>) -> Self {
+        Self(LOG_SESSION.with(|s| s.replace(Some(label.clone()))))
+    }
+}
+
+impl Drop for LogSession {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        LOG_SESSION.with(|s| *s.borrow_mut() = previous);
+    }
+}
+
+/// What the audit line of one request needs once its answer is known.
+struct AuditLine {
+    principal: Option<std::sync::Arc<str>>,
+    session: Option<Rc<str>>,
+    method: Box<str>,
+    name: Option<String>,
+    started: Instant,
+}
+
+impl AuditLine {
+    fn write(&self, shard: &Shard, response: &[u8]) {
+        let (outcome, code) = audit::outcome_of(response);
+        let mut audit = shard.audit.borrow_mut();
+        let Some(buf) = audit.as_mut() else {
+            return;
+        };
+        let written = buf.record(&audit::AuditRecord {
+            principal: self.principal.as_deref(),
+            session: self.session.as_deref(),
+            method: Some(&self.method),
+            name: self.name.as_deref(),
+            outcome,
+            code,
+            latency_us: self.started.elapsed().as_micros() as u64,
+        });
+        if !written {
+            shard.metrics.borrow_mut().counters.audit_dropped += 1;
+        }
+    }
+}
+
+/// JSON-RPC code: `--auth` is on and the request (TCP, stdio) carries no
+/// valid token in `params._meta.authorization`, or a token of a principal
+/// other than the one the connection authenticated as.
+pub const UNAUTHORIZED: i32 = -31014;
 
 /// Writes a result object given as JSON text, adding the modern members
 /// (and `ttlMs`/`cacheScope` when `cacheable` and absent).
@@ -288,12 +353,14 @@ enum Phase {
 /// instead of answering "not initialized" to a client that did initialize.
 /// Subscriptions, running requests and pending server-to-client requests die
 /// with the shard and are not part of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resume {
     version: &'static str,
     caps: ClientCaps,
     client_initialized: bool,
     log_level: Option<LogLevel>,
+    principal: Option<std::sync::Arc<str>>,
+    access: Option<std::sync::Arc<auth::Access>>,
 }
 
 /// One client's legacy MCP state: a TCP or stdio connection, or an HTTP
@@ -322,7 +389,17 @@ pub struct Session {
     rate: Option<TokenBucket>,
     /// What the authenticated principal may use (`[[role]]`s); None:
     /// everything.
-    access: Option<Rc<auth::Access>>,
+    /// (Arc only so that a stdio session's [`Resume`] can carry it to the
+    /// main thread; never shared between shards.)
+    access: Option<std::sync::Arc<auth::Access>>,
+    /// Who is calling (`--auth`), for the audit log and the session binding.
+    principal: Option<std::sync::Arc<str>>,
+    /// This session's name on log and audit lines: the HTTP session id,
+    /// `tcp-<shard>-<n>` or `stdio`.
+    label: Option<Rc<str>>,
+    /// Set on TCP and stdio sessions under `--auth`: requests must carry a
+    /// token in `_meta` until one has been accepted.
+    auth: Option<std::sync::Arc<auth::AuthConfig>>,
 }
 
 impl Session {
@@ -344,12 +421,83 @@ impl Session {
             scope: shard.next_session_scope(),
             rate: None,
             access: None,
+            principal: None,
+            auth: None,
+            label: None,
         }
     }
 
-    /// Restricts this session to what `access` allows (`--auth` roles).
-    pub fn set_access(&mut self, access: Option<auth::Access>) {
-        self.access = access.map(Rc::new);
+    /// Names this session on log and audit lines.
+    pub fn set_label(&mut self, label: &str) {
+        self.label = Some(label.into());
+    }
+
+    /// A per-shard serial for naming sessions.
+    pub fn scope(&self) -> u64 {
+        self.scope
+    }
+
+    /// Binds this session to `who` and restricts it to what its roles
+    /// allow (`--auth`).
+    pub fn set_identity(&mut self, auth: &auth::AuthConfig, who: &auth::Identity) {
+        self.access = auth.access(who).map(std::sync::Arc::new);
+        self.principal = Some(who.principal.as_str().into());
+    }
+
+    /// Who this session authenticated as (`--auth`).
+    pub fn principal(&self) -> Option<&str> {
+        self.principal.as_deref()
+    }
+
+    /// Requests must authenticate with a `_meta.authorization` token (TCP
+    /// and stdio under `--auth`; HTTP authenticates every request itself).
+    pub fn require_auth(&mut self, auth: std::sync::Arc<auth::AuthConfig>) {
+        self.auth = Some(auth);
+    }
+
+    /// Checks a TCP/stdio request's `_meta.authorization` token: the first
+    /// valid one binds the connection to its principal; requests before it
+    /// (other than `ping`) and tokens of other principals are refused.
+    fn check_token(
+        &mut self,
+        shard: &Shard,
+        auth: &auth::AuthConfig,
+        req: &Req<'_, '_>,
+        req_meta: Option<&TapeValue<'_, '_>>,
+        out: &mut Vec<u8>,
+    ) -> Option<Handled> {
+        let presented = req_meta.and_then(|m| m.get(auth::META_AUTHORIZATION));
+        let refused = match presented {
+            None if self.principal.is_some() || req.name == method::PING => return None,
+            None => "send a token in params._meta.authorization (\"Bearer <token>\")".to_string(),
+            Some(v) => match v.into_string().and_then(auth::bearer) {
+                None => "params._meta.authorization must be \"Bearer <token>\"".to_string(),
+                Some(token) => match auth.authenticate(token) {
+                    Err(why) => why,
+                    Ok(who) => match self.principal.as_deref() {
+                        None => {
+                            log::info!("authenticated as {} ({})", who.principal, req.name);
+                            self.set_identity(auth, &who);
+                            return None;
+                        }
+                        Some(p) if p == who.principal => return None,
+                        Some(p) => format!(
+                            "this connection is authenticated as {p:?}, not {:?}",
+                            who.principal
+                        ),
+                    },
+                },
+            },
+        };
+        shard.metrics.borrow_mut().counters.auth_failures += 1;
+        log::info!("unauthorized {}: {refused}", req.name);
+        jsonrpc::write_error(
+            out,
+            &req.id,
+            UNAUTHORIZED,
+            &format!("Unauthorized: {refused}"),
+        );
+        Some(Handled::done(kind_of(req.name), true))
     }
 
     /// Answers -31013 when the session's roles do not grant what `req`
@@ -406,6 +554,8 @@ impl Session {
             caps: self.caps,
             client_initialized: self.client_initialized,
             log_level: self.log_level,
+            principal: self.principal.clone(),
+            access: self.access.clone(),
         })
     }
 
@@ -415,6 +565,8 @@ impl Session {
         self.caps = r.caps;
         self.client_initialized = r.client_initialized;
         self.log_level = r.log_level;
+        self.principal = r.principal;
+        self.access = r.access;
         if let (Some(sub), Some(n)) = (self.subscriber_id(shard), self.unrelated.clone()) {
             shard.legacy_sessions.borrow_mut().insert(sub, n);
         }
@@ -606,7 +758,51 @@ impl Session {
         }
     }
 
+    /// Serves one request with this session's id on the log lines it causes,
+    /// and audits it (`--audit-log`).
     fn dispatch_request(
+        &mut self,
+        shard: &Rc<Shard>,
+        req: Req<'_, '_>,
+        out: &mut Vec<u8>,
+    ) -> Handled {
+        let _log = self.label.as_ref().map(LogSession::enter);
+        if shard.audit.borrow().is_none() {
+            return self.dispatch_inner(shard, req, out);
+        }
+        let name = req
+            .params
+            .as_ref()
+            .and_then(|p| p.get("name").or_else(|| p.get("uri")))
+            .and_then(|n| n.into_string())
+            .map(str::to_owned);
+        let method: Box<str> = req.name.into();
+        let started = req.started;
+        let mark = out.len();
+        let mut handled = self.dispatch_inner(shard, req, out);
+        let rec = AuditLine {
+            principal: self.principal.clone(),
+            session: self.label.clone(),
+            method,
+            name,
+            started,
+        };
+        match handled.pending.as_mut() {
+            None => rec.write(shard, &out[mark..]),
+            Some(p) => {
+                let fut = std::mem::replace(&mut p.fut, Box::pin(async { Vec::new() }));
+                let shard = shard.clone();
+                p.fut = Box::pin(async move {
+                    let response = fut.await;
+                    rec.write(&shard, &response);
+                    response
+                });
+            }
+        }
+        handled
+    }
+
+    fn dispatch_inner(
         &mut self,
         shard: &Rc<Shard>,
         req: Req<'_, '_>,
@@ -651,6 +847,12 @@ impl Session {
             }
             None => Era::Legacy,
         };
+
+        if let Some(auth) = self.auth.clone() {
+            if let Some(h) = self.check_token(shard, &auth, &req, req_meta.as_ref(), out) {
+                return h;
+            }
+        }
 
         // Roles (`--auth`): refused before anything runs, in both eras.
         if matches!(

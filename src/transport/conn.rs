@@ -106,7 +106,14 @@ where
     shard.metrics.borrow_mut().counters.connections_opened += 1;
     let mut session = Session::new(&shard, Some(notifier.clone()));
     session.limit_rate(&shard);
-    if let Some(r) = resume {
+    if let Some(auth) = shard.auth.clone() {
+        session.require_auth(auth);
+    }
+    match kind {
+        Kind::Tcp => session.set_label(&format!("tcp-{}-{}", shard.id, session.scope())),
+        _ => session.set_label("stdio"),
+    }
+    if let Some(r) = resume.clone() {
         session.resume(&shard, r);
     }
     let mut conn = Conn {
@@ -333,8 +340,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return;
         };
         if let Some(now) = self.session.resume_state() {
-            if self.reported != Some(now) {
-                self.reported = Some(now);
+            if self.reported.as_ref() != Some(&now) {
+                self.reported = Some(now.clone());
                 report(now);
             }
         }

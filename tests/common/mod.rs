@@ -541,3 +541,28 @@ pub fn modern_discover(c: &mut HttpConn) -> HttpResp {
         Some(body.as_bytes()),
     )
 }
+
+/// `tessera hash-token` for `token`: the tokens-file line (checked to hold
+/// no clear token).
+pub fn hash_token(token: &str, principal: &str, roles: &str) -> String {
+    let mut child = Command::new(tessera_bin())
+        .args(["hash-token", "--principal", principal, "--roles", roles])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(token.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        line.starts_with("sha256:") && !line.contains(token),
+        "{line}"
+    );
+    line
+}

@@ -46,7 +46,7 @@ pub struct HttpCall {
     pub body: Vec<u8>,
     /// The authenticated caller (`--auth`); a session answers only the
     /// principal that created it.
-    pub principal: Option<String>,
+    pub principal: Option<crate::server::auth::Identity>,
 }
 
 #[derive(Debug)]

@@ -180,6 +180,7 @@ async fn route(
             Ok(p) => Some(p),
             Err(r) => {
                 shard.metrics.borrow_mut().counters.auth_failures += 1;
+                audit_refusal(shard, h);
                 return r;
             }
         },
@@ -273,7 +274,7 @@ async fn route(
     // session's requests at its owner (`session::serve_call`).
     if session_id.is_none() || modern {
         let who = match (&principal, peer) {
-            (Some(p), _) => Some(Principal::User(p.clone())),
+            (Some(p), _) => Some(Principal::User(p.principal.clone())),
             (None, Some(ip)) => Some(Principal::Peer(ip)),
             (None, None) => None,
         };
@@ -290,7 +291,7 @@ async fn route(
             .as_deref()
             .is_some_and(|v| !mcp::is_legacy_version(v))
     {
-        return modern_post(shard, &headers, accepts, body, principal.as_deref()).await;
+        return modern_post(shard, &headers, accepts, body, principal.as_ref()).await;
     }
     if let Some(session_id) = session_id {
         let call = HttpCall {
@@ -308,7 +309,7 @@ async fn route(
         Peeked::Initialize(body) => session::initialize(shard, accepts, body, principal).await,
         // A modern request without its version header.
         Peeked::Modern(body) => {
-            modern_post(shard, &headers, accepts, body, principal.as_deref()).await
+            modern_post(shard, &headers, accepts, body, principal.as_ref()).await
         }
         Peeked::Other => reject(
             400,
@@ -322,24 +323,59 @@ async fn route(
 /// The principal of a request's bearer token, or the 401 to answer: with
 /// `WWW-Authenticate` naming the protected-resource metadata (RFC 9728) so a
 /// client can find the authorization server.
-fn authenticate(auth: &AuthConfig, cfg: &HttpConfig, h: &HeaderMap) -> Result<String, McpResponse> {
+fn authenticate(
+    auth: &AuthConfig,
+    cfg: &HttpConfig,
+    h: &HeaderMap,
+) -> Result<auth::Identity, McpResponse> {
     let presented = header(h, "authorization").and_then(auth::bearer);
-    if let Some(entry) = presented.and_then(|t| auth.tokens.authenticate(t)) {
-        return Ok(entry.principal.clone());
-    }
+    let refused = match presented.map(|t| auth.authenticate(t)) {
+        Some(Ok(who)) => return Ok(who),
+        Some(Err(why)) => Some(why),
+        None => None,
+    };
     let mut challenge = format!(
         "Bearer resource_metadata=\"{}\"",
         metadata_url(auth, cfg, h)
     );
-    if presented.is_some() {
-        challenge.push_str(", error=\"invalid_token\"");
-    }
-    let message = if presented.is_some() {
-        "Unauthorized: the bearer token is not valid"
-    } else {
-        "Unauthorized: send Authorization: Bearer <token>"
+    let message = match &refused {
+        Some(why) => {
+            // RFC 6750 3: the description is a quoted-string of printable
+            // ASCII without quotes or backslashes.
+            let clean: String = why
+                .chars()
+                .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\' || *c == ' ')
+                .collect();
+            challenge.push_str(&format!(
+                ", error=\"invalid_token\", error_description=\"{clean}\""
+            ));
+            log::info!("bearer token refused: {why}");
+            format!("Unauthorized: {why}")
+        }
+        None => "Unauthorized: send Authorization: Bearer <token>".to_string(),
     };
-    Err(reject(401, jsonrpc::INVALID_REQUEST, message).with_header("www-authenticate", challenge))
+    Err(reject(401, jsonrpc::INVALID_REQUEST, &message).with_header("www-authenticate", challenge))
+}
+
+/// Audits a request refused 401 (its body is never read, so the method is
+/// the MCP-Method header when the client sent one).
+fn audit_refusal(shard: &Shard, h: &HeaderMap) {
+    let mut audit = shard.audit.borrow_mut();
+    let Some(buf) = audit.as_mut() else {
+        return;
+    };
+    let written = buf.record(&crate::server::audit::AuditRecord {
+        principal: None,
+        session: header(h, "mcp-session-id"),
+        method: header(h, "mcp-method"),
+        name: header(h, "mcp-name"),
+        outcome: "unauthorized",
+        code: None,
+        latency_us: 0,
+    });
+    if !written {
+        shard.metrics.borrow_mut().counters.audit_dropped += 1;
+    }
 }
 
 /// This endpoint's resource URI: configured, or from the request's Host.
@@ -565,12 +601,9 @@ async fn modern_post(
     headers: &HeaderMap,
     accepts: Accepts,
     body: Vec<u8>,
-    principal: Option<&str>,
+    principal: Option<&auth::Identity>,
 ) -> McpResponse {
-    let access = match (&shard.http, principal) {
-        (Some(cfg), Some(p)) => cfg.auth.as_ref().and_then(|a| a.access(p)),
-        _ => None,
-    };
+    let auth = shard.http.as_ref().and_then(|c| c.auth.clone());
     let (mut buf, len) = padded(body);
     let started = Instant::now();
     let outcome = shard.parser.borrow_mut().parse(&mut buf, len, |parsed| {
@@ -598,7 +631,9 @@ async fn modern_post(
             }
         };
         let mut session = Session::new(shard, None);
-        session.set_access(access.clone());
+        if let (Some(auth), Some(who)) = (&auth, principal) {
+            session.set_identity(auth, who);
+        }
         let (id, method, params) = match &msg {
             Message::Request { id, method, params } => (*id, *method, *params),
             Message::Notification { .. } => {

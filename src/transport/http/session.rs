@@ -100,7 +100,7 @@ pub struct HttpSession {
     retry_ms: u64,
     shard: Weak<Shard>,
     /// Who created the session (`--auth`); only they may use it.
-    principal: RefCell<Option<String>>,
+    principal: RefCell<Option<crate::server::auth::Identity>>,
 }
 
 /// Sends a session's server-to-client messages to one of its streams.
@@ -131,9 +131,11 @@ impl HttpSession {
                 session: me.clone(),
                 stream: 0,
             });
+            let mut mcp = Session::new(shard, Some(standalone));
+            mcp.set_label(&id);
             HttpSession {
                 id,
-                mcp: RefCell::new(Session::new(shard, Some(standalone))),
+                mcp: RefCell::new(mcp),
                 last_active: Cell::new(Instant::now()),
                 inflight: Cell::new(0),
                 streams: RefCell::new(Streams {
@@ -583,7 +585,7 @@ pub async fn initialize(
     shard: &Rc<Shard>,
     accepts: Accepts,
     body: Vec<u8>,
-    principal: Option<String>,
+    principal: Option<crate::server::auth::Identity>,
 ) -> McpResponse {
     let cfg = shard.http.clone().expect("HTTP configured");
     if shard.sessions.borrow().len() >= cfg.max_sessions_per_shard {
@@ -596,10 +598,9 @@ pub async fn initialize(
             .with_header("retry-after", "1");
     }
     let session = HttpSession::new(shard, &cfg);
-    let access = principal
-        .as_deref()
-        .and_then(|p| cfg.auth.as_ref().and_then(|a| a.access(p)));
-    session.mcp.borrow_mut().set_access(access);
+    if let (Some(auth), Some(who)) = (&cfg.auth, &principal) {
+        session.mcp.borrow_mut().set_identity(auth, who);
+    }
     *session.principal.borrow_mut() = principal;
     let (resp, failed) = post(shard, &session, accepts, body).await;
     if failed || session.mcp.borrow().negotiated_version().is_none() {
@@ -625,7 +626,12 @@ pub async fn serve_call(shard: &Rc<Shard>, call: HttpCall) -> McpResponse {
             "Session not found: it ended or expired; start a new one with initialize",
         );
     };
-    if *session.principal.borrow() != call.principal {
+    let owner = session
+        .principal
+        .borrow()
+        .as_ref()
+        .map(|i| i.principal.clone());
+    if owner.as_ref() != call.principal.as_ref().map(|i| &i.principal) {
         // Indistinguishable from an unknown session: a token must not learn
         // which session ids exist.
         shard.metrics.borrow_mut().counters.auth_session_mismatch += 1;
