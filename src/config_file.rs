@@ -65,10 +65,14 @@ pub struct ConfigFile {
     pub tools: Vec<CommandToolConfig>,
     /// `[[role]]` tables: what each role may use (`--auth`).
     pub roles: Vec<crate::server::auth::Role>,
+    /// `[[resources.dir]]` tables: directories served as resources.
+    pub dirs: Vec<crate::server::files::FileDirConfig>,
+    /// `[[prompt]]` tables: prompt templates from files.
+    pub prompts: Vec<crate::server::prompt_files::PromptFileConfig>,
 }
 
 /// The keys that are tables of their own rather than flags.
-const SECTIONS: &[&str] = &["tool", "role"];
+const SECTIONS: &[&str] = &["tool", "role", "prompt"];
 
 #[derive(serde::Deserialize)]
 struct Sections {
@@ -76,6 +80,17 @@ struct Sections {
     tool: Vec<toml::Spanned<toml::Value>>,
     #[serde(default)]
     role: Vec<toml::Spanned<toml::Value>>,
+    #[serde(default)]
+    prompt: Vec<toml::Spanned<toml::Value>>,
+    #[serde(default)]
+    resources: Option<ResourcesSection>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourcesSection {
+    #[serde(default)]
+    dir: Vec<toml::Spanned<toml::Value>>,
 }
 
 impl ConfigFile {
@@ -126,6 +141,20 @@ impl ConfigFile {
         for (k, v) in table.get_ref().iter() {
             let key: &str = k.get_ref();
             let line = line_of(k.span().start);
+            if key == "resources" {
+                if !matches!(v.get_ref(), DeValue::Table(_)) {
+                    bad_section = true;
+                    errors.push(err(
+                        line,
+                        Some(key),
+                        format!(
+                            "write [[resources.dir]] tables (one per directory), not {}",
+                            kind(v.get_ref())
+                        ),
+                    ));
+                }
+                continue;
+            }
             if SECTIONS.contains(&key) {
                 if !matches!(v.get_ref(), DeValue::Array(_)) {
                     bad_section = true;
@@ -172,6 +201,8 @@ impl ConfigFile {
         }
         let mut tools = Vec::new();
         let mut roles: Vec<crate::server::auth::Role> = Vec::new();
+        let mut dirs: Vec<crate::server::files::FileDirConfig> = Vec::new();
+        let mut prompts: Vec<crate::server::prompt_files::PromptFileConfig> = Vec::new();
         match toml::from_str::<Sections>(text) {
             // Already reported by key above.
             Err(_) if bad_section => {}
@@ -180,6 +211,41 @@ impl ConfigFile {
                 errors.push(err(line, None, first_line(e.message())));
             }
             Ok(sections) => {
+                for d in sections.resources.map(|r| r.dir).unwrap_or_default() {
+                    let line = line_of(d.span().start);
+                    match d
+                        .into_inner()
+                        .try_into::<crate::server::files::FileDirConfig>()
+                    {
+                        Err(e) => {
+                            errors.push(err(line, Some("resources.dir"), first_line(e.message())))
+                        }
+                        Ok(d) => match d.validate() {
+                            Err(m) => errors.push(err(line, Some("resources.dir"), m)),
+                            Ok(()) => dirs.push(d),
+                        },
+                    }
+                }
+                for p in sections.prompt {
+                    let line = line_of(p.span().start);
+                    match p
+                        .into_inner()
+                        .try_into::<crate::server::prompt_files::PromptFileConfig>()
+                    {
+                        Err(e) => errors.push(err(line, Some("prompt"), first_line(e.message()))),
+                        Ok(p) => match p.load() {
+                            Err(m) => {
+                                errors.push(err(line, Some("prompt"), format!("{}: {m}", p.name)))
+                            }
+                            Ok(_) if prompts.iter().any(|o| o.name == p.name) => errors.push(err(
+                                line,
+                                Some("prompt"),
+                                format!("{}: a prompt of this name is already defined", p.name),
+                            )),
+                            Ok(_) => prompts.push(p),
+                        },
+                    }
+                }
                 for r in sections.role {
                     let line = line_of(r.span().start);
                     match r.into_inner().try_into::<crate::server::auth::Role>() {
@@ -228,6 +294,8 @@ impl ConfigFile {
                 entries,
                 tools,
                 roles,
+                dirs,
+                prompts,
             })
         } else {
             errors.sort_by_key(|e| e.line);

@@ -28,11 +28,17 @@ fn main() -> ExitCode {
             // What followed `serve` on the command line (tessera has no
             // options before the subcommand).
             let cli_args: Vec<OsString> = std::env::args_os().skip(2).collect();
-            let (args, config, tools) = match resolve(*args, serve_matches, &cli_args) {
+            let (args, config, declared) = match resolve(*args, serve_matches, &cli_args) {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            let app = app(&args, &config, &tools);
+            let app = match app(&args, &config, &declared) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("tessera: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             match tessera::runtime::serve(config, app) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -68,19 +74,22 @@ fn main() -> ExitCode {
                 ..args
             };
             match resolve(args, serve_matches, &[]) {
-                Ok((args, config, tools)) => {
+                Ok((args, config, declared)) => {
                     // The registry as the server would build it (duplicate
-                    // tool names, bad schemas).
-                    if let Err(e) = app(&args, &config, &tools).build() {
+                    // tool names, bad schemas, unreadable directories).
+                    if let Err(e) = app(&args, &config, &declared).and_then(|a| a.build().map(drop))
+                    {
                         eprintln!("tessera: {}: {e}", file.display());
                         return ExitCode::from(2);
                     }
                     println!(
-                        "{}: ok ({} shard(s) on cores {:?}, {} command tool(s))",
+                        "{}: ok ({} shard(s) on cores {:?}, {} command tool(s), {} resource dir(s), {} prompt template(s))",
                         file.display(),
                         config.cores.len(),
                         config.cores,
-                        tools.len()
+                        declared.tools.len(),
+                        declared.dirs.len(),
+                        declared.prompts.len()
                     );
                     ExitCode::SUCCESS
                 }
@@ -112,16 +121,29 @@ fn log_line(f: &mut env_logger::fmt::Formatter, r: &log::Record<'_>) -> std::io:
 }
 
 /// The tools, resources and prompts to serve.
-fn app(args: &ServeArgs, config: &ServerConfig, tools: &[CommandToolConfig]) -> App {
+fn app(args: &ServeArgs, config: &ServerConfig, declared: &Declared) -> Result<App, String> {
     match args.fixtures {
-        None => command::register(
-            McpServer::new().with_builtins(),
-            tools,
-            config.limits.max_command_children_per_shard,
-        )
-        .build(),
-        Some(FixtureSet::Conformance) => tessera::server::fixtures::conformance(),
+        None => {
+            let mut server = command::register(
+                McpServer::new().with_builtins(),
+                &declared.tools,
+                config.limits.max_command_children_per_shard,
+            );
+            for d in &declared.dirs {
+                server = server.file_dir(d.clone());
+            }
+            Ok(tessera::server::prompt_files::register(server, &declared.prompts)?.build())
+        }
+        Some(FixtureSet::Conformance) => Ok(tessera::server::fixtures::conformance()),
     }
+}
+
+/// What the config file declares besides flags.
+#[derive(Default)]
+struct Declared {
+    tools: Vec<CommandToolConfig>,
+    dirs: Vec<tessera::server::files::FileDirConfig>,
+    prompts: Vec<tessera::server::prompt_files::PromptFileConfig>,
 }
 
 /// Applies `--config` (the file's keys under the command line's flags) and
@@ -131,7 +153,7 @@ fn resolve(
     args: ServeArgs,
     serve_matches: &clap::ArgMatches,
     cli_args: &[OsString],
-) -> Result<(ServeArgs, ServerConfig, Vec<CommandToolConfig>), ExitCode> {
+) -> Result<(ServeArgs, ServerConfig, Declared), ExitCode> {
     let (args, file) = match &args.config {
         None => (args, None),
         Some(path) => {
@@ -174,7 +196,18 @@ fn resolve(
     };
     match args.to_config() {
         Ok(mut config) => {
-            let (tools, roles) = file.map(|f| (f.tools, f.roles)).unwrap_or_default();
+            let (declared, roles) = file
+                .map(|f| {
+                    (
+                        Declared {
+                            tools: f.tools,
+                            dirs: f.dirs,
+                            prompts: f.prompts,
+                        },
+                        f.roles,
+                    )
+                })
+                .unwrap_or_default();
             if !roles.is_empty() {
                 let Some(auth) = config.auth.as_mut() else {
                     eprintln!("tessera: [[role]] needs --auth token or --auth jwt (roles restrict authenticated principals)");
@@ -194,10 +227,21 @@ fn resolve(
                     h.auth = config.auth.clone();
                 }
             }
-            if !tools.is_empty() {
-                log::info!("{} command tool(s) from the config file", tools.len());
+            if !declared.tools.is_empty() {
+                log::info!(
+                    "{} command tool(s) from the config file",
+                    declared.tools.len()
+                );
             }
-            Ok((args, config, tools))
+            for d in &declared.dirs {
+                log::info!(
+                    "serving {} as {} ({})",
+                    d.root.display(),
+                    d.uri_prefix,
+                    if d.watch { "watched" } else { "not watched" }
+                );
+            }
+            Ok((args, config, declared))
         }
         Err(e) => {
             match file

@@ -153,6 +153,9 @@ counters! {
     auth_session_mismatch,
     /// Calls, gets and reads refused -31013 because no role grants them.
     auth_denied,
+    /// `resources/read` of a file refused: outside its root (traversal,
+    /// symlink out, dotfile), missing, or over `max_file_bytes`.
+    file_reads_refused,
     /// Audit lines dropped because the shard's buffer was full (the writer
     /// fell behind).
     audit_dropped,

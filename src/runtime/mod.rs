@@ -774,6 +774,9 @@ async fn shard_main(start: ShardStart, slot: Rc<std::cell::RefCell<Option<Rc<Sha
     if let Some(listener) = http_listener {
         glommio::spawn_local(http::accept_loop(shard.clone(), listener)).detach();
     }
+    if shard.registry.file_dirs.iter().any(|d| d.watched()) {
+        glommio::spawn_local(crate::server::files::watch_loop(shard.clone())).detach();
+    }
     if let Some(sock) = stdio {
         let shard = shard.clone();
         let events = events.clone();

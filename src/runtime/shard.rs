@@ -320,6 +320,22 @@ impl Shard {
         }
     }
 
+    /// Sleeps for `period`; true (at once) when shutdown began instead.
+    /// Periodic per-shard tasks loop on it and end with the shard.
+    pub async fn sleep_unless_shutdown(&self, period: std::time::Duration) -> bool {
+        futures_lite::future::or(
+            async {
+                glommio::timer::sleep(period).await;
+                false
+            },
+            async {
+                self.shutdown.wait().await;
+                true
+            },
+        )
+        .await
+    }
+
     pub fn track_socket(&self, fd: std::os::fd::RawFd) {
         self.sockets.borrow_mut().insert(fd);
     }

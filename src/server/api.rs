@@ -242,6 +242,7 @@ pub struct McpServer {
     extensions: Vec<(String, String)>,
     kv_resources: bool,
     skills: Vec<SkillSpec>,
+    file_dirs: Vec<super::files::FileDirConfig>,
 }
 
 struct TypedTool<A, F> {
@@ -525,6 +526,12 @@ impl McpServer {
         self
     }
 
+    /// Serves the files under a directory as resources (`[[resources.dir]]`).
+    pub fn file_dir(mut self, d: super::files::FileDirConfig) -> Self {
+        self.file_dirs.push(d);
+        self
+    }
+
     pub fn instructions(mut self, s: &str) -> Self {
         self.instructions = Some(s.to_owned());
         self
@@ -694,6 +701,9 @@ impl McpServer {
                 b.extension(k, v);
             }
             b.kv_resources(me.kv_resources);
+            for d in &me.file_dirs {
+                b.file_dir(d.clone());
+            }
             for s in &me.skills {
                 b.skill(s.clone());
             }

@@ -25,11 +25,13 @@ pub mod builtin;
 pub mod command;
 pub mod content;
 pub mod ctx;
+pub mod files;
 pub mod fixtures;
 pub mod jwt;
 pub mod kv;
 pub mod listen;
 pub mod mrtr;
+pub mod prompt_files;
 pub mod ratelimit;
 pub mod registry;
 pub mod resources;
@@ -1428,12 +1430,20 @@ fn list_resources(
     era: Era,
     access: Option<&auth::Access>,
 ) -> Handled {
-    let enabled: Vec<&registry::ResourceEntry> = shard
+    let files: Vec<registry::ResourceDescriptor> = shard
+        .registry
+        .file_dirs
+        .iter()
+        .flat_map(|d| d.descriptors())
+        .collect();
+    let enabled: Vec<&registry::ResourceDescriptor> = shard
         .registry
         .resources
         .iter()
         .filter(|e| e.enabled.get())
-        .filter(|e| access.is_none_or(|a| a.resource(&e.resource.descriptor().uri)))
+        .map(|e| e.resource.descriptor())
+        .chain(files.iter())
+        .filter(|d| access.is_none_or(|a| a.resource(&d.uri)))
         .collect();
     write_list(
         shard,
@@ -1442,7 +1452,7 @@ fn list_resources(
         era,
         "resources",
         &enabled,
-        |e, out| e.resource.descriptor().write_json(out),
+        |d, out| d.write_json(out),
         MethodKind::Resources,
     )
 }
@@ -1545,7 +1555,12 @@ fn skill_request(shard: &Rc<Shard>, req: &Req<'_, '_>, out: &mut Vec<u8>, era: E
 }
 
 fn resource_exists(shard: &Shard, uri: &str) -> bool {
-    shard.registry.resource(uri).is_some() || shard.registry.template_for(uri).is_some()
+    shard.registry.resource(uri).is_some()
+        || shard.registry.template_for(uri).is_some()
+        || shard
+            .registry
+            .file_dir_for(uri)
+            .is_some_and(|d| d.contains(uri))
 }
 
 /// Modern era: reads `inputResponses` and `requestState` for a request that
@@ -2008,6 +2023,21 @@ fn read_resource(
             target,
             Some(ttl),
             |cx| r.read(cx, &uri),
+        );
+    }
+    if let Some(d) = shard.registry.file_dir_for(&uri) {
+        let d = d.clone();
+        // Files change on disk: no caching hint.
+        return run_json(
+            shard,
+            req,
+            out,
+            &cx,
+            inflight,
+            kind,
+            target,
+            Some(0),
+            |cx| d.read(cx.shard, cx.era, &uri),
         );
     }
     if let Some((t, vars)) = shard.registry.template_for(&uri) {

@@ -233,6 +233,8 @@ pub struct Registry {
     pub kv_resources: bool,
     /// Skills (SEP-2640), their files among `resources`.
     pub skills: Vec<super::skills::Skill>,
+    /// `[[resources.dir]]` directories, listed after `resources`.
+    pub file_dirs: Vec<Rc<super::files::FileDir>>,
 }
 
 impl Registry {
@@ -297,8 +299,16 @@ impl Registry {
         !self.prompts.is_empty()
     }
 
+    /// The directory serving `uri`, if one does.
+    pub fn file_dir_for(&self, uri: &str) -> Option<&Rc<super::files::FileDir>> {
+        self.file_dirs.iter().find(|d| d.rel_of(uri).is_some())
+    }
+
     pub fn has_resources(&self) -> bool {
-        !self.resources.is_empty() || !self.templates.is_empty() || self.kv_resources
+        !self.resources.is_empty()
+            || !self.templates.is_empty()
+            || self.kv_resources
+            || !self.file_dirs.is_empty()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -320,9 +330,16 @@ pub struct RegistryBuilder {
     extensions: Vec<(String, String)>,
     kv_resources: bool,
     skills: Vec<super::skills::SkillSpec>,
+    file_dirs: Vec<super::files::FileDirConfig>,
 }
 
 impl RegistryBuilder {
+    /// A directory whose files are served as resources.
+    pub fn file_dir(&mut self, d: super::files::FileDirConfig) -> &mut Self {
+        self.file_dirs.push(d);
+        self
+    }
+
     /// A skill: its files become `skill://` resources and the skills
     /// extension is declared.
     pub fn skill(&mut self, s: super::skills::SkillSpec) -> &mut Self {
@@ -431,6 +448,21 @@ impl RegistryBuilder {
                 enabled: Cell::new(enabled),
             });
         }
+        let mut file_dirs: Vec<Rc<super::files::FileDir>> = Vec::new();
+        for d in &self.file_dirs {
+            if file_dirs.iter().any(|o| {
+                o.uri_prefix().starts_with(&d.uri_prefix)
+                    || d.uri_prefix.starts_with(o.uri_prefix())
+            }) {
+                return Err(format!(
+                    "resources.dir {:?}: uri_prefix overlaps another directory's",
+                    d.uri_prefix
+                ));
+            }
+            let dir = super::files::FileDir::open(d)
+                .map_err(|e| format!("resources.dir {:?}: {e}", d.uri_prefix))?;
+            file_dirs.push(Rc::new(dir));
+        }
         let mut templates = Vec::new();
         for t in self.templates {
             let m = UriTemplate::parse(&t.descriptor().uri_template)?;
@@ -462,6 +494,7 @@ impl RegistryBuilder {
             extensions: self.extensions,
             kv_resources: self.kv_resources,
             skills,
+            file_dirs,
         })
     }
 }

@@ -166,18 +166,7 @@ pub async fn idle_sweep(shard: Rc<Shard>) {
     let period = (idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
     let sweeps_max = (idle.as_nanos() / period.as_nanos()).max(1) as u32;
     loop {
-        let stop = futures_lite::future::or(
-            async {
-                glommio::timer::sleep(period).await;
-                false
-            },
-            async {
-                shard.shutdown.wait().await;
-                true
-            },
-        )
-        .await;
-        if stop {
+        if shard.sleep_unless_shutdown(period).await {
             return;
         }
         for h in shard.conns.handles() {

@@ -236,6 +236,20 @@ impl Client {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON from server ({e}): {line}"))
     }
 
+    /// How long reads wait (IO_TIMEOUT unless changed).
+    pub fn set_read_timeout(&mut self, t: Duration) {
+        self.writer.set_read_timeout(Some(t)).unwrap();
+    }
+
+    /// The next message, or None when none arrives within the read timeout.
+    pub fn try_recv(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(n) if n > 0 => serde_json::from_str(&line).ok(),
+            _ => None,
+        }
+    }
+
     /// True when the server closes the connection within the timeout.
     pub fn is_closed_by_server(&mut self) -> bool {
         let mut buf = [0u8; 1];
