@@ -102,6 +102,23 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024 * 1024)]
     pub audit_buffer_bytes: usize,
 
+    /// Keep legacy HTTP sessions and their SSE event stores in one file per
+    /// shard under this directory, so they survive restarts (even kill -9).
+    /// Absent: memory only.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When the store's writes reach the disk: `always` (every batch is
+    /// fsynced), `interval` (written at once, fsynced every
+    /// --fsync-interval-ms) or `never` (left to the OS).
+    #[arg(long, value_enum, default_value = "interval")]
+    pub fsync: crate::runtime::store::FsyncPolicy,
+    #[arg(long, default_value_t = 1000)]
+    pub fsync_interval_ms: u64,
+    /// Store operations a shard buffers while its writer is behind; past it
+    /// they are dropped and counted (store_dropped).
+    #[arg(long, default_value_t = 100_000)]
+    pub store_pending_ops_max: usize,
+
     /// Serve a fixture set instead of the built-in tools: `conformance` is
     /// what the official MCP conformance suite exercises.
     #[arg(long, value_enum, value_name = "SET")]
@@ -508,6 +525,15 @@ impl ServeArgs {
             stats_interval: self.stats_interval,
             admin: self.admin,
             audit,
+            store: self
+                .data_dir
+                .as_ref()
+                .map(|dir| crate::runtime::store::StoreConfig {
+                    dir: dir.clone(),
+                    fsync: self.fsync,
+                    fsync_interval_ms: self.fsync_interval_ms,
+                    pending_ops_max: self.store_pending_ops_max,
+                }),
             auth,
             limits,
             chaos,

@@ -381,6 +381,8 @@ pub struct ServerConfig {
     pub auth: Option<std::sync::Arc<crate::server::auth::AuthConfig>>,
     /// `--audit-log`: one JSON line per request.
     pub audit: Option<crate::server::audit::AuditConfig>,
+    /// `--data-dir`: sessions and SSE event stores survive restarts.
+    pub store: Option<crate::runtime::store::StoreConfig>,
     pub limits: Limits,
     pub chaos: Chaos,
 }
@@ -398,6 +400,7 @@ impl ServerConfig {
             admin: None,
             auth: None,
             audit: None,
+            store: None,
             limits: Limits::default(),
             chaos: Chaos::default(),
         }

@@ -156,6 +156,9 @@ counters! {
     /// `resources/read` of a file refused: outside its root (traversal,
     /// symlink out, dotfile), missing, or over `max_file_bytes`.
     file_reads_refused,
+    /// Persistence operations dropped because the shard's buffer was full
+    /// (the disk fell behind `store_pending_ops_max`).
+    store_dropped,
     /// Audit lines dropped because the shard's buffer was full (the writer
     /// fell behind).
     audit_dropped,

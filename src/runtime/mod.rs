@@ -13,6 +13,7 @@ pub mod local;
 pub mod mesh;
 pub mod process;
 pub mod shard;
+pub mod store;
 pub mod supervisor;
 
 use std::cell::RefCell;
@@ -121,6 +122,8 @@ struct ShardStart {
     epoch: Instant,
     /// The audit writer's queue (`--audit-log`).
     audit: Option<Sender<Vec<u8>>>,
+    /// This shard's file (`--data-dir`).
+    db: Option<Arc<redb::Database>>,
 }
 
 struct ShardThread {
@@ -149,6 +152,8 @@ struct Launcher {
     events: Sender<ShardEvent>,
     epoch: Instant,
     audit: Option<Sender<Vec<u8>>>,
+    /// Every shard's file, opened once so a restarted shard reuses it.
+    dbs: Option<Vec<Arc<redb::Database>>>,
 }
 
 impl Launcher {
@@ -175,6 +180,7 @@ impl Launcher {
             made: made_tx,
             epoch: self.epoch,
             audit: self.audit.clone(),
+            db: self.dbs.as_ref().map(|d| d[index].clone()),
         };
         let join = std::thread::Builder::new()
             .name(format!("tessera-shard-{index}"))
@@ -301,6 +307,26 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
         }
         None => (None, None),
     };
+    let dbs = match &config.store {
+        Some(st) => {
+            let dbs = store::open_all(st, n)?;
+            log::info!(
+                "persistence: {} ({n} file(s), fsync {:?}{}); legacy sessions and their SSE events survive restarts",
+                st.dir.display(),
+                st.fsync,
+                if st.fsync == store::FsyncPolicy::Interval {
+                    format!(" every {} ms", st.fsync_interval_ms)
+                } else {
+                    String::new()
+                }
+            );
+            Some(dbs)
+        }
+        None => {
+            log::info!("no --data-dir: sessions and SSE event stores are kept in memory only (lost on restart)");
+            None
+        }
+    };
     let config = Arc::new(config);
     let (event_tx, events) = bounded::<ShardEvent>(EVENT_QUEUE_DEPTH);
     let launcher = Launcher {
@@ -313,6 +339,7 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), String> {
         events: event_tx,
         epoch: Instant::now(),
         audit: audit_tx,
+        dbs,
     };
     let mut threads = Vec::with_capacity(n);
     for index in 0..n {
@@ -696,6 +723,7 @@ async fn shard_main(start: ShardStart, slot: Rc<std::cell::RefCell<Option<Rc<Sha
         commands,
         epoch,
         audit,
+        db,
         ..
     } = start;
     let fail = |error: String| {
@@ -773,6 +801,51 @@ async fn shard_main(start: ShardStart, slot: Rc<std::cell::RefCell<Option<Rc<Sha
     }
     if let Some(listener) = http_listener {
         glommio::spawn_local(http::accept_loop(shard.clone(), listener)).detach();
+    }
+    if let (Some(db), Some(st)) = (db, &config.store) {
+        // Before any listener: a client continuing its session must find it.
+        let mut loaded = match store::load(&db) {
+            Ok(l) => l,
+            Err(e) => {
+                return fail(format!(
+                    "reading {}: {e}",
+                    store::file_of(&st.dir, index).display()
+                ))
+            }
+        };
+        match store::ShardStore::start(st, db, index) {
+            Ok(s) => *shard.store.borrow_mut() = Some(s),
+            Err(e) => return fail(e),
+        }
+        let (sessions, events, tasks) = (
+            loaded.sessions.len(),
+            loaded.events.len(),
+            loaded.tasks.len(),
+        );
+        shard.tasks.borrow_mut().track_changes();
+        let task_records = std::mem::take(&mut loaded.tasks);
+        let restored_tasks = crate::server::tasks::restore(&shard, task_records);
+        let restored = http::session::restore(&shard, loaded);
+        if sessions + tasks > 0 {
+            log::info!(
+                "restored {restored} of {sessions} stored session(s), {events} SSE event(s), {restored_tasks} of {tasks} task(s)"
+            );
+        }
+        let s = shard.clone();
+        glommio::spawn_local(async move {
+            let flush = |s: &Shard| {
+                crate::server::tasks::flush_store(s);
+                http::session::flush_store(s);
+            };
+            while !s
+                .sleep_unless_shutdown(Duration::from_millis(store::FLUSH_MS))
+                .await
+            {
+                flush(&s);
+            }
+            flush(&s);
+        })
+        .detach();
     }
     if shard.registry.file_dirs.iter().any(|d| d.watched()) {
         glommio::spawn_local(crate::server::files::watch_loop(shard.clone())).detach();

@@ -247,6 +247,8 @@ pub struct Shard {
     pub auth: Option<std::sync::Arc<crate::server::auth::AuthConfig>>,
     /// This shard's audit lines waiting for the writer (`--audit-log`).
     pub audit: RefCell<Option<crate::server::audit::AuditBuffer>>,
+    /// This shard's persistence buffer and writer (`--data-dir`).
+    pub store: RefCell<Option<crate::runtime::store::ShardStore>>,
     /// Legacy HTTP sessions this shard owns, by id.
     pub sessions: RefCell<HashMap<String, Rc<crate::transport::http::session::HttpSession>>>,
     /// HTTP responses this shard is streaming to other shards, by (asking
@@ -310,12 +312,19 @@ impl Shard {
             sockets: RefCell::new(Default::default()),
             auth,
             audit: RefCell::new(None),
+            store: RefCell::new(None),
             http: http.map(Rc::new),
             sessions: RefCell::new(HashMap::new()),
             relays: RefCell::new(HashMap::new()),
             subscribers: RefCell::new(HashMap::new()),
             next_subscriber: Cell::new(1),
-            next_scope: Cell::new(1),
+            // Scopes name sessions to their tasks, and both outlive a
+            // restart with --data-dir: start past any earlier run's.
+            next_scope: Cell::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| (d.as_millis() as u64) << 10),
+            ),
             shutdown: Flag::default(),
         }
     }

@@ -365,6 +365,41 @@ pub struct Resume {
     access: Option<std::sync::Arc<auth::Access>>,
 }
 
+impl Resume {
+    /// A session read back from the store (`--data-dir`).
+    pub fn restored(
+        version: &'static str,
+        caps: ClientCaps,
+        client_initialized: bool,
+        log_level: Option<LogLevel>,
+    ) -> Self {
+        Self {
+            version,
+            caps,
+            client_initialized,
+            log_level,
+            principal: None,
+            access: None,
+        }
+    }
+
+    pub fn version(&self) -> &'static str {
+        self.version
+    }
+
+    pub fn caps(&self) -> ClientCaps {
+        self.caps
+    }
+
+    pub fn client_initialized(&self) -> bool {
+        self.client_initialized
+    }
+
+    pub fn log_level(&self) -> Option<LogLevel> {
+        self.log_level
+    }
+}
+
 /// One client's legacy MCP state: a TCP or stdio connection, or an HTTP
 /// session. Modern requests read nothing from it.
 pub struct Session {
@@ -434,9 +469,15 @@ impl Session {
         self.label = Some(label.into());
     }
 
-    /// A per-shard serial for naming sessions.
+    /// A per-shard serial naming this session (log lines, and which
+    /// legacy tasks `tasks/list` shows).
     pub fn scope(&self) -> u64 {
         self.scope
+    }
+
+    /// Keeps the scope a stored session had, so its tasks stay its own.
+    pub fn set_scope(&mut self, scope: u64) {
+        self.scope = scope;
     }
 
     /// Binds this session to `who` and restricts it to what its roles
@@ -588,6 +629,35 @@ impl Session {
 
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
+    }
+
+    /// The resource URIs this session watches, sorted.
+    pub fn subscriptions(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.subscriptions.iter().map(|u| u.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// Watches `uris` again for a session read back from the store.
+    pub fn restore_subscriptions(&mut self, shard: &Rc<Shard>, uris: Vec<String>) {
+        let Some(sub) = self.subscriber_id(shard) else {
+            return;
+        };
+        for uri in uris
+            .into_iter()
+            .take(shard.limits.max_subscriptions_per_session)
+        {
+            self.subscriptions.insert(uri.clone().into_boxed_str());
+            match resources::watch(shard, uri, sub) {
+                resources::WatchOp::Done(_) => {}
+                resources::WatchOp::Remote(fut) => {
+                    glommio::spawn_local(async move {
+                        let _ = fut.await;
+                    })
+                    .detach();
+                }
+            }
+        }
     }
 
     pub fn inflight(&self) -> &Rc<Inflight> {

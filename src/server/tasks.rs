@@ -253,6 +253,8 @@ pub struct TaskTable {
     max: usize,
     ttl_max_ms: u64,
     tasks: HashMap<String, Task>,
+    /// With `--data-dir`: tasks changed or removed since the last flush.
+    dirty: Option<std::collections::HashSet<String>>,
 }
 
 impl TaskTable {
@@ -262,6 +264,18 @@ impl TaskTable {
             max,
             ttl_max_ms,
             tasks: HashMap::new(),
+            dirty: None,
+        }
+    }
+
+    /// Records which tasks change, for the store (`--data-dir`).
+    pub fn track_changes(&mut self) {
+        self.dirty.get_or_insert_with(Default::default);
+    }
+
+    fn touch(&mut self, id: &str) {
+        if let Some(d) = self.dirty.as_mut() {
+            d.insert(id.to_owned());
         }
     }
 
@@ -283,6 +297,7 @@ impl TaskTable {
             .map(|t| t.id.clone())
             .collect();
         for id in &expired {
+            self.touch(id);
             if let Some(t) = self.tasks.remove(id) {
                 if let Some(h) = t.running {
                     h.cancel();
@@ -312,6 +327,180 @@ impl TaskTable {
         }
         id
     }
+}
+
+/// What the store keeps of a task (`--data-dir`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TaskRecord {
+    era: Option<String>,
+    status: String,
+    status_message: Option<String>,
+    created_ms: u64,
+    updated_ms: u64,
+    ttl_ms: u64,
+    tool: String,
+    args: String,
+    caps: [bool; 4],
+    /// The legacy session scope that may list it.
+    scope: Option<u64>,
+    responses: Vec<(String, String)>,
+    input_requests: Vec<(String, String)>,
+    state: Option<String>,
+    result: Option<String>,
+    error: Option<(i32, String, Option<String>)>,
+}
+
+impl Task {
+    fn record(&self) -> Vec<u8> {
+        let rec = TaskRecord {
+            era: match self.era {
+                Era::Legacy => None,
+                Era::Modern(v) => Some(v.to_owned()),
+            },
+            status: self.status.name().to_owned(),
+            status_message: self.status_message.clone(),
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            ttl_ms: self.ttl_ms,
+            tool: self.tool.descriptor().name.clone(),
+            args: self.args.clone(),
+            caps: [
+                self.caps.sampling,
+                self.caps.elicitation,
+                self.caps.roots,
+                self.caps.tasks_extension,
+            ],
+            scope: self.legacy.as_ref().map(|l| l.scope),
+            responses: self
+                .responses
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            input_requests: self.input_requests.clone(),
+            state: self.state.clone(),
+            result: self.result.clone(),
+            error: self
+                .error
+                .as_ref()
+                .map(|e| (e.code, e.message.clone(), e.data.clone())),
+        };
+        serde_json::to_vec(&rec).expect("a task record encodes")
+    }
+}
+
+/// Hands the tasks changed since the last call to the store.
+pub fn flush_store(shard: &Shard) {
+    let ops: Vec<crate::runtime::store::Op> = {
+        let mut table = shard.tasks.borrow_mut();
+        let Some(dirty) = table.dirty.as_mut().filter(|d| !d.is_empty()) else {
+            return;
+        };
+        let ids: Vec<String> = dirty.drain().collect();
+        ids.into_iter()
+            .map(|id| match table.tasks.get(&id) {
+                Some(t) => crate::runtime::store::Op::PutTask(id, t.record()),
+                None => crate::runtime::store::Op::DelTask(id),
+            })
+            .collect()
+    };
+    let mut store = shard.store.borrow_mut();
+    if let Some(s) = store.as_mut() {
+        for op in ops {
+            if !s.push(op) {
+                shard.metrics.borrow_mut().counters.store_dropped += 1;
+            }
+        }
+    }
+}
+
+/// Brings back a shard's stored tasks: finished ones as they were, ones
+/// waiting for input still waiting; ones that were running when the server
+/// stopped have lost their handler and are failed, saying so. Returns how
+/// many were restored.
+pub fn restore(shard: &Shard, records: Vec<(String, Vec<u8>)>) -> usize {
+    let now = now_ms();
+    let mut restored = 0;
+    let mut table = shard.tasks.borrow_mut();
+    for (id, bytes) in records {
+        let rec: TaskRecord = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(_) => {
+                table.touch(&id);
+                continue;
+            }
+        };
+        let tool = shard.registry.tool(&rec.tool).map(|e| e.tool.clone());
+        let era = match rec.era.as_deref() {
+            None => Some(Era::Legacy),
+            Some(v) => crate::protocol::mcp::modern_version(v).map(Era::Modern),
+        };
+        let (Some(tool), Some(era)) = (tool, era) else {
+            table.touch(&id); // its tool or era is gone: forget it
+            continue;
+        };
+        if owner_of(&id, shard.shard_count) != Some(shard.id)
+            || now >= rec.created_ms.saturating_add(rec.ttl_ms)
+            || table.tasks.len() >= table.max
+        {
+            table.touch(&id);
+            continue;
+        }
+        let mut status = match rec.status.as_str() {
+            "completed" => Status::Completed,
+            "failed" => Status::Failed,
+            "cancelled" => Status::Cancelled,
+            "input_required" => Status::InputRequired,
+            _ => Status::Working,
+        };
+        let mut message = rec.status_message;
+        let mut error = rec.error.map(|(code, message, data)| RpcError {
+            code,
+            message,
+            data,
+        });
+        if status == Status::Working {
+            status = Status::Failed;
+            let m = "the server restarted while the task was running";
+            message = Some(m.to_owned());
+            error = Some(RpcError::new(jsonrpc::INTERNAL_ERROR, m));
+            table.touch(&id);
+        }
+        let [sampling, elicitation, roots, tasks_extension] = rec.caps;
+        table.tasks.insert(
+            id.clone(),
+            Task {
+                id,
+                era,
+                status,
+                status_message: message,
+                created_ms: rec.created_ms,
+                updated_ms: rec.updated_ms,
+                ttl_ms: rec.ttl_ms,
+                tool,
+                args: rec.args,
+                caps: ClientCaps {
+                    sampling,
+                    elicitation,
+                    roots,
+                    tasks_extension,
+                },
+                legacy: rec.scope.map(|scope| LegacyLink {
+                    scope,
+                    notifier: None,
+                    outbound: None,
+                }),
+                responses: rec.responses.into_iter().collect(),
+                input_requests: rec.input_requests,
+                state: rec.state,
+                result: rec.result,
+                error,
+                running: None,
+                waiters: Vec::new(),
+            },
+        );
+        restored += 1;
+    }
+    restored
 }
 
 /// The shard that owns task `id`, if the id is one of ours.
@@ -376,6 +565,7 @@ fn set_status(shard: &Shard, id: &str, status: Status, message: Option<String>) 
         }
     }
     announce(t);
+    table.touch(id);
 }
 
 /// Runs one round of task `id`'s handler on this shard.
@@ -689,6 +879,7 @@ fn create(
                 waiters: Vec::new(),
             },
         );
+        table.touch(&id);
         id
     };
     shard.metrics.borrow_mut().counters.tasks_created += 1;
@@ -740,7 +931,7 @@ pub fn execute(shard: &Rc<Shard>, op: TaskOp) -> Result<String, RpcError> {
             let ready = {
                 let mut table = shard.tasks.borrow_mut();
                 let t = table.tasks.get_mut(&id).expect("checked above");
-                if t.status != Status::InputRequired {
+                let ready = if t.status != Status::InputRequired {
                     // Answers for a task not waiting are acknowledged and kept
                     // for its next round.
                     t.responses.extend(answers);
@@ -752,7 +943,9 @@ pub fn execute(shard: &Rc<Shard>, op: TaskOp) -> Result<String, RpcError> {
                     }
                     t.updated_ms = now.max(t.updated_ms);
                     t.input_requests.is_empty()
-                }
+                };
+                table.touch(&id);
+                ready
             };
             if ready {
                 set_status(shard, &id, Status::Working, None);

@@ -29,6 +29,7 @@ use crate::protocol::jsonrpc::{self, Id, Message};
 use crate::protocol::PARSE_PADDING;
 use crate::runtime::local::Pipe;
 use crate::runtime::shard::Shard;
+use crate::runtime::store::{event_key, parse_event_key, Loaded, Op};
 use crate::server::ratelimit::Principal;
 use crate::server::{account, Notifier, Pending, Session, SharedNotifier};
 
@@ -125,7 +126,10 @@ impl Notifier for StreamNotifier {
 
 impl HttpSession {
     fn new(shard: &Rc<Shard>, cfg: &HttpConfig) -> Rc<Self> {
-        let id = new_id(shard.id);
+        Self::with_id(shard, cfg, new_id(shard.id))
+    }
+
+    fn with_id(shard: &Rc<Shard>, cfg: &HttpConfig, id: String) -> Rc<Self> {
         Rc::new_cyclic(|me: &Weak<HttpSession>| {
             let standalone: SharedNotifier = Rc::new(StreamNotifier {
                 session: me.clone(),
@@ -156,6 +160,38 @@ impl HttpSession {
 
     fn touch(&self) {
         self.last_active.set(Instant::now());
+    }
+
+    /// Queues a change to this session's stored copy (`--data-dir`).
+    fn persist(&self, op: Op) {
+        if let Some(shard) = self.shard.upgrade() {
+            persist_op(&shard, op);
+        }
+    }
+
+    /// What the store keeps of this session (besides its events).
+    fn record(&self) -> Option<Vec<u8>> {
+        let mcp = self.mcp.borrow();
+        let r = mcp.resume_state()?;
+        let caps = r.caps();
+        let who = self.principal.borrow();
+        let st = self.streams.borrow();
+        let rec = SessionRecord {
+            version: r.version().to_owned(),
+            sampling: caps.sampling,
+            elicitation: caps.elicitation,
+            roots: caps.roots,
+            tasks_extension: caps.tasks_extension,
+            initialized: r.client_initialized(),
+            log_level: r.log_level().map(|l| l.name().to_owned()),
+            principal: who.as_ref().map(|w| w.principal.clone()),
+            roles: who.as_ref().map(|w| w.roles.clone()).unwrap_or_default(),
+            subscriptions: mcp.subscriptions(),
+            next_stream: st.next_stream,
+            standalone_next_seq: st.live.get(&0).map_or(1, |l| l.next_seq),
+            scope: mcp.scope(),
+        };
+        serde_json::to_vec(&rec).ok()
     }
 
     /// True when nothing uses the session and it has been quiet for `ttl`.
@@ -215,6 +251,10 @@ impl HttpSession {
         if last {
             st.live.remove(&stream);
         }
+        self.persist(Op::PutEvent(
+            event_key(&self.id, stream, seq),
+            frame.clone(),
+        ));
         st.store.push_back(Stored {
             stream,
             seq,
@@ -230,6 +270,7 @@ impl HttpSession {
             if st.store.len() > self.store_max_events
                 || now.duration_since(front.at) > self.store_max_age
             {
+                self.persist(Op::DelEvent(event_key(&self.id, front.stream, front.seq)));
                 st.store.pop_front();
             } else {
                 break;
@@ -272,6 +313,9 @@ impl HttpSession {
     fn drop_stream(&self, stream: u64) {
         let mut st = self.streams.borrow_mut();
         st.live.remove(&stream);
+        for e in st.store.iter().filter(|e| e.stream == stream) {
+            self.persist(Op::DelEvent(event_key(&self.id, e.stream, e.seq)));
+        }
         st.store.retain(|e| e.stream != stream);
     }
 
@@ -350,6 +394,11 @@ impl HttpSession {
     fn end(&self, shard: &Rc<Shard>) {
         if self.ended.replace(true) {
             return;
+        }
+        persist_op(shard, Op::DelSession(self.id.clone()));
+        if let Some(store) = shard.store.borrow_mut().as_mut() {
+            store.dirty.remove(&self.id);
+            store.written.remove(&self.id);
         }
         self.mcp.borrow_mut().close(shard);
         let mut st = self.streams.borrow_mut();
@@ -612,6 +661,7 @@ pub async fn initialize(
         .sessions
         .borrow_mut()
         .insert(session.id.clone(), session.clone());
+    mark_dirty(shard, &session.id);
     resp.with_header("mcp-session-id", session.id.clone())
 }
 
@@ -650,7 +700,13 @@ pub async fn serve_call(shard: &Rc<Shard>, call: HttpCall) -> McpResponse {
         }
     }
     match call.method {
-        HttpMethod::Post => post(shard, &session, call.accepts, call.body).await.0,
+        HttpMethod::Post => {
+            let r = post(shard, &session, call.accepts, call.body).await.0;
+            // setLevel, subscribe, notifications/initialized... change what
+            // the store keeps; the flush compares before writing.
+            mark_dirty(shard, &session.id);
+            r
+        }
         HttpMethod::Delete => {
             shard.sessions.borrow_mut().remove(&session.id);
             shard
@@ -725,6 +781,174 @@ pub async fn sweep_loop(shard: Rc<Shard>) {
             shard.metrics.borrow_mut().counters.sessions_expired += 1;
         }
     }
+}
+
+/// What the store keeps of a legacy session (`--data-dir`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SessionRecord {
+    version: String,
+    sampling: bool,
+    elicitation: bool,
+    roots: bool,
+    tasks_extension: bool,
+    initialized: bool,
+    log_level: Option<String>,
+    principal: Option<String>,
+    roles: Vec<String>,
+    subscriptions: Vec<String>,
+    next_stream: u64,
+    standalone_next_seq: u64,
+    scope: u64,
+}
+
+fn persist_op(shard: &Shard, op: Op) {
+    let mut store = shard.store.borrow_mut();
+    if let Some(s) = store.as_mut() {
+        if !s.push(op) {
+            shard.metrics.borrow_mut().counters.store_dropped += 1;
+        }
+    }
+}
+
+fn mark_dirty(shard: &Shard, id: &str) {
+    if let Some(s) = shard.store.borrow_mut().as_mut() {
+        s.dirty.insert(id.to_owned());
+    }
+}
+
+/// Writes the records of sessions that may have changed (only those whose
+/// record differs from what was last written), then hands everything
+/// queued to the shard's writer.
+pub fn flush_store(shard: &Shard) {
+    let dirty = match shard.store.borrow_mut().as_mut() {
+        Some(s) => std::mem::take(&mut s.dirty),
+        None => return,
+    };
+    for id in dirty {
+        let session = shard.sessions.borrow().get(&id).cloned();
+        let Some(rec) = session.filter(|s| !s.ended.get()).and_then(|s| s.record()) else {
+            continue;
+        };
+        let hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            rec.hash(&mut h);
+            h.finish()
+        };
+        let changed = shard
+            .store
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| s.written.get(&id) != Some(&hash));
+        if changed {
+            persist_op(shard, Op::PutSession(id.clone(), rec));
+            if let Some(s) = shard.store.borrow_mut().as_mut() {
+                s.written.insert(id, hash);
+            }
+        }
+    }
+    if let Some(s) = shard.store.borrow_mut().as_mut() {
+        s.flush();
+    }
+}
+
+/// Brings back the sessions (and their SSE events) a shard's file held.
+/// Returns how many sessions were restored.
+pub fn restore(shard: &Rc<Shard>, loaded: Loaded) -> usize {
+    let Some(cfg) = shard.http.clone() else {
+        return 0;
+    };
+    let mut events: HashMap<String, Vec<(u64, u64, Vec<u8>)>> = HashMap::new();
+    for (k, v) in loaded.events {
+        if let Some((id, stream, seq)) = parse_event_key(&k) {
+            events
+                .entry(id.to_owned())
+                .or_default()
+                .push((stream, seq, v));
+        }
+    }
+    let mut restored = 0;
+    for (id, bytes) in loaded.sessions {
+        let rec: SessionRecord = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("stored session {id} is unreadable ({e}); dropped");
+                persist_op(shard, Op::DelSession(id));
+                continue;
+            }
+        };
+        if owner_of(&id, shard.shard_count) != Some(shard.id) {
+            log::warn!("stored session {id} belongs to another shard count; dropped");
+            persist_op(shard, Op::DelSession(id));
+            continue;
+        }
+        let session = HttpSession::with_id(shard, &cfg, id.clone());
+        {
+            let mut mcp = session.mcp.borrow_mut();
+            let caps = crate::server::ctx::ClientCaps {
+                sampling: rec.sampling,
+                elicitation: rec.elicitation,
+                roots: rec.roots,
+                tasks_extension: rec.tasks_extension,
+            };
+            mcp.resume(
+                shard,
+                crate::server::Resume::restored(
+                    crate::protocol::mcp::negotiate(&rec.version),
+                    caps,
+                    rec.initialized,
+                    rec.log_level
+                        .as_deref()
+                        .and_then(crate::server::content::LogLevel::parse),
+                ),
+            );
+            if let Some(p) = &rec.principal {
+                let who = crate::server::auth::Identity {
+                    principal: p.clone(),
+                    roles: rec.roles.clone(),
+                };
+                if let Some(auth) = &cfg.auth {
+                    mcp.set_identity(auth, &who);
+                }
+                *session.principal.borrow_mut() = Some(who);
+            }
+            mcp.set_scope(rec.scope);
+            mcp.restore_subscriptions(shard, rec.subscriptions);
+        }
+        {
+            let mut st = session.streams.borrow_mut();
+            let now = Instant::now();
+            let mut next_stream = rec.next_stream.max(1);
+            let mut standalone_next = rec.standalone_next_seq.max(1);
+            for (stream, seq, frame) in events.remove(&id).unwrap_or_default() {
+                next_stream = next_stream.max(stream + 1);
+                if stream == 0 {
+                    standalone_next = standalone_next.max(seq + 1);
+                }
+                st.store.push_back(Stored {
+                    stream,
+                    seq,
+                    at: now,
+                    frame: Bytes::from(frame),
+                });
+            }
+            st.next_stream = next_stream;
+            st.live.insert(
+                0,
+                Live {
+                    sink: None,
+                    next_seq: standalone_next,
+                },
+            );
+        }
+        shard.sessions.borrow_mut().insert(id, session);
+        restored += 1;
+    }
+    // Events of sessions that are gone.
+    for id in events.into_keys() {
+        persist_op(shard, Op::DelSession(id));
+    }
+    restored
 }
 
 #[cfg(test)]

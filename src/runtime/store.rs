@@ -1,0 +1,354 @@
+//! Persistence (`--data-dir`): each shard's legacy HTTP sessions, their
+//! SSE event stores and its tasks, in one embedded transactional file per shard
+//! (`shard-<i>.redb`; shared-nothing on disk too), so a restart — even after
+//! `kill -9` — finds them again.
+//!
+//! A shard never waits for the disk: it queues operations in its own
+//! buffer (at most `--store-pending-ops-max`; past it operations are dropped
+//! and counted as `store_dropped`) and hands them every [`FLUSH_MS`] to its
+//! writer thread over a bounded queue. The writer applies each batch in one
+//! write transaction. `--fsync always` makes every batch durable before the
+//! next (fsync); `interval` (the default) writes every batch to the file at
+//! once (it survives the process dying) and fsyncs at most every
+//! `--fsync-interval-ms` (a power cut loses at most that); `never` leaves
+//! fsync to the OS. redb's commits are atomic, so a crash never leaves a
+//! half-written batch.
+//!
+//! The files are opened by the main thread once and shared with whichever
+//! executor serves the shard, so a shard that is restarted after a crash
+//! reloads what it had.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+
+/// Sessions by id: their record (JSON).
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// SSE events by `<session>/<stream:016x>/<seq:016x>`: the encoded frame.
+const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+
+/// Tasks by id: their record (JSON).
+const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+
+/// How often a shard hands its operations to its writer.
+pub const FLUSH_MS: u64 = 10;
+/// Batches a shard may have queued for its writer.
+pub const QUEUE_BATCHES: usize = 256;
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync every batch before the next one.
+    Always,
+    /// fsync at most every --fsync-interval-ms.
+    Interval,
+    /// Never fsync; the OS writes back when it likes.
+    Never,
+}
+
+/// `--data-dir` and its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval_ms: u64,
+    pub pending_ops_max: usize,
+}
+
+/// One change to a shard's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    PutSession(String, Vec<u8>),
+    /// Removes the session and all its events.
+    DelSession(String),
+    PutEvent(String, bytes::Bytes),
+    DelEvent(String),
+    PutTask(String, Vec<u8>),
+    DelTask(String),
+}
+
+/// The key of event `seq` of `stream` of `session`.
+pub fn event_key(session: &str, stream: u64, seq: u64) -> String {
+    format!("{session}/{stream:016x}/{seq:016x}")
+}
+
+/// `(session, stream, seq)` of an event key.
+pub fn parse_event_key(key: &str) -> Option<(&str, u64, u64)> {
+    let mut parts = key.split('/');
+    let session = parts.next()?;
+    let stream = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let seq = u64::from_str_radix(parts.next()?, 16).ok()?;
+    parts.next().is_none().then_some((session, stream, seq))
+}
+
+/// What a shard's file held when it started.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub sessions: Vec<(String, Vec<u8>)>,
+    /// In key order: by session, stream, seq.
+    pub events: Vec<(String, Vec<u8>)>,
+    pub tasks: Vec<(String, Vec<u8>)>,
+}
+
+fn db_error(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Opens (creating) every shard's file under `dir`.
+pub fn open_all(cfg: &StoreConfig, shards: usize) -> Result<Vec<Arc<Database>>, String> {
+    std::fs::create_dir_all(&cfg.dir)
+        .map_err(|e| format!("--data-dir {}: {e}", cfg.dir.display()))?;
+    (0..shards)
+        .map(|i| {
+            let path = cfg.dir.join(format!("shard-{i}.redb"));
+            let db = Database::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            // Tables exist from the start, so readers never meet a missing one.
+            let txn = db.begin_write().map_err(db_error)?;
+            txn.open_table(SESSIONS).map_err(db_error)?;
+            txn.open_table(EVENTS).map_err(db_error)?;
+            txn.open_table(TASKS).map_err(db_error)?;
+            txn.commit().map_err(db_error)?;
+            Ok(Arc::new(db))
+        })
+        .collect()
+}
+
+/// Everything in `db`.
+pub fn load(db: &Database) -> Result<Loaded, String> {
+    let txn = db.begin_read().map_err(db_error)?;
+    let mut out = Loaded::default();
+    for (table, into) in [
+        (SESSIONS, &mut out.sessions),
+        (EVENTS, &mut out.events),
+        (TASKS, &mut out.tasks),
+    ] {
+        let t = txn.open_table(table).map_err(db_error)?;
+        for row in t.iter().map_err(db_error)? {
+            let (k, v) = row.map_err(db_error)?;
+            into.push((k.value().to_owned(), v.value().to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// One shard's end: buffered operations and the writer thread.
+pub struct ShardStore {
+    pending: Vec<Op>,
+    pending_max: usize,
+    tx: Option<Sender<Vec<Op>>>,
+    writer: Option<JoinHandle<()>>,
+    /// Sessions whose record may have changed since it was last written.
+    pub dirty: std::collections::HashSet<String>,
+    /// A hash of each session's last written record, to skip rewrites.
+    pub written: std::collections::HashMap<String, u64>,
+}
+
+impl ShardStore {
+    /// Starts shard `index`'s writer on `db`.
+    pub fn start(cfg: &StoreConfig, db: Arc<Database>, index: usize) -> Result<Self, String> {
+        let (tx, rx) = bounded(QUEUE_BATCHES);
+        let policy = cfg.fsync;
+        let interval = Duration::from_millis(cfg.fsync_interval_ms.max(1));
+        let writer = std::thread::Builder::new()
+            .name(format!("tessera-store-{index}"))
+            .spawn(move || write_loop(&db, rx, policy, interval))
+            .map_err(|e| format!("starting the store writer: {e}"))?;
+        Ok(Self {
+            pending: Vec::new(),
+            pending_max: cfg.pending_ops_max,
+            tx: Some(tx),
+            writer: Some(writer),
+            dirty: Default::default(),
+            written: Default::default(),
+        })
+    }
+
+    /// Queues `op`; false when the buffer is full and it was dropped.
+    pub fn push(&mut self, op: Op) -> bool {
+        if self.pending.len() >= self.pending_max {
+            return false;
+        }
+        self.pending.push(op);
+        true
+    }
+
+    /// Hands the buffered operations to the writer if its queue has room.
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let Some(tx) = &self.tx else { return };
+        let batch = std::mem::take(&mut self.pending);
+        if let Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) = tx.try_send(batch) {
+            self.pending = b;
+        }
+    }
+}
+
+impl Drop for ShardStore {
+    fn drop(&mut self) {
+        // The shard is going away: its last operations wait a little for
+        // room, then the writer commits durably and stops.
+        if let Some(tx) = self.tx.take() {
+            if !self.pending.is_empty() {
+                let _ = tx.send_timeout(std::mem::take(&mut self.pending), Duration::from_secs(1));
+            }
+        }
+        if let Some(w) = self.writer.take() {
+            let until = Instant::now() + Duration::from_secs(5);
+            while !w.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if w.is_finished() {
+                let _ = w.join();
+            }
+        }
+    }
+}
+
+fn apply(db: &Database, batch: Vec<Op>, durability: Durability) -> Result<(), String> {
+    let mut txn = db.begin_write().map_err(db_error)?;
+    txn.set_durability(durability);
+    {
+        let mut sessions = txn.open_table(SESSIONS).map_err(db_error)?;
+        let mut events = txn.open_table(EVENTS).map_err(db_error)?;
+        let mut tasks = txn.open_table(TASKS).map_err(db_error)?;
+        for op in batch {
+            match op {
+                Op::PutSession(id, v) => {
+                    sessions
+                        .insert(id.as_str(), v.as_slice())
+                        .map_err(db_error)?;
+                }
+                Op::DelSession(id) => {
+                    sessions.remove(id.as_str()).map_err(db_error)?;
+                    let from = format!("{id}/");
+                    let to = format!("{id}0"); // '0' follows '/'
+                    events
+                        .retain_in(from.as_str()..to.as_str(), |_, _| false)
+                        .map_err(db_error)?;
+                }
+                Op::PutEvent(k, v) => {
+                    events.insert(k.as_str(), v.as_ref()).map_err(db_error)?;
+                }
+                Op::DelEvent(k) => {
+                    events.remove(k.as_str()).map_err(db_error)?;
+                }
+                Op::PutTask(id, v) => {
+                    tasks.insert(id.as_str(), v.as_slice()).map_err(db_error)?;
+                }
+                Op::DelTask(id) => {
+                    tasks.remove(id.as_str()).map_err(db_error)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(db_error)
+}
+
+fn write_loop(db: &Database, rx: Receiver<Vec<Op>>, policy: FsyncPolicy, interval: Duration) {
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
+    loop {
+        let wait = match (policy, unsynced) {
+            (FsyncPolicy::Interval, true) => interval.saturating_sub(last_sync.elapsed()),
+            _ => Duration::from_secs(3600),
+        };
+        let batch = match rx.recv_timeout(wait) {
+            Ok(mut b) => {
+                // Whatever else is queued goes into the same transaction.
+                while let Ok(more) = rx.try_recv() {
+                    b.extend(more);
+                }
+                b
+            }
+            Err(RecvTimeoutError::Timeout) => Vec::new(),
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let sync_now = match policy {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval => last_sync.elapsed() >= interval,
+            FsyncPolicy::Never => false,
+        };
+        if batch.is_empty() && !(sync_now && unsynced) {
+            continue;
+        }
+        let durability = if sync_now {
+            Durability::Immediate
+        } else {
+            Durability::Eventual
+        };
+        if let Err(e) = apply(db, batch, durability) {
+            log::error!("store: a batch was not written: {e}");
+        }
+        if sync_now {
+            last_sync = Instant::now();
+            unsynced = false;
+        } else {
+            unsynced = true;
+        }
+    }
+    if let Err(e) = apply(db, Vec::new(), Durability::Immediate) {
+        log::error!("store: the final sync failed: {e}");
+    }
+}
+
+/// Where shard `index`'s file is.
+pub fn file_of(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("shard-{index}.redb"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_survive_reopening_and_sessions_take_their_events_along() {
+        let dir = std::env::temp_dir().join(format!("tessera-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = StoreConfig {
+            dir: dir.clone(),
+            fsync: FsyncPolicy::Always,
+            fsync_interval_ms: 1000,
+            pending_ops_max: 1000,
+        };
+        {
+            let dbs = open_all(&cfg, 1).unwrap();
+            let mut s = ShardStore::start(&cfg, dbs[0].clone(), 0).unwrap();
+            assert!(s.push(Op::PutSession("a".into(), b"{}".to_vec())));
+            assert!(s.push(Op::PutSession("b".into(), b"{}".to_vec())));
+            for seq in 1..=3 {
+                s.push(Op::PutEvent(
+                    event_key("a", 0, seq),
+                    bytes::Bytes::from_static(b"ev"),
+                ));
+                s.push(Op::PutEvent(
+                    event_key("b", 2, seq),
+                    bytes::Bytes::from_static(b"ev"),
+                ));
+            }
+            s.push(Op::DelEvent(event_key("a", 0, 1)));
+            s.push(Op::DelSession("b".into()));
+            s.flush();
+        }
+        let dbs = open_all(&cfg, 1).unwrap();
+        let got = load(&dbs[0]).unwrap();
+        assert_eq!(got.sessions, vec![("a".to_string(), b"{}".to_vec())]);
+        let keys: Vec<_> = got
+            .events
+            .iter()
+            .map(|(k, _)| parse_event_key(k).unwrap())
+            .collect();
+        assert_eq!(keys, vec![("a", 0, 2), ("a", 0, 3)]);
+        let mut s = ShardStore::start(&cfg, dbs[0].clone(), 0).unwrap();
+        s.pending_max = 1;
+        assert!(s.push(Op::DelSession("a".into())));
+        assert!(!s.push(Op::DelSession("a".into())), "bounded");
+        drop(s);
+        drop(dbs);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
