@@ -159,7 +159,9 @@ pub fn log_session() -> Option<Rc<str>> {
 }
 
 /// Names the session on this thread's log lines until dropped.
-struct LogSession(Option<Rc<str>>);
+/// Transports hold one per batch of a session's messages, not per message:
+/// one thread-local write per read keeps it off the per-request cost.
+pub struct LogSession(Option<Rc<str>>);
 
 impl LogSession {
     fn enter(label: &Rc<str>) -> Self {
@@ -467,6 +469,11 @@ impl Session {
     /// Names this session on log and audit lines.
     pub fn set_label(&mut self, label: &str) {
         self.label = Some(label.into());
+    }
+
+    /// While the result lives, this thread's log lines name this session.
+    pub fn log_scope(&self) -> Option<LogSession> {
+        self.label.as_ref().map(LogSession::enter)
     }
 
     /// A per-shard serial naming this session (log lines, and which
@@ -830,15 +837,13 @@ impl Session {
         }
     }
 
-    /// Serves one request with this session's id on the log lines it causes,
-    /// and audits it (`--audit-log`).
+    /// Serves one request and audits it (`--audit-log`).
     fn dispatch_request(
         &mut self,
         shard: &Rc<Shard>,
         req: Req<'_, '_>,
         out: &mut Vec<u8>,
     ) -> Handled {
-        let _log = self.label.as_ref().map(LogSession::enter);
         if shard.audit.borrow().is_none() {
             return self.dispatch_inner(shard, req, out);
         }

@@ -312,6 +312,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     self.chunk_len = Some(n);
                     self.consumed = 0;
                     self.shard.batch_clock.set(Some(Instant::now()));
+                    let _log = self.session.log_scope();
                     self.on_bytes(&mut scratch.read, n, &mut scratch.write);
                     self.shard.batch_clock.set(None);
                     self.chunk_len = None;

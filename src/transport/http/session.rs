@@ -494,6 +494,7 @@ async fn post(
             };
             let is_request = matches!(msg, Message::Request { .. });
             let mut out = Vec::with_capacity(256);
+            let _log = session.mcp.borrow().log_scope();
             if !is_request {
                 let h = session
                     .mcp
