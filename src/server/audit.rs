@@ -160,6 +160,9 @@ pub struct AuditBuffer {
     max_bytes: usize,
     tx: Sender<Vec<u8>>,
     shard: usize,
+    /// The last timestamp formatted, and its text: lines within the same
+    /// millisecond reuse it.
+    clock: (u64, String),
 }
 
 /// What one audit line says.
@@ -180,18 +183,22 @@ impl AuditBuffer {
             max_bytes,
             tx,
             shard,
+            clock: (u64::MAX, String::new()),
         }
     }
 
     /// Appends one line; false if it was dropped (the buffer is full).
     pub fn record(&mut self, r: &AuditRecord<'_>) -> bool {
         let mark = self.buf.len();
-        let out = &mut self.buf;
-        out.extend_from_slice(b"{\"time\":\"");
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        out.extend_from_slice(super::tasks::iso8601(now_ms).as_bytes());
+        if self.clock.0 != now_ms {
+            self.clock = (now_ms, super::tasks::iso8601(now_ms));
+        }
+        let out = &mut self.buf;
+        out.extend_from_slice(b"{\"time\":\"");
+        out.extend_from_slice(self.clock.1.as_bytes());
         out.extend_from_slice(b"\",\"shard\":");
         out.extend_from_slice(itoa::Buffer::new().format(self.shard).as_bytes());
         for (key, value) in [

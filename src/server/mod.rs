@@ -185,25 +185,32 @@ struct AuditLine {
     started: Instant,
 }
 
-impl AuditLine {
-    fn write(&self, shard: &Shard, response: &[u8]) {
-        let (outcome, code) = audit::outcome_of(response);
-        let mut audit = shard.audit.borrow_mut();
-        let Some(buf) = audit.as_mut() else {
-            return;
-        };
-        let written = buf.record(&audit::AuditRecord {
-            principal: self.principal.as_deref(),
-            session: self.session.as_deref(),
-            method: Some(&self.method),
-            name: self.name.as_deref(),
-            outcome,
-            code,
-            latency_us: self.started.elapsed().as_micros() as u64,
-        });
-        if !written {
-            shard.metrics.borrow_mut().counters.audit_dropped += 1;
-        }
+/// Appends one request's audit line (`--audit-log`), counting a drop.
+fn audit_line(
+    shard: &Shard,
+    principal: Option<&str>,
+    session: Option<&str>,
+    method: &str,
+    name: Option<&str>,
+    started: Instant,
+    response: &[u8],
+) {
+    let (outcome, code) = audit::outcome_of(response);
+    let mut audit = shard.audit.borrow_mut();
+    let Some(buf) = audit.as_mut() else {
+        return;
+    };
+    let written = buf.record(&audit::AuditRecord {
+        principal,
+        session,
+        method: Some(method),
+        name,
+        outcome,
+        code,
+        latency_us: started.elapsed().as_micros() as u64,
+    });
+    if !written {
+        shard.metrics.borrow_mut().counters.audit_dropped += 1;
     }
 }
 
@@ -847,31 +854,47 @@ impl Session {
         if shard.audit.borrow().is_none() {
             return self.dispatch_inner(shard, req, out);
         }
-        let name = req
+        let name: Option<&str> = req
             .params
             .as_ref()
             .and_then(|p| p.get("name").or_else(|| p.get("uri")))
-            .and_then(|n| n.into_string())
-            .map(str::to_owned);
-        let method: Box<str> = req.name.into();
+            .and_then(|n| n.into_string());
+        let method: &str = req.name;
         let started = req.started;
         let mark = out.len();
         let mut handled = self.dispatch_inner(shard, req, out);
-        let rec = AuditLine {
-            principal: self.principal.clone(),
-            session: self.label.clone(),
-            method,
-            name,
-            started,
-        };
         match handled.pending.as_mut() {
-            None => rec.write(shard, &out[mark..]),
+            // Answered now: written straight from the borrowed request.
+            None => audit_line(
+                shard,
+                self.principal.as_deref(),
+                self.label.as_deref(),
+                method,
+                name,
+                started,
+                &out[mark..],
+            ),
             Some(p) => {
+                let rec = AuditLine {
+                    principal: self.principal.clone(),
+                    session: self.label.clone(),
+                    method: method.into(),
+                    name: name.map(str::to_owned),
+                    started,
+                };
                 let fut = std::mem::replace(&mut p.fut, Box::pin(async { Vec::new() }));
                 let shard = shard.clone();
                 p.fut = Box::pin(async move {
                     let response = fut.await;
-                    rec.write(&shard, &response);
+                    audit_line(
+                        &shard,
+                        rec.principal.as_deref(),
+                        rec.session.as_deref(),
+                        &rec.method,
+                        rec.name.as_deref(),
+                        rec.started,
+                        &response,
+                    );
                     response
                 });
             }

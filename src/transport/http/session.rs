@@ -493,6 +493,18 @@ async fn post(
                 }
             };
             let is_request = matches!(msg, Message::Request { .. });
+            if let Message::Request { method, .. } | Message::Notification { method, .. } = &msg {
+                // Only these change what the store keeps of a session.
+                if matches!(
+                    *method,
+                    "notifications/initialized"
+                        | "logging/setLevel"
+                        | "resources/subscribe"
+                        | "resources/unsubscribe"
+                ) {
+                    mark_dirty(shard, &session.id);
+                }
+            }
             let mut out = Vec::with_capacity(256);
             let _log = session.mcp.borrow().log_scope();
             if !is_request {
@@ -701,13 +713,7 @@ pub async fn serve_call(shard: &Rc<Shard>, call: HttpCall) -> McpResponse {
         }
     }
     match call.method {
-        HttpMethod::Post => {
-            let r = post(shard, &session, call.accepts, call.body).await.0;
-            // setLevel, subscribe, notifications/initialized... change what
-            // the store keeps; the flush compares before writing.
-            mark_dirty(shard, &session.id);
-            r
-        }
+        HttpMethod::Post => post(shard, &session, call.accepts, call.body).await.0,
         HttpMethod::Delete => {
             shard.sessions.borrow_mut().remove(&session.id);
             shard
@@ -783,6 +789,10 @@ pub async fn sweep_loop(shard: Rc<Shard>) {
         }
     }
 }
+
+/// How far a restored session's stream ids jump past the stored counter
+/// (streams opened after the record was last written are not in it).
+const STREAM_ID_SKIP: u64 = 1 << 20;
 
 /// What the store keeps of a legacy session (`--data-dir`).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -933,7 +943,9 @@ pub fn restore(shard: &Rc<Shard>, loaded: Loaded) -> usize {
                     frame: Bytes::from(frame),
                 });
             }
-            st.next_stream = next_stream;
+            // Stream ids are not stored on every POST: skip past any the
+            // stored counter may have missed, so no id is reused.
+            st.next_stream = next_stream + STREAM_ID_SKIP;
             st.live.insert(
                 0,
                 Live {
