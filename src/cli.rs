@@ -107,9 +107,9 @@ pub struct ServeArgs {
     /// Absent: memory only.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// When the store's writes reach the disk: `always` (every batch is
-    /// fsynced), `interval` (written at once, fsynced every
-    /// --fsync-interval-ms) or `never` (left to the OS).
+    /// When the store's writes are durable: `always` (every batch before the
+    /// next), `interval` (everything at least every --fsync-interval-ms: a
+    /// crash loses at most that) or `never` (redb's Eventual durability).
     #[arg(long, value_enum, default_value = "interval")]
     pub fsync: crate::runtime::store::FsyncPolicy,
     #[arg(long, default_value_t = 1000)]

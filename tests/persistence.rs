@@ -35,6 +35,9 @@ fn start(dir: &Path, fsync: &str) -> Server {
         dir.to_str().unwrap(),
         "--fsync",
         fsync,
+        // A crash loses at most this much: keep it well under the waits.
+        "--fsync-interval-ms",
+        "100",
     ])
 }
 
@@ -125,7 +128,7 @@ fn sessions_and_event_stores_survive_kill_9() {
     set(&server, 4);
     // Let the shard hand its batch to the writer (every 10 ms) and the
     // writer commit it.
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1000));
     kill_9(&mut server);
 
     let mut server = start(&dir, "interval");
@@ -162,7 +165,7 @@ fn sessions_and_event_stores_survive_kill_9() {
     let mut c = server.http();
     let r = c.request("DELETE", "/mcp", &[V, ("Mcp-Session-Id", &sid)], None);
     assert_eq!(r.status, 200);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1000));
     kill_9(&mut server);
     let server = start(&dir, "always");
     let gone = post(
@@ -196,6 +199,8 @@ fn task_records_and_results_survive_kill_9() {
             "conformance".to_string(),
             "--data-dir".to_string(),
             dir.to_str().unwrap().to_string(),
+            "--fsync".to_string(),
+            "always".to_string(),
         ]
     };
     let a = args(&dir);
@@ -226,7 +231,7 @@ fn task_records_and_results_survive_kill_9() {
         .unwrap()
         .to_owned();
     assert!(text.starts_with("Computed after 0.1 s p"), "{text}");
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1000));
     kill_9(&mut server);
 
     let server = Server::start_http(&a.iter().map(String::as_str).collect::<Vec<_>>());

@@ -773,35 +773,6 @@ async fn shard_main(start: ShardStart, slot: Rc<std::cell::RefCell<Option<Rc<Sha
         }
     }
 
-    let http_listener = match config.http.as_ref().map(|h| (h.addr, http::bind(h.addr))) {
-        Some((addr, Err(e))) => return fail(format!("binding {addr}: {e}")),
-        Some((_, Ok(l))) => Some(l),
-        None => None,
-    };
-    let listener = match tcp.map(tcp::bind) {
-        Some(Err(e)) => return fail(format!("binding {}: {e}", tcp.expect("tcp address"))),
-        Some(Ok(l)) => Some(l),
-        None => None,
-    };
-    if events.send(ShardEvent::Ready { index, core }).is_err() {
-        return;
-    }
-    log::debug!("shard {index} running on core {core}");
-    if let (Some(tx), Some(a)) = (audit, &config.audit) {
-        *shard.audit.borrow_mut() = Some(crate::server::audit::AuditBuffer::new(
-            tx,
-            a.buffer_bytes,
-            index,
-        ));
-        glommio::spawn_local(crate::server::audit::flush_loop(shard.clone())).detach();
-    }
-    if let Some(listener) = listener {
-        glommio::spawn_local(tcp::accept_loop(shard.clone(), listener)).detach();
-        glommio::spawn_local(conn::idle_sweep(shard.clone())).detach();
-    }
-    if let Some(listener) = http_listener {
-        glommio::spawn_local(http::accept_loop(shard.clone(), listener)).detach();
-    }
     if let (Some(db), Some(st)) = (db, &config.store) {
         // Before any listener: a client continuing its session must find it.
         let mut loaded = match store::load(&db) {
@@ -846,6 +817,35 @@ async fn shard_main(start: ShardStart, slot: Rc<std::cell::RefCell<Option<Rc<Sha
             flush(&s);
         })
         .detach();
+    }
+    let http_listener = match config.http.as_ref().map(|h| (h.addr, http::bind(h.addr))) {
+        Some((addr, Err(e))) => return fail(format!("binding {addr}: {e}")),
+        Some((_, Ok(l))) => Some(l),
+        None => None,
+    };
+    let listener = match tcp.map(tcp::bind) {
+        Some(Err(e)) => return fail(format!("binding {}: {e}", tcp.expect("tcp address"))),
+        Some(Ok(l)) => Some(l),
+        None => None,
+    };
+    if events.send(ShardEvent::Ready { index, core }).is_err() {
+        return;
+    }
+    log::debug!("shard {index} running on core {core}");
+    if let (Some(tx), Some(a)) = (audit, &config.audit) {
+        *shard.audit.borrow_mut() = Some(crate::server::audit::AuditBuffer::new(
+            tx,
+            a.buffer_bytes,
+            index,
+        ));
+        glommio::spawn_local(crate::server::audit::flush_loop(shard.clone())).detach();
+    }
+    if let Some(listener) = listener {
+        glommio::spawn_local(tcp::accept_loop(shard.clone(), listener)).detach();
+        glommio::spawn_local(conn::idle_sweep(shard.clone())).detach();
+    }
+    if let Some(listener) = http_listener {
+        glommio::spawn_local(http::accept_loop(shard.clone(), listener)).detach();
     }
     if shard.registry.file_dirs.iter().any(|d| d.watched()) {
         glommio::spawn_local(crate::server::files::watch_loop(shard.clone())).detach();

@@ -7,12 +7,14 @@
 //! buffer (at most `--store-pending-ops-max`; past it operations are dropped
 //! and counted as `store_dropped`) and hands them every [`FLUSH_MS`] to its
 //! writer thread over a bounded queue. The writer applies each batch in one
-//! write transaction. `--fsync always` makes every batch durable before the
-//! next (fsync); `interval` (the default) writes every batch to the file at
-//! once (it survives the process dying) and fsyncs at most every
-//! `--fsync-interval-ms` (a power cut loses at most that); `never` leaves
-//! fsync to the OS. redb's commits are atomic, so a crash never leaves a
-//! half-written batch.
+//! write transaction. `--fsync always` commits every batch durably (redb
+//! `Immediate`: synced before the next); `interval` (the default) commits
+//! batches without durability (redb `None`) and makes everything durable at
+//! least every `--fsync-interval-ms`, so a crash — `kill -9` or a power cut —
+//! loses at most that much; `never` commits with redb's `Eventual`
+//! durability and never asks for a full sync itself (redb's Linux file
+//! backend still syncs data on each such commit). redb's commits are atomic,
+//! so a crash never leaves a half-written batch.
 //!
 //! The files are opened by the main thread once and shared with whichever
 //! executor serves the shard, so a shard that is restarted after a crash
@@ -41,11 +43,11 @@ pub const QUEUE_BATCHES: usize = 256;
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
-    /// fsync every batch before the next one.
+    /// Every batch is durable before the next one.
     Always,
-    /// fsync at most every --fsync-interval-ms.
+    /// Durable at least every --fsync-interval-ms; a crash loses at most that.
     Interval,
-    /// Never fsync; the OS writes back when it likes.
+    /// redb's Eventual durability; tessera never asks for a full sync.
     Never,
 }
 
@@ -276,10 +278,10 @@ fn write_loop(db: &Database, rx: Receiver<Vec<Op>>, policy: FsyncPolicy, interva
         if batch.is_empty() && !(sync_now && unsynced) {
             continue;
         }
-        let durability = if sync_now {
-            Durability::Immediate
-        } else {
-            Durability::Eventual
+        let durability = match (sync_now, policy) {
+            (true, _) => Durability::Immediate,
+            (false, FsyncPolicy::Never) => Durability::Eventual,
+            (false, _) => Durability::None,
         };
         if let Err(e) = apply(db, batch, durability) {
             log::error!("store: a batch was not written: {e}");
