@@ -948,8 +948,12 @@ impl Session {
             None => Era::Legacy,
         };
 
-        if let Some(auth) = self.auth.clone() {
-            if let Some(h) = self.check_token(shard, &auth, &req, req_meta.as_ref(), out) {
+        // Taken and put back rather than cloned: the Arc is shared by every
+        // shard, and a clone per request would be a contended atomic.
+        if let Some(auth) = self.auth.take() {
+            let refused = self.check_token(shard, &auth, &req, req_meta.as_ref(), out);
+            self.auth = Some(auth);
+            if let Some(h) = refused {
                 return h;
             }
         }
@@ -2109,37 +2113,25 @@ fn read_resource(
     } else {
         CACHE_TTL_MS
     };
-    if let Some(entry) = shard.registry.resource(&uri) {
+    type Reader<'u> = Box<dyn FnOnce(&CallCtx<'_>) -> registry::JsonReply + 'u>;
+    let u = uri.as_str();
+    let reader: Option<(u64, Reader<'_>)> = if let Some(entry) = shard.registry.resource(&uri) {
         let r = entry.resource.clone();
-        return run_json(
-            shard,
-            req,
-            out,
-            &cx,
-            inflight,
-            kind,
-            target,
-            Some(ttl),
-            |cx| r.read(cx, &uri),
-        );
-    }
-    if let Some(d) = shard.registry.file_dir_for(&uri) {
+        Some((ttl, Box::new(move |cx: &CallCtx<'_>| r.read(cx, u))))
+    } else if let Some(d) = shard.registry.file_dir_for(&uri) {
         let d = d.clone();
         // Files change on disk: no caching hint.
-        return run_json(
-            shard,
-            req,
-            out,
-            &cx,
-            inflight,
-            kind,
-            target,
-            Some(0),
-            |cx| d.read(cx.shard, cx.era, &uri),
-        );
-    }
-    if let Some((t, vars)) = shard.registry.template_for(&uri) {
+        Some((
+            0,
+            Box::new(move |cx: &CallCtx<'_>| d.read(cx.shard, cx.era, u)),
+        ))
+    } else if let Some((t, vars)) = shard.registry.template_for(&uri) {
         let t = t.clone();
+        Some((ttl, Box::new(move |cx: &CallCtx<'_>| t.read(cx, u, &vars))))
+    } else {
+        None
+    };
+    if let Some((ttl, read)) = reader {
         return run_json(
             shard,
             req,
@@ -2149,7 +2141,7 @@ fn read_resource(
             kind,
             target,
             Some(ttl),
-            |cx| t.read(cx, &uri, &vars),
+            read,
         );
     }
     write_rpc_error(out, &req.id, &resources::not_found(cx.era, &uri));

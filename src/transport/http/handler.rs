@@ -603,7 +603,7 @@ async fn modern_post(
     body: Vec<u8>,
     principal: Option<&auth::Identity>,
 ) -> McpResponse {
-    let auth = shard.http.as_ref().and_then(|c| c.auth.clone());
+    let auth = shard.http.as_ref().and_then(|c| c.auth.as_deref());
     let (mut buf, len) = padded(body);
     let started = Instant::now();
     let outcome = shard.parser.borrow_mut().parse(&mut buf, len, |parsed| {
@@ -631,7 +631,7 @@ async fn modern_post(
             }
         };
         let mut session = Session::new(shard, None);
-        if let (Some(auth), Some(who)) = (&auth, principal) {
+        if let (Some(auth), Some(who)) = (auth, principal) {
             session.set_identity(auth, who);
         }
         let (id, method, params) = match &msg {
