@@ -12,18 +12,21 @@
 //! resource, a resource template with completion, and a prompt.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::json;
-use tessera::config::ServerConfig;
-use tessera::server::api::{
-    complete_from, Ask, CallToolResult, Content, LogLevel, McpServer, PromptArgument,
-    PromptMessage, PromptResult, ResourceContent, ToolSpec,
+use tessera::api::{
+    complete_from, sleep, App, Ask, CallToolResult, Content, LogLevel, McpServer, PromptArgument,
+    PromptDescriptor, PromptMessage, PromptResult, ResourceContent, ResourceDescriptor,
+    TemplateDescriptor, ToolSpec,
 };
-use tessera::server::registry::{PromptDescriptor, ResourceDescriptor, TemplateDescriptor};
+use tessera::schemars::JsonSchema;
+use tessera::serde::Deserialize;
+use tessera::serde_json::json;
+use tessera::ServerConfig;
 
 #[derive(Deserialize, JsonSchema)]
+#[serde(crate = "tessera::serde")]
+#[schemars(crate = "tessera::schemars")]
 struct Countdown {
     /// Where to start counting down from (at most 10).
     #[schemars(range(min = 1, max = 10))]
@@ -31,12 +34,14 @@ struct Countdown {
 }
 
 #[derive(Deserialize, JsonSchema)]
+#[serde(crate = "tessera::serde")]
+#[schemars(crate = "tessera::schemars")]
 struct Greet {
     /// Greeting to use; the user's name is asked for.
     greeting: String,
 }
 
-fn app() -> tessera::server::registry::App {
+fn app() -> App {
     McpServer::new()
         .instructions("A demo server: countdown, greet, a motd resource and a haiku prompt.")
         .tool(
@@ -47,8 +52,8 @@ fn app() -> tessera::server::registry::App {
                         break;
                     }
                     ctx.progress((args.from - i) as f64, Some(args.from as f64), Some(&format!("{i} left")));
-                    ctx.log(LogLevel::Debug, Some("countdown"), &i.to_string());
-                    glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+                    ctx.log(LogLevel::Debug, Some("countdown"), format!("{i} left"));
+                    sleep(Duration::from_millis(100)).await;
                 }
                 Ok(CallToolResult::text("liftoff").structured(json!({"reached": 0})))
             },
@@ -58,8 +63,7 @@ fn app() -> tessera::server::registry::App {
                 "message": "What is your name?",
                 "requestedSchema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
             });
-            let answer = ctx.ask(Ask::Elicit, "name", &schema.to_string()).await?;
-            let answer: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+            let answer = ctx.ask(Ask::Elicit, "name", &schema).await?;
             let name = answer.pointer("/content/name").and_then(|n| n.as_str()).unwrap_or("stranger");
             Ok(CallToolResult::text(format!("{}, {name}!", args.greeting)))
         })
@@ -107,16 +111,15 @@ fn app() -> tessera::server::registry::App {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8181".into());
-    let core = core_affinity::get_core_ids()
-        .and_then(|c| c.first().map(|c| c.id))
-        .unwrap_or(0);
-    let config = ServerConfig::new(vec![core])
+    // The first CPU this process may use.
+    let cores = tessera::config::select_cores(None).expect("a CPU to run on");
+    let config = ServerConfig::new(cores[..1].to_vec())
         .with_http(addr.parse().expect("an address like 127.0.0.1:8181"));
-    if let Err(e) = tessera::runtime::serve(config, app()) {
+    eprintln!("typed_server: serving http://{addr}/mcp");
+    if let Err(e) = tessera::serve(config, app()) {
         eprintln!("typed_server: {e}");
         std::process::exit(1);
     }

@@ -1,5 +1,7 @@
-//! Command-line interface: flag definitions and the small parsers they share
-//! with the load generator (core lists, durations).
+//! Command-line interface of the `tessera` binary: the flag definitions and
+//! their translation into the library's [`ServerConfig`]. Reading the
+//! `--auth` files happens here, before any shard starts, through the
+//! library's own loaders.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,8 +9,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Chaos, HttpConfig, Limits, ServerConfig};
-use crate::runtime::cores;
+use tessera::config::{
+    parse_duration, select_cores, AuditConfig, AuthConfig, Chaos, FsyncPolicy, HttpConfig,
+    JwtSettings, Limits, ServerConfig, StoreConfig,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "tessera", version, about = "Thread-per-core MCP server")]
@@ -111,7 +115,7 @@ pub struct ServeArgs {
     /// next), `interval` (everything at least every --fsync-interval-ms: a
     /// crash loses at most that) or `never` (redb's Eventual durability).
     #[arg(long, value_enum, default_value = "interval")]
-    pub fsync: crate::runtime::store::FsyncPolicy,
+    pub fsync: FsyncArg,
     #[arg(long, default_value_t = 1000)]
     pub fsync_interval_ms: u64,
     /// Store operations a shard buffers while its writer is behind; past it
@@ -129,6 +133,27 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub chaos: ChaosArgs,
+}
+
+/// `--fsync`, as [`FsyncPolicy`] documents it.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncArg {
+    /// Every batch is durable before the next one.
+    Always,
+    /// Durable at least every --fsync-interval-ms.
+    Interval,
+    /// redb's Eventual durability.
+    Never,
+}
+
+impl From<FsyncArg> for FsyncPolicy {
+    fn from(a: FsyncArg) -> Self {
+        match a {
+            FsyncArg::Always => FsyncPolicy::Always,
+            FsyncArg::Interval => FsyncPolicy::Interval,
+            FsyncArg::Never => FsyncPolicy::Never,
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +183,17 @@ pub struct HttpArgs {
     pub allow_host: Vec<String>,
     #[arg(long, default_value_t = http_defaults().header_timeout_ms)]
     pub http_header_timeout_ms: u64,
+    /// Largest request head (request line and headers) in bytes; more is
+    /// answered 431.
+    #[arg(long, default_value_t = http_defaults().max_head_bytes)]
+    pub http_max_head_bytes: usize,
+    /// Most headers one request may carry; more is answered 431.
+    #[arg(long, default_value_t = http_defaults().max_headers)]
+    pub http_max_headers: usize,
+    /// Longest request target (path and query) in bytes; longer is
+    /// answered 414.
+    #[arg(long, default_value_t = http_defaults().max_uri_bytes)]
+    pub http_max_uri_bytes: usize,
     #[arg(long, default_value_t = http_defaults().body_timeout_ms)]
     pub http_body_timeout_ms: u64,
     #[arg(long, default_value_t = http_defaults().idle_timeout_ms)]
@@ -240,10 +276,9 @@ pub enum AuthMode {
 }
 
 impl HttpArgs {
-    /// The `--auth` settings, shared by every transport.
-    fn auth_config(&self) -> Result<Option<crate::server::auth::AuthConfig>, String> {
-        use crate::server::auth::{AuthConfig, TokenTable, Verifier};
-        use crate::server::jwt::{JwtSettings, JwtVerifier};
+    /// The `--auth` settings, shared by every transport (the files are
+    /// read here, once).
+    fn auth_config(&self) -> Result<Option<AuthConfig>, String> {
         let jwt_given = self.jwt_secret_file.is_some()
             || !self.jwt_public_key.is_empty()
             || self.jwt_jwks.is_some();
@@ -255,15 +290,15 @@ impl HttpArgs {
                 "--jwt-secret-file, --jwt-public-key and --jwt-jwks need --auth jwt".into(),
             );
         }
-        let verifier = match self.auth {
+        let mut config = match self.auth {
             AuthMode::None => return Ok(None),
             AuthMode::Token => {
                 let Some(path) = &self.auth_tokens else {
                     return Err("--auth token needs --auth-tokens FILE".into());
                 };
-                Verifier::Tokens(TokenTable::load(path).map_err(|e| format!("--auth-tokens: {e}"))?)
+                AuthConfig::from_tokens_file(path).map_err(|e| format!("--auth-tokens: {e}"))?
             }
-            AuthMode::Jwt => Verifier::Jwt(JwtVerifier::load(&JwtSettings {
+            AuthMode::Jwt => AuthConfig::from_jwt_settings(&JwtSettings {
                 secret_file: self.jwt_secret_file.clone(),
                 public_keys: self.jwt_public_key.clone(),
                 jwks_file: self.jwt_jwks.clone(),
@@ -276,27 +311,24 @@ impl HttpArgs {
                 leeway_s: self.jwt_leeway_s,
                 principal_claim: self.jwt_principal_claim.clone(),
                 roles_claim: self.jwt_roles_claim.clone(),
-            })?),
+            })
+            .map_err(|e| e.to_string())?,
         };
-        Ok(Some(AuthConfig {
-            verifier,
-            resource: self.auth_resource.clone(),
-            authorization_servers: self.auth_server.clone(),
-            roles: Vec::new(),
-        }))
+        config.resource = self.auth_resource.clone();
+        config.authorization_servers = self.auth_server.clone();
+        Ok(Some(config))
     }
 
-    fn to_config(
-        &self,
-        addr: SocketAddr,
-        auth: Option<std::sync::Arc<crate::server::auth::AuthConfig>>,
-    ) -> Result<HttpConfig, String> {
-        Ok(HttpConfig {
+    fn to_config(&self, addr: SocketAddr) -> HttpConfig {
+        HttpConfig {
             addr,
             path: self.http_path.clone(),
             allowed_origins: self.allow_origin.clone(),
             allowed_hosts: self.allow_host.clone(),
             header_timeout_ms: self.http_header_timeout_ms,
+            max_head_bytes: self.http_max_head_bytes,
+            max_headers: self.http_max_headers,
+            max_uri_bytes: self.http_max_uri_bytes,
             body_timeout_ms: self.http_body_timeout_ms,
             idle_timeout_ms: self.http_idle_timeout_ms,
             max_sessions_per_shard: self.max_sessions_per_shard,
@@ -307,8 +339,7 @@ impl HttpArgs {
             sse_keepalive_ms: self.sse_keepalive_ms,
             sse_max_connection_ms: self.sse_max_connection_ms,
             sse_queue_events: self.sse_queue_events,
-            auth,
-        })
+        }
     }
 }
 
@@ -413,6 +444,10 @@ pub struct ChaosArgs {
     /// and of HTTP requests whose handler panics before routing.
     #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
     pub chaos_conn_panic_rate: f64,
+    /// Fraction of TCP/stdio token checks that panic inside the check (the
+    /// request is answered -32603; access is never widened).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
+    pub chaos_auth_panic_rate: f64,
     /// Kill one shard's executor this often (round-robin); the main thread
     /// restarts it.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -472,7 +507,7 @@ impl ServeArgs {
 
     /// Resolves defaults and checks the selection against this machine.
     pub fn to_config(&self) -> Result<ServerConfig, String> {
-        let mut cores = cores::select(self.cores.as_deref())?;
+        let mut cores = select_cores(self.cores.as_deref()).map_err(|e| e.to_string())?;
         if self.cores.is_none() && self.stdio {
             // One client needs one core.
             cores.truncate(1);
@@ -482,103 +517,39 @@ impl ServeArgs {
             (None, false) => Some(DEFAULT_TCP_ADDR.parse().expect("valid default address")),
             (None, true) => None,
         };
-        let auth = self.http_opts.auth_config()?.map(std::sync::Arc::new);
-        let audit = self
-            .audit_log
-            .as_ref()
-            .map(|path| crate::server::audit::AuditConfig {
-                path: path.clone(),
-                max_bytes: self.audit_log_max_bytes,
-                keep: self.audit_log_keep,
-                buffer_bytes: self.audit_buffer_bytes,
-            });
-        if let Some(a) = &audit {
-            a.validate()?;
-        }
-        let http = match self.http {
-            Some(addr) => Some(self.http_opts.to_config(addr, auth.clone())?),
-            None => None,
-        };
-        if let Some(h) = &http {
-            h.validate()?;
-        }
-        let limits = Limits::from(&self.limits);
-        limits.validate()?;
-        let chaos = Chaos {
-            panic_rate: self.chaos.chaos_panic_rate,
-            conn_panic_rate: self.chaos.chaos_conn_panic_rate,
-            kill_shard_every_ms: self
-                .chaos
-                .chaos_kill_shard_every
-                .map(|d| d.as_millis() as u64),
-        };
-        chaos.validate()?;
-        if matches!(self.stats_interval, Some(d) if d.is_zero()) {
-            return Err("--stats-interval must be greater than zero".into());
-        }
-        Ok(ServerConfig {
+        let config = ServerConfig {
             cores,
             tcp,
-            http,
+            http: self.http.map(|addr| self.http_opts.to_config(addr)),
             stdio: self.stdio,
             spin_before_park: self.spin_before_park.map(Duration::from_micros),
             stats_interval: self.stats_interval,
             admin: self.admin,
-            audit,
-            store: self
-                .data_dir
-                .as_ref()
-                .map(|dir| crate::runtime::store::StoreConfig {
-                    dir: dir.clone(),
-                    fsync: self.fsync,
-                    fsync_interval_ms: self.fsync_interval_ms,
-                    pending_ops_max: self.store_pending_ops_max,
-                }),
-            auth,
-            limits,
-            chaos,
-        })
-    }
-}
-
-/// Parses `10s`, `500ms`, `2m`, `1h`, `250us` or a bare number of seconds
-/// (fractions allowed).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 10s, 500ms, 2m"))?;
-    let scale = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 1e-3,
-        "us" | "µs" => 1e-6,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
-    };
-    let secs = value * scale;
-    if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
-        return Err(format!("duration out of range: {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3 parsecs").is_err());
+            auth: self.http_opts.auth_config()?,
+            audit: self.audit_log.as_ref().map(|path| AuditConfig {
+                path: path.clone(),
+                max_bytes: self.audit_log_max_bytes,
+                keep: self.audit_log_keep,
+                buffer_bytes: self.audit_buffer_bytes,
+            }),
+            store: self.data_dir.as_ref().map(|dir| StoreConfig {
+                dir: dir.clone(),
+                fsync: self.fsync.into(),
+                fsync_interval_ms: self.fsync_interval_ms,
+                pending_ops_max: self.store_pending_ops_max,
+            }),
+            limits: Limits::from(&self.limits),
+            chaos: Chaos {
+                panic_rate: self.chaos.chaos_panic_rate,
+                conn_panic_rate: self.chaos.chaos_conn_panic_rate,
+                auth_panic_rate: self.chaos.chaos_auth_panic_rate,
+                kill_shard_every_ms: self
+                    .chaos
+                    .chaos_kill_shard_every
+                    .map(|d| d.as_millis() as u64),
+            },
+        };
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
     }
 }

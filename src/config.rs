@@ -1,11 +1,37 @@
-//! Validated server configuration: what the shards need to start, as plain
-//! `Send + Clone` data copied into every executor thread.
+//! Server configuration, the public way to set tessera up: what the shards
+//! need to start, as plain `Send + Clone` data copied into every executor
+//! thread. The settings types of each layer (HTTP, auth, audit, store,
+//! declared tools, directories and prompts) are re-exported here.
 //!
 //! Every bound the server enforces lives in [`Limits`], each with its unit in
 //! its name, its default, and what happens when it is hit.
 
 use std::net::SocketAddr;
 use std::time::Duration;
+
+pub use crate::adapters::audit::{AuditConfig, AuditError};
+pub use crate::adapters::command::{CommandToolConfig, CommandToolError};
+pub use crate::adapters::files::{FileDirConfig, FileDirError};
+pub use crate::adapters::prompt_files::{PromptArgConfig, PromptFileConfig, PromptFileError};
+pub use crate::adapters::secrets::{JwtSettings, SecretsError};
+pub use crate::adapters::store::{FsyncPolicy, StoreConfig};
+pub use crate::runtime::cores::{
+    format_core_list, parse_core_list, select as select_cores, CoreError,
+};
+pub use crate::server::auth::{hash_line, AuthConfig, Role};
+pub use crate::transport::http::{HttpConfig, HttpConfigError};
+
+/// A setting that is out of its range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--{flag} {problem}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub problem: String,
+}
+
+fn out_of_range(flag: &'static str, problem: String) -> ConfigError {
+    ConfigError { flag, problem }
+}
 
 /// Bounds on every table, queue and buffer. Hitting one is counted in the
 /// shard's metrics (`metrics::Counters`) and never silently drops work.
@@ -120,6 +146,9 @@ pub struct Chaos {
     /// panics (between messages) and HTTP requests whose handler panics
     /// before routing; exercises connection restarts.
     pub conn_panic_rate: f64,
+    /// Fraction of TCP/stdio token checks (a token in `_meta.authorization`)
+    /// that panic inside the check; proves a panic cannot widen access.
+    pub auth_panic_rate: f64,
     /// Kill one shard's executor this often (round-robin), so the main
     /// thread restarts it.
     pub kill_shard_every_ms: Option<u64>,
@@ -127,20 +156,30 @@ pub struct Chaos {
 
 impl Chaos {
     pub fn is_on(&self) -> bool {
-        self.panic_rate > 0.0 || self.conn_panic_rate > 0.0 || self.kill_shard_every_ms.is_some()
+        self.panic_rate > 0.0
+            || self.conn_panic_rate > 0.0
+            || self.auth_panic_rate > 0.0
+            || self.kill_shard_every_ms.is_some()
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, v) in [
             ("chaos-panic-rate", self.panic_rate),
             ("chaos-conn-panic-rate", self.conn_panic_rate),
+            ("chaos-auth-panic-rate", self.auth_panic_rate),
         ] {
             if !(0.0..=1.0).contains(&v) {
-                return Err(format!("--{name} must be a fraction in [0, 1] (got {v})"));
+                return Err(out_of_range(
+                    name,
+                    format!("must be a fraction in [0, 1] (got {v})"),
+                ));
             }
         }
         if self.kill_shard_every_ms == Some(0) {
-            return Err("--chaos-kill-shard-every must be greater than zero".into());
+            return Err(out_of_range(
+                "chaos-kill-shard-every",
+                "must be greater than zero".into(),
+            ));
         }
         Ok(())
     }
@@ -202,7 +241,7 @@ impl Limits {
 
     /// Rejects settings that would make the server unusable rather than
     /// merely strict.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let checks: [(&str, usize, usize); 15] = [
             (
                 "max-command-children-per-shard",
@@ -242,7 +281,10 @@ impl Limits {
         ];
         for (name, value, min) in checks {
             if value < min {
-                return Err(format!("--{name} must be at least {min} (got {value})"));
+                return Err(out_of_range(
+                    name,
+                    format!("must be at least {min} (got {value})"),
+                ));
             }
         }
         for (name, v) in [
@@ -254,107 +296,7 @@ impl Limits {
             ("restart-period", self.restart_period_ms),
         ] {
             if v == 0 {
-                return Err(format!("--{name} must be at least 1"));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Streamable HTTP settings (`--http`). Every timeout and table has a bound;
-/// see each field for what happens at it.
-#[derive(Clone, Debug)]
-pub struct HttpConfig {
-    pub addr: SocketAddr,
-    /// The MCP endpoint; other paths get 404.
-    pub path: String,
-    /// Origins accepted besides loopback ones (`http(s)://localhost`,
-    /// `127.0.0.1`, `[::1]`, any port); `*` accepts every origin. A request
-    /// with any other `Origin` gets 403 (DNS-rebinding defence).
-    pub allowed_origins: Vec<String>,
-    /// `Host` names accepted besides loopback names and the bound address.
-    pub allowed_hosts: Vec<String>,
-    /// A request head not complete within this is answered 408 and closed.
-    pub header_timeout_ms: u64,
-    /// A request body not complete within this is answered 408.
-    pub body_timeout_ms: u64,
-    /// A connection with no request in flight and no bytes moving for this
-    /// long is closed.
-    pub idle_timeout_ms: u64,
-    /// Legacy sessions one shard holds; `initialize` beyond it gets 503.
-    pub max_sessions_per_shard: usize,
-    /// A legacy session with no request and no open stream for this long is
-    /// removed; its id then answers 404.
-    pub session_idle_ttl_ms: u64,
-    /// SSE events kept per legacy session for `Last-Event-ID` replay;
-    /// older ones are dropped first.
-    pub sse_store_max_events: usize,
-    /// SSE events older than this are dropped from the replay store.
-    pub sse_store_max_age_ms: u64,
-    /// The `retry` (ms) sent with the priming event and before the server
-    /// closes a stream's connection.
-    pub sse_retry_ms: u64,
-    /// An SSE comment is sent after this much silence on an open stream.
-    pub sse_keepalive_ms: u64,
-    /// The server closes a legacy SSE connection after this long (sending
-    /// `retry` first); the client resumes with `Last-Event-ID` (SEP-1699
-    /// polling). 0 keeps connections open.
-    pub sse_max_connection_ms: u64,
-    /// Events queued for one slow SSE reader. Past it a legacy stream's
-    /// connection is closed (the client resumes from the replay store); a
-    /// modern stream drops progress notifications, never the response.
-    pub sse_queue_events: usize,
-    /// `--auth token`: bearer tokens every request must carry (401 with
-    /// `WWW-Authenticate` otherwise). Read-only, shared by every shard.
-    pub auth: Option<std::sync::Arc<crate::server::auth::AuthConfig>>,
-}
-
-impl HttpConfig {
-    pub fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            path: "/mcp".into(),
-            allowed_origins: Vec::new(),
-            allowed_hosts: Vec::new(),
-            header_timeout_ms: 10_000,
-            body_timeout_ms: 30_000,
-            idle_timeout_ms: 300_000,
-            max_sessions_per_shard: 10_000,
-            session_idle_ttl_ms: 1_800_000,
-            sse_store_max_events: 1_024,
-            sse_store_max_age_ms: 300_000,
-            sse_retry_ms: 1_000,
-            sse_keepalive_ms: 15_000,
-            sse_max_connection_ms: 300_000,
-            sse_queue_events: 256,
-            auth: None,
-        }
-    }
-
-    pub fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        if !self.path.starts_with('/') {
-            return Err(format!(
-                "--http-path must start with '/' (got {:?})",
-                self.path
-            ));
-        }
-        let positive: [(&str, u64); 8] = [
-            ("http-header-timeout-ms", self.header_timeout_ms),
-            ("http-body-timeout-ms", self.body_timeout_ms),
-            ("http-idle-timeout-ms", self.idle_timeout_ms),
-            ("session-idle-ttl-ms", self.session_idle_ttl_ms),
-            ("sse-store-max-age-ms", self.sse_store_max_age_ms),
-            ("sse-keepalive-ms", self.sse_keepalive_ms),
-            ("max-sessions-per-shard", self.max_sessions_per_shard as u64),
-            ("sse-queue-events", self.sse_queue_events as u64),
-        ];
-        for (name, v) in positive {
-            if v == 0 {
-                return Err(format!("--{name} must be greater than zero"));
+                return Err(out_of_range(name, "must be at least 1".into()));
             }
         }
         Ok(())
@@ -376,13 +318,13 @@ pub struct ServerConfig {
     pub stats_interval: Option<Duration>,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
     pub admin: Option<SocketAddr>,
-    /// `--auth`: every transport's callers must present a valid token
-    /// (`http.auth` is the same settings).
-    pub auth: Option<std::sync::Arc<crate::server::auth::AuthConfig>>,
+    /// `--auth`: every transport's callers must present a valid token. Each
+    /// shard gets its own copy.
+    pub auth: Option<AuthConfig>,
     /// `--audit-log`: one JSON line per request.
-    pub audit: Option<crate::server::audit::AuditConfig>,
-    /// `--data-dir`: sessions and SSE event stores survive restarts.
-    pub store: Option<crate::runtime::store::StoreConfig>,
+    pub audit: Option<AuditConfig>,
+    /// `--data-dir`: sessions, SSE event stores and tasks survive restarts.
+    pub store: Option<StoreConfig>,
     pub limits: Limits,
     pub chaos: Chaos,
 }
@@ -431,5 +373,86 @@ impl ServerConfig {
 
     pub fn shard_count(&self) -> usize {
         self.cores.len()
+    }
+
+    /// Checks the settings that do not depend on this machine.
+    pub fn validate(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if self.cores.is_empty() {
+            return Err(Box::new(out_of_range(
+                "cores",
+                "must name at least one CPU".into(),
+            )));
+        }
+        self.limits.validate()?;
+        self.chaos.validate()?;
+        if let Some(h) = &self.http {
+            h.validate()?;
+        }
+        if let Some(a) = &self.audit {
+            a.validate()?;
+        }
+        if matches!(self.stats_interval, Some(d) if d.is_zero()) {
+            return Err(Box::new(out_of_range(
+                "stats-interval",
+                "must be greater than zero".into(),
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why a duration does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}: expected e.g. 10s, 500ms, 2m (at most a year)")]
+pub struct DurationError(pub String);
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, `250us` or a bare number of seconds
+/// (fractions allowed), as the command line and config file write durations.
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let s = s.trim();
+    let bad = || DurationError(s.to_owned());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn limits_name_the_flag_at_fault() {
+        let l = Limits {
+            page_size: 0,
+            ..Limits::default()
+        };
+        assert_eq!(l.validate().unwrap_err().flag, "page-size");
+        assert!(Limits::default().validate().is_ok());
     }
 }

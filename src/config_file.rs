@@ -17,7 +17,7 @@ use clap::{ArgAction, ArgMatches, CommandFactory};
 use toml::de::{DeTable, DeValue};
 
 use crate::cli::Cli;
-use crate::server::command::CommandToolConfig;
+use tessera::config::CommandToolConfig;
 
 /// Largest config file read, so a wrong path (a log, a device) fails fast.
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
@@ -64,11 +64,11 @@ pub struct ConfigFile {
     /// `[[tool]]` tables: command tools (`server::command`).
     pub tools: Vec<CommandToolConfig>,
     /// `[[role]]` tables: what each role may use (`--auth`).
-    pub roles: Vec<crate::server::auth::Role>,
+    pub roles: Vec<tessera::config::Role>,
     /// `[[resources.dir]]` tables: directories served as resources.
-    pub dirs: Vec<crate::server::files::FileDirConfig>,
+    pub dirs: Vec<tessera::config::FileDirConfig>,
     /// `[[prompt]]` tables: prompt templates from files.
-    pub prompts: Vec<crate::server::prompt_files::PromptFileConfig>,
+    pub prompts: Vec<tessera::config::PromptFileConfig>,
 }
 
 /// The keys that are tables of their own rather than flags.
@@ -200,9 +200,9 @@ impl ConfigFile {
             });
         }
         let mut tools = Vec::new();
-        let mut roles: Vec<crate::server::auth::Role> = Vec::new();
-        let mut dirs: Vec<crate::server::files::FileDirConfig> = Vec::new();
-        let mut prompts: Vec<crate::server::prompt_files::PromptFileConfig> = Vec::new();
+        let mut roles: Vec<tessera::config::Role> = Vec::new();
+        let mut dirs: Vec<tessera::config::FileDirConfig> = Vec::new();
+        let mut prompts: Vec<tessera::config::PromptFileConfig> = Vec::new();
         match toml::from_str::<Sections>(text) {
             // Already reported by key above.
             Err(_) if bad_section => {}
@@ -213,15 +213,12 @@ impl ConfigFile {
             Ok(sections) => {
                 for d in sections.resources.map(|r| r.dir).unwrap_or_default() {
                     let line = line_of(d.span().start);
-                    match d
-                        .into_inner()
-                        .try_into::<crate::server::files::FileDirConfig>()
-                    {
+                    match d.into_inner().try_into::<tessera::config::FileDirConfig>() {
                         Err(e) => {
                             errors.push(err(line, Some("resources.dir"), first_line(e.message())))
                         }
                         Ok(d) => match d.validate() {
-                            Err(m) => errors.push(err(line, Some("resources.dir"), m)),
+                            Err(m) => errors.push(err(line, Some("resources.dir"), m.to_string())),
                             Ok(()) => dirs.push(d),
                         },
                     }
@@ -230,7 +227,7 @@ impl ConfigFile {
                     let line = line_of(p.span().start);
                     match p
                         .into_inner()
-                        .try_into::<crate::server::prompt_files::PromptFileConfig>()
+                        .try_into::<tessera::config::PromptFileConfig>()
                     {
                         Err(e) => errors.push(err(line, Some("prompt"), first_line(e.message()))),
                         Ok(p) => match p.load() {
@@ -248,7 +245,7 @@ impl ConfigFile {
                 }
                 for r in sections.role {
                     let line = line_of(r.span().start);
-                    match r.into_inner().try_into::<crate::server::auth::Role>() {
+                    match r.into_inner().try_into::<tessera::config::Role>() {
                         Err(e) => errors.push(err(line, Some("role"), first_line(e.message()))),
                         Ok(r) if r.name.is_empty() => {
                             errors.push(err(line, Some("role"), "name must not be empty".into()))

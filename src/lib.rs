@@ -1,20 +1,43 @@
-//! tessera: a thread-per-core, shared-nothing MCP (Model Context Protocol) server.
+//! tessera: a thread-per-core, shared-nothing MCP (Model Context Protocol)
+//! server.
 //!
-//! Each selected CPU runs one pinned glommio executor (a *shard*) that owns its
-//! connections, its slice of the key-value store and its metrics. Shards never
-//! share mutable state: cross-core work is an explicit message over the mesh
-//! (`runtime::mesh`). The crate is split so that the parts that touch bytes on
-//! a socket (`transport`) are the only ones doing I/O; `protocol` (JSON-RPC and
-//! MCP wire types) and `server` (method dispatch, tools) are pure and can be
-//! driven from benchmarks and unit tests without an executor.
+//! Each selected CPU runs one pinned glommio executor (a *shard*) that owns
+//! its connections, its sessions, its slice of the key-value store and its
+//! metrics. Shards never share mutable state: cross-core work is an explicit
+//! message over the mesh.
 //!
-//! See `docs/ARCHITECTURE.md` for the data path of one request.
+//! The public surface is what an embedder needs:
+//! - [`api`]: define a server: [`api::McpServer`] with typed tools,
+//!   resources, templates and prompts, and what handlers get
+//!   ([`api::Ctx`], results, content);
+//! - [`config`]: [`ServerConfig`] and the settings of each feature;
+//! - [`serve`]: run it on the cores and transports chosen.
+//!
+//! `serde`, `serde_json` and `schemars` are re-exported so derives match the
+//! versions tessera uses. The layers inside (and which may import which) are
+//! described in `docs/ARCHITECTURE.md`:
+//! `runtime` < `protocol`, `metrics` < `server` < `transport`, `adapters` <
+//! `node`.
 
-pub mod cli;
+mod adapters;
+pub mod api;
 pub mod config;
-pub mod config_file;
-pub mod metrics;
-pub mod protocol;
-pub mod runtime;
-pub mod server;
-pub mod transport;
+mod metrics;
+mod node;
+mod protocol;
+mod runtime;
+mod server;
+mod transport;
+
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals;
+
+pub use config::{Limits, ServerConfig};
+pub use node::{serve, ServeError};
+pub use runtime::supervisor::install_panic_hook;
+pub use server::session::log_session;
+
+pub use schemars;
+pub use serde;
+pub use serde_json;

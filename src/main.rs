@@ -5,19 +5,22 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
-use tessera::cli::{Cli, Command, FixtureSet, ServeArgs};
-use tessera::config::ServerConfig;
-use tessera::config_file::ConfigFile;
-use tessera::server::api::McpServer;
-use tessera::server::command::{self, CommandToolConfig};
-use tessera::server::registry::App;
+use tessera::api::{App, McpServer};
+use tessera::config::{CommandToolConfig, FileDirConfig, PromptFileConfig, ServerConfig};
+
+mod cli;
+mod config_file;
+mod fixtures;
+
+use cli::{Cli, Command, FixtureSet, ServeArgs};
+use config_file::ConfigFile;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .target(env_logger::Target::Stderr)
         .format(log_line)
         .init();
-    tessera::runtime::supervisor::install_panic_hook();
+    tessera::install_panic_hook();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
@@ -39,7 +42,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match tessera::runtime::serve(config, app) {
+            match tessera::serve(config, app) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tessera: {e}");
@@ -59,7 +62,7 @@ fn main() -> ExitCode {
             }
             println!(
                 "{}",
-                tessera::server::auth::hash_line(token.trim(), &principal, &roles)
+                tessera::config::hash_line(token.trim(), &principal, &roles)
             );
             ExitCode::SUCCESS
         }
@@ -77,7 +80,8 @@ fn main() -> ExitCode {
                 Ok((args, config, declared)) => {
                     // The registry as the server would build it (duplicate
                     // tool names, bad schemas, unreadable directories).
-                    if let Err(e) = app(&args, &config, &declared).and_then(|a| a.build().map(drop))
+                    if let Err(e) = app(&args, &config, &declared)
+                        .and_then(|a| a.validate().map_err(|e| e.to_string()))
                     {
                         eprintln!("tessera: {}: {e}", file.display());
                         return ExitCode::from(2);
@@ -106,7 +110,7 @@ fn log_line(f: &mut env_logger::fmt::Formatter, r: &log::Record<'_>) -> std::io:
     use std::io::Write as _;
     let thread = std::thread::current();
     // The session whose request this thread is serving, when there is one.
-    let session = tessera::server::log_session();
+    let session = tessera::log_session();
     let session = session.as_deref().map(|s| format!(" session={s}"));
     writeln!(
         f,
@@ -124,17 +128,20 @@ fn log_line(f: &mut env_logger::fmt::Formatter, r: &log::Record<'_>) -> std::io:
 fn app(args: &ServeArgs, config: &ServerConfig, declared: &Declared) -> Result<App, String> {
     match args.fixtures {
         None => {
-            let mut server = command::register(
-                McpServer::new().with_builtins(),
-                &declared.tools,
-                config.limits.max_command_children_per_shard,
-            );
-            for d in &declared.dirs {
-                server = server.file_dir(d.clone());
+            let mut server = McpServer::new().with_builtins();
+            let max_children = config.limits.max_command_children_per_shard;
+            for t in &declared.tools {
+                server = server.command_tool(t.clone(), max_children);
             }
-            Ok(tessera::server::prompt_files::register(server, &declared.prompts)?.build())
+            for d in &declared.dirs {
+                server = server.file_dir(d.clone()).map_err(|e| e.to_string())?;
+            }
+            for p in &declared.prompts {
+                server = server.prompt_file(p).map_err(|e| e.to_string())?;
+            }
+            Ok(server.build())
         }
-        Some(FixtureSet::Conformance) => Ok(tessera::server::fixtures::conformance()),
+        Some(FixtureSet::Conformance) => Ok(fixtures::conformance()),
     }
 }
 
@@ -142,8 +149,8 @@ fn app(args: &ServeArgs, config: &ServerConfig, declared: &Declared) -> Result<A
 #[derive(Default)]
 struct Declared {
     tools: Vec<CommandToolConfig>,
-    dirs: Vec<tessera::server::files::FileDirConfig>,
-    prompts: Vec<tessera::server::prompt_files::PromptFileConfig>,
+    dirs: Vec<FileDirConfig>,
+    prompts: Vec<PromptFileConfig>,
 }
 
 /// Applies `--config` (the file's keys under the command line's flags) and
@@ -213,7 +220,6 @@ fn resolve(
                     eprintln!("tessera: [[role]] needs --auth token or --auth jwt (roles restrict authenticated principals)");
                     return Err(ExitCode::from(2));
                 };
-                let auth = std::sync::Arc::make_mut(auth);
                 auth.roles = roles;
                 let undefined = auth.undefined_roles();
                 if !undefined.is_empty() {
@@ -222,9 +228,6 @@ fn resolve(
                         undefined.join(", ")
                     );
                     return Err(ExitCode::from(2));
-                }
-                if let Some(h) = config.http.as_mut() {
-                    h.auth = config.auth.clone();
                 }
             }
             if !declared.tools.is_empty() {

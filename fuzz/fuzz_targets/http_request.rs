@@ -13,8 +13,11 @@ fuzz_target!(|data: &[u8]| {
     let output = stream.output.clone();
     run(async move {
         let shard = shard(true);
-        let serve = tessera::transport::http::serve_connection(shard.clone(), stream, None);
-        futures_lite::future::or(serve, glommio::timer::sleep(INPUT_BUDGET)).await;
+        futures_lite::future::or(
+            shard.serve_http(stream),
+            glommio::timer::sleep(INPUT_BUDGET),
+        )
+        .await;
         settle(&shard).await;
     });
     let out = output.borrow();

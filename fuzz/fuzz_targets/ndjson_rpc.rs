@@ -21,11 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let output = stream.output.clone();
     run(async move {
         let shard = shard(false);
-        let serve = tessera::transport::conn::serve(
-            stream,
-            shard.clone(),
-            tessera::transport::conn::Kind::Tcp,
-        );
+        let serve = shard.serve_ndjson(stream);
         let _ = futures_lite::future::or(
             async {
                 let _ = serve.await;

@@ -1,10 +1,14 @@
-//! What both fuzz targets share: one glommio executor per fuzzing process,
+//! What the fuzz targets share: one glommio executor per fuzzing process,
 //! an in-memory byte stream the server's connection code reads from and
-//! writes to, and a fresh single shard per input.
+//! writes to, shards without sockets, and the binary's command-line and
+//! config-file modules (compiled in from `src/` so the fuzzer runs the very
+//! code the binary does).
 //!
-//! The targets run the server's real connection drivers (`conn::serve` for
-//! NDJSON, `http::serve_connection` for HTTP) rather than a parser alone, so
-//! framing, decoding, dispatch and encoding are all under the fuzzer.
+//! Two targets run the server's real connection drivers (NDJSON and HTTP),
+//! so framing, decoding, dispatch and encoding are all under the fuzzer at
+//! once; the others drive one pure layer each (a session's dispatch, the
+//! HTTP header checks, signed state and cursors, config files) at tens of
+//! thousands of inputs a second.
 
 use std::cell::RefCell;
 use std::io;
@@ -15,10 +19,18 @@ use std::time::Duration;
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
+use tessera::api::McpServer;
 use tessera::config::{HttpConfig, Limits};
-use tessera::runtime::shard::Shard;
-use tessera::server::api::McpServer;
-use tessera::server::mrtr::StateKey;
+use tessera::internals::Shard;
+
+/// The binary's flag definitions, as `src/main.rs` has them.
+#[path = "../../src/cli.rs"]
+#[allow(dead_code)]
+pub mod cli;
+/// The binary's config-file reader, as `src/main.rs` has it.
+#[path = "../../src/config_file.rs"]
+#[allow(dead_code)]
+pub mod config_file;
 
 /// How long one input may keep the server busy (async tools such as `sleep`
 /// are cut off here; the fuzzer looks for crashes, not for slow tools).
@@ -36,40 +48,28 @@ pub fn run<F: std::future::Future<Output = ()>>(f: F) {
     EXECUTOR.with(|ex| ex.run(f));
 }
 
-/// One shard with the built-in tools, small limits (so bounds are reached
-/// by small inputs) and, when `http` is set, Streamable HTTP on.
-pub fn shard(http: bool) -> Rc<Shard> {
-    let registry = McpServer::new()
-        .with_builtins()
-        .build()
-        .build()
-        .expect("built-in registry");
-    let limits = Limits {
+/// Limits small enough that small inputs reach the bounds.
+pub fn small_limits() -> Limits {
+    Limits {
         max_message_bytes: 4096,
         max_inflight_per_conn: 8,
         max_output_buffer_bytes: 64 * 1024,
         ..Limits::default()
-    };
+    }
+}
+
+/// One shard with the built-in tools, small limits and, when `http` is
+/// set, Streamable HTTP on. Create it inside [`run`].
+pub fn shard(http: bool) -> Shard {
+    let app = McpServer::new().with_builtins().build();
     let http = http.then(|| HttpConfig::new(([127, 0, 0, 1], 0).into()));
-    Rc::new(Shard::new(
-        0,
-        0,
-        1,
-        limits,
-        registry,
-        StateKey::random(),
-        None,
-        http,
-        None,
-    ))
+    Shard::new(&app, small_limits(), http)
 }
 
 /// Stops what an input left running (handlers, sweepers) so no task of one
 /// input survives into the next.
-pub async fn settle(shard: &Rc<Shard>) {
-    shard.shutdown.raise();
-    shard.conns.wake_all();
-    glommio::timer::sleep(Duration::from_millis(1)).await;
+pub async fn settle(shard: &Shard) {
+    shard.settle().await;
 }
 
 /// A byte stream that hands the server `input` in chunks (sizes taken from

@@ -271,7 +271,7 @@ where
     while keys.local.len() < KEYS_PER_POOL || (shards > 1 && keys.remote.len() < KEYS_PER_POOL) {
         let k = format!("lg-{conn}-{n}");
         n += 1;
-        let pool = if tessera::server::kv::owner(&k, shards) == served_by {
+        let pool = if tessera::internals::kv_owner(&k, shards) == served_by {
             &mut keys.local
         } else {
             &mut keys.remote

@@ -20,8 +20,9 @@ use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 use glommio::{LocalExecutorBuilder, Placement};
 use memchr::memmem;
-use tessera::cli::parse_duration;
-use tessera::runtime::{cores, process};
+use tessera::config::parse_duration;
+use tessera::config::{format_core_list, select_cores};
+use tessera::internals::{ensure_memlock, raise_nofile};
 
 use crate::driver::{initialize, Reader};
 use crate::stats::{self, Outcome, Stats, Tick};
@@ -93,10 +94,10 @@ pub fn run(a: FanoutArgs) -> Result<ExitCode, String> {
     if a.subscribers == 0 || a.keys == 0 || a.updates_per_sec <= 0.0 {
         return Err("--subscribers, --keys and --updates-per-sec must be positive".into());
     }
-    let cores = cores::select(a.cores.as_deref())?;
+    let cores = select_cores(a.cores.as_deref()).map_err(|e| e.to_string())?;
     let threads = cores.len().min(a.subscribers);
-    process::ensure_memlock(threads)?;
-    let nofile = process::raise_nofile();
+    ensure_memlock(threads).map_err(|e| e.to_string())?;
+    let nofile = raise_nofile();
     if nofile < a.subscribers as u64 + 64 {
         return Err(format!(
             "RLIMIT_NOFILE is {nofile}; {} subscribers need more (ulimit -n)",
@@ -176,7 +177,7 @@ pub fn run(a: FanoutArgs) -> Result<ExitCode, String> {
                 "subscribers": a.subscribers, "keys": a.keys,
                 "updates_per_sec": a.updates_per_sec,
                 "duration_s": secs, "warmup_s": a.warmup.as_secs_f64(),
-                "cores": cores::format_core_list(&cores[..threads]),
+                "cores": format_core_list(&cores[..threads]),
             },
             "updates": updates, "notifications_expected": expected,
             "notifications_received": received, "missing": total.missing,
@@ -194,7 +195,7 @@ pub fn run(a: FanoutArgs) -> Result<ExitCode, String> {
             a.keys,
             a.updates_per_sec,
             threads,
-            cores::format_core_list(&cores[..threads]),
+            format_core_list(&cores[..threads]),
             secs,
             a.warmup.as_secs_f64()
         );

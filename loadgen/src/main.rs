@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use glommio::{LocalExecutorBuilder, Placement};
-use tessera::cli::parse_duration;
-use tessera::runtime::{cores, process};
+use tessera::config::parse_duration;
+use tessera::config::{format_core_list, select_cores};
+use tessera::internals::{ensure_memlock, raise_nofile};
 
 use driver::Plan;
 use stats::{Outcome, Stats, Tick};
@@ -245,10 +246,10 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
         None => Workload::single(&a.method, &a.tool, a.args.as_deref(), a.params.as_deref())?,
     };
     workload.cross_shard = a.cross_shard;
-    let cores = cores::select(a.cores.as_deref())?;
+    let cores = select_cores(a.cores.as_deref()).map_err(|e| e.to_string())?;
     let threads = cores.len().min(connections);
-    process::ensure_memlock(threads)?;
-    process::raise_nofile();
+    ensure_memlock(threads).map_err(|e| e.to_string())?;
+    raise_nofile();
 
     let mut child = None;
     let stdio_fd = match &target {
@@ -430,7 +431,7 @@ fn report(
         connections,
         mode,
         cores_used.len(),
-        cores::format_core_list(cores_used),
+        format_core_list(cores_used),
         workload.describe(),
         secs,
         a.warmup.as_secs_f64()
@@ -445,7 +446,7 @@ fn report(
                 "rate": a.rate,
                 "duration_s": secs,
                 "warmup_s": a.warmup.as_secs_f64(),
-                "cores": cores::format_core_list(cores_used),
+                "cores": format_core_list(cores_used),
                 "workload": workload.describe(),
                 "cross_shard": a.cross_shard,
                 "mix": a.mix.as_ref().map(|p| p.display().to_string()),

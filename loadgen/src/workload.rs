@@ -17,7 +17,7 @@
 //! shard, so a chosen fraction of kv calls crosses the mesh.
 
 use simd_json::prelude::*;
-use tessera::protocol::json;
+use tessera::internals::json;
 
 /// The placeholder a mix entry uses for a per-request kv key.
 pub const KEY: &str = "{key}";

@@ -144,6 +144,10 @@ counters! {
     /// HTTP requests refused before reaching MCP (4xx: origin, host, media
     /// types, size, headers).
     http_rejected,
+    /// HTTP request heads refused at `--http-max-head-bytes` or
+    /// `--http-max-headers` (431, connection closed) or targets over
+    /// `--http-max-uri-bytes` (414).
+    http_heads_refused,
     /// Handler panics caught by the supervisor (each cost one request).
     handler_panics,
     /// Requests refused for want of a valid token: HTTP 401, TCP/stdio
@@ -208,6 +212,31 @@ counters! {
     mesh_rejoins,
     /// Cross-core requests failed because the mesh was rebuilt under them.
     mesh_lost_in_rebuild,
+}
+
+/// What the mesh reports, as counted here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshCounts {
+    Sent,
+    Served,
+    Overloaded,
+    Dropped,
+    TimedOut,
+    StreamCut,
+}
+
+impl Counters {
+    /// Counts one mesh event.
+    pub fn count_mesh(&mut self, e: MeshCounts) {
+        match e {
+            MeshCounts::Sent => self.mesh_requests_sent += 1,
+            MeshCounts::Served => self.mesh_requests_served += 1,
+            MeshCounts::Overloaded => self.mesh_overloaded += 1,
+            MeshCounts::Dropped => self.mesh_dropped += 1,
+            MeshCounts::TimedOut => self.mesh_timeouts += 1,
+            MeshCounts::StreamCut => self.sse_streams_cut += 1,
+        }
+    }
 }
 
 /// One shard's live metrics. Not `Send`: it lives inside the shard.

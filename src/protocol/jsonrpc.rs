@@ -29,6 +29,13 @@ pub const SHARD_TIMEOUT: i32 = -31011;
 /// limit (`--rate-limit-per-sec`); `data.retryAfterMs` says when to retry.
 /// Over HTTP the status is 429 with `Retry-After`.
 pub const RATE_LIMITED: i32 = -31012;
+/// The principal's roles do not grant the tool, prompt, resource or
+/// template the request names (`--auth` with `[[role]]`s).
+pub const FORBIDDEN: i32 = -31013;
+/// `--auth` is on and the request (TCP, stdio) carries no valid token in
+/// `params._meta.authorization`, or one of a principal other than the one
+/// the connection authenticated as.
+pub const UNAUTHORIZED: i32 = -31014;
 
 /// A request id exactly as the envelope carried it: MCP allows strings and
 /// numbers and forbids null.
@@ -51,7 +58,7 @@ impl Id<'_> {
     }
 
     /// Encodes the id for an answer written after the read buffer is gone.
-    pub fn to_owned_bytes(&self) -> Box<[u8]> {
+    pub fn to_owned_bytes(self) -> Box<[u8]> {
         let mut v = Vec::with_capacity(16);
         self.write(&mut v);
         v.into_boxed_slice()

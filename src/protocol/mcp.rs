@@ -21,13 +21,6 @@ pub const MODERN_VERSIONS: &[&str] = &["2026-07-28"];
 pub const ALL_VERSIONS_JSON: &str =
     r#"["2026-07-28","2025-11-25","2025-06-18","2025-03-26","2024-11-05"]"#;
 
-/// The version assumed for HTTP requests without `MCP-Protocol-Version`
-/// (Streamable HTTP, 2025-11-25: "SHOULD assume protocol version 2025-03-26").
-pub const HTTP_DEFAULT_VERSION: &str = "2025-03-26";
-
-pub const SERVER_NAME: &str = "tessera";
-pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// `Implementation` for `serverInfo`.
 pub const SERVER_INFO_JSON: &str = concat!(
     r#"{"name":"tessera","title":"tessera MCP server","version":""#,
@@ -57,28 +50,16 @@ pub fn modern_version(v: &str) -> Option<&'static str> {
     MODERN_VERSIONS.iter().copied().find(|m| *m == v)
 }
 
-pub mod method {
-    pub const INITIALIZE: &str = "initialize";
-    pub const PING: &str = "ping";
-    pub const DISCOVER: &str = "server/discover";
-    pub const TOOLS_LIST: &str = "tools/list";
-    pub const TOOLS_CALL: &str = "tools/call";
-    pub const RESOURCES_LIST: &str = "resources/list";
-    pub const RESOURCES_TEMPLATES_LIST: &str = "resources/templates/list";
-    pub const RESOURCES_READ: &str = "resources/read";
-    pub const RESOURCES_SUBSCRIBE: &str = "resources/subscribe";
-    pub const RESOURCES_UNSUBSCRIBE: &str = "resources/unsubscribe";
-    pub const INITIALIZED: &str = "notifications/initialized";
-    pub const PROGRESS: &str = "notifications/progress";
-    pub const RESOURCES_UPDATED: &str = "notifications/resources/updated";
-}
-
 pub mod meta {
     pub const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
     pub const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
-    pub const CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
     pub const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+    pub const LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
+    pub const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
     pub const PROGRESS_TOKEN: &str = "progressToken";
+    /// tessera: the bearer token of a TCP or stdio request, valued like the
+    /// HTTP header (`"Bearer <token>"`).
+    pub const AUTHORIZATION: &str = "authorization";
 }
 
 /// MCP error codes (beyond JSON-RPC's own).
@@ -113,6 +94,6 @@ mod tests {
         for v in LEGACY_VERSIONS.iter().chain(MODERN_VERSIONS) {
             assert!(ALL_VERSIONS_JSON.contains(v));
         }
-        assert!(SERVER_INFO_JSON.contains(SERVER_VERSION));
+        assert!(SERVER_INFO_JSON.contains(env!("CARGO_PKG_VERSION")));
     }
 }

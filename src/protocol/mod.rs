@@ -1,9 +1,11 @@
-//! Wire formats, without I/O: JSON-RPC 2.0 envelopes, MCP constants, and the
-//! in-place JSON parser that turns one NDJSON line into a borrowed tape.
+//! Wire formats, without I/O: JSON-RPC 2.0 envelopes, MCP constants and
+//! method names, and the in-place JSON parser that turns one message into a
+//! borrowed tape. Imports nothing of the rest of the crate.
 
-pub mod json;
-pub mod jsonrpc;
-pub mod mcp;
+pub(crate) mod json;
+pub(crate) mod jsonrpc;
+pub(crate) mod mcp;
+pub(crate) mod method;
 
 use simd_json::tape::{Tape, Value as TapeValue};
 use simd_json::Buffers;
@@ -13,10 +15,6 @@ use simd_json::Buffers;
 /// parsing needs no copy; in a read buffer holding several messages back to
 /// back, the next message serves as the previous one's padding.
 pub const PARSE_PADDING: usize = simd_json::INPUT_PADDING;
-
-/// Nesting deeper than this is rejected as a parse error (simd-json's own
-/// bound; it parses iteratively, so depth costs no stack).
-pub const MAX_NESTING_DEPTH: usize = simd_json::DEFAULT_MAX_DEPTH;
 
 /// Reusable parser state. One per shard: its scratch buffers and tape keep
 /// their allocations between messages, so steady-state parsing allocates

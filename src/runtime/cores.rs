@@ -6,24 +6,41 @@
 /// Upper bound on a core number we will even try; real machines are far below.
 const MAX_CORE_ID: usize = 4096;
 
+/// Why a core selection is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    #[error("could not read this process's CPU affinity")]
+    Affinity,
+    #[error("this process may not run on any CPU")]
+    NoCpu,
+    #[error("invalid core list {spec:?}: {part:?} is not a core number or range like 0-3")]
+    Syntax { spec: String, part: String },
+    #[error("invalid core range {part:?} in {spec:?}: start is after end")]
+    Reversed { spec: String, part: String },
+    #[error("core {core} in {spec:?} is out of range")]
+    OutOfRange { spec: String, core: usize },
+    #[error("core(s) {missing} not available to this process (it may use {allowed}); check --cores against `nproc` and the CPU affinity (taskset -p $$)")]
+    NotAllowed { missing: String, allowed: String },
+}
+
 /// CPUs this process may run on, ascending.
-pub fn allowed_cores() -> Result<Vec<usize>, String> {
+pub fn allowed_cores() -> Result<Vec<usize>, CoreError> {
     let mut ids: Vec<usize> = core_affinity::get_core_ids()
-        .ok_or("could not read this process's CPU affinity")?
+        .ok_or(CoreError::Affinity)?
         .into_iter()
         .map(|c| c.id)
         .collect();
     ids.sort_unstable();
     ids.dedup();
     if ids.is_empty() {
-        return Err("this process may not run on any CPU".into());
+        return Err(CoreError::NoCpu);
     }
     Ok(ids)
 }
 
 /// The CPUs a `--cores` value names, checked against the affinity mask;
 /// without one, every CPU the process may use.
-pub fn select(spec: Option<&str>) -> Result<Vec<usize>, String> {
+pub fn select(spec: Option<&str>) -> Result<Vec<usize>, CoreError> {
     let allowed = allowed_cores()?;
     match spec {
         Some(spec) => {
@@ -37,10 +54,11 @@ pub fn select(spec: Option<&str>) -> Result<Vec<usize>, String> {
 
 /// Parses `0-3,5,7-8` into `[0,1,2,3,5,7,8]`, keeping first-seen order and
 /// dropping repeats (one shard per core).
-pub fn parse_core_list(spec: &str) -> Result<Vec<usize>, String> {
+pub fn parse_core_list(spec: &str) -> Result<Vec<usize>, CoreError> {
     let mut out: Vec<usize> = Vec::new();
-    let bad = |part: &str| {
-        format!("invalid core list {spec:?}: {part:?} is not a core number or range like 0-3")
+    let bad = |part: &str| CoreError::Syntax {
+        spec: spec.to_owned(),
+        part: part.to_owned(),
     };
     for part in spec.split(',').map(str::trim) {
         if part.is_empty() {
@@ -57,12 +75,16 @@ pub fn parse_core_list(spec: &str) -> Result<Vec<usize>, String> {
             }
         };
         if lo > hi {
-            return Err(format!(
-                "invalid core range {part:?} in {spec:?}: start is after end"
-            ));
+            return Err(CoreError::Reversed {
+                spec: spec.to_owned(),
+                part: part.to_owned(),
+            });
         }
         if hi > MAX_CORE_ID {
-            return Err(format!("core {hi} in {spec:?} is out of range"));
+            return Err(CoreError::OutOfRange {
+                spec: spec.to_owned(),
+                core: hi,
+            });
         }
         for c in lo..=hi {
             if !out.contains(&c) {
@@ -74,7 +96,7 @@ pub fn parse_core_list(spec: &str) -> Result<Vec<usize>, String> {
 }
 
 /// Fails with a message naming every requested core the process may not use.
-pub fn check_allowed(requested: &[usize], allowed: &[usize]) -> Result<(), String> {
+pub fn check_allowed(requested: &[usize], allowed: &[usize]) -> Result<(), CoreError> {
     let missing: Vec<String> = requested
         .iter()
         .filter(|c| !allowed.contains(c))
@@ -83,11 +105,10 @@ pub fn check_allowed(requested: &[usize], allowed: &[usize]) -> Result<(), Strin
     if missing.is_empty() {
         return Ok(());
     }
-    Err(format!(
-        "core(s) {} not available to this process (it may use {}); check --cores against `nproc` and the CPU affinity (taskset -p $$)",
-        missing.join(","),
-        format_core_list(allowed)
-    ))
+    Err(CoreError::NotAllowed {
+        missing: missing.join(","),
+        allowed: format_core_list(allowed),
+    })
 }
 
 /// Formats `[0,1,2,5]` as `0-2,5`.
@@ -132,7 +153,7 @@ mod tests {
     #[test]
     fn checks_against_allowed() {
         assert!(check_allowed(&[0, 1], &[0, 1, 2]).is_ok());
-        let e = check_allowed(&[0, 7], &[0, 1]).unwrap_err();
+        let e = check_allowed(&[0, 7], &[0, 1]).unwrap_err().to_string();
         assert!(e.contains("core(s) 7"), "{e}");
         assert!(e.contains("0-1"), "{e}");
         assert_eq!(format_core_list(&[5, 0, 1, 2]), "0-2,5");

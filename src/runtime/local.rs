@@ -1,14 +1,18 @@
 //! Single-threaded synchronisation primitives for code inside one shard.
 //!
 //! Everything here is `!Send` and uses `Rc`/`Cell`: a shard's tasks all run on
-//! one thread, so atomics and locks would only cost cycles.
+//! one thread, so atomics and locks would only cost cycles. The one exception
+//! is [`ThreadBound`], for APIs that demand `Send` of values that never leave
+//! their thread: it checks, at every access, that they really do not.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::thread::ThreadId;
 
 struct Slot<T> {
     value: Option<T>,
@@ -259,10 +263,111 @@ impl<T> Pipe<T> {
     }
 }
 
+/// A value that the type system lets move between threads but that is only
+/// ever touched on the thread that made it. For libraries that require
+/// `Send`/`Sync` of things a thread-per-core server keeps on one core (hyper's
+/// timers hold `Rc`s and glommio timers): any access from another thread
+/// panics instead of racing, and a drop on another thread leaks the value
+/// instead of running its destructor there.
+pub struct ThreadBound<T> {
+    owner: ThreadId,
+    value: ManuallyDrop<T>,
+}
+
+impl<T> ThreadBound<T> {
+    pub fn new(value: T) -> Self {
+        Self {
+            owner: std::thread::current().id(),
+            value: ManuallyDrop::new(value),
+        }
+    }
+
+    fn on_owner(&self) -> bool {
+        std::thread::current().id() == self.owner
+    }
+
+    fn check(&self) {
+        assert!(
+            self.on_owner(),
+            "a thread-bound value was used on a thread other than the one that made it"
+        );
+    }
+
+    /// The value.
+    ///
+    /// # Panics
+    /// On any thread but the one that made it.
+    pub fn get(&self) -> &T {
+        self.check();
+        &self.value
+    }
+
+    /// The value, mutably.
+    ///
+    /// # Panics
+    /// On any thread but the one that made it.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.check();
+        &mut self.value
+    }
+}
+
+impl<T> Drop for ThreadBound<T> {
+    fn drop(&mut self) {
+        if self.on_owner() {
+            // SAFETY: the value is dropped once, here, and never used again
+            // (`self` is being dropped).
+            unsafe { ManuallyDrop::drop(&mut self.value) }
+        }
+        // Elsewhere the value is leaked: its destructor may only run on its
+        // own thread.
+    }
+}
+
+// SAFETY: a `ThreadBound<T>` never gives access to its `T` except on the
+// thread that created it: `get` and `get_mut` compare the calling thread's id
+// with the creator's (ids are never reused) and panic on a mismatch, and
+// `Drop` runs `T`'s destructor only on the creator's thread. So no `T` is
+// ever read, written or dropped by two threads, whatever safe code does with
+// the wrapper, which is all `Send` and `Sync` promise.
+unsafe impl<T> Send for ThreadBound<T> {}
+// SAFETY: as for `Send`: shared references reach the `T` only through `get`,
+// which refuses every thread but the creator's.
+unsafe impl<T> Sync for ThreadBound<T> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures_lite::future::block_on;
+
+    #[test]
+    fn thread_bound_values_stay_on_their_thread() {
+        let mut b = ThreadBound::new(Rc::new(Cell::new(1)));
+        b.get().set(2);
+        assert_eq!(b.get_mut().get(), 2);
+        // Sent elsewhere, the value cannot be reached, and dropping it there
+        // leaks it rather than touching the Rc from a second thread.
+        let seen = Rc::downgrade(b.get());
+        let r = std::thread::spawn(move || {
+            let reached = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                b.get().get();
+            }))
+            .is_ok();
+            drop(b);
+            reached
+        })
+        .join()
+        .unwrap();
+        assert!(!r, "another thread reached the value");
+        assert!(
+            seen.upgrade().is_some(),
+            "the value was leaked, not dropped"
+        );
+        let local = ThreadBound::new(Rc::new(()));
+        let weak = Rc::downgrade(local.get());
+        drop(local);
+        assert!(weak.upgrade().is_none(), "dropped on its own thread");
+    }
 
     #[test]
     fn oneshot_delivers_or_reports_drop() {

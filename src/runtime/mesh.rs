@@ -1,239 +1,406 @@
-//! The mesh: typed, bounded messages between shards.
+//! The mesh: typed, bounded messages between the executors of one process,
+//! generic over what they carry.
 //!
-//! Two full meshes of glommio `shared_channel`s connect every pair of shards,
-//! one carrying requests and one carrying replies. Keeping them apart is what
-//! makes the mesh deadlock-free: a shard's request server may wait for room in
-//! a reply queue, but the reply loop that drains it never waits on anything,
-//! so no cycle of full queues can form.
+//! `Mesh<Req, Rep>` knows nothing of what its messages mean: the layer that
+//! owns a cross-core feature defines its message type, the composition root
+//! wraps them all in one `Req` and one `Rep` enum, and the runtime only
+//! carries them. Adding a cross-core feature never edits this file.
 //!
-//! Bounds: each one-way queue holds `mesh_queue_depth` messages. A request is
+//! Two full meshes of glommio shared channels connect every pair of
+//! executors, one carrying requests and one carrying replies. Keeping them
+//! apart is what makes the mesh deadlock-free: a request server may wait for
+//! room in a reply queue, but the reply loop that drains it never waits on
+//! anything, so no cycle of full queues can form.
+//!
+//! Bounds: each one-way queue holds `queue_depth` messages. A request is
 //! *tried*, never awaited: when the queue is full the caller gets
-//! [`MeshError::Overloaded`] at once and the client a -31010 error. The table
-//! of requests awaiting replies holds at most `mesh_pending_max` entries per
-//! shard, refused the same way. Every hop has a deadline (`mesh_timeout_ms`).
+//! [`MeshError::Overloaded`] at once. The table of requests awaiting replies
+//! holds at most `pending_max` entries, refused the same way. Every call has
+//! a deadline (`timeout_ms`); a stream of replies has a per-stream queue
+//! bound on the asking side (`call_stream`), past which the stream is cut.
 //!
-//! Shard ids and mesh peer ids differ: glommio numbers peers by executor id,
-//! and a restarted shard's executor gets a new, higher one. Messages name
-//! shards (`from`, the result of `kv::owner()`); `peers` maps a shard to its
-//! peer id in the current mesh and is handed to every shard by the main
-//! thread with each (re)build.
+//! Building: [`build`] makes every channel of a mesh on one thread and hands
+//! out one [`Membership`] per shard (its row of senders, its column of
+//! receivers), which that shard's executor joins. Channels are indexed by
+//! shard id, so a message names its receiver directly; a shard id outside
+//! the mesh is a bug and stops the program. (glommio's own `MeshBuilder`
+//! shares an `Rc` between the threads that clone and join it, which races;
+//! and it numbers members by executor id, which a restart changes.)
 //!
-//! Rebuilds: glommio meshes cannot take a new member, so when the main thread
-//! restarts a dead shard every shard joins a fresh pair of meshes and
-//! swaps it in (`Shard::install_mesh`); requests still waiting on the old
-//! mesh fail with [`MeshError::PeerGone`] and their clients get an error.
+//! Rebuilds: a mesh cannot take a new member, so when a dead executor is
+//! restarted every member joins a freshly built mesh and swaps it in;
+//! everything still waiting on the old one fails at once with
+//! [`MeshError::PeerGone`] ([`Mesh::fail_all`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::channels::shared_channel::{
+    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
 use glommio::GlommioError;
 
-use super::local::{oneshot, OneshotSender, Pipe, PushError};
-use crate::server::kv::{KvOp, KvReply};
-use crate::server::registry::ListKind;
-use crate::server::resources::Watcher;
-use crate::server::tasks::TaskOp;
-use crate::server::tools::RpcError;
-use crate::transport::http::forward::{HttpCall, HttpFrame};
+use super::local::{oneshot, OneshotReceiver, OneshotSender, Pipe, PushError};
 
-/// Work one shard asks another to do.
-#[derive(Debug)]
-pub enum Request {
-    Kv(KvOp),
-    /// `uri` changed; tell these subscribers of the receiving shard. Sent
-    /// without expecting a reply.
-    Notify {
-        uri: String,
-        subscribers: Vec<u64>,
-    },
-    /// An HTTP request for a legacy session the receiver owns. Answered by a
-    /// stream of [`Reply::Http`] frames ending with `HttpFrame::End`.
-    Http(Box<HttpCall>),
-    /// The client of the relayed stream `stream` (the `corr` of its `Http`
-    /// request) went away or fell behind; stop sending it. No reply.
-    HttpCancel {
-        stream: u64,
-    },
-    /// Add `watcher` to the watchers of `uri` the receiver keeps. Answered
-    /// with [`Reply::Watched`].
-    Watch {
-        uri: String,
-        watcher: Watcher,
-    },
-    /// Forget `watcher` of `uri`. No reply.
-    Unwatch {
-        uri: String,
-        watcher: Watcher,
-    },
-    /// `uri` changed; the receiver keeps its watchers. No reply.
-    Updated {
-        uri: String,
-    },
-    /// A `tasks/*` operation for a task the receiver owns. Answered with
-    /// [`Reply::Task`].
-    Task(TaskOp),
-    /// Offer (`on`) or withdraw an item of the registry. Sent to shard 0,
-    /// which applies it and forwards it (`broadcast: false`) to the others,
-    /// so every shard sees changes in one order. No reply.
-    SetEnabled {
-        kind: ListKind,
-        name: String,
-        on: bool,
-        broadcast: bool,
-    },
-}
-
-/// `corr` of a request sent with [`Mesh::tell`]: no reply is wanted.
-pub const NO_REPLY: u64 = u64::MAX;
-
-/// The owner's answer to a [`Request`].
-#[derive(Debug)]
-pub enum Reply {
-    Kv(KvReply),
-    Http(HttpFrame),
-    /// Answer to [`Request::Watch`]: `Err(max)` at the per-URI bound.
-    Watched(Result<(), usize>),
-    /// Answer to [`Request::Task`]: the result's members, or the error.
-    Task(Result<String, RpcError>),
-}
-
-#[derive(Debug)]
-pub struct RequestMsg {
-    pub from: usize,
-    pub corr: u64,
-    pub body: Request,
-}
-
-#[derive(Debug)]
-pub struct ReplyMsg {
-    pub corr: u64,
-    pub body: Reply,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a message did not get where it was going, or got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum MeshError {
-    /// The queue to the owner, or this shard's pending table, is full.
+    /// The queue to the receiver, or this member's table of calls awaiting
+    /// replies, is full. Nothing was sent.
+    #[error("the queue to the other core is full")]
     Overloaded,
-    /// No reply within the deadline.
+    /// No reply within the deadline; the receiver may or may not have acted.
+    #[error("the other core did not answer in time")]
     Timeout,
-    /// The owner's executor is gone.
+    /// The receiver's executor is gone, or the mesh was rebuilt under the call.
+    #[error("the other core is not running")]
     PeerGone,
 }
 
-/// What every executor needs to join the two meshes; cloned into each thread.
-#[derive(Clone)]
-pub struct MeshBuilders {
-    requests: MeshBuilder<RequestMsg, Full>,
-    replies: MeshBuilder<ReplyMsg, Full>,
+/// What a mesh member counts; the layer above turns these into metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshEvent {
+    /// A call was queued to another member.
+    Sent,
+    /// A request from another member was handed to the server.
+    Served,
+    /// A call or tell was refused at a bound (`Overloaded`).
+    Overloaded,
+    /// A one-way message could not be queued and was dropped.
+    Dropped,
+    /// A call got no reply within the deadline.
+    TimedOut,
+    /// A stream's consumer fell `depth` replies behind; the stream was cut.
+    /// `shard` is the member streaming it, `corr` the call: tell it to stop.
+    StreamCut { shard: usize, corr: u64 },
+    /// A reply arrived that nobody waits for any more (its caller gave up).
+    Unclaimed,
 }
 
-impl MeshBuilders {
-    pub fn new(shards: usize, queue_depth: usize) -> Self {
-        Self {
-            requests: MeshBuilder::full(shards, queue_depth),
-            replies: MeshBuilder::full(shards, queue_depth),
+/// Where a member's counts go.
+pub type Observer = Rc<dyn Fn(MeshEvent)>;
+
+/// A reply type tells the mesh which reply ends a stream of replies.
+pub trait StreamEnd {
+    /// True for the last reply of a stream ([`Mesh::call_stream`]).
+    fn ends_stream(&self) -> bool;
+}
+
+/// The address a reply goes to: the asking member and its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub shard: usize,
+    corr: u64,
+}
+
+impl ReplyTo {
+    /// The correlation id of the call (names a stream to cancel it).
+    pub fn corr(self) -> u64 {
+        self.corr
+    }
+}
+
+/// What a member does with requests from the others.
+pub trait Serve<Req, Rep> {
+    /// Serves `req` from shard `from`. `reply` is set when the sender waits
+    /// for an answer: return it here, or keep `reply` and answer later
+    /// (possibly with a stream) through [`Mesh::reply`].
+    fn serve(&self, from: usize, req: Req, reply: Option<ReplyTo>) -> Option<Rep>;
+}
+
+/// `corr` of a message sent with [`Mesh::tell`]: no reply is wanted.
+const NO_REPLY: u64 = u64::MAX;
+
+/// A request on the wire.
+pub struct RequestMsg<Req> {
+    corr: u64,
+    body: Req,
+}
+
+/// A reply on the wire.
+pub struct ReplyMsg<Rep> {
+    corr: u64,
+    body: Rep,
+}
+
+/// One shard's unconnected ends of a freshly built mesh: senders indexed by
+/// the shard they reach, receivers by the shard they hear from. Made on one
+/// thread by [`build`], sent to the shard's executor, joined there.
+pub struct Membership<Req: Send + 'static, Rep: Send + 'static> {
+    shard: usize,
+    req_tx: Vec<Option<SharedSender<RequestMsg<Req>>>>,
+    req_rx: Vec<Option<SharedReceiver<RequestMsg<Req>>>>,
+    rep_tx: Vec<Option<SharedSender<ReplyMsg<Rep>>>>,
+    rep_rx: Vec<Option<SharedReceiver<ReplyMsg<Rep>>>>,
+}
+
+/// A member's channels, connected but not yet serving.
+pub struct Joined<Req: Send, Rep: Send> {
+    shard: usize,
+    req_tx: Vec<Option<ConnectedSender<RequestMsg<Req>>>>,
+    req_rx: Vec<(usize, ConnectedReceiver<RequestMsg<Req>>)>,
+    rep_tx: Vec<Option<ConnectedSender<ReplyMsg<Rep>>>>,
+    rep_rx: Vec<(usize, ConnectedReceiver<ReplyMsg<Rep>>)>,
+}
+
+/// An `n` by `n` matrix of bounded channels without its diagonal, split
+/// into each member's row of senders and column of receivers.
+#[allow(clippy::type_complexity)]
+fn matrix<T: Send>(
+    n: usize,
+    depth: usize,
+) -> (
+    Vec<Vec<Option<SharedSender<T>>>>,
+    Vec<Vec<Option<SharedReceiver<T>>>>,
+) {
+    let mut tx: Vec<Vec<Option<SharedSender<T>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut rx: Vec<Vec<Option<SharedReceiver<T>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    for from in 0..n {
+        for to in (0..n).filter(|&to| to != from) {
+            let (s, r) = shared_channel::new_bounded(depth);
+            tx[from][to] = Some(s);
+            rx[to][from] = Some(r);
         }
     }
+    (tx, rx)
+}
 
-    /// Joins both meshes; resolves once every shard has joined.
-    pub async fn join(self) -> Result<Joined, String> {
-        let (req_tx, req_rx) = self
-            .requests
-            .join()
-            .await
-            .map_err(|e| format!("joining the request mesh: {e}"))?;
-        let (rep_tx, rep_rx) = self
-            .replies
-            .join()
-            .await
-            .map_err(|e| format!("joining the reply mesh: {e}"))?;
-        Ok(Joined {
+/// Builds a mesh of `members` shards whose queues hold `queue_depth`
+/// messages each: one [`Membership`] per shard, in shard order.
+pub fn build<Req: Send + 'static, Rep: Send + 'static>(
+    members: usize,
+    queue_depth: usize,
+) -> Vec<Membership<Req, Rep>> {
+    assert!(members >= 2, "a mesh connects at least two executors");
+    assert!(queue_depth >= 1, "mesh queues hold at least one message");
+    let (req_tx, req_rx) = matrix(members, queue_depth);
+    let (rep_tx, rep_rx) = matrix(members, queue_depth);
+    req_tx
+        .into_iter()
+        .zip(req_rx)
+        .zip(rep_tx.into_iter().zip(rep_rx))
+        .enumerate()
+        .map(|(shard, ((req_tx, req_rx), (rep_tx, rep_rx)))| Membership {
+            shard,
             req_tx,
             req_rx,
             rep_tx,
             rep_rx,
         })
+        .collect()
+}
+
+/// Starts connecting every end of `ends` (each connection waits for its
+/// other end, so all of a member's ends must be under way before any is
+/// awaited).
+fn connecting<E, T: 'static>(
+    ends: Vec<Option<E>>,
+    connect: impl Fn(E) -> Pin<Box<dyn Future<Output = T>>>,
+) -> Vec<Option<glommio::Task<T>>> {
+    ends.into_iter()
+        .map(|e| e.map(|e| glommio::spawn_local(connect(e))))
+        .collect()
+}
+
+/// The connected ends, in the order they were started.
+async fn connected<T>(tasks: Vec<Option<glommio::Task<T>>>) -> Vec<Option<T>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(match t {
+            Some(t) => Some(t.await),
+            None => None,
+        });
+    }
+    out
+}
+
+/// Receivers with the shard each hears from.
+fn by_shard<T>(ends: Vec<Option<T>>) -> Vec<(usize, T)> {
+    ends.into_iter()
+        .enumerate()
+        .filter_map(|(from, r)| r.map(|r| (from, r)))
+        .collect()
+}
+
+impl<Req: Send + 'static, Rep: Send + 'static> Membership<Req, Rep> {
+    /// The shard this membership belongs to.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// Connects this member's ends; resolves once every other member has
+    /// joined too.
+    pub async fn join(self) -> Joined<Req, Rep> {
+        let req_tx = connecting(self.req_tx, |e| Box::pin(e.connect()));
+        let req_rx = connecting(self.req_rx, |e| Box::pin(e.connect()));
+        let rep_tx = connecting(self.rep_tx, |e| Box::pin(e.connect()));
+        let rep_rx = connecting(self.rep_rx, |e| Box::pin(e.connect()));
+        Joined {
+            shard: self.shard,
+            req_tx: connected(req_tx).await,
+            req_rx: by_shard(connected(req_rx).await),
+            rep_tx: connected(rep_tx).await,
+            rep_rx: by_shard(connected(rep_rx).await),
+        }
     }
 }
 
-pub struct Joined {
-    pub req_tx: Senders<RequestMsg>,
-    pub req_rx: Receivers<RequestMsg>,
-    pub rep_tx: Senders<ReplyMsg>,
-    pub rep_rx: Receivers<ReplyMsg>,
+/// Settings of one mesh (every member uses the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshSettings {
+    /// Messages each one-way queue holds.
+    pub queue_depth: usize,
+    /// Calls one member may have awaiting replies.
+    pub pending_max: usize,
+    /// How long a call waits for its reply.
+    pub timeout_ms: u64,
 }
 
-/// Who waits for replies to one request.
-enum Waiter {
+/// Who waits for replies to one call.
+enum Waiter<Rep> {
     /// A single reply.
-    Once(OneshotSender<Reply>),
-    /// A stream of replies (HTTP relays), until `HttpFrame::End`.
-    Stream(Rc<Pipe<Reply>>),
+    Once(OneshotSender<Rep>),
+    /// A stream of replies, until one [`StreamEnd::ends_stream`].
+    Stream(Rc<Pipe<Rep>>),
 }
 
-/// What became of an incoming reply.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Delivery {
-    Delivered,
-    /// Nobody waits for it (the caller timed out or cancelled).
-    Unclaimed,
-    /// A relayed stream's consumer fell `stream_depth` frames behind; the
-    /// stream was cut and the sender must be told to stop.
-    Overflowed,
-}
-
-/// This shard's end of the mesh.
-pub struct Mesh {
+/// This member's end of the mesh.
+pub struct Mesh<Req: Send, Rep: Send> {
     me: usize,
-    /// Shard id -> peer id in this mesh.
-    peers: Vec<usize>,
-    req_tx: Senders<RequestMsg>,
-    rep_tx: Senders<ReplyMsg>,
+    /// Request queues by the shard they reach (none to itself).
+    req_tx: Vec<Option<ConnectedSender<RequestMsg<Req>>>>,
+    /// Reply queues by the shard they reach (none to itself).
+    rep_tx: Vec<Option<ConnectedSender<ReplyMsg<Rep>>>>,
     /// Correlation id -> (the shard asked, who waits for the reply).
-    pending: RefCell<HashMap<u64, (usize, Waiter)>>,
+    pending: RefCell<HashMap<u64, (usize, Waiter<Rep>)>>,
     next_corr: Cell<u64>,
-    pending_max: usize,
-    timeout: Duration,
+    settings: MeshSettings,
+    observer: Observer,
 }
 
-impl Mesh {
-    pub fn new(
-        me: usize,
-        peers: Vec<usize>,
-        req_tx: Senders<RequestMsg>,
-        rep_tx: Senders<ReplyMsg>,
-        pending_max: usize,
-        timeout: Duration,
-    ) -> Self {
-        debug_assert_eq!(
-            peers[me],
-            req_tx.peer_id(),
-            "the main thread's peer map is wrong"
+/// The tasks serving one member's receivers: one request loop and one reply
+/// loop per peer. Dropping it stops them (and releases the mesh they hold).
+pub struct Serving {
+    _tasks: Vec<glommio::Task<()>>,
+}
+
+impl<Req: Send + 'static, Rep: Send + StreamEnd + 'static> Mesh<Req, Rep> {
+    /// Starts serving a joined mesh as shard `me`. The mesh lives as long as
+    /// the returned [`Serving`] or any other holder. Nothing is served before
+    /// the calling task next yields, so whatever it sets up right after this
+    /// returns (installing the mesh where the server finds it) is in place
+    /// for the first request.
+    pub fn start(
+        joined: Joined<Req, Rep>,
+        settings: MeshSettings,
+        server: Rc<dyn Serve<Req, Rep>>,
+        observer: Observer,
+    ) -> (Rc<Self>, Serving) {
+        let Joined {
+            shard: me,
+            req_tx,
+            req_rx,
+            rep_tx,
+            rep_rx,
+        } = joined;
+        let n = req_tx.len();
+        assert!(
+            req_tx
+                .iter()
+                .enumerate()
+                .all(|(to, t)| t.is_some() == (to != me)),
+            "a member has a queue to every other member and none to itself"
         );
-        Self {
+        assert_eq!(
+            req_rx.len(),
+            n - 1,
+            "a member hears from every other member"
+        );
+        let mesh = Rc::new(Self {
             me,
-            peers,
             req_tx,
             rep_tx,
             pending: RefCell::new(HashMap::new()),
             next_corr: Cell::new(0),
-            pending_max,
-            timeout,
+            settings,
+            observer,
+        });
+        let mut tasks = Vec::new();
+        for (from, rx) in req_rx {
+            let server = server.clone();
+            let mesh = mesh.clone();
+            tasks.push(glommio::spawn_local(async move {
+                // glommio runs a new task at once, up to its first await:
+                // without this, a request already queued would be served
+                // before `start` returned and the caller installed the mesh.
+                futures_lite::future::yield_now().await;
+                while let Some(msg) = rx.recv().await {
+                    (mesh.observer)(MeshEvent::Served);
+                    let reply_to = (msg.corr != NO_REPLY).then_some(ReplyTo {
+                        shard: from,
+                        corr: msg.corr,
+                    });
+                    let Some(reply) = server.serve(from, msg.body, reply_to) else {
+                        continue;
+                    };
+                    let to = reply_to.expect("a reply is only returned to a call that wants one");
+                    if mesh.reply(to, reply).await.is_err() {
+                        // The asking member is gone; nobody is left to answer.
+                        return;
+                    }
+                }
+            }));
         }
+        for (from, rx) in rep_rx {
+            let mesh = mesh.clone();
+            tasks.push(glommio::spawn_local(async move {
+                futures_lite::future::yield_now().await;
+                while let Some(msg) = rx.recv().await {
+                    mesh.complete(from, msg);
+                }
+            }));
+        }
+        (mesh, Serving { _tasks: tasks })
+    }
+}
+
+impl<Req: Send + 'static, Rep: Send + StreamEnd + 'static> Mesh<Req, Rep> {
+    /// The queue of `kind` to shard `to`.
+    ///
+    /// # Panics
+    /// If `to` is this shard (local work must not cross the mesh) or not a
+    /// member of this mesh: both are bugs in the caller.
+    fn queue<'a, T: Send>(
+        &self,
+        queues: &'a [Option<ConnectedSender<T>>],
+        to: usize,
+    ) -> &'a ConnectedSender<T> {
+        assert_ne!(to, self.me, "local work must not cross the mesh");
+        queues
+            .get(to)
+            .and_then(Option::as_ref)
+            .unwrap_or_else(|| panic!("shard {to} is not in a mesh of {}", queues.len()))
     }
 
-    /// This shard's id.
-    pub fn me(&self) -> usize {
-        self.me
+    /// Calls awaiting a reply.
+    pub fn pending(&self) -> usize {
+        self.pending.borrow().len()
     }
 
-    /// The shard behind a peer id of this mesh.
-    pub fn shard_of_peer(&self, peer: usize) -> usize {
-        self.peers.iter().position(|&p| p == peer).unwrap_or(peer)
+    /// Calls awaiting a reply, by the shard they went to.
+    pub fn pending_per_shard(&self) -> Vec<u64> {
+        let mut out = vec![0u64; self.req_tx.len()];
+        for (to, _) in self.pending.borrow().values() {
+            out[*to] += 1;
+        }
+        out
     }
 
     /// Fails everything waiting for a reply (the mesh is being replaced);
@@ -249,79 +416,56 @@ impl Mesh {
         n
     }
 
-    pub fn pending(&self) -> usize {
-        self.pending.borrow().len()
-    }
-
-    /// Requests awaiting a reply, by the shard they were sent to (`shards`
-    /// entries): the depth of each pair's request queue as seen from here.
-    pub fn pending_per_shard(&self, shards: usize) -> Vec<u64> {
-        let mut out = vec![0u64; shards];
-        for (to, _) in self.pending.borrow().values() {
-            if let Some(n) = out.get_mut(*to) {
-                *n += 1;
-            }
-        }
-        out
-    }
-
-    /// Sends `body` to shard `to`. Fails at once if the request cannot be
-    /// queued; otherwise returns a future for the reply that also enforces
-    /// the hop deadline.
-    pub fn call(
-        self: &Rc<Self>,
-        to: usize,
-        body: Request,
-    ) -> Result<impl Future<Output = Result<Reply, MeshError>> + 'static, MeshError> {
-        let corr = self.send_request(to, body)?;
-        let (tx, rx) = oneshot();
-        self.pending
-            .borrow_mut()
-            .insert(corr, (to, Waiter::Once(tx)));
-        let mesh = self.clone();
-        let timeout = self.timeout;
-        Ok(async move {
-            let reply =
-                futures_lite::future::or(async { rx.await.ok_or(MeshError::PeerGone) }, async {
-                    glommio::timer::sleep(timeout).await;
-                    Err(MeshError::Timeout)
-                })
-                .await;
-            if reply.is_err() {
-                // A reply that arrives after the deadline finds no entry and is dropped.
-                mesh.pending.borrow_mut().remove(&corr);
-            }
-            reply
-        })
-    }
-
-    fn send_request(&self, to: usize, body: Request) -> Result<u64, MeshError> {
-        if self.pending.borrow().len() >= self.pending_max {
+    fn send_request(&self, to: usize, body: Req) -> Result<u64, MeshError> {
+        if self.pending.borrow().len() >= self.settings.pending_max {
+            (self.observer)(MeshEvent::Overloaded);
             return Err(MeshError::Overloaded);
         }
         let corr = self.next_corr.get();
         // NO_REPLY is never a real correlation id.
         self.next_corr.set((corr + 1) % NO_REPLY);
-        let msg = RequestMsg {
-            from: self.me,
-            corr,
-            body,
-        };
-        match self.req_tx.try_send_to(self.peers[to], msg) {
-            Ok(()) => Ok(corr),
-            Err(GlommioError::WouldBlock(_)) => Err(MeshError::Overloaded),
+        let msg = RequestMsg { corr, body };
+        match self.queue(&self.req_tx, to).try_send(msg) {
+            Ok(()) => {
+                (self.observer)(MeshEvent::Sent);
+                Ok(corr)
+            }
+            Err(GlommioError::WouldBlock(_)) => {
+                (self.observer)(MeshEvent::Overloaded);
+                Err(MeshError::Overloaded)
+            }
             Err(_) => Err(MeshError::PeerGone),
         }
     }
 
+    /// Sends `body` to shard `to`. Fails at once if it cannot be queued;
+    /// otherwise returns the reply's future, which also enforces the deadline.
+    pub fn call(self: &Rc<Self>, to: usize, body: Req) -> Result<Call<Req, Rep>, MeshError> {
+        let corr = self.send_request(to, body)?;
+        let (tx, rx) = oneshot();
+        self.pending
+            .borrow_mut()
+            .insert(corr, (to, Waiter::Once(tx)));
+        Ok(Call {
+            mesh: self.clone(),
+            corr,
+            rx,
+            timer: glommio::timer::Timer::new(Duration::from_millis(self.settings.timeout_ms)),
+            done: false,
+        })
+    }
+
     /// Sends `body` to shard `to` and returns its correlation id and the pipe
-    /// its stream of replies arrives in (at most `depth` queued).
+    /// its stream of replies arrives in (at most `depth` queued; past that
+    /// the stream is cut and [`MeshEvent::StreamCut`] reported). The caller
+    /// enforces its own deadlines and calls [`Mesh::forget`] when it stops
+    /// reading early.
     pub fn call_stream(
         &self,
         to: usize,
-        body: Request,
+        body: Req,
         depth: usize,
-    ) -> Result<(u64, Rc<Pipe<Reply>>), MeshError> {
+    ) -> Result<(u64, Rc<Pipe<Rep>>), MeshError> {
         let corr = self.send_request(to, body)?;
         let pipe = Pipe::new(depth);
         self.pending
@@ -335,65 +479,197 @@ impl Mesh {
         self.pending.borrow_mut().remove(&corr);
     }
 
-    /// Sends `body` to shard `to` without waiting for (or wanting) a reply.
-    /// A full queue refuses it at once.
-    pub fn tell(&self, to: usize, body: Request) -> Result<(), MeshError> {
+    /// Sends `body` to shard `to` without wanting a reply. A full queue
+    /// refuses it at once (counted as dropped).
+    pub fn tell(&self, to: usize, body: Req) -> Result<(), MeshError> {
         let msg = RequestMsg {
-            from: self.me,
             corr: NO_REPLY,
             body,
         };
-        match self.req_tx.try_send_to(self.peers[to], msg) {
+        match self.queue(&self.req_tx, to).try_send(msg) {
             Ok(()) => Ok(()),
-            Err(GlommioError::WouldBlock(_)) => Err(MeshError::Overloaded),
-            Err(_) => Err(MeshError::PeerGone),
+            Err(GlommioError::WouldBlock(_)) => {
+                (self.observer)(MeshEvent::Dropped);
+                Err(MeshError::Overloaded)
+            }
+            Err(_) => {
+                (self.observer)(MeshEvent::Dropped);
+                Err(MeshError::PeerGone)
+            }
         }
     }
 
-    /// Delivers a reply to whoever waits for it.
-    pub fn complete(&self, msg: ReplyMsg) -> Delivery {
+    /// Sends a reply back to the member that asked; waits for queue room,
+    /// which the asker's reply loop always makes (it never blocks).
+    pub async fn reply(&self, to: ReplyTo, body: Rep) -> Result<(), MeshError> {
+        self.queue(&self.rep_tx, to.shard)
+            .send(ReplyMsg {
+                corr: to.corr,
+                body,
+            })
+            .await
+            .map_err(|_| MeshError::PeerGone)
+    }
+
+    /// Delivers a reply from shard `from` to whoever waits for it.
+    fn complete(&self, from: usize, msg: ReplyMsg<Rep>) {
         let mut pending = self.pending.borrow_mut();
         let stream = match pending.get(&msg.corr) {
-            None => return Delivery::Unclaimed,
+            None => {
+                drop(pending);
+                (self.observer)(MeshEvent::Unclaimed);
+                return;
+            }
+            Some((asked, _)) if *asked != from => {
+                panic!(
+                    "reply to call {} came from shard {from}, which was not asked",
+                    msg.corr
+                )
+            }
             Some((_, Waiter::Stream(p))) => p.clone(),
             Some((_, Waiter::Once(_))) => {
-                if let Some((_, Waiter::Once(tx))) = pending.remove(&msg.corr) {
-                    drop(pending);
-                    tx.send(msg.body);
-                }
-                return Delivery::Delivered;
+                let Some((_, Waiter::Once(tx))) = pending.remove(&msg.corr) else {
+                    unreachable!("matched a single-reply waiter above")
+                };
+                drop(pending);
+                tx.send(msg.body);
+                return;
             }
         };
-        let last = matches!(msg.body, Reply::Http(HttpFrame::End));
+        let last = msg.body.ends_stream();
         let pushed = if last {
             stream.push_final(msg.body)
         } else {
             stream.push(msg.body)
         };
         match pushed {
-            Ok(()) if !last => Delivery::Delivered,
+            Ok(()) if !last => {}
             Ok(()) => {
                 pending.remove(&msg.corr);
-                Delivery::Delivered
             }
             Err(PushError::Closed) => {
                 pending.remove(&msg.corr);
-                Delivery::Unclaimed
+                drop(pending);
+                (self.observer)(MeshEvent::Unclaimed);
             }
             Err(PushError::Full) => {
                 pending.remove(&msg.corr);
+                drop(pending);
                 stream.close();
-                Delivery::Overflowed
+                (self.observer)(MeshEvent::StreamCut {
+                    shard: from,
+                    corr: msg.corr,
+                });
             }
         }
     }
+}
 
-    /// Sends a reply back to the shard that asked; waits for queue room, which
-    /// the peer's reply loop always makes (it never blocks).
-    pub async fn reply(&self, to: usize, corr: u64, body: Reply) -> Result<(), MeshError> {
-        self.rep_tx
-            .send_to(self.peers[to], ReplyMsg { corr, body })
-            .await
-            .map_err(|_| MeshError::PeerGone)
+/// The reply to one [`Mesh::call`]. Dropping it forgets the call; a reply
+/// that arrives later is dropped (and counted as unclaimed).
+pub struct Call<Req: Send + 'static, Rep: Send + StreamEnd + 'static> {
+    mesh: Rc<Mesh<Req, Rep>>,
+    corr: u64,
+    rx: OneshotReceiver<Rep>,
+    timer: glommio::timer::Timer,
+    done: bool,
+}
+
+impl<Req: Send + 'static, Rep: Send + StreamEnd + 'static> Future for Call<Req, Rep> {
+    type Output = Result<Rep, MeshError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        assert!(!self.done, "a mesh call is polled after it finished");
+        if let Poll::Ready(r) = Pin::new(&mut self.rx).poll(cx) {
+            self.done = true;
+            return Poll::Ready(r.ok_or(MeshError::PeerGone));
+        }
+        if Pin::new(&mut self.timer).poll(cx).is_ready() {
+            self.done = true;
+            self.mesh.forget(self.corr);
+            (self.mesh.observer)(MeshEvent::TimedOut);
+            return Poll::Ready(Err(MeshError::Timeout));
+        }
+        Poll::Pending
     }
 }
+
+impl<Req: Send + 'static, Rep: Send + StreamEnd + 'static> Drop for Call<Req, Rep> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.mesh.forget(self.corr);
+        }
+    }
+}
+
+/// `iters` calls from one pinned executor to another and their replies:
+/// the latency of a hop there and back (the hot-path benchmark's driver).
+#[cfg(feature = "internals")]
+pub(crate) fn bench_round_trips(iters: u64) -> Duration {
+    use glommio::{LocalExecutorBuilder, Placement};
+    use std::sync::mpsc;
+
+    struct Echo;
+    impl Serve<u64, u64> for Echo {
+        fn serve(&self, _: usize, req: u64, _: Option<ReplyTo>) -> Option<u64> {
+            Some(req)
+        }
+    }
+    const SETTINGS: MeshSettings = MeshSettings {
+        queue_depth: 1024,
+        pending_max: 1024,
+        timeout_ms: 5_000,
+    };
+    let cores = super::cores::allowed_cores().expect("CPU affinity");
+    let mut members = build::<u64, u64>(2, SETTINGS.queue_depth).into_iter();
+    let (caller, server) = (
+        members.next().expect("shard 0"),
+        members.next().expect("shard 1"),
+    );
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let server = LocalExecutorBuilder::new(Placement::Fixed(cores[cores.len() - 1]))
+        .spawn(move || async move {
+            let (_mesh, _serving) = Mesh::start(
+                server.join().await,
+                SETTINGS,
+                Rc::new(Echo),
+                Rc::new(|_| {}),
+            );
+            // Serves until the caller is done.
+            while done_rx.try_recv().is_err() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .expect("server executor");
+    let caller = LocalExecutorBuilder::new(Placement::Fixed(cores[0]))
+        .spawn(move || async move {
+            let (mesh, _serving) = Mesh::start(
+                caller.join().await,
+                SETTINGS,
+                Rc::new(Echo),
+                Rc::new(|_| {}),
+            );
+            let start = std::time::Instant::now();
+            for i in 0..iters {
+                let r = mesh.call(1, i).expect("queued").await.expect("reply");
+                assert_eq!(r, i);
+            }
+            let took = start.elapsed();
+            done_tx.send(()).expect("the server waits");
+            took
+        })
+        .expect("caller executor");
+    let took = caller.join().expect("caller");
+    server.join().expect("server");
+    took
+}
+
+#[cfg(feature = "internals")]
+impl StreamEnd for u64 {
+    fn ends_stream(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -9,20 +9,30 @@ use std::time::Duration;
 /// Locked memory each glommio executor needs for its io_uring rings.
 pub const MEMLOCK_PER_EXECUTOR_BYTES: u64 = 512 * 1024;
 
+/// Why the process cannot start its executors or listen.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("reading RLIMIT_MEMLOCK: {0}")]
+    ReadMemlock(io::Error),
+    #[error("{0}")]
+    Memlock(String),
+    #[error("cannot listen on {addr}: another process is already accepting connections there")]
+    PortTaken { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+}
+
 /// Makes sure RLIMIT_MEMLOCK covers `executors` glommio executors, raising the
 /// soft limit up to the hard one if that is enough.
-pub fn ensure_memlock(executors: usize) -> Result<(), String> {
+pub fn ensure_memlock(executors: usize) -> Result<(), ProcessError> {
     let need = MEMLOCK_PER_EXECUTOR_BYTES * executors as u64;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit writes into the struct we own.
+    // SAFETY: getrlimit writes into the struct we own, valid for the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
-        return Err(format!(
-            "reading RLIMIT_MEMLOCK: {}",
-            io::Error::last_os_error()
-        ));
+        return Err(ProcessError::ReadMemlock(io::Error::last_os_error()));
     }
     let enough = |v: libc::rlim_t| v == libc::RLIM_INFINITY || v >= need;
     if enough(lim.rlim_cur) {
@@ -33,7 +43,7 @@ pub fn ensure_memlock(executors: usize) -> Result<(), String> {
             rlim_cur: need,
             rlim_max: lim.rlim_max,
         };
-        // SAFETY: setrlimit reads the struct we pass.
+        // SAFETY: setrlimit only reads the initialised struct we pass.
         if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
             log::debug!("raised RLIMIT_MEMLOCK soft limit to {} KiB", need / 1024);
             return Ok(());
@@ -47,20 +57,21 @@ pub fn ensure_memlock(executors: usize) -> Result<(), String> {
         }
     };
     let need_kib = need / 1024;
-    Err(format!(
+    Err(ProcessError::Memlock(format!(
         "RLIMIT_MEMLOCK is {} (hard limit {}), but {executors} executor(s) need {need_kib} KiB \
          (glommio locks 512 KiB per executor for its io_uring rings). Raise it before starting: \
          `ulimit -l {need_kib}` in the shell (the hard limit must allow it; as root `ulimit -l unlimited`), \
          `LimitMEMLOCK={need_kib}K` in a systemd unit, or `<user> - memlock {need_kib}` in /etc/security/limits.conf",
         kib(lim.rlim_cur),
         kib(lim.rlim_max),
-    ))
+    )))
 }
 
 /// The signals that ask the server to stop.
 fn stop_signals() -> libc::sigset_t {
     let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the set before sigaddset uses it.
+    // SAFETY: sigemptyset initialises the set before sigaddset and
+    // assume_init read it; the pointer is to our own stack slot.
     unsafe {
         libc::sigemptyset(set.as_mut_ptr());
         libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
@@ -74,7 +85,8 @@ fn stop_signals() -> libc::sigset_t {
 /// [`wait_stop_signal`] on the main thread instead of killing an executor.
 pub fn block_stop_signals() {
     let set = stop_signals();
-    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is
+    // allowed by pthread_sigmask(3).
     unsafe {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
@@ -87,7 +99,8 @@ pub fn wait_stop_signal(timeout: Duration) -> Option<i32> {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
-    // SAFETY: all pointers refer to live, initialised values.
+    // SAFETY: `set` and `ts` are live, initialised values for the call; a
+    // null siginfo pointer is allowed by sigtimedwait(2).
     let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
     (sig > 0).then_some(sig)
 }
@@ -100,7 +113,9 @@ pub struct PortReservation(#[allow(dead_code)] socket2::Socket);
 /// it (it takes no connections) until the shards are listening. A fixed port
 /// already served by another process is refused up front, because with
 /// SO_REUSEPORT a second server of the same user would silently share it.
-pub fn reserve_listen_addr(addr: SocketAddr) -> Result<(SocketAddr, PortReservation), String> {
+pub fn reserve_listen_addr(
+    addr: SocketAddr,
+) -> Result<(SocketAddr, PortReservation), ProcessError> {
     use socket2::{Domain, Protocol, Socket, Type};
     if addr.port() != 0 {
         let probe = match addr.ip() {
@@ -113,22 +128,19 @@ pub fn reserve_listen_addr(addr: SocketAddr) -> Result<(SocketAddr, PortReservat
             _ => addr,
         };
         if TcpStream::connect_timeout(&probe, Duration::from_millis(250)).is_ok() {
-            return Err(format!(
-                "cannot listen on {addr}: another process is already accepting connections there"
-            ));
+            return Err(ProcessError::PortTaken { addr });
         }
     }
+    let listen = |source| ProcessError::Listen { addr, source };
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    sock.set_reuse_port(true)
-        .map_err(|e| format!("cannot listen on {addr}: SO_REUSEPORT: {e}"))?;
-    sock.bind(&addr.into())
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        .map_err(listen)?;
+    sock.set_reuse_port(true).map_err(listen)?;
+    sock.bind(&addr.into()).map_err(listen)?;
     let bound = sock
         .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .ok_or_else(|| format!("cannot listen on {addr}: no local address after bind"))?;
+        .map_err(listen)?
+        .as_socket()
+        .ok_or_else(|| listen(io::Error::other("no IP address after bind")))?;
     Ok((bound, PortReservation(sock)))
 }
 
@@ -140,7 +152,7 @@ pub fn raise_nofile() -> u64 {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit writes into the struct we own.
+    // SAFETY: getrlimit writes into the struct we own, valid for the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 0;
     }
@@ -149,7 +161,7 @@ pub fn raise_nofile() -> u64 {
             rlim_cur: lim.rlim_max,
             rlim_max: lim.rlim_max,
         };
-        // SAFETY: setrlimit reads the struct we pass.
+        // SAFETY: setrlimit only reads the initialised struct we pass.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             return lim.rlim_max;
         }
@@ -171,7 +183,7 @@ mod tests {
     fn a_port_in_use_is_refused() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let e = match reserve_listen_addr(l.local_addr().unwrap()) {
-            Err(e) => e,
+            Err(e) => e.to_string(),
             Ok(_) => panic!("a served port must be refused"),
         };
         assert!(e.contains("cannot listen"), "{e}");

@@ -1,35 +1,4 @@
-//! The typed library API: embed tessera in your own program.
-//!
-//! Build a server from typed, async handlers and run it on the cores and
-//! transports you choose:
-//!
-//! ```no_run
-//! use schemars::JsonSchema;
-//! use serde::Deserialize;
-//! use tessera::server::api::{CallToolResult, McpServer, ToolSpec};
-//!
-//! #[derive(Deserialize, JsonSchema)]
-//! struct Greet {
-//!     /// Who to greet.
-//!     name: String,
-//! }
-//!
-//! let app = McpServer::new()
-//!     .tool(ToolSpec::new("greet", "Says hello"), |ctx, args: Greet| async move {
-//!         ctx.progress(1.0, Some(1.0), None);
-//!         Ok(CallToolResult::text(format!("Hello, {}!", args.name)))
-//!     })
-//!     .build();
-//! let config = tessera::config::ServerConfig::new(vec![0]).with_tcp("127.0.0.1:7070".parse().unwrap());
-//! tessera::runtime::serve(config, app).unwrap();
-//! ```
-//!
-//! Handlers run on the shard that received the call (each core builds its own
-//! copy of the server from the same definitions), get a [`Ctx`] to report
-//! progress, log, check cancellation and ask the client (sampling,
-//! elicitation, roots — a real request in the legacy era, a multi-round
-//! `InputRequiredResult` in the modern era, with the same handler code), and
-//! return a result. Panics cost the one request, never the connection.
+//! The typed library API's definitions (re-exported as `tessera::api`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,15 +13,18 @@ use simd_json::prelude::*;
 pub use super::content::{samples, Content, LogLevel};
 use super::ctx::CallCtx;
 pub use super::ctx::{Ask, ClientCaps, Ctx, CtxError};
-use super::registry::{
-    App, JsonOutcome, JsonReply, Prompt, PromptDescriptor, RegistryBuilder, Resource,
-    ResourceDescriptor, ResourceTemplate, TemplateDescriptor,
+use super::encode::JsonResult;
+pub use super::registry::{
+    App, ListKind, PromptArgument, PromptDescriptor, RegistryError, ResourceDescriptor,
+    TemplateDescriptor,
 };
-pub use super::registry::{ListKind, PromptArgument};
+use super::registry::{
+    JsonOutcome, JsonReply, Prompt, RegistryBuilder, Resource, ResourceSource, ResourceTemplate,
+};
 use super::schema::to_json_value;
 pub use super::skills::SkillSpec;
-use super::tools::{Args, CallError, ToolReply, ToolResult};
-pub use super::tools::{RpcError, TaskSupport, Tool, ToolDescriptor};
+use super::tools::{Args, CallError, Tool, ToolDescriptor, ToolReply, ToolResult};
+pub use super::tools::{RpcError, TaskSupport};
 use crate::protocol::json;
 
 /// A tool result built by a typed handler.
@@ -60,7 +32,9 @@ use crate::protocol::json;
 pub struct CallToolResult {
     pub content: Vec<Content<'static>>,
     pub structured: Option<serde_json::Value>,
-    pub meta: Option<serde_json::Value>,
+    /// The result's `_meta` members (in the 2026-07-28 era the server's
+    /// identity is added beside them and wins over a member of its name).
+    pub meta: Option<serde_json::Map<String, serde_json::Value>>,
     pub is_error: bool,
 }
 
@@ -96,23 +70,51 @@ impl CallToolResult {
         self
     }
 
+    /// Sets one member of the result's `_meta`.
+    pub fn meta(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.meta
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value);
+        self
+    }
+
     fn into_result(self) -> ToolResult<'static> {
         ToolResult {
             content: self.content,
             structured: self.structured.map(|v| v.to_string()),
-            meta: self.meta.map(|v| v.to_string()),
+            meta: self.meta.map(|m| meta_members(&m)),
             is_error: self.is_error,
         }
     }
 }
 
+/// A `_meta` map as members text (`"k":v,...`), without the key the
+/// server's identity uses.
+fn meta_members(m: &serde_json::Map<String, serde_json::Value>) -> String {
+    let mut out = Vec::with_capacity(64);
+    for (k, v) in m
+        .iter()
+        .filter(|(k, _)| k.as_str() != crate::protocol::mcp::meta::SERVER_INFO)
+    {
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        json::write_str(&mut out, k);
+        out.push(b':');
+        serde_json::to_writer(&mut out, v).expect("a JSON value encodes");
+    }
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
 /// Why a typed handler has no result.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ToolError {
     /// A JSON-RPC error.
+    #[error(transparent)]
     Rpc(RpcError),
     /// From [`Ctx::ask`]: input required (modern era), capability missing,
     /// or the client failed.
+    #[error(transparent)]
     Ctx(CtxError),
 }
 
@@ -228,7 +230,7 @@ impl ToolSpec {
 #[derive(Debug, Clone, Copy, Default, serde::Deserialize, JsonSchema)]
 pub struct NoArgs {}
 
-type Maker<T> = Arc<dyn Fn() -> Rc<T> + Send + Sync>;
+pub(crate) type Maker<T> = Arc<dyn Fn() -> Rc<T> + Send + Sync>;
 
 /// A server definition: tools, resources, templates, prompts. `build` turns
 /// it into an [`App`] every shard instantiates.
@@ -242,7 +244,7 @@ pub struct McpServer {
     extensions: Vec<(String, String)>,
     kv_resources: bool,
     skills: Vec<SkillSpec>,
-    file_dirs: Vec<super::files::FileDirConfig>,
+    sources: Vec<Maker<dyn ResourceSource>>,
 }
 
 struct TypedTool<A, F> {
@@ -311,9 +313,9 @@ pub enum ResourceContent {
     },
 }
 
-fn contents_json(items: &[ResourceContent]) -> String {
+fn contents_json(items: &[ResourceContent]) -> JsonResult {
     let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(b"{\"contents\":[");
+    out.extend_from_slice(b"\"contents\":[");
     for (i, c) in items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -340,8 +342,8 @@ fn contents_json(items: &[ResourceContent]) -> String {
         json::write_str(&mut out, val);
         out.push(b'}');
     }
-    out.extend_from_slice(b"]}");
-    String::from_utf8(out).expect("JSON is UTF-8")
+    out.push(b']');
+    JsonResult::new(String::from_utf8(out).expect("JSON is UTF-8"))
 }
 
 /// A prompt message.
@@ -374,9 +376,8 @@ pub struct PromptResult {
 }
 
 impl PromptResult {
-    fn to_json(&self) -> String {
+    fn to_json(&self) -> JsonResult {
         let mut out = Vec::with_capacity(128);
-        out.push(b'{');
         if let Some(d) = &self.description {
             out.extend_from_slice(b"\"description\":");
             json::write_str(&mut out, d);
@@ -393,8 +394,8 @@ impl PromptResult {
             m.content.write(&mut out);
             out.push(b'}');
         }
-        out.extend_from_slice(b"]}");
-        String::from_utf8(out).expect("JSON is UTF-8")
+        out.push(b']');
+        JsonResult::new(String::from_utf8(out).expect("JSON is UTF-8"))
     }
 }
 
@@ -505,7 +506,7 @@ impl McpServer {
     /// The tools and resources of the `tessera` binary: echo, add, sleep and
     /// the sharded key-value store (tools and `kv://{key}` resources).
     pub fn with_builtins(mut self) -> Self {
-        use super::{builtin, kv, resources};
+        use super::{builtin, kv};
         self = self
             .native_tool(|| Rc::new(builtin::Echo::default()))
             .native_tool(|| Rc::new(builtin::Add::default()))
@@ -514,7 +515,7 @@ impl McpServer {
             .native_tool(|| Rc::new(kv::KvTool::new(kv::KvKind::Get)))
             .native_tool(|| Rc::new(kv::KvTool::new(kv::KvKind::Delete)));
         self.templates
-            .push(Arc::new(|| Rc::new(resources::KvTemplate::default())));
+            .push(Arc::new(|| Rc::new(kv::KvTemplate::default())));
         self.kv_resources = true;
         self
     }
@@ -526,9 +527,10 @@ impl McpServer {
         self
     }
 
-    /// Serves the files under a directory as resources (`[[resources.dir]]`).
-    pub fn file_dir(mut self, d: super::files::FileDirConfig) -> Self {
-        self.file_dirs.push(d);
+    /// A set of resources that changes at run time; `make` builds one per
+    /// shard.
+    pub(crate) fn source(mut self, make: Maker<dyn ResourceSource>) -> Self {
+        self.sources.push(make);
         self
     }
 
@@ -570,7 +572,7 @@ impl McpServer {
 
     /// A tool written against the low-level [`Tool`] trait (synchronous fast
     /// path, borrowed arguments); `make` builds one instance per shard.
-    pub fn native_tool<T: Tool + 'static>(
+    pub(crate) fn native_tool<T: Tool + 'static>(
         mut self,
         make: impl Fn() -> Rc<T> + Send + Sync + 'static,
     ) -> Self {
@@ -701,8 +703,8 @@ impl McpServer {
                 b.extension(k, v);
             }
             b.kv_resources(me.kv_resources);
-            for d in &me.file_dirs {
-                b.file_dir(d.clone());
+            for s in &me.sources {
+                b.source(s());
             }
             for s in &me.skills {
                 b.skill(s.clone());
@@ -715,13 +717,13 @@ impl McpServer {
 /// Enables or disables a tool/prompt/resource on every shard; clients that
 /// listen hear `list_changed`.
 pub fn set_enabled(ctx: &Ctx, kind: ListKind, name: &str, on: bool) {
-    super::set_enabled(ctx.shard(), kind, name, on);
+    super::registry::set_enabled(ctx.core(), kind, name, on);
 }
 
 /// Whether an entry is offered right now (on this shard; every shard
 /// converges on the same set).
 pub fn is_enabled(ctx: &Ctx, kind: ListKind, name: &str) -> bool {
-    let r = &ctx.shard().registry;
+    let r = &ctx.core().registry;
     match kind {
         ListKind::Tools => r.tool(name).is_some(),
         ListKind::Prompts => r.prompt(name).is_some(),
@@ -731,5 +733,12 @@ pub fn is_enabled(ctx: &Ctx, kind: ListKind, name: &str) -> bool {
 
 /// Tells subscribers of `uri` (on any shard) that it changed.
 pub fn resource_updated(ctx: &Ctx, uri: &str) {
-    super::resources::updated(ctx.shard(), uri);
+    super::watch::updated(ctx.core(), uri);
+}
+
+/// Waits `duration` without blocking the shard (a timer on its executor):
+/// what a handler uses instead of a blocking sleep, which would stall
+/// every connection of the core.
+pub async fn sleep(duration: std::time::Duration) {
+    glommio::timer::sleep(duration).await;
 }

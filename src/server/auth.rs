@@ -9,15 +9,35 @@
 //! `sha256:<hex> <principal> [role,role]` line per token (`tessera
 //! hash-token` prints one). A presented token is hashed and compared with
 //! every entry in constant time (no early exit, no length leak), so timing
-//! says nothing about how close a guess was. The table is read once at
-//! startup and shared read-only by every shard.
-
-use std::path::Path;
+//! says nothing about how close a guess was. The tables are read once at
+//! startup (by an adapter) and every shard gets its own copy.
+//!
+//! Who may use what is decided in one place: [`Access`], consulted by the
+//! dispatcher for every method that names a tool, prompt, resource or
+//! template (`server::dispatch`), and by the list methods to filter.
 
 use sha2::{Digest, Sha256};
 
-/// Largest tokens file read.
-pub const TOKENS_FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+use super::jwt::{JwtError, JwtVerifier};
+
+/// Why a presented token is refused (for the log and the 401's
+/// `error_description`; it names no secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("the bearer token is not valid")]
+    UnknownToken,
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+}
+
+/// A line of a tokens file that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{line}: {message}")]
+pub struct TokenFileError {
+    /// 1-based; 0 when the file as a whole is the problem.
+    pub line: usize,
+    pub message: String,
+}
 
 /// One accepted token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,10 +66,10 @@ pub enum Verifier {
     /// `--auth token`: opaque tokens from a hashed tokens file.
     Tokens(TokenTable),
     /// `--auth jwt`: signed JWTs (signature, exp, nbf, iss, aud).
-    Jwt(super::jwt::JwtVerifier),
+    Jwt(JwtVerifier),
 }
 
-/// Settings of `--auth`, shared by every shard.
+/// Settings of `--auth`; every shard holds its own copy.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub verifier: Verifier,
@@ -65,7 +85,7 @@ pub struct AuthConfig {
 }
 
 /// The well-known path of RFC 9728 protected-resource metadata.
-pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+pub(crate) const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
 fn sha256(token: &str) -> [u8; 32] {
     let digest = Sha256::digest(token.as_bytes());
@@ -101,20 +121,12 @@ pub fn hash_line(token: &str, principal: &str, roles: &[String]) -> String {
 }
 
 impl TokenTable {
-    /// Reads a tokens file; errors name the line.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if meta.len() > TOKENS_FILE_BYTES_MAX {
-            return Err(format!(
-                "{}: larger than {TOKENS_FILE_BYTES_MAX} bytes",
-                path.display()
-            ));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|(line, e)| format!("{}:{line}: {e}", path.display()))
-    }
-
-    pub fn parse(text: &str) -> Result<Self, (usize, String)> {
+    /// Parses a tokens file's text; errors name the line.
+    pub fn parse(text: &str) -> Result<Self, TokenFileError> {
+        let err = |line: usize, message: &str| TokenFileError {
+            line,
+            message: message.to_owned(),
+        };
         let mut entries = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -126,13 +138,15 @@ impl TokenTable {
                 .next()
                 .and_then(|h| h.strip_prefix("sha256:"))
                 .and_then(unhex)
-                .ok_or((
-                    i + 1,
-                    "expected sha256:<64 hex digits> (see tessera hash-token)".to_string(),
-                ))?;
+                .ok_or_else(|| {
+                    err(
+                        i + 1,
+                        "expected sha256:<64 hex digits> (see tessera hash-token)",
+                    )
+                })?;
             let principal = parts
                 .next()
-                .ok_or((i + 1, "expected a principal after the hash".to_string()))?
+                .ok_or_else(|| err(i + 1, "expected a principal after the hash"))?
                 .to_string();
             let roles = parts
                 .next()
@@ -144,9 +158,9 @@ impl TokenTable {
                 })
                 .unwrap_or_default();
             if parts.next().is_some() {
-                return Err((
+                return Err(err(
                     i + 1,
-                    "expected `sha256:<hex> <principal> [role,role]`".into(),
+                    "expected `sha256:<hex> <principal> [role,role]`",
                 ));
             }
             entries.push(TokenEntry {
@@ -156,7 +170,7 @@ impl TokenTable {
             });
         }
         if entries.is_empty() {
-            return Err((0, "no tokens: every request would be refused".into()));
+            return Err(err(0, "no tokens: every request would be refused"));
         }
         Ok(Self { entries })
     }
@@ -236,9 +250,19 @@ impl Access {
 }
 
 impl AuthConfig {
-    /// Who `token` belongs to, or why it is refused (for the log and the
-    /// 401's `error_description`; it names no secret).
-    pub fn authenticate(&self, token: &str) -> Result<Identity, String> {
+    /// Settings with this verifier, no resource URI, no authorization
+    /// servers and no roles (every principal may use everything).
+    pub fn new(verifier: Verifier) -> Self {
+        Self {
+            verifier,
+            resource: None,
+            authorization_servers: Vec::new(),
+            roles: Vec::new(),
+        }
+    }
+
+    /// Who `token` belongs to, or why it is refused.
+    pub fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
         match &self.verifier {
             Verifier::Tokens(t) => t
                 .authenticate(token)
@@ -246,8 +270,8 @@ impl AuthConfig {
                     principal: e.principal.clone(),
                     roles: e.roles.clone(),
                 })
-                .ok_or_else(|| "the bearer token is not valid".to_string()),
-            Verifier::Jwt(j) => j.verify(token),
+                .ok_or(AuthError::UnknownToken),
+            Verifier::Jwt(j) => Ok(j.verify(token)?),
         }
     }
 
@@ -295,17 +319,13 @@ impl AuthConfig {
 }
 
 /// The bearer token of an `Authorization` header value.
-pub fn bearer(value: &str) -> Option<&str> {
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
 }
-
-/// The `_meta` member that carries a token over TCP and stdio, valued like
-/// the HTTP header: `"Bearer <token>"`.
-pub const META_AUTHORIZATION: &str = "authorization";
 
 #[cfg(test)]
 mod tests {
@@ -328,13 +348,13 @@ mod tests {
 
     #[test]
     fn bad_lines_name_their_number() {
-        assert_eq!(TokenTable::parse("\nnope alice\n").unwrap_err().0, 2);
-        assert_eq!(TokenTable::parse("sha256:00 alice\n").unwrap_err().0, 1);
+        assert_eq!(TokenTable::parse("\nnope alice\n").unwrap_err().line, 2);
+        assert_eq!(TokenTable::parse("sha256:00 alice\n").unwrap_err().line, 1);
         let ok = hash_line("t", "p", &[]);
         assert_eq!(
             TokenTable::parse(&format!("{ok}\n{ok} x y\n"))
                 .unwrap_err()
-                .0,
+                .line,
             2
         );
         assert!(TokenTable::parse("# only comments\n").is_err());

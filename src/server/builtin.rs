@@ -11,7 +11,8 @@ use simd_json::prelude::*;
 
 use super::ctx::CallCtx;
 use super::tools::{
-    arg_number, arg_str, deny_unknown, Args, Number, Tool, ToolDescriptor, ToolReply, ToolResult,
+    arg_number, arg_str, deny_unknown, ArgError, Args, Number, Tool, ToolDescriptor, ToolReply,
+    ToolResult,
 };
 use crate::protocol::json;
 
@@ -41,7 +42,7 @@ impl Tool for Echo {
         let r = deny_unknown(&args, &["text"]).and_then(|()| arg_str(&args, "text"));
         ToolReply::Ready(Ok(match r {
             Ok(text) => ToolResult::text(text),
-            Err(e) => ToolResult::error(e),
+            Err(e) => ToolResult::error(e.0),
         }))
     }
 }
@@ -60,7 +61,7 @@ impl Default for Add {
 }
 
 impl Add {
-    fn sum(args: &Args<'_>) -> Result<Number, String> {
+    fn sum(args: &Args<'_>) -> Result<Number, ArgError> {
         deny_unknown(args, &["a", "b"])?;
         let a = arg_number(args, "a")?;
         let b = arg_number(args, "b")?;
@@ -103,7 +104,7 @@ impl Tool for Add {
                 let structured = format!("{{\"sum\":{text}}}");
                 ToolResult::text(text).with_structured(structured)
             }
-            Err(e) => ToolResult::error(e),
+            Err(e) => ToolResult::error(e.0),
         }))
     }
 }
@@ -126,7 +127,7 @@ impl Tool for Sleep {
     }
     fn call<'a>(&self, cx: &CallCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
         if let Err(e) = deny_unknown(&args, &["ms"]) {
-            return ToolReply::Ready(Ok(ToolResult::error(e)));
+            return ToolReply::Ready(Ok(ToolResult::error(e.0)));
         }
         let ms = match args.get("ms").map(|v| (v.as_u64(), v.is_number())) {
             Some((Some(ms), _)) if ms <= SLEEP_MAX_MS => ms,

@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 
+use super::encode::JsonResult;
 use crate::protocol::json;
 
 /// One content block.
@@ -112,6 +113,30 @@ impl Content<'_> {
             Content::Json(j) => Content::Json(Cow::Owned(j.into_owned())),
         }
     }
+}
+
+/// A `ReadResourceResult` with one text item: `contents:[{uri, mimeType, text}]`.
+pub(crate) fn text_contents(uri: &str, mime_type: &str, text: &str) -> JsonResult {
+    one_content(uri, mime_type, "text", text)
+}
+
+/// A `ReadResourceResult` with one binary item, `blob` base64-encoded.
+pub(crate) fn blob_contents(uri: &str, mime_type: &str, blob_base64: &str) -> JsonResult {
+    one_content(uri, mime_type, "blob", blob_base64)
+}
+
+fn one_content(uri: &str, mime_type: &str, key: &str, value: &str) -> JsonResult {
+    let mut out = Vec::with_capacity(64 + value.len());
+    out.extend_from_slice(b"\"contents\":[{\"uri\":");
+    json::write_str(&mut out, uri);
+    out.extend_from_slice(b",\"mimeType\":");
+    json::write_str(&mut out, mime_type);
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    json::write_str(&mut out, value);
+    out.extend_from_slice(b"}]");
+    JsonResult::new(String::from_utf8(out).expect("JSON is UTF-8"))
 }
 
 /// RFC 5424 severities, as MCP logging names them, least severe first.

@@ -18,12 +18,15 @@ use std::time::Duration;
 use simd_json::prelude::*;
 use simd_json::tape::Value as TapeValue;
 
+use serde::Serialize;
+
 use super::content::LogLevel;
+use super::core::Core;
+use super::encode::Era;
 use super::tools::{Progress, RpcError};
-use super::{Era, SharedNotifier};
-use crate::protocol::json;
+use super::SharedNotifier;
+use crate::protocol::{json, jsonrpc};
 use crate::runtime::local::{oneshot, OneshotSender};
-use crate::runtime::shard::Shard;
 
 /// Client capabilities that change what the server may do.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,31 +91,49 @@ impl Ask {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Why asking the client gave no answer.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CtxError {
     /// Modern era: the answer is not in this round's `inputResponses`; the
     /// dispatcher answers with an `InputRequiredResult`.
+    #[error("the client's input is required")]
     InputRequired,
     /// The client did not declare the capability (-32021 in the modern era).
+    #[error("missing required client capability: {0}")]
     MissingCapability(&'static str),
     /// The client answered with an error, timed out, or the session closed.
+    #[error(transparent)]
     Rpc(RpcError),
 }
 
 impl From<CtxError> for RpcError {
     fn from(e: CtxError) -> Self {
         match e {
-            CtxError::InputRequired => {
-                RpcError::new(crate::protocol::jsonrpc::INTERNAL_ERROR, "input required")
-            }
+            CtxError::InputRequired => RpcError::new(jsonrpc::INTERNAL_ERROR, "input required"),
             CtxError::MissingCapability(cap) => missing_capability(cap),
             CtxError::Rpc(r) => r,
         }
     }
 }
 
+/// `value` as compact JSON text, or the error a handler sees when it cannot
+/// be (a map with non-string keys, a failing `Serialize` impl).
+fn to_json(value: impl Serialize, what: &str) -> Result<String, CtxError> {
+    serde_json::to_string(&value).map_err(|e| {
+        CtxError::Rpc(RpcError::new(
+            jsonrpc::INTERNAL_ERROR,
+            format!("{what} could not be encoded as JSON: {e}"),
+        ))
+    })
+}
+
+/// An answer the server holds as JSON text (it encoded it itself).
+fn from_json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).expect("answers are kept as valid JSON")
+}
+
 /// -32021 with `data.requiredCapabilities` shaped like ClientCapabilities.
-pub fn missing_capability(cap: &str) -> RpcError {
+pub(crate) fn missing_capability(cap: &str) -> RpcError {
     RpcError::new(
         crate::protocol::mcp::code::MISSING_REQUIRED_CLIENT_CAPABILITY,
         format!("Missing required client capability: {cap}"),
@@ -148,7 +169,7 @@ impl Outbound {
     ) -> Result<String, RpcError> {
         if self.pending.borrow().len() >= self.max_pending {
             return Err(RpcError::new(
-                crate::protocol::jsonrpc::SERVER_OVERLOADED,
+                jsonrpc::SERVER_OVERLOADED,
                 "too many requests to the client are pending (max-client-requests)",
             ));
         }
@@ -175,7 +196,7 @@ impl Outbound {
         match answer {
             Some(r) => r,
             None => Err(RpcError::new(
-                crate::protocol::jsonrpc::SHARD_TIMEOUT,
+                jsonrpc::SHARD_TIMEOUT,
                 format!(
                     "the client did not answer {method} within {} ms",
                     timeout.as_millis()
@@ -259,7 +280,7 @@ pub struct LogSink {
 }
 
 struct Inner {
-    shard: Rc<Shard>,
+    core: Rc<Core>,
     era: Era,
     caps: ClientCaps,
     progress: Option<Progress>,
@@ -280,8 +301,8 @@ impl Ctx {
         self.0.era
     }
 
-    pub fn shard(&self) -> &Rc<Shard> {
-        &self.0.shard
+    pub(crate) fn core(&self) -> &Rc<Core> {
+        &self.0.core
     }
 
     pub fn client_caps(&self) -> ClientCaps {
@@ -301,12 +322,20 @@ impl Ctx {
 
     /// Sends `notifications/message` if `level` passes the client's level
     /// (legacy: `logging/setLevel`; modern: the request's `_meta` logLevel;
-    /// none set: nothing is sent). `data` is any JSON text.
-    pub fn log(&self, level: LogLevel, logger: Option<&str>, data_json: &str) {
+    /// none set: nothing is sent). `data` is any serializable value (a
+    /// string is sent as a JSON string).
+    pub fn log(&self, level: LogLevel, logger: Option<&str>, data: impl Serialize) {
         let Some(l) = &self.0.log else { return };
         if level < l.min {
             return;
         }
+        let data_json = match to_json(data, "the log message") {
+            Ok(j) => j,
+            Err(e) => {
+                log::warn!("a handler's log message was not sent: {e}");
+                return;
+            }
+        };
         let mut m = Vec::with_capacity(96 + data_json.len());
         m.extend_from_slice(
             b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":\"",
@@ -353,9 +382,28 @@ impl Ctx {
         self.0.cancelled.get()
     }
 
-    /// Asks the client. `key` names this input request across rounds (modern
-    /// era); `params_json` is the request's params object.
-    pub async fn ask(&self, kind: Ask, key: &str, params_json: &str) -> Result<String, CtxError> {
+    /// Asks the client (elicitation, sampling, roots) and returns its
+    /// answer. `key` names this input request across rounds (modern era);
+    /// `params` is the request's params object.
+    pub async fn ask(
+        &self,
+        kind: Ask,
+        key: &str,
+        params: impl Serialize,
+    ) -> Result<serde_json::Value, CtxError> {
+        let params = to_json(params, "the request's params")?;
+        self.ask_json(kind, key, &params)
+            .await
+            .map(|a| from_json(&a))
+    }
+
+    /// [`Ctx::ask`] with params and answer as JSON text.
+    pub(crate) async fn ask_json(
+        &self,
+        kind: Ask,
+        key: &str,
+        params_json: &str,
+    ) -> Result<String, CtxError> {
         if !kind.allowed(&self.0.caps) {
             return Err(CtxError::MissingCapability(kind.capability()));
         }
@@ -368,14 +416,14 @@ impl Ctx {
         }
         let (Some(out), Some(sink)) = (&self.0.outbound, &self.0.related) else {
             return Err(CtxError::Rpc(RpcError::new(
-                crate::protocol::jsonrpc::INTERNAL_ERROR,
+                jsonrpc::INTERNAL_ERROR,
                 "this transport cannot carry requests to the client",
             )));
         };
         let r = out.request(sink, kind.method(), params_json).await;
         if r.is_err() {
             self.0
-                .shard
+                .core
                 .metrics
                 .borrow_mut()
                 .counters
@@ -386,14 +434,17 @@ impl Ctx {
 
     /// Modern era: the answer to `key` if this round carries it; otherwise
     /// records the input request and returns `None` (collect several, then
-    /// return [`CtxError::InputRequired`]). In the legacy era, use [`Ctx::ask`].
-    pub fn input(&self, kind: Ask, key: &str, params_json: &str) -> Option<String> {
+    /// return [`CtxError::InputRequired`]). In the legacy era, use
+    /// [`Ctx::ask`]. Params that cannot be encoded record nothing.
+    pub fn input(&self, kind: Ask, key: &str, params: impl Serialize) -> Option<serde_json::Value> {
         let r = self.0.rounds.as_ref()?;
         if let Some(a) = r.responses.get(key) {
-            return Some(a.clone());
+            return Some(from_json(a));
         }
-        if kind.allowed(&self.0.caps) {
-            self.record(kind, key, params_json);
+        match to_json(params, "the request's params") {
+            Ok(p) if kind.allowed(&self.0.caps) => self.record(kind, key, &p),
+            Ok(_) => {}
+            Err(e) => log::warn!("input request {key:?} not recorded: {e}"),
         }
         None
     }
@@ -435,7 +486,7 @@ impl Ctx {
 /// The borrowed pieces a dispatcher has at hand; turned into a [`Ctx`] only
 /// when a handler asks for one, so handlers that need none cost nothing.
 pub struct CallCtx<'s> {
-    pub shard: &'s Rc<Shard>,
+    pub(crate) core: &'s Rc<Core>,
     pub era: Era,
     pub caps: ClientCaps,
     pub progress: Option<Progress>,
@@ -461,9 +512,9 @@ impl<'s> CallCtx<'s> {
             .clone()
     }
 
-    pub fn new(shard: &'s Rc<Shard>, era: Era) -> Self {
+    pub(crate) fn new(core: &'s Rc<Core>, era: Era) -> Self {
         Self {
-            shard,
+            core,
             era,
             caps: ClientCaps::default(),
             progress: None,
@@ -482,7 +533,7 @@ impl<'s> CallCtx<'s> {
         self.made
             .get_or_init(|| {
                 Ctx(Rc::new(Inner {
-                    shard: self.shard.clone(),
+                    core: self.core.clone(),
                     era: self.era,
                     caps: self.caps,
                     progress: self.progress.clone(),

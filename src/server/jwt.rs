@@ -1,24 +1,21 @@
 //! `--auth jwt`: checks signed JWT access tokens issued by an authorization
 //! server (the OAuth 2.1 resource-server side of MCP authorization).
 //!
-//! Keys are read once at startup: an HS256 secret, RS256/ES256 public keys
-//! in PEM, and/or a JWKS file. A key is bound to one algorithm when it is
-//! loaded and a token is only ever checked with keys of the algorithm its
-//! header names, so a public key can never be abused as an HMAC secret
-//! (algorithm confusion) and `alg: none` matches nothing. Every token must
-//! carry `exp` and `aud` (this resource's URI, RFC 8707) and, when issuers
-//! are configured, `iss`; `nbf` is honoured when present. The principal is
-//! the `sub` claim (configurable); roles come from a claim holding an array
-//! of names or a space-separated string (so `scope` works too).
-
-use std::path::{Path, PathBuf};
+//! Key material arrives as bytes (an adapter reads the files once at
+//! startup): an HS256 secret, RS256/ES256 public keys in PEM, and/or a JWKS.
+//! A key is bound to one algorithm when it is loaded and a token is only
+//! ever checked with keys of the algorithm its header names, so a public key
+//! can never be abused as an HMAC secret (algorithm confusion) and
+//! `alg: none` matches nothing. Every token must carry `exp` and `aud` (this
+//! resource's URI, RFC 8707) and, when issuers are configured, `iss`; `nbf`
+//! is honoured when present. The principal is the `sub` claim
+//! (configurable); roles come from a claim holding an array of names or a
+//! space-separated string (so `scope` works too).
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use super::auth::Identity;
 
-/// Largest key or JWKS file read.
-pub const KEY_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// Keys tried for one token whose header names no `kid` (bounds the work a
 /// forged token can cause).
 pub const KEYS_TRIED_MAX: usize = 8;
@@ -27,17 +24,69 @@ pub const HS256_SECRET_BYTES_MIN: usize = 32;
 /// Longest token looked at; anything longer is refused unparsed.
 pub const TOKEN_BYTES_MAX: usize = 16 * 1024;
 
-/// What `--auth jwt` is configured with.
+/// One source of keys, as read from its file (`name` says which, in errors).
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// An HS256 secret (surrounding whitespace is ignored).
+    Secret { name: String, bytes: Vec<u8> },
+    /// An RS256 (RSA) or ES256 (P-256) public key in PEM.
+    Pem { name: String, bytes: Vec<u8> },
+    /// A JWKS document.
+    Jwks { name: String, bytes: Vec<u8> },
+}
+
+/// What every token is checked against besides its signature.
 #[derive(Debug, Clone, Default)]
-pub struct JwtSettings {
-    pub secret_file: Option<PathBuf>,
-    pub public_keys: Vec<PathBuf>,
-    pub jwks_file: Option<PathBuf>,
+pub struct JwtPolicy {
     pub issuers: Vec<String>,
     pub audience: String,
     pub leeway_s: u64,
     pub principal_claim: String,
     pub roles_claim: String,
+}
+
+/// Why `--auth jwt` cannot be set up with the keys given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtKeyError {
+    #[error("{name}: an HS256 secret needs at least {HS256_SECRET_BYTES_MIN} bytes")]
+    ShortSecret { name: String },
+    #[error("{name}: not an RSA or P-256 EC public key in PEM")]
+    NotPem { name: String },
+    #[error("{name}: {message}")]
+    Jwks { name: String, message: String },
+    #[error("--auth jwt needs a key: --jwt-secret-file, --jwt-public-key or --jwt-jwks")]
+    NoKey,
+    #[error("--auth jwt needs the audience tokens are issued for: --auth-resource URL (or --jwt-audience)")]
+    NoAudience,
+}
+
+/// Why a token is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("token longer than {TOKEN_BYTES_MAX} bytes")]
+    TooLong,
+    #[error("not a JWT")]
+    NotJwt,
+    #[error("no key for algorithm {0}")]
+    NoKey(String),
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("the token is for another audience (aud)")]
+    Audience,
+    #[error("the token's issuer is not trusted (iss)")]
+    Issuer,
+    #[error("bad signature")]
+    Signature,
+    #[error("the token has no `{0}` claim")]
+    MissingClaim(String),
+    #[error("algorithm not accepted")]
+    Algorithm,
+    #[error("malformed token")]
+    Malformed,
+    #[error("claim `{0}` must be an array of role names or a space-separated string")]
+    RolesClaim(String),
 }
 
 #[derive(Clone)]
@@ -53,7 +102,7 @@ impl std::fmt::Debug for Key {
     }
 }
 
-/// Checks tokens; shared read-only by every shard.
+/// Checks tokens; every shard holds its own copy.
 #[derive(Debug, Clone)]
 pub struct JwtVerifier {
     keys: Vec<Key>,
@@ -64,45 +113,34 @@ pub struct JwtVerifier {
     roles_claim: String,
 }
 
-fn read_small(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.len() > KEY_FILE_BYTES_MAX {
-        return Err(format!(
-            "{}: larger than {KEY_FILE_BYTES_MAX} bytes",
-            path.display()
-        ));
-    }
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The key in a PEM public-key file, with the algorithm its type implies.
-fn pem_key(path: &Path) -> Result<Key, String> {
-    let pem = read_small(path)?;
-    if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+/// The key in a PEM public key, with the algorithm its type implies.
+fn pem_key(name: &str, pem: &[u8]) -> Result<Key, JwtKeyError> {
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
         return Ok(Key {
             kid: None,
             alg: Algorithm::RS256,
             key,
         });
     }
-    if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
         return Ok(Key {
             kid: None,
             alg: Algorithm::ES256,
             key,
         });
     }
-    Err(format!(
-        "{}: not an RSA or P-256 EC public key in PEM",
-        path.display()
-    ))
+    Err(JwtKeyError::NotPem {
+        name: name.to_owned(),
+    })
 }
 
-fn jwks_keys(path: &Path) -> Result<Vec<Key>, String> {
+fn jwks_keys(name: &str, text: &[u8]) -> Result<Vec<Key>, JwtKeyError> {
     use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
-    let text = read_small(path)?;
-    let set: JwkSet =
-        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bad = |message: String| JwtKeyError::Jwks {
+        name: name.to_owned(),
+        message,
+    };
+    let set: JwkSet = serde_json::from_slice(text).map_err(|e| bad(e.to_string()))?;
     let mut out = Vec::new();
     for (i, jwk) in set.keys.iter().enumerate() {
         let declared = jwk.common.key_algorithm;
@@ -117,14 +155,12 @@ fn jwks_keys(path: &Path) -> Result<Vec<Key>, String> {
                 Algorithm::HS256
             }
             _ => {
-                return Err(format!(
-                    "{}: key {i}: only RS256, ES256 (P-256) and HS256 keys are supported",
-                    path.display()
-                ))
+                return Err(bad(format!(
+                    "key {i}: only RS256, ES256 (P-256) and HS256 keys are supported"
+                )))
             }
         };
-        let key =
-            DecodingKey::from_jwk(jwk).map_err(|e| format!("{}: key {i}: {e}", path.display()))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(format!("key {i}: {e}")))?;
         out.push(Key {
             kid: jwk.common.key_id.clone(),
             alg,
@@ -135,36 +171,31 @@ fn jwks_keys(path: &Path) -> Result<Vec<Key>, String> {
 }
 
 impl JwtVerifier {
-    pub fn load(s: &JwtSettings) -> Result<Self, String> {
+    /// A verifier with the keys of `sources`, checking `s`.
+    pub fn new(sources: &[KeySource], s: &JwtPolicy) -> Result<Self, JwtKeyError> {
         let mut keys = Vec::new();
-        if let Some(path) = &s.secret_file {
-            let raw = read_small(path)?;
-            let secret = raw.trim_ascii();
-            if secret.len() < HS256_SECRET_BYTES_MIN {
-                return Err(format!(
-                    "{}: an HS256 secret needs at least {HS256_SECRET_BYTES_MIN} bytes",
-                    path.display()
-                ));
+        for source in sources {
+            match source {
+                KeySource::Secret { name, bytes } => {
+                    let secret = bytes.trim_ascii();
+                    if secret.len() < HS256_SECRET_BYTES_MIN {
+                        return Err(JwtKeyError::ShortSecret { name: name.clone() });
+                    }
+                    keys.push(Key {
+                        kid: None,
+                        alg: Algorithm::HS256,
+                        key: DecodingKey::from_secret(secret),
+                    });
+                }
+                KeySource::Pem { name, bytes } => keys.push(pem_key(name, bytes)?),
+                KeySource::Jwks { name, bytes } => keys.extend(jwks_keys(name, bytes)?),
             }
-            keys.push(Key {
-                kid: None,
-                alg: Algorithm::HS256,
-                key: DecodingKey::from_secret(secret),
-            });
-        }
-        for path in &s.public_keys {
-            keys.push(pem_key(path)?);
-        }
-        if let Some(path) = &s.jwks_file {
-            keys.extend(jwks_keys(path)?);
         }
         if keys.is_empty() {
-            return Err(
-                "--auth jwt needs a key: --jwt-secret-file, --jwt-public-key or --jwt-jwks".into(),
-            );
+            return Err(JwtKeyError::NoKey);
         }
         if s.audience.is_empty() {
-            return Err("--auth jwt needs the audience tokens are issued for: --auth-resource URL (or --jwt-audience)".into());
+            return Err(JwtKeyError::NoAudience);
         }
         Ok(Self {
             keys,
@@ -181,11 +212,11 @@ impl JwtVerifier {
     }
 
     /// The identity in `token`, or why it is refused.
-    pub fn verify(&self, token: &str) -> Result<Identity, String> {
+    pub fn verify(&self, token: &str) -> Result<Identity, JwtError> {
         if token.len() > TOKEN_BYTES_MAX {
-            return Err(format!("token longer than {TOKEN_BYTES_MAX} bytes"));
+            return Err(JwtError::TooLong);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| "not a JWT".to_string())?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::NotJwt)?;
         let candidates: Vec<&Key> = {
             let same_alg = self.keys.iter().filter(|k| k.alg == header.alg);
             match &header.kid {
@@ -196,7 +227,7 @@ impl JwtVerifier {
             }
         };
         if candidates.is_empty() {
-            return Err(format!("no key for algorithm {:?}", header.alg));
+            return Err(JwtError::NoKey(format!("{:?}", header.alg)));
         }
         let mut v = Validation::new(header.alg);
         v.leeway = self.leeway_s;
@@ -208,7 +239,7 @@ impl JwtVerifier {
             required.push("iss");
         }
         v.set_required_spec_claims(&required);
-        let mut last = String::new();
+        let mut last = JwtError::Malformed;
         for k in candidates {
             match jsonwebtoken::decode::<serde_json::Value>(token, &k.key, &v) {
                 Ok(data) => return self.identity(&data.claims),
@@ -218,12 +249,12 @@ impl JwtVerifier {
         Err(last)
     }
 
-    fn identity(&self, claims: &serde_json::Value) -> Result<Identity, String> {
+    fn identity(&self, claims: &serde_json::Value) -> Result<Identity, JwtError> {
         let principal = claims
             .get(&self.principal_claim)
             .and_then(|p| p.as_str())
             .filter(|p| !p.is_empty())
-            .ok_or_else(|| format!("the token has no `{}` claim", self.principal_claim))?;
+            .ok_or_else(|| JwtError::MissingClaim(self.principal_claim.clone()))?;
         let roles = match claims.get(&self.roles_claim) {
             None | Some(serde_json::Value::Null) => Vec::new(),
             Some(serde_json::Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
@@ -232,12 +263,7 @@ impl JwtVerifier {
                 .filter_map(|r| r.as_str())
                 .map(str::to_owned)
                 .collect(),
-            Some(_) => {
-                return Err(format!(
-                    "claim `{}` must be an array of role names or a space-separated string",
-                    self.roles_claim
-                ))
-            }
+            Some(_) => return Err(JwtError::RolesClaim(self.roles_claim.clone())),
         };
         Ok(Identity {
             principal: principal.to_owned(),
@@ -246,17 +272,17 @@ impl JwtVerifier {
     }
 }
 
-fn describe(e: &jsonwebtoken::errors::Error) -> String {
+fn describe(e: &jsonwebtoken::errors::Error) -> JwtError {
     use jsonwebtoken::errors::ErrorKind as K;
     match e.kind() {
-        K::ExpiredSignature => "the token has expired".into(),
-        K::ImmatureSignature => "the token is not valid yet (nbf)".into(),
-        K::InvalidAudience => "the token is for another audience (aud)".into(),
-        K::InvalidIssuer => "the token's issuer is not trusted (iss)".into(),
-        K::InvalidSignature => "bad signature".into(),
-        K::MissingRequiredClaim(c) => format!("the token has no `{c}` claim"),
-        K::InvalidAlgorithm => "algorithm not accepted".into(),
-        _ => "malformed token".into(),
+        K::ExpiredSignature => JwtError::Expired,
+        K::ImmatureSignature => JwtError::NotYetValid,
+        K::InvalidAudience => JwtError::Audience,
+        K::InvalidIssuer => JwtError::Issuer,
+        K::InvalidSignature => JwtError::Signature,
+        K::MissingRequiredClaim(c) => JwtError::MissingClaim(c.clone()),
+        K::InvalidAlgorithm => JwtError::Algorithm,
+        _ => JwtError::Malformed,
     }
 }
 
@@ -267,18 +293,20 @@ mod tests {
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
 
-    fn verifier(dir: &Path) -> JwtVerifier {
-        let secret = dir.join("secret");
-        std::fs::write(&secret, SECRET).unwrap();
-        JwtVerifier::load(&JwtSettings {
-            secret_file: Some(secret),
-            issuers: vec!["https://as.example".into()],
-            audience: "https://mcp.example/mcp".into(),
-            leeway_s: 0,
-            principal_claim: "sub".into(),
-            roles_claim: "roles".into(),
-            ..Default::default()
-        })
+    fn verifier() -> JwtVerifier {
+        JwtVerifier::new(
+            &[KeySource::Secret {
+                name: "secret".into(),
+                bytes: SECRET.as_bytes().to_vec(),
+            }],
+            &JwtPolicy {
+                issuers: vec!["https://as.example".into()],
+                audience: "https://mcp.example/mcp".into(),
+                leeway_s: 0,
+                principal_claim: "sub".into(),
+                roles_claim: "roles".into(),
+            },
+        )
         .unwrap()
     }
 
@@ -297,9 +325,7 @@ mod tests {
 
     #[test]
     fn claims_are_checked() {
-        let dir = std::env::temp_dir().join(format!("tessera-jwt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let v = verifier(&dir);
+        let v = verifier();
         let good = serde_json::json!({"sub": "alice", "roles": ["reader"], "exp": now() + 60,
             "iss": "https://as.example", "aud": "https://mcp.example/mcp"});
         let id = v.verify(&hs(good.clone(), SECRET)).unwrap();
@@ -310,49 +336,53 @@ mod tests {
             c[k] = val;
             hs(c, SECRET)
         };
-        assert!(v
-            .verify(&with("exp", (now() - 10).into()))
-            .unwrap_err()
-            .contains("expired"));
-        assert!(v
-            .verify(&with("nbf", (now() + 100).into()))
-            .unwrap_err()
-            .contains("nbf"));
-        assert!(v
-            .verify(&with("aud", "https://other".into()))
-            .unwrap_err()
-            .contains("aud"));
-        assert!(v
-            .verify(&with("iss", "https://evil".into()))
-            .unwrap_err()
-            .contains("iss"));
+        assert_eq!(
+            v.verify(&with("exp", (now() - 10).into())),
+            Err(JwtError::Expired)
+        );
+        assert_eq!(
+            v.verify(&with("nbf", (now() + 100).into())),
+            Err(JwtError::NotYetValid)
+        );
+        assert_eq!(
+            v.verify(&with("aud", "https://other".into())),
+            Err(JwtError::Audience)
+        );
+        assert_eq!(
+            v.verify(&with("iss", "https://evil".into())),
+            Err(JwtError::Issuer)
+        );
         assert!(v.verify(&with("roles", "a b".into())).unwrap().roles == vec!["a", "b"]);
         let mut no_exp = good.clone();
         no_exp.as_object_mut().unwrap().remove("exp");
-        assert!(v.verify(&hs(no_exp, SECRET)).unwrap_err().contains("exp"));
         assert_eq!(
-            v.verify(&hs(good, "another-secret-of-enough-length-0000"))
-                .unwrap_err(),
-            "bad signature"
+            v.verify(&hs(no_exp, SECRET)),
+            Err(JwtError::MissingClaim("exp".into()))
         );
-        assert!(v.verify("nope").is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            v.verify(&hs(good, "another-secret-of-enough-length-0000")),
+            Err(JwtError::Signature)
+        );
+        assert_eq!(v.verify("nope"), Err(JwtError::NotJwt));
     }
 
     #[test]
     fn short_secrets_and_no_keys_are_refused() {
-        let dir = std::env::temp_dir().join(format!("tessera-jwt-short-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let secret = dir.join("secret");
-        std::fs::write(&secret, "short").unwrap();
-        let mut s = JwtSettings {
-            secret_file: Some(secret),
+        let policy = JwtPolicy {
             audience: "x".into(),
             ..Default::default()
         };
-        assert!(JwtVerifier::load(&s).unwrap_err().contains("at least"));
-        s.secret_file = None;
-        assert!(JwtVerifier::load(&s).unwrap_err().contains("needs a key"));
-        std::fs::remove_dir_all(&dir).unwrap();
+        let short = KeySource::Secret {
+            name: "s".into(),
+            bytes: b"short".to_vec(),
+        };
+        assert!(matches!(
+            JwtVerifier::new(&[short], &policy),
+            Err(JwtKeyError::ShortSecret { .. })
+        ));
+        assert!(matches!(
+            JwtVerifier::new(&[], &policy),
+            Err(JwtKeyError::NoKey)
+        ));
     }
 }

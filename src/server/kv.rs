@@ -1,5 +1,5 @@
-//! The sharded key-value store and its tools (`kv_set`, `kv_get`,
-//! `kv_delete`).
+//! The sharded key-value store, its tools (`kv_set`, `kv_get`, `kv_delete`)
+//! and its `kv://{key}` resources.
 //!
 //! Every key has exactly one owning shard, `owner(key)`: a pure function of the
 //! key's bytes (FNV-1a, stable across processes and restarts) modulo the shard
@@ -9,18 +9,88 @@
 //! crosses cores.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
 
+use super::content::text_contents;
+use super::core::Core;
 use super::ctx::CallCtx;
+use super::encode::{resource_not_found, Era};
+use super::msg::{self, hop_error, Msg, Reply};
+use super::registry::{JsonReply, ResourceTemplate, TemplateDescriptor};
 use super::tools::{
-    arg_str, deny_unknown, Args, CallError, RpcError, Tool, ToolDescriptor, ToolReply, ToolResult,
+    arg_str, deny_unknown, ArgError, Args, CallError, Tool, ToolDescriptor, ToolReply, ToolResult,
 };
-use crate::protocol::{json, jsonrpc};
+use crate::protocol::json;
 use crate::runtime::mesh::MeshError;
-use crate::runtime::shard::{Routed, Shard};
+
+pub(crate) const URI_SCHEME: &str = "kv://";
+
+/// `kv://` + the key with everything but RFC 3986 unreserved bytes
+/// percent-encoded (RFC 6570 simple expansion).
+pub(crate) fn uri_of(key: &str) -> String {
+    let mut s = String::with_capacity(URI_SCHEME.len() + key.len());
+    s.push_str(URI_SCHEME);
+    for &b in key.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+/// The key a `kv://` URI names, if it is one.
+pub(crate) fn key_of(uri: &str) -> Option<String> {
+    let rest = uri.strip_prefix(URI_SCHEME)?;
+    let key = super::registry::percent_decode(rest)?;
+    (!key.is_empty()).then_some(key)
+}
+
+/// Where a kv operation went.
+pub(crate) enum Routed {
+    /// This shard owns the key; the reply is here.
+    Local(KvReply),
+    /// The owner (second field) will reply.
+    Remote(
+        Pin<Box<dyn Future<Output = Result<KvReply, MeshError>>>>,
+        usize,
+    ),
+    /// The hop to the owner (second field) could not even start.
+    Failed(MeshError, usize),
+}
+
+/// Runs a kv operation at the key's owner: here, synchronously, when this
+/// shard owns it; otherwise over the mesh.
+pub(crate) fn route(core: &Rc<Core>, op: KvOp) -> Routed {
+    let owner = owner(op.key(), core.shard_count);
+    if owner == core.id {
+        return Routed::Local(core.kv_execute(op));
+    }
+    match core.call(owner, Msg::Kv(op)) {
+        Ok(call) => Routed::Remote(
+            Box::pin(async move {
+                let reply = call.await?;
+                Ok(msg::expect(
+                    reply,
+                    |r| match r {
+                        Reply::Kv(k) => Some(k),
+                        _ => None,
+                    },
+                    "kv",
+                ))
+            }),
+            owner,
+        ),
+        Err(e) => Routed::Failed(e, owner),
+    }
+}
 
 /// The shard that owns `key` among `shards`.
 pub fn owner(key: &str, shards: usize) -> usize {
-    debug_assert!(shards > 0);
+    assert!(shards > 0, "a server has at least one shard");
     if shards == 1 {
         return 0;
     }
@@ -38,14 +108,14 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 
 /// An operation on a key, as sent to its owner.
 #[derive(Debug)]
-pub enum KvOp {
+pub(crate) enum KvOp {
     Set { key: String, value: Box<str> },
     Get { key: String },
     Delete { key: String },
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum KvReply {
+pub(crate) enum KvReply {
     Set {
         created: bool,
     },
@@ -58,7 +128,7 @@ pub enum KvReply {
 }
 
 /// The keys one shard owns. Bounded by `kv_max_keys_per_shard`.
-pub struct KvStore {
+pub(crate) struct KvStore {
     map: HashMap<Box<str>, Box<str>>,
     max_keys: usize,
 }
@@ -73,10 +143,6 @@ impl KvStore {
 
     pub fn len(&self) -> usize {
         self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 
     pub fn set(&mut self, key: &str, value: Box<str>) -> KvReply {
@@ -129,14 +195,14 @@ impl KvOp {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KvKind {
+pub(crate) enum KvKind {
     Set,
     Get,
     Delete,
 }
 
 /// One of the three kv tools.
-pub struct KvTool(pub KvKind, ToolDescriptor);
+pub(crate) struct KvTool(pub KvKind, ToolDescriptor);
 
 /// The `key` property shared by all three input schemas. A macro so the
 /// schemas stay compile-time strings, published verbatim by tools/list.
@@ -163,10 +229,10 @@ impl KvTool {
     /// the value as compact JSON.
     fn parse<'a>(
         &self,
-        shard: &Shard,
+        core: &Core,
         args: &Args<'a>,
-    ) -> Result<(&'a str, Option<Box<str>>), String> {
-        let limits = &shard.limits;
+    ) -> Result<(&'a str, Option<Box<str>>), ArgError> {
+        let limits = &core.limits;
         let known: &[&str] = if self.0 == KvKind::Set {
             &["key", "value"]
         } else {
@@ -178,11 +244,11 @@ impl KvTool {
             return Err("invalid arguments: `key` must not be empty".into());
         }
         if key.len() > limits.kv_max_key_bytes {
-            return Err(format!(
+            return Err(ArgError(format!(
                 "invalid arguments: `key` is {} bytes; the limit is {} (kv-max-key-bytes)",
                 key.len(),
                 limits.kv_max_key_bytes
-            ));
+            )));
         }
         if self.0 != KvKind::Set {
             return Ok((key, None));
@@ -192,11 +258,11 @@ impl KvTool {
             .ok_or("invalid arguments: missing required `value`")?;
         let encoded = json::encode_value(value);
         if encoded.len() > limits.kv_max_value_bytes {
-            return Err(format!(
+            return Err(ArgError(format!(
                 "invalid arguments: `value` is {} bytes as JSON; the limit is {} (kv-max-value-bytes)",
                 encoded.len(),
                 limits.kv_max_value_bytes
-            ));
+            )));
         }
         Ok((key, Some(encoded.into_boxed_str())))
     }
@@ -204,7 +270,7 @@ impl KvTool {
 
 /// Turns the owner's reply into the tool result.
 fn render(reply: KvReply, served_by: usize, owner: usize) -> ToolResult<'static> {
-    let meta = format!("{{\"tessera/shard\":{{\"served_by\":{served_by},\"owner\":{owner}}}}}");
+    let meta = format!("\"tessera/shard\":{{\"served_by\":{served_by},\"owner\":{owner}}}");
     let r = match reply {
         KvReply::Set { created } => {
             ToolResult::text("OK").with_structured(format!("{{\"created\":{created}}}"))
@@ -223,23 +289,6 @@ fn render(reply: KvReply, served_by: usize, owner: usize) -> ToolResult<'static>
             .with_structured(format!("{{\"deleted\":{d}}}")),
     };
     r.with_meta(meta)
-}
-
-pub fn mesh_error(e: MeshError, owner: usize, timeout_ms: u64) -> RpcError {
-    match e {
-        MeshError::Overloaded => RpcError::new(
-            jsonrpc::SERVER_OVERLOADED,
-            format!("server overloaded: the queue to shard {owner} is full; retry later"),
-        ),
-        MeshError::Timeout => RpcError::new(
-            jsonrpc::SHARD_TIMEOUT,
-            format!("shard {owner} did not answer within {timeout_ms} ms"),
-        ),
-        MeshError::PeerGone => RpcError::new(
-            jsonrpc::INTERNAL_ERROR,
-            format!("shard {owner} is not running"),
-        ),
-    }
 }
 
 impl KvTool {
@@ -277,10 +326,10 @@ impl Tool for KvTool {
     }
 
     fn call<'a>(&self, cx: &CallCtx<'_>, args: Args<'a>) -> ToolReply<'a> {
-        let shard = cx.shard;
-        let (key, value) = match self.parse(shard, &args) {
+        let core = cx.core;
+        let (key, value) = match self.parse(core, &args) {
             Ok(kv) => kv,
-            Err(e) => return ToolReply::Ready(Ok(ToolResult::error(e))),
+            Err(e) => return ToolReply::Ready(Ok(ToolResult::error(e.0))),
         };
         let key = key.to_owned();
         let op = match self.0 {
@@ -291,23 +340,75 @@ impl Tool for KvTool {
             KvKind::Get => KvOp::Get { key },
             KvKind::Delete => KvOp::Delete { key },
         };
-        let me = shard.id;
-        match shard.kv_route(op) {
+        let me = core.id;
+        let timeout_ms = core.limits.mesh_timeout_ms;
+        match route(core, op) {
             Routed::Local(reply) => ToolReply::Ready(Ok(render(reply, me, me))),
-            Routed::Failed(e, owner) => ToolReply::Ready(Err(CallError::Rpc(mesh_error(
-                e,
-                owner,
-                shard.limits.mesh_timeout_ms,
-            )))),
-            Routed::Remote(call, owner) => {
-                let timeout_ms = shard.limits.mesh_timeout_ms;
-                ToolReply::Pending(Box::pin(async move {
-                    match call.await {
-                        Ok(reply) => Ok(render(reply, me, owner)),
-                        Err(e) => Err(CallError::Rpc(mesh_error(e, owner, timeout_ms))),
-                    }
-                }))
+            Routed::Failed(e, owner) => {
+                ToolReply::Ready(Err(CallError::Rpc(hop_error(e, owner, timeout_ms))))
             }
+            Routed::Remote(call, owner) => ToolReply::Pending(Box::pin(async move {
+                match call.await {
+                    Ok(reply) => Ok(render(reply, me, owner)),
+                    Err(e) => Err(CallError::Rpc(hop_error(e, owner, timeout_ms))),
+                }
+            })),
+        }
+    }
+}
+
+/// The `kv://{key}` template: each entry of the sharded store.
+pub(crate) struct KvTemplate {
+    desc: TemplateDescriptor,
+}
+
+impl Default for KvTemplate {
+    fn default() -> Self {
+        Self {
+            desc: TemplateDescriptor {
+                uri_template: "kv://{key}".into(),
+                name: "kv".into(),
+                title: Some("Key-value entry".into()),
+                description: Some(
+                    "The JSON value stored under {key} by kv_set; subscribe to hear when it changes.".into(),
+                ),
+                mime_type: Some("application/json".into()),
+            },
+        }
+    }
+}
+
+fn read_result(era: Era, uri: &str, reply: KvReply) -> super::registry::JsonOutcome {
+    match reply {
+        KvReply::Get(Some(value)) => Ok(text_contents(uri, "application/json", &value)),
+        _ => Err(CallError::Rpc(resource_not_found(era, uri))),
+    }
+}
+
+impl ResourceTemplate for KvTemplate {
+    fn descriptor(&self) -> &TemplateDescriptor {
+        &self.desc
+    }
+
+    fn read(&self, cx: &CallCtx<'_>, uri: &str, vars: &[(String, String)]) -> JsonReply {
+        let era = cx.era;
+        let Some((_, key)) = vars.iter().find(|(k, _)| k == "key") else {
+            return JsonReply::Ready(Err(CallError::Rpc(resource_not_found(era, uri))));
+        };
+        let core = cx.core;
+        let timeout_ms = core.limits.mesh_timeout_ms;
+        let uri = uri.to_owned();
+        match route(core, KvOp::Get { key: key.clone() }) {
+            Routed::Local(reply) => JsonReply::Ready(read_result(era, &uri, reply)),
+            Routed::Failed(e, owner) => {
+                JsonReply::Ready(Err(CallError::Rpc(hop_error(e, owner, timeout_ms))))
+            }
+            Routed::Remote(call, owner) => JsonReply::Pending(Box::pin(async move {
+                match call.await {
+                    Ok(reply) => read_result(era, &uri, reply),
+                    Err(e) => Err(CallError::Rpc(hop_error(e, owner, timeout_ms))),
+                }
+            })),
         }
     }
 }
@@ -329,6 +430,23 @@ mod tests {
     }
 
     #[test]
+    fn uris_round_trip_any_key() {
+        for key in ["a", "user:42/name", "sp ace", "ü✓", "%41", "a?b#c"] {
+            let uri = uri_of(key);
+            assert!(
+                uri[URI_SCHEME.len()..]
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic()),
+                "{uri}"
+            );
+            assert_eq!(key_of(&uri).as_deref(), Some(key), "{uri}");
+        }
+        assert_eq!(key_of("file:///x"), None);
+        assert_eq!(key_of("kv://"), None);
+        assert_eq!(key_of("kv://%zz"), None);
+    }
+
+    #[test]
     fn store_is_bounded() {
         let mut s = KvStore::new(1);
         assert_eq!(s.set("a", "1".into()), KvReply::Set { created: true });
@@ -337,6 +455,6 @@ mod tests {
         assert_eq!(s.get("a"), KvReply::Get(Some("2".into())));
         assert_eq!(s.delete("a"), KvReply::Deleted(true));
         assert_eq!(s.delete("a"), KvReply::Deleted(false));
-        assert!(s.is_empty());
+        assert_eq!(s.len(), 0);
     }
 }

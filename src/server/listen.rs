@@ -12,13 +12,13 @@ use std::rc::Rc;
 use simd_json::prelude::*;
 use simd_json::tape::Value as TapeValue;
 
+use super::core::Core;
 use super::registry::ListKind;
 use super::{Notifier, SharedNotifier};
-use crate::runtime::shard::Shard;
 
 /// What a listen stream opted in to.
 #[derive(Debug, Clone, Default)]
-pub struct Filter {
+pub(crate) struct Filter {
     pub tools: bool,
     pub prompts: bool,
     pub resources: bool,
@@ -82,13 +82,13 @@ impl Filter {
 }
 
 /// One open listen stream.
-pub struct Listener {
+pub(crate) struct Listener {
     pub filter: Filter,
     pub sink: SharedNotifier,
 }
 
 /// Adds the subscription id to every notification passing through.
-pub struct Tagged {
+pub(crate) struct Tagged {
     pub inner: SharedNotifier,
     /// The listen request's id, as JSON.
     pub id_json: Box<[u8]>,
@@ -102,7 +102,7 @@ impl Notifier for Tagged {
 
 /// Inserts `_meta.io.modelcontextprotocol/subscriptionId` into a
 /// notification's params (creating params when absent).
-pub fn tag(msg: &[u8], id_json: &[u8]) -> Vec<u8> {
+pub(crate) fn tag(msg: &[u8], id_json: &[u8]) -> Vec<u8> {
     const META: &[u8] = b"\"_meta\":{\"io.modelcontextprotocol/subscriptionId\":";
     let mut out = Vec::with_capacity(msg.len() + META.len() + id_json.len() + 16);
     if let Some(at) = memchr::memmem::find(msg, b"\"params\":{") {
@@ -129,16 +129,16 @@ pub fn tag(msg: &[u8], id_json: &[u8]) -> Vec<u8> {
 
 /// On one shard: tells its legacy sessions and its listen streams that a
 /// list changed.
-pub fn list_changed(shard: &Rc<Shard>, kind: ListKind) {
+pub(crate) fn list_changed(core: &Rc<Core>, kind: ListKind) {
     let msg = format!(
         "{{\"jsonrpc\":\"2.0\",\"method\":\"{}\"}}",
         kind.notification()
     );
-    let sessions: Vec<SharedNotifier> = shard.legacy_sessions.borrow().values().cloned().collect();
+    let sessions: Vec<SharedNotifier> = core.legacy_sessions.borrow().values().cloned().collect();
     for s in sessions {
         s.notify(msg.as_bytes());
     }
-    let listeners: Vec<SharedNotifier> = shard
+    let listeners: Vec<SharedNotifier> = core
         .listeners
         .borrow()
         .values()

@@ -31,18 +31,7 @@ impl StateKey {
     /// A fresh random key from the kernel's CSPRNG.
     pub fn random() -> Self {
         let mut k = [0u8; KEY_BYTES];
-        let mut filled = 0;
-        while filled < k.len() {
-            // SAFETY: getrandom writes at most the given length into our buffer.
-            let n =
-                unsafe { libc::getrandom(k[filled..].as_mut_ptr().cast(), k.len() - filled, 0) };
-            assert!(
-                n > 0,
-                "getrandom failed: {}",
-                std::io::Error::last_os_error()
-            );
-            filled += n as usize;
-        }
+        crate::runtime::random::fill(&mut k);
         StateKey(k)
     }
 

@@ -14,17 +14,79 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::core::Core;
 use super::ctx::CallCtx;
+use super::encode::JsonResult;
+use super::msg::Msg;
 use super::schema::Validator;
 use super::tools::{CallError, RpcError, Tool};
 use crate::protocol::json;
 
-/// A result object encoded as JSON text (`{...}`), or why there is none.
-pub type JsonOutcome = Result<String, CallError>;
+/// A result object as data, or why there is none.
+pub(crate) type JsonOutcome = Result<JsonResult, CallError>;
 
-pub enum JsonReply {
+pub(crate) enum JsonReply {
     Ready(JsonOutcome),
     Pending(Pin<Box<dyn Future<Output = JsonOutcome>>>),
+}
+
+/// Why a server definition cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{kind} {name:?} registered twice")]
+    Duplicate { kind: &'static str, name: String },
+    #[error("tool {tool:?}: {message}")]
+    Schema { tool: String, message: String },
+    #[error("URI template {template:?}: {message}")]
+    Template { template: String, message: String },
+    #[error("skill {skill:?}: {message}")]
+    Skill { skill: String, message: String },
+    #[error("resources {prefix:?}: {message}")]
+    Source { prefix: String, message: String },
+}
+
+/// A set of resources that can change while the server runs (the files of
+/// a directory): listed after the fixed resources, read by URI. The I/O
+/// behind it lives in an adapter; calls here never block.
+pub(crate) trait ResourceSource {
+    /// Every URI this source serves starts with this prefix.
+    fn uri_prefix(&self) -> &str;
+    /// What `resources/list` shows, in order.
+    fn descriptors(&self) -> Vec<ResourceDescriptor>;
+    /// Whether `uri` names a resource listed right now.
+    fn contains(&self, uri: &str) -> bool;
+    /// Reads `uri` (which starts with the prefix).
+    fn read(&self, cx: &CallCtx<'_>, uri: &str) -> JsonReply;
+    /// A task that follows changes to the set and reports each to
+    /// `on_change`, until `stop` is raised; `None` when the set is fixed.
+    fn follow(
+        self: Rc<Self>,
+        stop: Rc<crate::runtime::local::Flag>,
+        on_change: Rc<dyn Fn(SourceChange)>,
+    ) -> Option<Pin<Box<dyn Future<Output = ()>>>>;
+}
+
+/// What changed in a [`ResourceSource`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SourceChange {
+    /// Resources appeared or went away.
+    pub listing_changed: bool,
+    /// URIs whose content changed, appeared or went away.
+    pub updated: Vec<String>,
+}
+
+/// On one shard: tells its sessions about a change of a source: everyone
+/// hears `list_changed`, and each URI's subscribers hear `updated` from the
+/// URI's watch owner only (every shard sees the same change).
+pub(crate) fn source_changed(core: &Rc<Core>, change: SourceChange) {
+    if change.listing_changed {
+        super::listen::list_changed(core, ListKind::Resources);
+    }
+    for uri in change.updated {
+        if super::watch::owner(&uri, core.shard_count) == core.id {
+            super::watch::notify_watchers(core, &uri);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -64,9 +126,9 @@ impl ResourceDescriptor {
 }
 
 /// A resource with a fixed URI.
-pub trait Resource {
+pub(crate) trait Resource {
     fn descriptor(&self) -> &ResourceDescriptor;
-    /// The `ReadResourceResult` (`{"contents":[...]}`).
+    /// The `ReadResourceResult` (`contents`).
     fn read(&self, cx: &CallCtx<'_>, uri: &str) -> JsonReply;
 }
 
@@ -102,7 +164,7 @@ impl TemplateDescriptor {
 }
 
 /// Resources named by an RFC 6570 template (level 1: `{var}`).
-pub trait ResourceTemplate {
+pub(crate) trait ResourceTemplate {
     fn descriptor(&self) -> &TemplateDescriptor;
     fn read(&self, cx: &CallCtx<'_>, uri: &str, vars: &[(String, String)]) -> JsonReply;
     /// Completion values for template variable `var` given the typed `prefix`.
@@ -159,10 +221,10 @@ impl PromptDescriptor {
     }
 }
 
-pub trait Prompt {
+pub(crate) trait Prompt {
     fn descriptor(&self) -> &PromptDescriptor;
-    /// The `GetPromptResult` (`{"messages":[...]}`). Required arguments are
-    /// checked before this is called.
+    /// The `GetPromptResult` (`messages`). Required arguments are checked
+    /// before this is called.
     fn get(&self, cx: &CallCtx<'_>, args: &[(String, String)]) -> JsonReply;
     /// Completion values for argument `arg` given the typed `prefix`.
     fn complete(&self, _arg: &str, _prefix: &str) -> Vec<String> {
@@ -170,7 +232,7 @@ pub trait Prompt {
     }
 }
 
-pub struct ToolEntry {
+pub(crate) struct ToolEntry {
     pub tool: Rc<dyn Tool>,
     pub validator: Validator,
     /// `(argument, header name)` pairs mirrored into `Mcp-Param-*` headers.
@@ -178,12 +240,12 @@ pub struct ToolEntry {
     pub enabled: Cell<bool>,
 }
 
-pub struct ResourceEntry {
+pub(crate) struct ResourceEntry {
     pub resource: Rc<dyn Resource>,
     pub enabled: Cell<bool>,
 }
 
-pub struct PromptEntry {
+pub(crate) struct PromptEntry {
     pub prompt: Rc<dyn Prompt>,
     pub enabled: Cell<bool>,
 }
@@ -218,7 +280,7 @@ impl ListKind {
 /// A template's variables as matched in one URI, in template order.
 pub type TemplateVars = Vec<(String, String)>;
 
-pub struct Registry {
+pub(crate) struct Registry {
     pub tools: Vec<ToolEntry>,
     tool_index: HashMap<String, usize>,
     pub resources: Vec<ResourceEntry>,
@@ -233,8 +295,9 @@ pub struct Registry {
     pub kv_resources: bool,
     /// Skills (SEP-2640), their files among `resources`.
     pub skills: Vec<super::skills::Skill>,
-    /// `[[resources.dir]]` directories, listed after `resources`.
-    pub file_dirs: Vec<Rc<super::files::FileDir>>,
+    /// Resource sets that change at run time (`[[resources.dir]]`), listed
+    /// after `resources`.
+    pub sources: Vec<Rc<dyn ResourceSource>>,
 }
 
 impl Registry {
@@ -299,29 +362,31 @@ impl Registry {
         !self.prompts.is_empty()
     }
 
-    /// The directory serving `uri`, if one does.
-    pub fn file_dir_for(&self, uri: &str) -> Option<&Rc<super::files::FileDir>> {
-        self.file_dirs.iter().find(|d| d.rel_of(uri).is_some())
+    /// The source serving `uri`, if one does.
+    pub fn source_for(&self, uri: &str) -> Option<&Rc<dyn ResourceSource>> {
+        self.sources
+            .iter()
+            .find(|s| uri.starts_with(s.uri_prefix()))
     }
 
     pub fn has_resources(&self) -> bool {
         !self.resources.is_empty()
             || !self.templates.is_empty()
             || self.kv_resources
-            || !self.file_dirs.is_empty()
+            || !self.sources.is_empty()
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tools
-            .iter()
-            .filter(|e| e.enabled.get())
-            .map(|e| e.tool.descriptor().name.as_str())
+    /// Whether `uri` names a resource this server serves right now.
+    pub fn resource_exists(&self, uri: &str) -> bool {
+        self.resource(uri).is_some()
+            || self.template_for(uri).is_some()
+            || self.source_for(uri).is_some_and(|s| s.contains(uri))
     }
 }
 
 /// Collects entries; `build` compiles schemas and indexes names.
 #[derive(Default)]
-pub struct RegistryBuilder {
+pub(crate) struct RegistryBuilder {
     tools: Vec<(Rc<dyn Tool>, bool)>,
     resources: Vec<(Rc<dyn Resource>, bool)>,
     templates: Vec<Rc<dyn ResourceTemplate>>,
@@ -330,13 +395,13 @@ pub struct RegistryBuilder {
     extensions: Vec<(String, String)>,
     kv_resources: bool,
     skills: Vec<super::skills::SkillSpec>,
-    file_dirs: Vec<super::files::FileDirConfig>,
+    sources: Vec<Rc<dyn ResourceSource>>,
 }
 
 impl RegistryBuilder {
-    /// A directory whose files are served as resources.
-    pub fn file_dir(&mut self, d: super::files::FileDirConfig) -> &mut Self {
-        self.file_dirs.push(d);
+    /// A set of resources that changes at run time.
+    pub fn source(&mut self, s: Rc<dyn ResourceSource>) -> &mut Self {
+        self.sources.push(s);
         self
     }
 
@@ -399,7 +464,7 @@ impl RegistryBuilder {
         self
     }
 
-    pub fn build(mut self) -> Result<Registry, String> {
+    pub fn build(mut self) -> Result<Registry, RegistryError> {
         let mut skills = Vec::with_capacity(self.skills.len());
         for spec in std::mem::take(&mut self.skills) {
             let (skill, files) = super::skills::Skill::build(&spec)?;
@@ -414,14 +479,21 @@ impl RegistryBuilder {
                 super::skills::SETTINGS_JSON.to_owned(),
             ));
         }
+        let duplicate = |kind, name: &str| RegistryError::Duplicate {
+            kind,
+            name: name.to_owned(),
+        };
         let mut tools = Vec::with_capacity(self.tools.len());
         let mut tool_index = HashMap::new();
         for (t, enabled) in self.tools {
             let d = t.descriptor();
-            let validator = Validator::compile(&d.input_schema)
-                .map_err(|e| format!("tool {:?}: {e}", d.name))?;
+            let validator =
+                Validator::compile(&d.input_schema).map_err(|e| RegistryError::Schema {
+                    tool: d.name.clone(),
+                    message: e.0,
+                })?;
             if tool_index.insert(d.name.clone(), tools.len()).is_some() {
-                return Err(format!("tool {:?} registered twice", d.name));
+                return Err(duplicate("tool", &d.name));
             }
             let header_params = d.header_params();
             tools.push(ToolEntry {
@@ -434,34 +506,29 @@ impl RegistryBuilder {
         let mut resource_index = HashMap::new();
         let mut resources = Vec::new();
         for (r, enabled) in self.resources {
+            let uri = &r.descriptor().uri;
             if resource_index
-                .insert(r.descriptor().uri.clone(), resources.len())
+                .insert(uri.clone(), resources.len())
                 .is_some()
             {
-                return Err(format!(
-                    "resource {:?} registered twice",
-                    r.descriptor().uri
-                ));
+                return Err(duplicate("resource", uri));
             }
             resources.push(ResourceEntry {
                 resource: r,
                 enabled: Cell::new(enabled),
             });
         }
-        let mut file_dirs: Vec<Rc<super::files::FileDir>> = Vec::new();
-        for d in &self.file_dirs {
-            if file_dirs.iter().any(|o| {
-                o.uri_prefix().starts_with(&d.uri_prefix)
-                    || d.uri_prefix.starts_with(o.uri_prefix())
-            }) {
-                return Err(format!(
-                    "resources.dir {:?}: uri_prefix overlaps another directory's",
-                    d.uri_prefix
-                ));
+        for (i, s) in self.sources.iter().enumerate() {
+            let overlaps = self.sources[..i].iter().any(|o| {
+                o.uri_prefix().starts_with(s.uri_prefix())
+                    || s.uri_prefix().starts_with(o.uri_prefix())
+            });
+            if overlaps {
+                return Err(RegistryError::Source {
+                    prefix: s.uri_prefix().to_owned(),
+                    message: "uri_prefix overlaps another directory's".into(),
+                });
             }
-            let dir = super::files::FileDir::open(d)
-                .map_err(|e| format!("resources.dir {:?}: {e}", d.uri_prefix))?;
-            file_dirs.push(Rc::new(dir));
         }
         let mut templates = Vec::new();
         for t in self.templates {
@@ -471,11 +538,9 @@ impl RegistryBuilder {
         let mut prompt_index = HashMap::new();
         let mut prompts = Vec::new();
         for (p, enabled) in self.prompts {
-            if prompt_index
-                .insert(p.descriptor().name.clone(), prompts.len())
-                .is_some()
-            {
-                return Err(format!("prompt {:?} registered twice", p.descriptor().name));
+            let name = &p.descriptor().name;
+            if prompt_index.insert(name.clone(), prompts.len()).is_some() {
+                return Err(duplicate("prompt", name));
             }
             prompts.push(PromptEntry {
                 prompt: p,
@@ -494,12 +559,13 @@ impl RegistryBuilder {
             extensions: self.extensions,
             kv_resources: self.kv_resources,
             skills,
-            file_dirs,
+            sources: self.sources,
         })
     }
 }
 
-/// Builds every shard's registry; shared by all executor threads.
+/// A server definition every shard builds its own registry from (shared by
+/// all executor threads). Made by `McpServer::build`.
 #[derive(Clone)]
 pub struct App {
     factory: Arc<dyn Fn() -> RegistryBuilder + Send + Sync>,
@@ -512,15 +578,21 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    pub fn new(factory: impl Fn() -> RegistryBuilder + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(factory: impl Fn() -> RegistryBuilder + Send + Sync + 'static) -> Self {
         Self {
             factory: Arc::new(factory),
         }
     }
 
     /// The registry for one shard.
-    pub fn build(&self) -> Result<Registry, String> {
+    pub(crate) fn build(&self) -> Result<Registry, RegistryError> {
         (self.factory)().build()
+    }
+
+    /// Checks the definition as a shard would build it (duplicate names,
+    /// bad schemas and templates, skills over their bounds), without serving.
+    pub fn validate(&self) -> Result<(), RegistryError> {
+        self.build().map(drop)
     }
 }
 
@@ -537,27 +609,24 @@ enum Part {
 }
 
 impl UriTemplate {
-    pub fn parse(t: &str) -> Result<Self, String> {
+    pub fn parse(t: &str) -> Result<Self, RegistryError> {
+        let bad = |message: &str| RegistryError::Template {
+            template: t.to_owned(),
+            message: message.to_owned(),
+        };
         let mut parts = Vec::new();
         let mut rest = t;
         while let Some(open) = rest.find('{') {
             if open > 0 {
                 parts.push(Part::Lit(rest[..open].to_owned()));
             }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("unclosed '{{' in URI template {t:?}"))?
-                + open;
+            let close = rest[open..].find('}').ok_or_else(|| bad("unclosed '{'"))? + open;
             let var = &rest[open + 1..close];
             if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!(
-                    "URI template {t:?}: only simple {{var}} expressions are supported"
-                ));
+                return Err(bad("only simple {var} expressions are supported"));
             }
             if matches!(parts.last(), Some(Part::Var(_))) {
-                return Err(format!(
-                    "URI template {t:?}: two variables need a literal between them"
-                ));
+                return Err(bad("two variables need a literal between them"));
             }
             parts.push(Part::Var(var.to_owned()));
             rest = &rest[close + 1..];
@@ -595,7 +664,7 @@ impl UriTemplate {
     }
 }
 
-pub fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -614,7 +683,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
 
 /// Splits a list into one page: `(start, end, next_cursor)`. Cursors are
 /// signed offsets, so a client cannot forge one; a bad cursor is -32602.
-pub fn page(
+pub(crate) fn page(
     len: usize,
     cursor: Option<&str>,
     page_size: usize,
@@ -634,6 +703,55 @@ pub fn page(
     let end = (start + page_size).min(len);
     let next = (end < len).then(|| key.seal(kind, &end.to_string()));
     Ok((start, end, next))
+}
+
+/// Applies a change to the offered set on every shard, in one order: the
+/// change goes to shard 0, which applies it and forwards it to the others
+/// over FIFO mesh queues, so all shards converge.
+pub(crate) fn set_enabled(core: &Rc<Core>, kind: ListKind, name: &str, on: bool) {
+    if core.id == 0 {
+        apply_enabled(core, kind, name, on, true);
+    } else {
+        core.tell(
+            0,
+            Msg::SetEnabled {
+                kind,
+                name: name.to_owned(),
+                on,
+                broadcast: true,
+            },
+        );
+    }
+}
+
+/// Applies a change here (and, on shard 0, forwards it to every other shard).
+pub(crate) fn apply_enabled(
+    core: &Rc<Core>,
+    kind: ListKind,
+    name: &str,
+    on: bool,
+    broadcast: bool,
+) {
+    assert!(
+        !broadcast || core.id == 0,
+        "only shard 0 forwards changes to the offered set"
+    );
+    if broadcast {
+        for to in 1..core.shard_count {
+            core.tell(
+                to,
+                Msg::SetEnabled {
+                    kind,
+                    name: name.to_owned(),
+                    on,
+                    broadcast: false,
+                },
+            );
+        }
+    }
+    if core.registry.set_enabled(kind, name, on) {
+        super::listen::list_changed(core, kind);
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 use simd_json::prelude::*;
 use simd_json::tape::Value as TapeValue;
 
+use super::tools::ArgError;
+
 /// Keywords that only annotate and never constrain.
 const ANNOTATIONS: &[&str] = &[
     "description",
@@ -175,11 +177,11 @@ fn compile_flat(schema: &serde_json::Value) -> Option<Flat> {
 }
 
 impl Flat {
-    fn validate(&self, args: &TapeValue<'_, '_>) -> Result<(), String> {
+    fn validate(&self, args: &TapeValue<'_, '_>) -> Result<(), ArgError> {
         if args.is_null() {
             // No `arguments` member: validate as an empty object.
             if let Some(r) = self.required.first() {
-                return Err(format!("missing required argument `{r}`"));
+                return Err(ArgError(format!("missing required argument `{r}`")));
             }
             return Ok(());
         }
@@ -188,7 +190,7 @@ impl Flat {
         };
         for r in &self.required {
             if obj.get(r.as_str()).is_none() {
-                return Err(format!("missing required argument `{r}`"));
+                return Err(ArgError(format!("missing required argument `{r}`")));
             }
         }
         for (k, v) in obj.iter() {
@@ -196,15 +198,15 @@ impl Flat {
                 if self.additional_allowed {
                     continue;
                 }
-                return Err(format!("unknown argument `{k}`"));
+                return Err(ArgError(format!("unknown argument `{k}`")));
             };
             if !p.types.is_empty() && !p.types.iter().any(|t| t.matches(&v)) {
                 let names: Vec<&str> = p.types.iter().map(|t| t.name()).collect();
-                return Err(format!("`{k}` must be {}", names.join(" or ")));
+                return Err(ArgError(format!("`{k}` must be {}", names.join(" or "))));
             }
             if let Some(allowed) = &p.enum_strings {
                 if !v.as_str().is_some_and(|s| allowed.iter().any(|a| a == s)) {
-                    return Err(format!("`{k}` must be one of {allowed:?}"));
+                    return Err(ArgError(format!("`{k}` must be one of {allowed:?}")));
                 }
             }
             if let Some(n) = v.cast_f64() {
@@ -213,7 +215,7 @@ impl Flat {
                     || p.exclusive_minimum.is_some_and(|m| n <= m)
                     || p.exclusive_maximum.is_some_and(|m| n >= m)
                 {
-                    return Err(format!("`{k}` is out of range"));
+                    return Err(ArgError(format!("`{k}` is out of range")));
                 }
             }
             if let Some(s) = v.as_str() {
@@ -221,7 +223,7 @@ impl Flat {
                 if p.min_length.is_some_and(|m| chars < m)
                     || p.max_length.is_some_and(|m| chars > m)
                 {
-                    return Err(format!("`{k}` has the wrong length"));
+                    return Err(ArgError(format!("`{k}` has the wrong length")));
                 }
             }
         }
@@ -247,24 +249,29 @@ impl std::fmt::Debug for Validator {
 impl Validator {
     /// Compiles `schema_json`; an invalid schema is an error (a tool must not
     /// publish a schema nobody can satisfy).
-    pub fn compile(schema_json: &str) -> Result<Validator, String> {
+    pub fn compile(schema_json: &str) -> Result<Validator, ArgError> {
         let schema: serde_json::Value = serde_json::from_str(schema_json)
-            .map_err(|e| format!("input schema is not JSON: {e}"))?;
+            .map_err(|e| ArgError(format!("input schema is not JSON: {e}")))?;
         if let Some(flat) = compile_flat(&schema) {
             return Ok(Validator::Flat(flat));
         }
         let full = jsonschema::draft202012::options()
             .build(&schema)
-            .map_err(|e| format!("input schema is not a valid JSON Schema 2020-12: {e}"))?;
+            .map_err(|e| {
+                ArgError(format!(
+                    "input schema is not a valid JSON Schema 2020-12: {e}"
+                ))
+            })?;
         Ok(Validator::Full(Box::new(full)))
     }
 
+    #[cfg(test)]
     pub fn is_fast(&self) -> bool {
         matches!(self, Validator::Flat(_))
     }
 
     /// Checks the arguments (`null` when the request had none).
-    pub fn validate(&self, args: &TapeValue<'_, '_>) -> Result<(), String> {
+    pub fn validate(&self, args: &TapeValue<'_, '_>) -> Result<(), ArgError> {
         match self {
             Validator::Flat(f) => f.validate(args),
             Validator::Full(v) => {
@@ -281,7 +288,7 @@ impl Validator {
                 if errors.is_empty() {
                     Ok(())
                 } else {
-                    Err(errors.join("; "))
+                    Err(ArgError(errors.join("; ")))
                 }
             }
         }
@@ -328,7 +335,7 @@ mod tests {
         let v = Validator::compile(schema).unwrap();
         let mut bytes = args.as_bytes().to_vec();
         let tape = simd_json::to_tape(&mut bytes).unwrap();
-        (v.is_fast(), v.validate(&tape.as_value()))
+        (v.is_fast(), v.validate(&tape.as_value()).map_err(|e| e.0))
     }
 
     const FLAT: &str = r#"{"type":"object","properties":{"text":{"type":"string","maxLength":5},"n":{"type":"integer","minimum":0},"c":{"type":"string","enum":["a","b"]}},"required":["text"],"additionalProperties":false}"#;

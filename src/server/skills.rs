@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 use simd_json::prelude::*;
 
 use super::ctx::CallCtx;
-use super::registry::{JsonReply, Resource, ResourceDescriptor};
+use super::encode::{uri_data, JsonResult};
+use super::registry::{JsonReply, RegistryError, Resource, ResourceDescriptor};
 use super::tools::RpcError;
 use crate::protocol::json;
 
@@ -108,33 +109,28 @@ pub struct Skill {
 
 impl Skill {
     /// Checks `spec` against the SEP's rules and prepares its entry.
-    pub fn build(spec: &SkillSpec) -> Result<(Skill, Vec<FileResource>), String> {
+    pub fn build(spec: &SkillSpec) -> Result<(Skill, Vec<FileResource>), RegistryError> {
+        let bad = |message: String| RegistryError::Skill {
+            skill: spec.name.clone(),
+            message,
+        };
         let last = spec.path.rsplit('/').next().unwrap_or("");
         if spec.path.is_empty() || last != spec.name {
-            return Err(format!(
-                "skill {:?}: the last segment of its path {:?} must equal its name",
-                spec.name, spec.path
-            ));
+            return Err(bad(format!(
+                "the last segment of its path {:?} must equal its name",
+                spec.path
+            )));
         }
         if spec.name.is_empty() || spec.description.is_empty() || spec.description.contains('\n') {
-            return Err(format!(
-                "skill {:?}: needs a name and a one-line description",
-                spec.name
-            ));
+            return Err(bad("needs a name and a one-line description".into()));
         }
         let files = spec.all_files();
         if files.len() > MAX_FILES_PER_SKILL {
-            return Err(format!(
-                "skill {:?}: more than {MAX_FILES_PER_SKILL} files",
-                spec.name
-            ));
+            return Err(bad(format!("more than {MAX_FILES_PER_SKILL} files")));
         }
         let total: usize = files.iter().map(|f| f.text.len()).sum();
         if total > MAX_SKILL_BYTES {
-            return Err(format!(
-                "skill {:?}: more than {MAX_SKILL_BYTES} bytes",
-                spec.name
-            ));
+            return Err(bad(format!("more than {MAX_SKILL_BYTES} bytes")));
         }
         let mut seen = std::collections::HashSet::new();
         for f in &files {
@@ -143,13 +139,10 @@ impl Skill {
                     .split('/')
                     .any(|s| s.is_empty() || s == "." || s == "..")
             {
-                return Err(format!("skill {:?}: bad file path {:?}", spec.name, f.path));
+                return Err(bad(format!("bad file path {:?}", f.path)));
             }
             if !seen.insert(f.path.clone()) {
-                return Err(format!(
-                    "skill {:?}: file {:?} listed twice",
-                    spec.name, f.path
-                ));
+                return Err(bad(format!("file {:?} listed twice", f.path)));
             }
         }
 
@@ -269,27 +262,17 @@ impl Resource for FileResource {
     }
 
     fn read(&self, _cx: &CallCtx<'_>, uri: &str) -> JsonReply {
-        let mut out = Vec::with_capacity(self.text.len() + 96);
-        out.extend_from_slice(b"{\"contents\":[{\"uri\":");
-        json::write_str(&mut out, uri);
-        out.extend_from_slice(b",\"mimeType\":");
-        json::write_str(
-            &mut out,
-            self.desc.mime_type.as_deref().unwrap_or("text/plain"),
-        );
-        out.extend_from_slice(b",\"text\":");
-        json::write_str(&mut out, &self.text);
-        out.extend_from_slice(b"}]}");
-        JsonReply::Ready(Ok(String::from_utf8(out).expect("JSON is UTF-8")))
+        let mime = self.desc.mime_type.as_deref().unwrap_or("text/plain");
+        JsonReply::Ready(Ok(super::content::text_contents(uri, mime, &self.text)))
     }
 }
 
 /// `skills/get`: the entry for `params.uri` (the `SKILL.md` URI or the
 /// skill's directory), as `{"skill": entry}`.
-pub fn get(
+pub(crate) fn get(
     skills: &[Skill],
     params: &Option<simd_json::tape::Value<'_, '_>>,
-) -> Result<String, RpcError> {
+) -> Result<JsonResult, RpcError> {
     let uri = params
         .as_ref()
         .and_then(|p| p.get("uri"))
@@ -299,34 +282,22 @@ pub fn get(
         .iter()
         .find(|s| s.manifest_uri == uri || s.root_uri == uri.trim_end_matches('/'))
         .ok_or_else(|| not_found(uri))?;
-    Ok(format!("{{\"skill\":{}}}", skill.entry_json))
+    Ok(JsonResult::new(format!("\"skill\":{}", skill.entry_json)))
 }
 
 fn not_found(uri: &str) -> RpcError {
-    let mut data = Vec::with_capacity(16 + uri.len());
-    data.extend_from_slice(b"{\"uri\":");
-    json::write_str(&mut data, uri);
-    data.push(b'}');
-    RpcError::invalid_params(format!("Unknown skill: {uri}"))
-        .with_data(String::from_utf8(data).expect("UTF-8"))
+    RpcError::invalid_params(format!("Unknown skill: {uri}")).with_data(uri_data(uri))
 }
 
 /// The children of directory `uri` among the served skills; -32602 when it
 /// is not a directory this server serves.
-pub fn directory<'a>(
+pub(crate) fn directory<'a>(
     skills: &'a [Skill],
     uri: &str,
 ) -> Result<&'a [(String, String, String)], RpcError> {
     skills.iter().find_map(|s| s.directory(uri)).ok_or_else(|| {
-        RpcError::invalid_params(format!("not a directory: {uri}"))
-            .with_data(format!("{{\"uri\":{}}}", json_str(uri)))
+        RpcError::invalid_params(format!("not a directory: {uri}")).with_data(uri_data(uri))
     })
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = Vec::with_capacity(s.len() + 2);
-    json::write_str(&mut out, s);
-    String::from_utf8(out).expect("UTF-8")
 }
 
 #[cfg(test)]

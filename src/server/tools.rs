@@ -15,14 +15,16 @@ use simd_json::tape::Value as TapeValue;
 
 use super::content::Content;
 use super::ctx::{CallCtx, CtxError};
-use super::{close_result, Era, SharedNotifier};
+use super::encode::{close_object, Close, Era};
+use super::SharedNotifier;
 use crate::protocol::json;
 
 /// Tool arguments as parsed from the request, borrowed from its bytes.
 pub type Args<'a> = TapeValue<'a, 'a>;
 
 /// A JSON-RPC error raised instead of a result.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (JSON-RPC error {code})")]
 pub struct RpcError {
     pub code: i32,
     pub message: String,
@@ -50,10 +52,12 @@ impl RpcError {
 }
 
 /// Why a handler produced no result.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
+    #[error(transparent)]
     Rpc(RpcError),
     /// Modern era: the handler needs client input (see `ctx::Ctx::ask`).
+    #[error("the handler needs input from the client")]
     InputRequired,
 }
 
@@ -120,7 +124,8 @@ pub struct ToolResult<'a> {
     pub content: Vec<Content<'a>>,
     /// `structuredContent`, as compact JSON text.
     pub structured: Option<String>,
-    /// `_meta`, as compact JSON object text.
+    /// The members of the result's `_meta` object, as JSON text without the
+    /// braces (`"key":value,...`); the modern era adds the server identity.
     pub meta: Option<String>,
     pub is_error: bool,
 }
@@ -129,13 +134,6 @@ impl<'a> ToolResult<'a> {
     pub fn text(s: impl Into<Cow<'a, str>>) -> Self {
         Self {
             content: vec![Content::Text(s.into())],
-            ..Self::default()
-        }
-    }
-
-    pub fn with_content(content: Vec<Content<'a>>) -> Self {
-        Self {
-            content,
             ..Self::default()
         }
     }
@@ -154,8 +152,9 @@ impl<'a> ToolResult<'a> {
         self
     }
 
-    pub fn with_meta(mut self, json: String) -> Self {
-        self.meta = Some(json);
+    /// Sets the members of `_meta` (JSON text without the braces).
+    pub fn with_meta(mut self, members: String) -> Self {
+        self.meta = Some(members);
         self
     }
 
@@ -177,32 +176,14 @@ impl<'a> ToolResult<'a> {
         if self.is_error {
             out.extend_from_slice(b",\"isError\":true");
         }
-        match (&self.meta, era) {
-            (None, _) => close_result(out, era),
-            (Some(m), Era::Legacy) => {
-                out.extend_from_slice(b",\"_meta\":");
-                out.extend_from_slice(m.as_bytes());
-                out.push(b'}');
-            }
-            (Some(m), Era::Modern(_)) => {
-                // Our own meta objects are `{...}`; splice their members in
-                // beside the server identity.
-                let members = m
-                    .trim()
-                    .strip_prefix('{')
-                    .and_then(|x| x.strip_suffix('}'))
-                    .unwrap_or("");
-                out.extend_from_slice(b",\"resultType\":\"complete\",\"_meta\":{\"");
-                out.extend_from_slice(crate::protocol::mcp::meta::SERVER_INFO.as_bytes());
-                out.extend_from_slice(b"\":");
-                out.extend_from_slice(crate::protocol::mcp::SERVER_INFO_JSON.as_bytes());
-                if !members.is_empty() {
-                    out.push(b',');
-                    out.extend_from_slice(members.as_bytes());
-                }
-                out.extend_from_slice(b"}}");
-            }
-        }
+        close_object(
+            out,
+            era,
+            Close {
+                meta: self.meta.as_deref(),
+                ..Close::complete(true)
+            },
+        );
     }
 
     /// Detaches the result from the request's bytes.
@@ -281,23 +262,8 @@ impl ToolDescriptor {
         }
     }
 
-    pub fn title(mut self, t: &str) -> Self {
-        self.title = Some(t.to_owned());
-        self
-    }
-
     pub fn output_schema(mut self, s: &str) -> Self {
         self.output_schema = Some(s.to_owned());
-        self
-    }
-
-    pub fn annotations(mut self, json: &str) -> Self {
-        self.annotations = Some(json.to_owned());
-        self
-    }
-
-    pub fn task_support(mut self, t: TaskSupport) -> Self {
-        self.task_support = t;
         self
     }
 
@@ -364,13 +330,27 @@ pub trait Tool {
     fn call<'a>(&self, cx: &CallCtx<'_>, args: Args<'a>) -> ToolReply<'a>;
 }
 
+/// Why a tool's arguments are not acceptable; the model sees the message in
+/// an `isError` result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ArgError(pub String);
+
+impl From<&str> for ArgError {
+    fn from(s: &str) -> Self {
+        ArgError(s.to_owned())
+    }
+}
+
 /// Reads a required string argument.
-pub fn arg_str<'a>(args: &Args<'a>, key: &str) -> Result<&'a str, String> {
+pub fn arg_str<'a>(args: &Args<'a>, key: &str) -> Result<&'a str, ArgError> {
     match args.get(key) {
         Some(v) => v
             .into_string()
-            .ok_or_else(|| format!("invalid arguments: `{key}` must be a string")),
-        None => Err(format!("invalid arguments: missing required `{key}`")),
+            .ok_or_else(|| ArgError(format!("invalid arguments: `{key}` must be a string"))),
+        None => Err(ArgError(format!(
+            "invalid arguments: missing required `{key}`"
+        ))),
     }
 }
 
@@ -382,10 +362,10 @@ pub enum Number {
 }
 
 /// Reads a required number argument.
-pub fn arg_number(args: &Args<'_>, key: &str) -> Result<Number, String> {
+pub fn arg_number(args: &Args<'_>, key: &str) -> Result<Number, ArgError> {
     let v = args
         .get(key)
-        .ok_or_else(|| format!("invalid arguments: missing required `{key}`"))?;
+        .ok_or_else(|| ArgError(format!("invalid arguments: missing required `{key}`")))?;
     if let Some(i) = v.as_i64() {
         Ok(Number::Int(i as i128))
     } else if let Some(u) = v.as_u64() {
@@ -393,16 +373,20 @@ pub fn arg_number(args: &Args<'_>, key: &str) -> Result<Number, String> {
     } else if let Some(f) = v.as_f64() {
         Ok(Number::Float(f))
     } else {
-        Err(format!("invalid arguments: `{key}` must be a number"))
+        Err(ArgError(format!(
+            "invalid arguments: `{key}` must be a number"
+        )))
     }
 }
 
 /// Rejects arguments the schema does not declare (`additionalProperties: false`).
-pub fn deny_unknown(args: &Args<'_>, known: &[&str]) -> Result<(), String> {
+pub fn deny_unknown(args: &Args<'_>, known: &[&str]) -> Result<(), ArgError> {
     if let Some(obj) = args.as_object() {
         for (k, _) in obj.iter() {
             if !known.contains(&k) {
-                return Err(format!("invalid arguments: unknown argument `{k}`"));
+                return Err(ArgError(format!(
+                    "invalid arguments: unknown argument `{k}`"
+                )));
             }
         }
     }

@@ -29,7 +29,7 @@ pub const ADMIN_REQUEST_BYTES_MAX: usize = 8 * 1024;
 pub const ADMIN_REFRESH: Duration = Duration::from_secs(1);
 
 /// What the main thread knows, as of its latest update.
-pub struct AdminView {
+pub(crate) struct AdminView {
     started: Instant,
     /// Latest snapshot of each running shard (reset when one restarts).
     latest: Vec<Option<Snapshot>>,
@@ -104,13 +104,27 @@ impl AdminView {
     }
 }
 
+/// Why the admin endpoint did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin address {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("starting the admin thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// Binds `addr` (so a bad address fails startup) and serves it from a new
 /// thread; returns the bound address.
-pub fn start(addr: SocketAddr, view: Arc<Mutex<AdminView>>) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind(addr).map_err(|e| format!("admin address {addr}: {e}"))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| format!("admin address {addr}: {e}"))?;
+pub(crate) fn start(
+    addr: SocketAddr,
+    view: Arc<Mutex<AdminView>>,
+) -> Result<SocketAddr, AdminError> {
+    let bind = |source| AdminError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).map_err(bind)?;
+    let bound = listener.local_addr().map_err(bind)?;
     std::thread::Builder::new()
         .name("tessera-admin".into())
         .spawn(move || {
@@ -128,7 +142,7 @@ pub fn start(addr: SocketAddr, view: Arc<Mutex<AdminView>>) -> Result<SocketAddr
                 }
             }
         })
-        .map_err(|e| format!("admin thread: {e}"))?;
+        .map_err(AdminError::Thread)?;
     Ok(bound)
 }
 

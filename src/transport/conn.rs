@@ -40,10 +40,11 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt;
 use memchr::memchr;
 
+use super::{ConnHandle, Net, READ_CHUNK_BYTES};
 use crate::protocol::{jsonrpc, PARSE_PADDING};
-use crate::runtime::shard::{ConnHandle, Shard, READ_CHUNK_BYTES};
 use crate::runtime::supervisor::RestartIntensity;
-use crate::server::{Pending, Resume, Session, SharedNotifier};
+use crate::server::session::{Resume, Session};
+use crate::server::{Pending, SharedNotifier};
 
 /// Reads served in one poll before the task yields to its neighbours, so a
 /// client that keeps its socket full cannot starve the rest of the core.
@@ -67,31 +68,31 @@ pub enum Kind {
 }
 
 /// Serves one client until it closes, the I/O fails, or the shard drains.
-pub async fn serve<S>(stream: S, shard: Rc<Shard>, kind: Kind) -> io::Result<()>
+pub(crate) async fn serve<S>(stream: S, net: Rc<Net>, kind: Kind) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_with(stream, shard, kind, None, None).await
+    serve_with(stream, net, kind, None, None).await
 }
 
 /// Serves the stdio client: like `serve`, but the session can start from
 /// `resume` (the state it had before shard 0 restarted), and every change
 /// to that state is handed to `report` so the next restart can resume too.
-pub async fn serve_stdio<S>(
+pub(crate) async fn serve_stdio<S>(
     stream: S,
-    shard: Rc<Shard>,
+    net: Rc<Net>,
     resume: Option<Resume>,
     report: Box<dyn Fn(Resume)>,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_with(stream, shard, Kind::Stdio, resume, Some(report)).await
+    serve_with(stream, net, Kind::Stdio, resume, Some(report)).await
 }
 
 async fn serve_with<S>(
     stream: S,
-    shard: Rc<Shard>,
+    net: Rc<Net>,
     kind: Kind,
     resume: Option<Resume>,
     report: Option<Box<dyn Fn(Resume)>>,
@@ -99,26 +100,27 @@ async fn serve_with<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let handle = Rc::new(ConnHandle::new(&shard));
+    let core = net.core.clone();
+    let handle = Rc::new(ConnHandle::new(&net));
     handle.idle_tracked.set(kind == Kind::Tcp);
     let notifier: SharedNotifier = handle.clone();
-    let slot = shard.conns.register(handle.clone());
-    shard.metrics.borrow_mut().counters.connections_opened += 1;
-    let mut session = Session::new(&shard, Some(notifier.clone()));
-    session.limit_rate(&shard);
-    if let Some(auth) = shard.auth.clone() {
-        session.require_auth(auth);
+    let slot = net.conns.register(handle.clone());
+    core.metrics.borrow_mut().counters.connections_opened += 1;
+    let mut session = Session::new(&core, Some(notifier.clone()));
+    session.limit_rate(&core);
+    if core.auth.is_some() {
+        session.require_token();
     }
     match kind {
-        Kind::Tcp => session.set_label(&format!("tcp-{}-{}", shard.id, session.scope())),
+        Kind::Tcp => session.set_label(&format!("tcp-{}-{}", core.id, session.scope())),
         _ => session.set_label("stdio"),
     }
     if let Some(r) = resume.clone() {
-        session.resume(&shard, r);
+        session.resume(&core, r);
     }
     let mut conn = Conn {
         stream,
-        shard: shard.clone(),
+        net: net.clone(),
         session,
         notifier,
         handle,
@@ -136,6 +138,7 @@ where
         gave_up: false,
         report,
         reported: resume,
+        clock: Instant::now(),
     };
     let r = std::future::poll_fn(|cx| loop {
         match std::panic::catch_unwind(AssertUnwindSafe(|| conn.poll(cx))) {
@@ -148,9 +151,9 @@ where
         }
     })
     .await;
-    conn.session.close(&shard);
-    shard.conns.unregister(slot);
-    shard.metrics.borrow_mut().counters.connections_closed += 1;
+    conn.session.close(&core);
+    net.conns.unregister(slot);
+    core.metrics.borrow_mut().counters.connections_closed += 1;
     match r {
         Err(e) if is_disconnect(&e) => Ok(()),
         r => r,
@@ -161,15 +164,15 @@ where
 /// while nothing of theirs is in flight. One task per shard looks at every
 /// connection a few times per timeout, so the request path pays one counter
 /// increment per message and no timer.
-pub async fn idle_sweep(shard: Rc<Shard>) {
-    let idle = shard.limits.idle_timeout();
+pub(crate) async fn idle_sweep(net: Rc<Net>) {
+    let idle = net.limits.idle_timeout();
     let period = (idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
     let sweeps_max = (idle.as_nanos() / period.as_nanos()).max(1) as u32;
     loop {
-        if shard.sleep_unless_shutdown(period).await {
+        if net.sleep_unless_shutdown(period).await {
             return;
         }
-        for h in shard.conns.handles() {
+        for h in net.conns.handles() {
             if !h.idle_tracked.get() || h.expired.get() {
                 continue;
             }
@@ -200,7 +203,7 @@ fn is_disconnect(e: &io::Error) -> bool {
 
 struct Conn<S> {
     stream: S,
-    shard: Rc<Shard>,
+    net: Rc<Net>,
     session: Session,
     /// The connection as a notification target (the same `ConnHandle`).
     notifier: SharedNotifier,
@@ -232,6 +235,9 @@ struct Conn<S> {
     reported: Option<Resume>,
     /// The restart intensity was exceeded: answer what was read, then close.
     gave_up: bool,
+    /// When the previous message of the current read was answered: each
+    /// message is timed from there (one clock read per message).
+    clock: Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -240,13 +246,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if self.linger.is_some() {
             return self.poll_linger(cx);
         }
-        let limits = &self.shard.limits;
+        let limits = &self.net.limits;
         let (max_inflight, max_out) =
             (limits.max_inflight_per_conn, limits.max_output_buffer_bytes);
         let mut reads = 0;
         if !self.replay.is_empty() {
-            let shard = self.shard.clone();
-            let mut scratch = shard.scratch.borrow_mut();
+            let net = self.net.clone();
+            let mut scratch = net.scratch.borrow_mut();
+            self.clock = Instant::now();
             while let Some(mut line) = self.replay.pop_front() {
                 let len = line.len() - PARSE_PADDING;
                 self.handle_line(&mut line, len, &mut scratch.write);
@@ -257,7 +264,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         if self.handle.expired.get() && !self.read_closed {
             self.read_closed = true;
-            self.shard
+            self.net
+                .core
                 .metrics
                 .borrow_mut()
                 .counters
@@ -268,7 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let Poll::Ready(Err(e)) = self.flush_backlog(cx) {
                 return Poll::Ready(Err(e));
             }
-            if !self.read_closed && self.shard.shutdown.is_raised() {
+            if !self.read_closed && self.net.shutdown.is_raised() {
                 self.read_closed = true;
             }
             let inflight = self.handle.inflight.get();
@@ -276,7 +284,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 if inflight > 0 || !self.backlog.is_empty() {
                     return Poll::Pending;
                 }
-                if self.shard.shutdown.is_raised() {
+                if self.net.shutdown.is_raised() {
                     return self.begin_linger(cx);
                 }
                 return Poll::Ready(Ok(()));
@@ -284,7 +292,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if inflight >= max_inflight || self.backlog.len() - self.backlog_pos >= max_out {
                 if !self.paused {
                     self.paused = true;
-                    self.shard.metrics.borrow_mut().counters.backpressure_pauses += 1;
+                    self.net
+                        .core
+                        .metrics
+                        .borrow_mut()
+                        .counters
+                        .backpressure_pauses += 1;
                 }
                 return Poll::Pending;
             }
@@ -295,8 +308,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             reads += 1;
 
-            let shard = self.shard.clone();
-            let mut scratch = shard.scratch.borrow_mut();
+            let net = self.net.clone();
+            let mut scratch = net.scratch.borrow_mut();
             let scratch = &mut *scratch;
             match Pin::new(&mut self.stream).poll_read(cx, &mut scratch.read[..READ_CHUNK_BYTES]) {
                 Poll::Pending => return Poll::Pending,
@@ -311,10 +324,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Poll::Ready(Ok(n)) => {
                     self.chunk_len = Some(n);
                     self.consumed = 0;
-                    self.shard.batch_clock.set(Some(Instant::now()));
+                    self.clock = Instant::now();
                     let _log = self.session.log_scope();
                     self.on_bytes(&mut scratch.read, n, &mut scratch.write);
-                    self.shard.batch_clock.set(None);
                     self.chunk_len = None;
                     self.report_session();
                 }
@@ -404,7 +416,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Splits freshly read bytes into lines and handles each complete one.
     /// `data[..n]` holds the bytes; `data` extends `PARSE_PADDING` further.
     fn on_bytes(&mut self, data: &mut [u8], n: usize, out: &mut Vec<u8>) {
-        let max = self.shard.limits.max_message_bytes;
+        let max = self.net.limits.max_message_bytes;
         let mut start = 0;
         if self.discarding || !self.partial.is_empty() {
             let Some(i) = memchr(b'\n', &data[..n]) else {
@@ -440,7 +452,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                     start += len + 1;
                     self.consumed = start;
-                    if self.shard.chaos_conn_panic() {
+                    if self.net.chaos_conn_panic() {
                         panic!("chaos: connection handler panic (--chaos-conn-panic-rate)");
                     }
                 }
@@ -461,9 +473,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// task runs: saves what the shard's shared buffers hold for this
     /// connection and decides whether to restart. `false`: close now.
     fn recover(&mut self) -> bool {
-        let shard = self.shard.clone();
-        shard.batch_clock.set(None);
-        let mut scratch = shard.scratch.borrow_mut();
+        let net = self.net.clone();
+        let mut scratch = net.scratch.borrow_mut();
         // Responses produced before the panic belong to this client; the
         // next connection to run would otherwise write them.
         self.backlog.extend_from_slice(&scratch.write);
@@ -488,8 +499,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
         drop(scratch);
-        let limits = &shard.limits;
-        let mut m = shard.metrics.borrow_mut();
+        let limits = &net.limits;
+        let mut m = net.core.metrics.borrow_mut();
         if !self.gave_up
             && self
                 .restarts
@@ -499,7 +510,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             drop(m);
             log::debug!(
                 "shard {}: connection handler panicked; restarted on the same socket ({} restart(s) in the last {} ms)",
-                shard.id,
+                net.core.id,
                 self.restarts.recent(),
                 limits.restart_period_ms
             );
@@ -513,7 +524,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         drop(m);
         log::warn!(
             "shard {}: connection handler panicked more than {} times in {} ms; closing the connection",
-            shard.id,
+            net.core.id,
             limits.max_restarts,
             limits.restart_period_ms
         );
@@ -528,11 +539,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.read_closed = true;
         const MSG: &str =
             "Internal error: the connection is being closed after repeated internal failures";
-        let shard = self.shard.clone();
+        let core = self.net.core.clone();
         let mut out = Vec::new();
         for mut line in std::mem::take(&mut self.replay) {
             let len = line.len() - PARSE_PADDING;
-            let mut parser = shard.parser.borrow_mut();
+            let mut parser = core.parser.borrow_mut();
             // Each line gets what it would have got, except that requests
             // are refused instead of served.
             parser.parse(&mut line, len, |parsed| match parsed {
@@ -584,11 +595,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Answers an oversize line and starts skipping the rest of it.
     fn oversize(&mut self, out: &mut Vec<u8>) {
-        let max = self.shard.limits.max_message_bytes;
+        let max = self.net.limits.max_message_bytes;
         let msg =
             format!("message too large: lines are limited to {max} bytes (max-message-bytes)");
         jsonrpc::write_error(out, &jsonrpc::Id::Null, jsonrpc::INVALID_REQUEST, &msg);
-        let mut m = self.shard.metrics.borrow_mut();
+        let mut m = self.net.core.metrics.borrow_mut();
         m.counters.oversize_messages += 1;
         m.record_error(crate::metrics::MethodKind::Invalid);
         self.partial = Vec::new();
@@ -605,10 +616,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         {
             return;
         }
-        if let Some(pending) =
-            self.session
-                .handle_message(&self.shard, buf, len, out, Some(&self.notifier))
-        {
+        if let Some(pending) = self.session.handle_message(
+            &self.net.core,
+            buf,
+            len,
+            out,
+            Some(&self.notifier),
+            &mut self.clock,
+        ) {
             self.spawn_pending(pending);
         }
     }
@@ -641,8 +656,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let fut = pending.fut;
         let task = glommio::spawn_local(async move {
             let slot = slot;
-            let response = fut.await;
-            slot.handle.respond(&response);
+            let answer = fut.await;
+            slot.handle.respond(&answer.bytes);
         })
         .detach();
         if let Some(id) = pending.id {
@@ -662,8 +677,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let shard = self.shard.clone();
-        let mut scratch = shard.scratch.borrow_mut();
+        let net = self.net.clone();
+        let mut scratch = net.scratch.borrow_mut();
         loop {
             match Pin::new(&mut self.stream).poll_read(cx, &mut scratch.read[..READ_CHUNK_BYTES]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),

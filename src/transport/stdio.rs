@@ -13,14 +13,14 @@ use std::thread::{self, JoinHandle};
 const PUMP_CHUNK_BYTES: usize = 64 * 1024;
 
 /// The process side of the stdio bridge.
-pub struct StdioBridge {
+pub(crate) struct StdioBridge {
     /// The end the shard serves; move it into the shard's thread.
     pub shard_end: UnixStream,
     /// Finishes once everything the shard wrote has reached stdout.
     pub stdout_pump: JoinHandle<()>,
 }
 
-pub fn start() -> io::Result<StdioBridge> {
+pub(crate) fn start() -> io::Result<StdioBridge> {
     let (ours, shard_end) = UnixStream::pair()?;
     let mut to_shard = ours.try_clone()?;
     let mut from_shard = ours;

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use glommio::net::TcpListener;
 
-use super::conn;
-use crate::runtime::shard::Shard;
+use super::{conn, Net};
 
 /// Pause after an accept error (such as running out of file descriptors) so
 /// the loop backs off instead of spinning.
@@ -26,13 +25,13 @@ const LISTEN_BACKLOG: i32 = 4096;
 
 /// A listener and its descriptor (glommio's listener does not expose it; the
 /// shard needs it to shut the socket down if its executor dies).
-pub struct Bound {
+pub(crate) struct Bound {
     pub listener: TcpListener,
     pub fd: RawFd,
 }
 
 /// Binds `addr` with SO_REUSEPORT so every shard can listen on it.
-pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<Bound> {
     let domain = if addr.is_ipv6() {
         socket2::Domain::IPV6
     } else {
@@ -44,18 +43,21 @@ pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
     sk.bind(&addr.into())?;
     sk.listen(LISTEN_BACKLOG)?;
     let fd = sk.into_raw_fd();
-    // SAFETY: `fd` is a bound, listening socket we own and hand over.
+    // SAFETY: `into_raw_fd` just gave up ownership of `fd`, a bound and
+    // listening socket nothing else holds; the listener takes it over and is
+    // the only owner from here on.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     Ok(Bound { listener, fd })
 }
 
 /// Accepts connections until the shard starts draining.
-pub async fn accept_loop(shard: Rc<Shard>, bound: Bound) {
+pub(crate) async fn accept_loop(net: Rc<Net>, bound: Bound) {
     let Bound { listener, fd } = bound;
-    shard.track_socket(fd);
+    let id = net.core.id;
+    net.track_socket(fd);
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.shutdown.wait().await;
+            net.shutdown.wait().await;
             None
         })
         .await;
@@ -63,35 +65,35 @@ pub async fn accept_loop(shard: Rc<Shard>, bound: Bound) {
             None => break,
             Some(Ok(s)) => s,
             Some(Err(e)) => {
-                log::warn!("shard {}: accept failed: {e}", shard.id);
-                shard.metrics.borrow_mut().counters.accept_errors += 1;
+                log::warn!("shard {id}: accept failed: {e}");
+                net.core.metrics.borrow_mut().counters.accept_errors += 1;
                 glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
                 continue;
             }
         };
-        if shard.conns.live() >= shard.limits.max_connections_per_shard {
+        if net.conns.live() >= net.limits.max_connections_per_shard {
             // Accepted and closed at once: the client sees EOF, not a hang
             // in the listen backlog.
-            shard.metrics.borrow_mut().counters.connections_refused += 1;
+            net.core.metrics.borrow_mut().counters.connections_refused += 1;
             drop(stream);
             continue;
         }
         // Responses are written once per batch, so Nagle would only add delay.
         if let Err(e) = stream.set_nodelay(true) {
-            log::debug!("shard {}: TCP_NODELAY: {e}", shard.id);
+            log::debug!("shard {id}: TCP_NODELAY: {e}");
         }
-        let shard = shard.clone();
+        let net = net.clone();
         glommio::spawn_local(async move {
             let peer = stream.peer_addr().ok();
             let fd = stream.as_raw_fd();
-            shard.track_socket(fd);
-            if let Err(e) = conn::serve(stream, shard.clone(), conn::Kind::Tcp).await {
-                log::debug!("shard {}: connection {peer:?} ended: {e}", shard.id);
+            net.track_socket(fd);
+            if let Err(e) = conn::serve(stream, net.clone(), conn::Kind::Tcp).await {
+                log::debug!("shard {id}: connection {peer:?} ended: {e}");
             }
-            shard.untrack_socket(fd);
+            net.untrack_socket(fd);
         })
         .detach();
     }
-    shard.untrack_socket(fd);
-    log::debug!("shard {}: stopped accepting", shard.id);
+    net.untrack_socket(fd);
+    log::debug!("shard {id}: stopped accepting");
 }

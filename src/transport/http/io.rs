@@ -1,5 +1,12 @@
-//! Glue between glommio and hyper: hyper's HTTP/1 state machine drives a
-//! glommio stream through this adapter, and sleeps on glommio timers.
+//! Glue between glommio and hyper, private to the HTTP transport: hyper's
+//! HTTP/1 state machine drives a glommio stream through [`HyperIo`], and
+//! sleeps on glommio timers through [`head_timer`].
+//!
+//! hyper requires its timer and sleeps to be `Send + Sync`, but an HTTP/1
+//! connection lives in one task of one executor, and so do the `Rc`s and
+//! glommio timers behind them. They are wrapped in [`ThreadBound`], which
+//! checks the thread at every use, so no `unsafe` is needed here and nothing
+//! outside this module can even name these types.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -12,24 +19,25 @@ use std::time::{Duration, Instant};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use hyper::rt::ReadBufCursor;
 
-use crate::runtime::shard::{Shard, READ_CHUNK_BYTES};
+use super::super::{Net, READ_CHUNK_BYTES};
+use crate::runtime::local::ThreadBound;
 
 /// A glommio stream as hyper I/O. Reads go through the shard's scratch buffer
 /// (glommio reads into initialised memory; hyper hands out uninitialised
 /// space), and every transfer stamps `activity` for the idle timeout.
-pub struct HyperIo<S> {
+pub(super) struct HyperIo<S> {
     stream: S,
-    shard: Rc<Shard>,
+    net: Rc<Net>,
     clock: Rc<ConnClock>,
 }
 
 /// What a connection's timers need to know about its traffic.
 #[derive(Debug)]
-pub struct ConnClock {
+pub(super) struct ConnClock {
     /// Last time bytes moved in either direction.
     pub activity: Cell<Instant>,
     /// Reads that returned data, ever.
-    pub reads: Cell<u64>,
+    reads: Cell<u64>,
 }
 
 impl ConnClock {
@@ -42,12 +50,8 @@ impl ConnClock {
 }
 
 impl<S> HyperIo<S> {
-    pub fn new(stream: S, shard: Rc<Shard>, clock: Rc<ConnClock>) -> Self {
-        Self {
-            stream,
-            shard,
-            clock,
-        }
+    pub fn new(stream: S, net: Rc<Net>, clock: Rc<ConnClock>) -> Self {
+        Self { stream, net, clock }
     }
 }
 
@@ -62,8 +66,8 @@ impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S> {
         if want == 0 {
             return Poll::Ready(Ok(()));
         }
-        let shard = this.shard.clone();
-        let mut scratch = shard.scratch.borrow_mut();
+        let net = this.net.clone();
+        let mut scratch = net.scratch.borrow_mut();
         match Pin::new(&mut this.stream).poll_read(cx, &mut scratch.read[..want]) {
             Poll::Ready(Ok(n)) => {
                 buf.put_slice(&scratch.read[..n]);
@@ -102,56 +106,52 @@ impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
     }
 }
 
-/// hyper's timer, used only for the request-head timeout, on glommio's
-/// timer wheel. hyper arms it whenever it waits for a head, including while
-/// a keep-alive connection sits idle; counting from there would make it an
-/// idle timeout. So a sleep from this timer starts counting only when the
-/// first bytes arrive after it was armed: it bounds how long a head may take
-/// to arrive once it has begun (slowloris), and idleness is left to the
-/// connection's idle timeout.
-#[derive(Clone, Debug)]
-pub struct HeadTimer {
-    clock: Rc<ConnClock>,
-}
-
-impl HeadTimer {
-    pub fn new(clock: Rc<ConnClock>) -> Self {
-        Self { clock }
+/// hyper's timer for one connection (used only for the request-head
+/// timeout), on glommio's timer wheel.
+pub(super) fn head_timer(clock: &Rc<ConnClock>) -> HeadTimer {
+    HeadTimer {
+        clock: ThreadBound::new(clock.clone()),
     }
 }
 
-struct HeadSleep {
+/// hyper arms this timer whenever it waits for a head, including while a
+/// keep-alive connection sits idle; counting from there would make it an
+/// idle timeout. So a sleep starts counting only when the first bytes arrive
+/// after it was armed: it bounds how long a head may take to arrive once it
+/// has begun (slowloris), and idleness is left to the connection's idle
+/// timeout.
+pub(super) struct HeadTimer {
+    clock: ThreadBound<Rc<ConnClock>>,
+}
+
+impl Clone for HeadTimer {
+    fn clone(&self) -> Self {
+        head_timer(self.clock.get())
+    }
+}
+
+/// One sleep of a [`HeadTimer`].
+struct HeadSleep(ThreadBound<Sleeping>);
+
+struct Sleeping {
     clock: Rc<ConnClock>,
     reads_at_arm: u64,
     duration: Duration,
     timer: Option<glommio::timer::Timer>,
 }
 
-// SAFETY: hyper's `Sleep` (and `Timer`) must be Send + Sync, but an HTTP/1
-// connection has no executor to move work to: timers and sleeps are created,
-// polled and dropped only inside the connection future, which runs as one
-// task of one glommio executor and never leaves its thread (glommio tasks
-// are not Send). The `Rc`s inside are never touched from another thread.
-unsafe impl Send for HeadSleep {}
-// SAFETY: as above; the value is never shared between threads.
-unsafe impl Sync for HeadSleep {}
-// SAFETY: as above.
-unsafe impl Send for HeadTimer {}
-// SAFETY: as above.
-unsafe impl Sync for HeadTimer {}
-
 impl Future for HeadSleep {
     type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.timer.is_none() {
-            if self.clock.reads.get() == self.reads_at_arm {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let s = self.get_mut().0.get_mut();
+        if s.timer.is_none() {
+            if s.clock.reads.get() == s.reads_at_arm {
                 // No byte of a new head yet; hyper polls again after every read.
                 return Poll::Pending;
             }
-            let d = self.duration;
-            self.timer = Some(glommio::timer::Timer::new(d));
+            s.timer = Some(glommio::timer::Timer::new(s.duration));
         }
-        let timer = self.timer.as_mut().expect("started above");
+        let timer = s.timer.as_mut().expect("started above");
         Pin::new(timer).poll(cx).map(|_| ())
     }
 }
@@ -160,12 +160,13 @@ impl hyper::rt::Sleep for HeadSleep {}
 
 impl hyper::rt::Timer for HeadTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HeadSleep {
-            clock: self.clock.clone(),
-            reads_at_arm: self.clock.reads.get(),
+        let clock = self.clock.get().clone();
+        Box::pin(HeadSleep(ThreadBound::new(Sleeping {
+            reads_at_arm: clock.reads.get(),
+            clock,
             duration,
             timer: None,
-        })
+        })))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {

@@ -16,22 +16,25 @@
 //! and `GET` with `Last-Event-ID` picks the stream up where it broke.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::body::{sse_event, trim_newline, McpBody, McpResponse, SseSource};
-use super::forward::{Accepts, HttpCall, HttpMethod};
-use crate::config::HttpConfig;
+use super::relay::{Accepts, HttpCall, HttpMethod};
+use super::request::padded;
+use super::response::{sse_event, trim_newline, McpBody, McpResponse, SseSource};
+use super::{HttpConfig, HttpShard};
 use crate::protocol::jsonrpc::{self, Id, Message};
-use crate::protocol::PARSE_PADDING;
-use crate::runtime::local::Pipe;
-use crate::runtime::shard::Shard;
-use crate::runtime::store::{event_key, parse_event_key, Loaded, Op};
+use crate::runtime::local::{Pipe, PushError};
+use crate::server::auth::Identity;
+use crate::server::content::LogLevel;
+use crate::server::ctx::ClientCaps;
 use crate::server::ratelimit::Principal;
-use crate::server::{account, Notifier, Pending, Session, SharedNotifier};
+use crate::server::session::{account, Resume, Session};
+use crate::server::store::{event_key, parse_event_key, Loaded, Op};
+use crate::server::{Answer, Notifier, Pending, SharedNotifier};
 
 /// Hex digits of the shard prefix of a session id.
 const SHARD_DIGITS: usize = 4;
@@ -39,28 +42,15 @@ const SHARD_DIGITS: usize = 4;
 const RANDOM_BYTES: usize = 16;
 
 /// A fresh session id owned by `shard`.
-pub fn new_id(shard: usize) -> String {
-    let mut r = [0u8; RANDOM_BYTES];
-    let mut filled = 0;
-    while filled < r.len() {
-        // SAFETY: getrandom writes at most the given length into our buffer.
-        let n = unsafe { libc::getrandom(r[filled..].as_mut_ptr().cast(), r.len() - filled, 0) };
-        assert!(
-            n > 0,
-            "getrandom failed: {}",
-            std::io::Error::last_os_error()
-        );
-        filled += n as usize;
-    }
-    let mut id = format!("{shard:0SHARD_DIGITS$x}");
-    for b in r {
-        id.push_str(&format!("{b:02x}"));
-    }
-    id
+pub(crate) fn new_id(shard: usize) -> String {
+    format!(
+        "{shard:0SHARD_DIGITS$x}{}",
+        crate::runtime::random::hex::<RANDOM_BYTES>()
+    )
 }
 
 /// The shard a session id names, if it is well-formed.
-pub fn owner_of(id: &str, shard_count: usize) -> Option<usize> {
+pub(crate) fn owner_of(id: &str, shard_count: usize) -> Option<usize> {
     if id.len() != SHARD_DIGITS + 2 * RANDOM_BYTES || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
@@ -88,7 +78,7 @@ struct Streams {
     next_stream: u64,
 }
 
-pub struct HttpSession {
+pub(crate) struct HttpSession {
     pub id: String,
     mcp: RefCell<Session>,
     last_active: Cell<Instant>,
@@ -99,9 +89,9 @@ pub struct HttpSession {
     store_max_age: Duration,
     queue_events: usize,
     retry_ms: u64,
-    shard: Weak<Shard>,
+    http: Weak<HttpShard>,
     /// Who created the session (`--auth`); only they may use it.
-    principal: RefCell<Option<crate::server::auth::Identity>>,
+    principal: RefCell<Option<Identity>>,
 }
 
 /// Sends a session's server-to-client messages to one of its streams.
@@ -125,18 +115,27 @@ impl Notifier for StreamNotifier {
 }
 
 impl HttpSession {
-    fn new(shard: &Rc<Shard>, cfg: &HttpConfig) -> Rc<Self> {
-        Self::with_id(shard, cfg, new_id(shard.id))
+    fn new(http: &Rc<HttpShard>) -> Rc<Self> {
+        Self::with_id(http, new_id(http.net.core.id))
     }
 
-    fn with_id(shard: &Rc<Shard>, cfg: &HttpConfig, id: String) -> Rc<Self> {
+    fn with_id(http: &Rc<HttpShard>, id: String) -> Rc<Self> {
+        let cfg: &HttpConfig = &http.cfg;
         Rc::new_cyclic(|me: &Weak<HttpSession>| {
             let standalone: SharedNotifier = Rc::new(StreamNotifier {
                 session: me.clone(),
                 stream: 0,
             });
-            let mut mcp = Session::new(shard, Some(standalone));
+            let mut mcp = Session::new(&http.net.core, Some(standalone));
             mcp.set_label(&id);
+            // What the store keeps of this session changed: write its record
+            // at the next flush.
+            let (owner, named) = (Rc::downgrade(http), id.clone());
+            mcp.on_change(Rc::new(move || {
+                if let Some(h) = owner.upgrade() {
+                    mark_dirty(&h, &named);
+                }
+            }));
             HttpSession {
                 id,
                 mcp: RefCell::new(mcp),
@@ -152,7 +151,7 @@ impl HttpSession {
                 store_max_age: Duration::from_millis(cfg.sse_store_max_age_ms),
                 queue_events: cfg.sse_queue_events,
                 retry_ms: cfg.sse_retry_ms,
-                shard: Rc::downgrade(shard),
+                http: Rc::downgrade(http),
                 principal: RefCell::new(None),
             }
         })
@@ -164,8 +163,8 @@ impl HttpSession {
 
     /// Queues a change to this session's stored copy (`--data-dir`).
     fn persist(&self, op: Op) {
-        if let Some(shard) = self.shard.upgrade() {
-            persist_op(&shard, op);
+        if let Some(http) = self.http.upgrade() {
+            http.net.core.persist(op);
         }
     }
 
@@ -173,17 +172,17 @@ impl HttpSession {
     fn record(&self) -> Option<Vec<u8>> {
         let mcp = self.mcp.borrow();
         let r = mcp.resume_state()?;
-        let caps = r.caps();
+        let caps = r.caps;
         let who = self.principal.borrow();
         let st = self.streams.borrow();
         let rec = SessionRecord {
-            version: r.version().to_owned(),
+            version: r.version.to_owned(),
             sampling: caps.sampling,
             elicitation: caps.elicitation,
             roots: caps.roots,
             tasks_extension: caps.tasks_extension,
-            initialized: r.client_initialized(),
-            log_level: r.log_level().map(|l| l.name().to_owned()),
+            initialized: r.client_initialized,
+            log_level: r.log_level.map(|l| l.name().to_owned()),
             principal: who.as_ref().map(|w| w.principal.clone()),
             roles: who.as_ref().map(|w| w.roles.clone()).unwrap_or_default(),
             subscriptions: mcp.subscriptions(),
@@ -236,16 +235,16 @@ impl HttpSession {
             };
             match pushed {
                 Ok(()) => {}
-                Err(crate::runtime::local::PushError::Full) => {
+                Err(PushError::Full) => {
                     // The reader fell behind: close its connection; it resumes
                     // from the store with Last-Event-ID.
                     sink.close();
                     live.sink = None;
-                    if let Some(shard) = self.shard.upgrade() {
-                        shard.metrics.borrow_mut().counters.sse_streams_cut += 1;
+                    if let Some(http) = self.http.upgrade() {
+                        http.net.core.metrics.borrow_mut().counters.sse_streams_cut += 1;
                     }
                 }
-                Err(crate::runtime::local::PushError::Closed) => live.sink = None,
+                Err(PushError::Closed) => live.sink = None,
             }
         }
         if last {
@@ -307,6 +306,20 @@ impl HttpSession {
     fn prime(&self, stream: u64, sink: &Pipe<Bytes>) {
         let priming = format!("id: {stream}-0\nretry: {}\ndata: \n\n", self.retry_ms);
         sink.push_front(Bytes::from(priming));
+    }
+
+    /// A POST's answer as its (primed, resumable) SSE stream.
+    fn sse_response(&self, stream: u64, sink: Rc<Pipe<Bytes>>) -> McpResponse {
+        self.prime(stream, &sink);
+        McpResponse {
+            status: 200,
+            headers: Vec::new(),
+            body: McpBody::Sse {
+                source: SseSource::Local(sink),
+                task: None,
+                resumable: true,
+            },
+        }
     }
 
     /// Forgets a POST stream that ended up answered with plain JSON.
@@ -391,16 +404,17 @@ impl HttpSession {
         }
     }
 
-    fn end(&self, shard: &Rc<Shard>) {
+    fn end(&self, http: &HttpShard) {
         if self.ended.replace(true) {
             return;
         }
-        persist_op(shard, Op::DelSession(self.id.clone()));
-        if let Some(store) = shard.store.borrow_mut().as_mut() {
-            store.dirty.remove(&self.id);
-            store.written.remove(&self.id);
+        let core = &http.net.core;
+        core.persist(Op::DelSession(self.id.clone()));
+        if let Some(records) = http.records.borrow_mut().as_mut() {
+            records.dirty.remove(&self.id);
+            records.written.remove(&self.id);
         }
-        self.mcp.borrow_mut().close(shard);
+        self.mcp.borrow_mut().close(core);
         let mut st = self.streams.borrow_mut();
         for live in st.live.values_mut() {
             if let Some(s) = live.sink.take() {
@@ -412,47 +426,20 @@ impl HttpSession {
     }
 }
 
-/// A request's JSON body, padded for the in-place parser.
-fn padded(mut body: Vec<u8>) -> (Vec<u8>, usize) {
-    let len = body.len();
-    body.resize(len + PARSE_PADDING, b' ');
-    (body, len)
-}
-
-/// Whether a POST answers with SSE: when the client accepts only SSE, or
-/// accepts it and asked for progress (the only related messages tessera
-/// sends before a response).
-pub fn wants_sse(accepts: Accepts, msg: &Message<'_>) -> bool {
-    if !accepts.sse {
-        return false;
-    }
-    if !accepts.json {
-        return true;
-    }
-    match msg {
-        Message::Request {
-            params: Some(p), ..
-        } => p
-            .get("_meta")
-            .and_then(|m| m.get(crate::protocol::mcp::meta::PROGRESS_TOKEN))
-            .is_some(),
-        _ => false,
-    }
-}
-
 enum PostOutcome {
     Accepted,
     Error(McpResponse),
     Answer {
         /// The request's stream, when the client accepts one.
         stream: Option<(u64, Rc<Pipe<Bytes>>)>,
-        out: Vec<u8>,
         pending: Option<Pending>,
-        is_error: bool,
+        /// What was answered now (when not pending).
+        now: Answer,
     },
 }
 
-/// Serves one POSTed JSON-RPC message in `session`.
+/// Serves one POSTed JSON-RPC message in `session`; the bool says whether
+/// the answer was an error.
 ///
 /// A request is answered with JSON unless something related to it (progress,
 /// a log line, a question to the client) is sent before its result, or the
@@ -460,141 +447,124 @@ enum PostOutcome {
 /// those messages and ends with the result. A stream outlives its
 /// connection: the handler keeps running and its events stay resumable.
 async fn post(
-    shard: &Rc<Shard>,
+    http: &Rc<HttpShard>,
     session: &Rc<HttpSession>,
     accepts: Accepts,
     body: Vec<u8>,
 ) -> (McpResponse, bool) {
-    let (mut buf, len) = padded(body);
-    let started = Instant::now();
-    let outcome = {
-        let mut parser = shard.parser.borrow_mut();
-        parser.parse(&mut buf, len, |parsed| {
-            let root = match parsed {
-                Ok(r) => r,
-                Err(e) => {
-                    return PostOutcome::Error(McpResponse::rpc_error(
-                        400,
-                        &Id::Null,
-                        jsonrpc::PARSE_ERROR,
-                        &format!("Parse error: {e}"),
-                    ))
-                }
-            };
-            let msg = match jsonrpc::classify(root) {
-                Ok(m) => m,
-                Err(inv) => {
-                    return PostOutcome::Error(McpResponse::rpc_error(
-                        400,
-                        &inv.id,
-                        inv.code,
-                        inv.message,
-                    ))
-                }
-            };
-            let is_request = matches!(msg, Message::Request { .. });
-            if let Message::Request { method, .. } | Message::Notification { method, .. } = &msg {
-                // Only these change what the store keeps of a session.
-                if matches!(
-                    *method,
-                    "notifications/initialized"
-                        | "logging/setLevel"
-                        | "resources/subscribe"
-                        | "resources/unsubscribe"
-                ) {
-                    mark_dirty(shard, &session.id);
-                }
-            }
-            let mut out = Vec::with_capacity(256);
-            let _log = session.mcp.borrow().log_scope();
-            if !is_request {
-                let h = session
-                    .mcp
-                    .borrow_mut()
-                    .handle_parsed(shard, msg, &mut out, started, None);
-                account(shard, &h, started);
-                return PostOutcome::Accepted;
-            }
-            let stream = accepts.sse.then(|| session.open_stream());
-            let related: Option<SharedNotifier> = stream.as_ref().map(|(id, _)| {
-                Rc::new(StreamNotifier {
-                    session: Rc::downgrade(session),
-                    stream: *id,
-                }) as SharedNotifier
-            });
-            let h = session.mcp.borrow_mut().handle_parsed(
-                shard,
-                msg,
-                &mut out,
-                started,
-                related.as_ref(),
-            );
-            account(shard, &h, started);
-            PostOutcome::Answer {
-                stream,
-                out,
-                pending: h.pending,
-                is_error: h.is_error,
-            }
-        })
-    };
-    let (stream, mut out, pending, is_error) = match outcome {
+    let (stream, pending, now) = match serve_message(http, session, accepts, body) {
         PostOutcome::Accepted => return (McpResponse::empty(202), false),
         PostOutcome::Error(r) => return (r, true),
         PostOutcome::Answer {
             stream,
-            out,
             pending,
-            is_error,
-        } => (stream, out, pending, is_error),
+            now,
+        } => (stream, pending, now),
     };
-    let sse_only = !accepts.json;
-    let sse = |stream: u64, sink: Rc<Pipe<Bytes>>| {
-        session.prime(stream, &sink);
-        McpResponse {
-            status: 200,
-            headers: Vec::new(),
-            body: McpBody::Sse {
-                source: SseSource::Local(sink),
-                task: None,
-                resumable: true,
+    match pending {
+        None => answer_now(session, stream, now, !accepts.json),
+        Some(p) => answer_later(session, stream, p, !accepts.json).await,
+    }
+}
+
+/// Parses the body and hands the message to the session.
+fn serve_message(
+    http: &HttpShard,
+    session: &Rc<HttpSession>,
+    accepts: Accepts,
+    body: Vec<u8>,
+) -> PostOutcome {
+    let core = &http.net.core;
+    let (mut buf, len) = padded(body);
+    let started = Instant::now();
+    let mut parser = core.parser.borrow_mut();
+    parser.parse(&mut buf, len, |parsed| {
+        let root = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                return PostOutcome::Error(McpResponse::rpc_error(
+                    400,
+                    &Id::Null,
+                    jsonrpc::PARSE_ERROR,
+                    &format!("Parse error: {e}"),
+                ))
+            }
+        };
+        let msg = match jsonrpc::classify(root) {
+            Ok(m) => m,
+            Err(inv) => {
+                return PostOutcome::Error(McpResponse::rpc_error(
+                    400,
+                    &inv.id,
+                    inv.code,
+                    inv.message,
+                ))
+            }
+        };
+        let mut out = Vec::with_capacity(256);
+        let _log = session.mcp.borrow().log_scope();
+        if !matches!(msg, Message::Request { .. }) {
+            let h = session
+                .mcp
+                .borrow_mut()
+                .handle_parsed(core, msg, &mut out, started, None);
+            account(core, &h, started);
+            return PostOutcome::Accepted;
+        }
+        let stream = accepts.sse.then(|| session.open_stream());
+        let related: Option<SharedNotifier> = stream.as_ref().map(|(id, _)| {
+            Rc::new(StreamNotifier {
+                session: Rc::downgrade(session),
+                stream: *id,
+            }) as SharedNotifier
+        });
+        let h =
+            session
+                .mcp
+                .borrow_mut()
+                .handle_parsed(core, msg, &mut out, started, related.as_ref());
+        account(core, &h, started);
+        PostOutcome::Answer {
+            stream,
+            pending: h.pending,
+            now: Answer {
+                bytes: out,
+                error: h.error,
             },
         }
-    };
-    let Some(p) = pending else {
-        trim_newline(&mut out);
-        return match stream {
-            Some((id, sink)) if sse_only || !sink.is_empty() => {
-                session.emit(id, &out, true);
-                (sse(id, sink), is_error)
-            }
-            Some((id, _)) => {
-                session.drop_stream(id);
-                (McpResponse::json(200, out), is_error)
-            }
-            None => (McpResponse::json(200, out), is_error),
-        };
-    };
-    // The handler runs as its own task, so `notifications/cancelled` can
-    // stop it and a disconnect does not.
-    struct Running {
-        session: Rc<HttpSession>,
-        stream: Option<(u64, Rc<Pipe<Bytes>>)>,
-        done: Option<Rc<crate::runtime::local::Pipe<Vec<u8>>>>,
-    }
-    impl Drop for Running {
-        fn drop(&mut self) {
-            self.session.inflight.set(self.session.inflight.get() - 1);
-            // Ended without an answer (cancelled): end the stream too.
-            if let Some((id, sink)) = &self.stream {
-                self.session.end_stream(*id);
-                sink.close();
-            }
-            if let Some(d) = &self.done {
-                d.close();
-            }
+    })
+}
+
+/// The response to a request answered at once.
+fn answer_now(
+    session: &Rc<HttpSession>,
+    stream: Option<(u64, Rc<Pipe<Bytes>>)>,
+    mut now: Answer,
+    sse_only: bool,
+) -> (McpResponse, bool) {
+    trim_newline(&mut now.bytes);
+    let is_error = now.error.is_some();
+    match stream {
+        Some((id, sink)) if sse_only || !sink.is_empty() => {
+            session.emit(id, &now.bytes, true);
+            (session.sse_response(id, sink), is_error)
         }
+        Some((id, _)) => {
+            session.drop_stream(id);
+            (McpResponse::json(200, now.bytes), is_error)
+        }
+        None => (McpResponse::json(200, now.bytes), is_error),
     }
+}
+
+/// The response to a request whose handler runs on: its own task, so
+/// `notifications/cancelled` can stop it and a disconnect does not.
+async fn answer_later(
+    session: &Rc<HttpSession>,
+    stream: Option<(u64, Rc<Pipe<Bytes>>)>,
+    p: Pending,
+    sse_only: bool,
+) -> (McpResponse, bool) {
     let done = Pipe::new(1);
     session.inflight.set(session.inflight.get() + 1);
     let mut running = Running {
@@ -604,17 +574,17 @@ async fn post(
     };
     let fut = p.fut;
     let task = glommio::spawn_local(async move {
-        let mut out = fut.await;
-        trim_newline(&mut out);
+        let mut answer = fut.await;
+        trim_newline(&mut answer.bytes);
         if let Some((id, _)) = running.stream.take() {
-            if !out.is_empty() {
-                running.session.emit(id, &out, true);
+            if !answer.bytes.is_empty() {
+                running.session.emit(id, &answer.bytes, true);
             } else {
                 running.session.end_stream(id);
             }
         }
         if let Some(d) = running.done.take() {
-            let _ = d.push_final(out);
+            let _ = d.push_final(answer);
         }
     })
     .detach();
@@ -623,71 +593,100 @@ async fn post(
     }
     match stream {
         None => match done.next().await {
-            Some(out) if !out.is_empty() => (McpResponse::json(200, out), is_error),
+            Some(a) if !a.bytes.is_empty() => {
+                let is_error = a.error.is_some();
+                (McpResponse::json(200, a.bytes), is_error)
+            }
             _ => (McpResponse::empty(202), false),
         },
         Some((id, sink)) => {
             if !sse_only {
                 sink.ready().await;
                 if sink.is_closed() && sink.len() <= 1 {
-                    if let Some(out) = done.next().await.filter(|o| !o.is_empty()) {
+                    if let Some(a) = done.next().await.filter(|a| !a.bytes.is_empty()) {
                         session.drop_stream(id);
-                        return (McpResponse::json(200, out), is_error);
+                        let is_error = a.error.is_some();
+                        return (McpResponse::json(200, a.bytes), is_error);
                     }
                 }
             }
-            (sse(id, sink), false)
+            (session.sse_response(id, sink), false)
+        }
+    }
+}
+
+/// A handler running for a POST: when it ends without an answer
+/// (cancelled), its stream ends too.
+struct Running {
+    session: Rc<HttpSession>,
+    stream: Option<(u64, Rc<Pipe<Bytes>>)>,
+    done: Option<Rc<Pipe<Answer>>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.session.inflight.set(self.session.inflight.get() - 1);
+        if let Some((id, sink)) = &self.stream {
+            self.session.end_stream(*id);
+            sink.close();
+        }
+        if let Some(d) = &self.done {
+            d.close();
         }
     }
 }
 
 /// `initialize` without a session: creates one on this shard when the
 /// handshake succeeds.
-pub async fn initialize(
-    shard: &Rc<Shard>,
+pub(crate) async fn initialize(
+    http: &Rc<HttpShard>,
     accepts: Accepts,
     body: Vec<u8>,
-    principal: Option<crate::server::auth::Identity>,
+    principal: Option<Identity>,
 ) -> McpResponse {
-    let cfg = shard.http.clone().expect("HTTP configured");
-    if shard.sessions.borrow().len() >= cfg.max_sessions_per_shard {
-        shard.metrics.borrow_mut().counters.sessions_rejected += 1;
+    let core = &http.net.core;
+    let max = http.cfg.max_sessions_per_shard;
+    if http.sessions.borrow().len() >= max {
+        core.metrics.borrow_mut().counters.sessions_rejected += 1;
         let msg = format!(
-            "too many sessions on this shard ({} max, max-sessions-per-shard); retry later",
-            cfg.max_sessions_per_shard
+            "too many sessions on this shard ({max} max, max-sessions-per-shard); retry later"
         );
         return McpResponse::rpc_error(503, &Id::Null, jsonrpc::SERVER_OVERLOADED, &msg)
             .with_header("retry-after", "1");
     }
-    let session = HttpSession::new(shard, &cfg);
-    if let (Some(auth), Some(who)) = (&cfg.auth, &principal) {
-        session.mcp.borrow_mut().set_identity(auth, who);
+    let session = HttpSession::new(http);
+    if let Some(who) = &principal {
+        session.mcp.borrow_mut().set_identity(core, who.clone());
     }
     *session.principal.borrow_mut() = principal;
-    let (resp, failed) = post(shard, &session, accepts, body).await;
+    let (resp, failed) = post(http, &session, accepts, body).await;
     if failed || session.mcp.borrow().negotiated_version().is_none() {
-        session.end(shard);
+        session.end(http);
         return resp;
     }
-    shard.metrics.borrow_mut().counters.sessions_created += 1;
-    shard
-        .sessions
+    core.metrics.borrow_mut().counters.sessions_created += 1;
+    http.sessions
         .borrow_mut()
         .insert(session.id.clone(), session.clone());
-    mark_dirty(shard, &session.id);
+    mark_dirty(http, &session.id);
     resp.with_header("mcp-session-id", session.id.clone())
 }
 
+fn not_found() -> McpResponse {
+    McpResponse::rpc_error(
+        404,
+        &Id::Null,
+        jsonrpc::INVALID_REQUEST,
+        "Session not found: it ended or expired; start a new one with initialize",
+    )
+}
+
 /// On the owning shard: serves a request for an existing session.
-pub async fn serve_call(shard: &Rc<Shard>, call: HttpCall) -> McpResponse {
-    let session = shard.sessions.borrow().get(&call.session_id).cloned();
+pub(crate) async fn serve_call(http: &Rc<HttpShard>, call: HttpCall) -> McpResponse {
+    let core = &http.net.core;
+    let session = http.sessions.borrow().get(&call.session_id).cloned();
     let Some(session) = session.filter(|s| !s.ended.get()) else {
-        return McpResponse::rpc_error(
-            404,
-            &Id::Null,
-            jsonrpc::INVALID_REQUEST,
-            "Session not found: it ended or expired; start a new one with initialize",
-        );
+        return not_found();
     };
     let owner = session
         .principal
@@ -697,65 +696,62 @@ pub async fn serve_call(shard: &Rc<Shard>, call: HttpCall) -> McpResponse {
     if owner.as_ref() != call.principal.as_ref().map(|i| &i.principal) {
         // Indistinguishable from an unknown session: a token must not learn
         // which session ids exist.
-        shard.metrics.borrow_mut().counters.auth_session_mismatch += 1;
-        return McpResponse::rpc_error(
-            404,
-            &Id::Null,
-            jsonrpc::INVALID_REQUEST,
-            "Session not found: it ended or expired; start a new one with initialize",
-        );
+        core.metrics.borrow_mut().counters.auth_session_mismatch += 1;
+        return not_found();
     }
     session.touch();
-    if call.method == HttpMethod::Post {
-        let who = Principal::Session(session.id.clone());
-        if let Err(wait) = shard.rate_check(&who, std::time::Instant::now()) {
-            return McpResponse::rate_limited(wait);
-        }
-    }
     match call.method {
-        HttpMethod::Post => post(shard, &session, call.accepts, call.body).await.0,
+        HttpMethod::Post => {
+            let who = Principal::Session(session.id.clone());
+            if let Err(wait) = core.rate_check(&who, Instant::now()) {
+                return McpResponse::rate_limited(wait);
+            }
+            post(http, &session, call.accepts, call.body).await.0
+        }
         HttpMethod::Delete => {
-            shard.sessions.borrow_mut().remove(&session.id);
-            shard
-                .rate
+            http.sessions.borrow_mut().remove(&session.id);
+            core.rate
                 .borrow_mut()
                 .forget(&Principal::Session(session.id.clone()));
-            session.end(shard);
+            session.end(http);
             McpResponse::empty(200)
         }
-        HttpMethod::Get => {
-            if !call.accepts.sse {
+        HttpMethod::Get => get(&session, &call),
+    }
+}
+
+/// `GET`: the standalone stream, or a stream resumed after `Last-Event-ID`.
+fn get(session: &HttpSession, call: &HttpCall) -> McpResponse {
+    if !call.accepts.sse {
+        return McpResponse::rpc_error(
+            406,
+            &Id::Null,
+            jsonrpc::INVALID_REQUEST,
+            "Not Acceptable: GET opens an SSE stream; send Accept: text/event-stream",
+        );
+    }
+    let pipe = match call.last_event_id.as_deref() {
+        None => session.open_standalone(),
+        Some(last) => match parse_event_id(last) {
+            Some((stream, seq)) => session.resume(stream, seq),
+            None => {
                 return McpResponse::rpc_error(
-                    406,
+                    400,
                     &Id::Null,
                     jsonrpc::INVALID_REQUEST,
-                    "Not Acceptable: GET opens an SSE stream; send Accept: text/event-stream",
-                );
+                    "Last-Event-ID is not an event id of this server",
+                )
             }
-            let pipe = match call.last_event_id.as_deref() {
-                None => session.open_standalone(),
-                Some(last) => match parse_event_id(last) {
-                    Some((stream, seq)) => session.resume(stream, seq),
-                    None => {
-                        return McpResponse::rpc_error(
-                            400,
-                            &Id::Null,
-                            jsonrpc::INVALID_REQUEST,
-                            "Last-Event-ID is not an event id of this server",
-                        )
-                    }
-                },
-            };
-            McpResponse {
-                status: 200,
-                headers: Vec::new(),
-                body: McpBody::Sse {
-                    source: SseSource::Local(pipe),
-                    task: None,
-                    resumable: true,
-                },
-            }
-        }
+        },
+    };
+    McpResponse {
+        status: 200,
+        headers: Vec::new(),
+        body: McpBody::Sse {
+            source: SseSource::Local(pipe),
+            task: None,
+            resumable: true,
+        },
     }
 }
 
@@ -766,16 +762,12 @@ fn parse_event_id(s: &str) -> Option<(u64, u64)> {
 
 /// Removes sessions idle for `session_idle_ttl_ms` (no request, no open
 /// stream); their ids answer 404 from then on.
-pub async fn sweep_loop(shard: Rc<Shard>) {
-    let Some(cfg) = shard.http.clone() else {
-        return;
-    };
-    let ttl = Duration::from_millis(cfg.session_idle_ttl_ms);
+pub(crate) async fn sweep_loop(http: Rc<HttpShard>) {
+    let ttl = Duration::from_millis(http.cfg.session_idle_ttl_ms);
     let every = (ttl / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
-    while !shard.shutdown.is_raised() {
-        futures_lite::future::or(glommio::timer::sleep(every), shard.shutdown.wait()).await;
+    while !http.net.sleep_unless_shutdown(every).await {
         let now = Instant::now();
-        let expired: Vec<Rc<HttpSession>> = shard
+        let expired: Vec<Rc<HttpSession>> = http
             .sessions
             .borrow()
             .values()
@@ -783,9 +775,9 @@ pub async fn sweep_loop(shard: Rc<Shard>) {
             .cloned()
             .collect();
         for s in expired {
-            shard.sessions.borrow_mut().remove(&s.id);
-            s.end(&shard);
-            shard.metrics.borrow_mut().counters.sessions_expired += 1;
+            http.sessions.borrow_mut().remove(&s.id);
+            s.end(&http);
+            http.net.core.metrics.borrow_mut().counters.sessions_expired += 1;
         }
     }
 }
@@ -812,31 +804,29 @@ struct SessionRecord {
     scope: u64,
 }
 
-fn persist_op(shard: &Shard, op: Op) {
-    let mut store = shard.store.borrow_mut();
-    if let Some(s) = store.as_mut() {
-        if !s.push(op) {
-            shard.metrics.borrow_mut().counters.store_dropped += 1;
-        }
-    }
+/// With `--data-dir`: which sessions' records may have changed since they
+/// were last written, and a hash of each one written, to skip rewrites.
+#[derive(Default)]
+pub(crate) struct StoredRecords {
+    dirty: HashSet<String>,
+    written: HashMap<String, u64>,
 }
 
-fn mark_dirty(shard: &Shard, id: &str) {
-    if let Some(s) = shard.store.borrow_mut().as_mut() {
-        s.dirty.insert(id.to_owned());
+fn mark_dirty(http: &HttpShard, id: &str) {
+    if let Some(r) = http.records.borrow_mut().as_mut() {
+        r.dirty.insert(id.to_owned());
     }
 }
 
 /// Writes the records of sessions that may have changed (only those whose
-/// record differs from what was last written), then hands everything
-/// queued to the shard's writer.
-pub fn flush_store(shard: &Shard) {
-    let dirty = match shard.store.borrow_mut().as_mut() {
-        Some(s) => std::mem::take(&mut s.dirty),
+/// record differs from what was last written).
+pub(crate) fn flush_store(http: &HttpShard) {
+    let dirty = match http.records.borrow_mut().as_mut() {
+        Some(r) => std::mem::take(&mut r.dirty),
         None => return,
     };
     for id in dirty {
-        let session = shard.sessions.borrow().get(&id).cloned();
+        let session = http.sessions.borrow().get(&id).cloned();
         let Some(rec) = session.filter(|s| !s.ended.get()).and_then(|s| s.record()) else {
             continue;
         };
@@ -846,29 +836,21 @@ pub fn flush_store(shard: &Shard) {
             rec.hash(&mut h);
             h.finish()
         };
-        let changed = shard
-            .store
-            .borrow()
-            .as_ref()
-            .is_some_and(|s| s.written.get(&id) != Some(&hash));
-        if changed {
-            persist_op(shard, Op::PutSession(id.clone(), rec));
-            if let Some(s) = shard.store.borrow_mut().as_mut() {
-                s.written.insert(id, hash);
-            }
+        let mut records = http.records.borrow_mut();
+        let records = records.as_mut().expect("taken from above");
+        if records.written.get(&id) != Some(&hash) {
+            http.net.core.persist(Op::PutSession(id.clone(), rec));
+            records.written.insert(id, hash);
         }
-    }
-    if let Some(s) = shard.store.borrow_mut().as_mut() {
-        s.flush();
     }
 }
 
-/// Brings back the sessions (and their SSE events) a shard's file held.
-/// Returns how many sessions were restored.
-pub fn restore(shard: &Rc<Shard>, loaded: Loaded) -> usize {
-    let Some(cfg) = shard.http.clone() else {
-        return 0;
-    };
+/// Brings back the sessions (and their SSE events) a shard's file held;
+/// from now on their changes are written. Returns how many sessions were
+/// restored.
+pub(crate) fn restore(http: &Rc<HttpShard>, loaded: Loaded) -> usize {
+    *http.records.borrow_mut() = Some(StoredRecords::default());
+    let core = &http.net.core;
     let mut events: HashMap<String, Vec<(u64, u64, Vec<u8>)>> = HashMap::new();
     for (k, v) in loaded.events {
         if let Some((id, stream, seq)) = parse_event_key(&k) {
@@ -884,84 +866,89 @@ pub fn restore(shard: &Rc<Shard>, loaded: Loaded) -> usize {
             Ok(r) => r,
             Err(e) => {
                 log::warn!("stored session {id} is unreadable ({e}); dropped");
-                persist_op(shard, Op::DelSession(id));
+                core.persist(Op::DelSession(id));
                 continue;
             }
         };
-        if owner_of(&id, shard.shard_count) != Some(shard.id) {
+        if owner_of(&id, core.shard_count) != Some(core.id) {
             log::warn!("stored session {id} belongs to another shard count; dropped");
-            persist_op(shard, Op::DelSession(id));
+            core.persist(Op::DelSession(id));
             continue;
         }
-        let session = HttpSession::with_id(shard, &cfg, id.clone());
-        {
-            let mut mcp = session.mcp.borrow_mut();
-            let caps = crate::server::ctx::ClientCaps {
-                sampling: rec.sampling,
-                elicitation: rec.elicitation,
-                roots: rec.roots,
-                tasks_extension: rec.tasks_extension,
-            };
-            mcp.resume(
-                shard,
-                crate::server::Resume::restored(
-                    crate::protocol::mcp::negotiate(&rec.version),
-                    caps,
-                    rec.initialized,
-                    rec.log_level
-                        .as_deref()
-                        .and_then(crate::server::content::LogLevel::parse),
-                ),
-            );
-            if let Some(p) = &rec.principal {
-                let who = crate::server::auth::Identity {
-                    principal: p.clone(),
-                    roles: rec.roles.clone(),
-                };
-                if let Some(auth) = &cfg.auth {
-                    mcp.set_identity(auth, &who);
-                }
-                *session.principal.borrow_mut() = Some(who);
-            }
-            mcp.set_scope(rec.scope);
-            mcp.restore_subscriptions(shard, rec.subscriptions);
-        }
-        {
-            let mut st = session.streams.borrow_mut();
-            let now = Instant::now();
-            let mut next_stream = rec.next_stream.max(1);
-            let mut standalone_next = rec.standalone_next_seq.max(1);
-            for (stream, seq, frame) in events.remove(&id).unwrap_or_default() {
-                next_stream = next_stream.max(stream + 1);
-                if stream == 0 {
-                    standalone_next = standalone_next.max(seq + 1);
-                }
-                st.store.push_back(Stored {
-                    stream,
-                    seq,
-                    at: now,
-                    frame: Bytes::from(frame),
-                });
-            }
-            // Stream ids are not stored on every POST: skip past any the
-            // stored counter may have missed, so no id is reused.
-            st.next_stream = next_stream + STREAM_ID_SKIP;
-            st.live.insert(
-                0,
-                Live {
-                    sink: None,
-                    next_seq: standalone_next,
-                },
-            );
-        }
-        shard.sessions.borrow_mut().insert(id, session);
+        let session = HttpSession::with_id(http, id.clone());
+        let stored_events = events.remove(&id).unwrap_or_default();
+        session.restore_from(http, rec, stored_events);
+        http.sessions.borrow_mut().insert(id, session);
         restored += 1;
     }
     // Events of sessions that are gone.
     for id in events.into_keys() {
-        persist_op(shard, Op::DelSession(id));
+        core.persist(Op::DelSession(id));
     }
     restored
+}
+
+impl HttpSession {
+    /// Takes on what a stored record and its events say.
+    fn restore_from(
+        &self,
+        http: &Rc<HttpShard>,
+        rec: SessionRecord,
+        events: Vec<(u64, u64, Vec<u8>)>,
+    ) {
+        let core = &http.net.core;
+        let identity = rec.principal.as_ref().map(|p| Identity {
+            principal: p.clone(),
+            roles: rec.roles.clone(),
+        });
+        {
+            let mut mcp = self.mcp.borrow_mut();
+            mcp.resume(
+                core,
+                Resume {
+                    version: crate::protocol::mcp::negotiate(&rec.version),
+                    caps: ClientCaps {
+                        sampling: rec.sampling,
+                        elicitation: rec.elicitation,
+                        roots: rec.roots,
+                        tasks_extension: rec.tasks_extension,
+                    },
+                    client_initialized: rec.initialized,
+                    log_level: rec.log_level.as_deref().and_then(LogLevel::parse),
+                    identity: identity.clone().filter(|_| core.auth.is_some()),
+                },
+            );
+            mcp.set_scope(rec.scope);
+            mcp.restore_subscriptions(core, rec.subscriptions);
+        }
+        *self.principal.borrow_mut() = identity;
+        let mut st = self.streams.borrow_mut();
+        let now = Instant::now();
+        let mut next_stream = rec.next_stream.max(1);
+        let mut standalone_next = rec.standalone_next_seq.max(1);
+        for (stream, seq, frame) in events {
+            next_stream = next_stream.max(stream + 1);
+            if stream == 0 {
+                standalone_next = standalone_next.max(seq + 1);
+            }
+            st.store.push_back(Stored {
+                stream,
+                seq,
+                at: now,
+                frame: Bytes::from(frame),
+            });
+        }
+        // Stream ids are not stored on every POST: skip past any the stored
+        // counter may have missed, so no id is reused.
+        st.next_stream = next_stream + STREAM_ID_SKIP;
+        st.live.insert(
+            0,
+            Live {
+                sink: None,
+                next_seq: standalone_next,
+            },
+        );
+    }
 }
 
 #[cfg(test)]

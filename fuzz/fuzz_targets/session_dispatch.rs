@@ -1,0 +1,62 @@
+//! A session without a transport: message classification, the lifecycle,
+//! the one dispatch table and every synchronous handler, on one long-lived
+//! shard. Each input is newline-separated messages for a fresh session
+//! (initialized first when the first byte says so). Oracle: every answer is
+//! one JSON-RPC 2.0 object with the `id` rules of a response.
+#![no_main]
+
+use std::cell::OnceCell;
+
+use libfuzzer_sys::fuzz_target;
+use tessera::internals::{Shard, PARSE_PADDING};
+use tessera_fuzz::{run, shard};
+
+const INIT: &[u8] = b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2025-11-25\",\"capabilities\":{\"sampling\":{},\"elicitation\":{}},\"clientInfo\":{\"name\":\"fuzz\",\"version\":\"0\"}}}";
+
+thread_local! {
+    static SHARD: OnceCell<Shard> = const { OnceCell::new() };
+}
+
+fn check(out: &[u8]) {
+    let v: serde_json::Value = serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("invalid JSON ({e}): {:?}", String::from_utf8_lossy(out)));
+    assert_eq!(v["jsonrpc"], "2.0", "not JSON-RPC 2.0: {v}");
+    assert!(v.get("id").is_some(), "an answer without an id: {v}");
+    assert!(
+        v.get("result").is_some() != v.get("error").is_some(),
+        "an answer needs exactly one of result and error: {v}"
+    );
+    if let Some(e) = v.get("error") {
+        assert!(
+            e["code"].is_i64() && e["message"].is_string(),
+            "bad error: {v}"
+        );
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, body)) = data.split_first() else {
+        return;
+    };
+    run(async {
+        SHARD.with(|cell| {
+            let shard = cell.get_or_init(|| shard(false));
+            let mut session = shard.session();
+            let mut out = Vec::with_capacity(4096);
+            let messages = (flags & 1 != 0)
+                .then_some(INIT)
+                .into_iter()
+                .chain(body.split(|&b| b == b'\n'));
+            let mut buf = Vec::with_capacity(1024);
+            for msg in messages.filter(|m| !m.is_empty()) {
+                buf.clear();
+                buf.extend_from_slice(msg);
+                buf.resize(msg.len() + PARSE_PADDING, b' ');
+                out.clear();
+                if session.handle(&mut buf, msg.len(), &mut out) && !out.is_empty() {
+                    check(&out);
+                }
+            }
+        });
+    });
+});

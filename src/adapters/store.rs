@@ -1,0 +1,357 @@
+//! Persistence (`--data-dir`): each shard's legacy HTTP sessions, their
+//! SSE event stores and its tasks, in one embedded transactional file per shard
+//! (`shard-<i>.redb`; shared-nothing on disk too), so a restart — even after
+//! `kill -9` — finds them again. Implements `server::store::Store`.
+//!
+//! A shard never waits for the disk: it queues operations in its own
+//! buffer (at most `--store-pending-ops-max`; past it operations are dropped
+//! and counted as `store_dropped`) and hands them every [`FLUSH_MS`] to its
+//! writer thread over a bounded queue. The writer applies each batch in one
+//! write transaction. `--fsync always` commits every batch durably (redb
+//! `Immediate`: synced before the next); `interval` (the default) commits
+//! batches without durability (redb `None`) and makes everything durable at
+//! least every `--fsync-interval-ms`, so a crash — `kill -9` or a power cut —
+//! loses at most that much; `never` commits with redb's `Eventual`
+//! durability and never asks for a full sync itself (redb's Linux file
+//! backend still syncs data on each such commit). redb's commits are atomic,
+//! so a crash never leaves a half-written batch.
+//!
+//! The files are opened by the main thread once and shared with whichever
+//! executor serves the shard, so a shard that is restarted after a crash
+//! reloads what it had.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+
+use crate::server::store::{Loaded, Op, Store};
+
+/// Sessions by id: their record (JSON).
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// SSE events by `<session>/<stream:016x>/<seq:016x>`: the encoded frame.
+const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+
+/// Tasks by id: their record (JSON).
+const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+
+/// How often a shard hands its operations to its writer.
+pub(crate) const FLUSH_MS: u64 = 10;
+/// Batches a shard may have queued for its writer.
+const QUEUE_BATCHES: usize = 256;
+
+/// When the store's writes are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every batch is durable before the next one.
+    Always,
+    /// Durable at least every --fsync-interval-ms; a crash loses at most that.
+    Interval,
+    /// redb's Eventual durability; tessera never asks for a full sync.
+    Never,
+}
+
+/// `--data-dir` and its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval_ms: u64,
+    pub pending_ops_max: usize,
+}
+
+/// Why the store could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("--data-dir {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    File { file: PathBuf, message: String },
+    #[error("{0}")]
+    Db(String),
+    #[error("starting the store writer: {0}")]
+    Thread(std::io::Error),
+}
+
+fn db_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// Opens (creating) every shard's file under `dir`.
+pub(crate) fn open_all(cfg: &StoreConfig, shards: usize) -> Result<Vec<Arc<Database>>, StoreError> {
+    std::fs::create_dir_all(&cfg.dir).map_err(|source| StoreError::Dir {
+        dir: cfg.dir.clone(),
+        source,
+    })?;
+    (0..shards)
+        .map(|i| {
+            let path = file_of(&cfg.dir, i);
+            let db = Database::create(&path).map_err(|e| StoreError::File {
+                file: path.clone(),
+                message: e.to_string(),
+            })?;
+            // Tables exist from the start, so readers never meet a missing one.
+            let txn = db.begin_write().map_err(db_error)?;
+            txn.open_table(SESSIONS).map_err(db_error)?;
+            txn.open_table(EVENTS).map_err(db_error)?;
+            txn.open_table(TASKS).map_err(db_error)?;
+            txn.commit().map_err(db_error)?;
+            Ok(Arc::new(db))
+        })
+        .collect()
+}
+
+/// Everything in `db`.
+pub(crate) fn load(db: &Database) -> Result<Loaded, StoreError> {
+    let txn = db.begin_read().map_err(db_error)?;
+    let mut out = Loaded::default();
+    for (table, into) in [
+        (SESSIONS, &mut out.sessions),
+        (EVENTS, &mut out.events),
+        (TASKS, &mut out.tasks),
+    ] {
+        let t = txn.open_table(table).map_err(db_error)?;
+        for row in t.iter().map_err(db_error)? {
+            let (k, v) = row.map_err(db_error)?;
+            into.push((k.value().to_owned(), v.value().to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// One shard's end: buffered operations and the writer thread.
+pub(crate) struct ShardStore {
+    pending: RefCell<Vec<Op>>,
+    pending_max: usize,
+    tx: Sender<Vec<Op>>,
+}
+
+/// The writer thread of one shard's file; [`Writer::finish`] waits for it.
+pub(crate) struct Writer {
+    join: JoinHandle<()>,
+}
+
+impl ShardStore {
+    /// Starts shard `index`'s writer on `db`.
+    pub fn start(
+        cfg: &StoreConfig,
+        db: Arc<Database>,
+        index: usize,
+    ) -> Result<(Self, Writer), StoreError> {
+        let (tx, rx) = bounded(QUEUE_BATCHES);
+        let policy = cfg.fsync;
+        let interval = Duration::from_millis(cfg.fsync_interval_ms.max(1));
+        let join = std::thread::Builder::new()
+            .name(format!("tessera-store-{index}"))
+            .spawn(move || write_loop(&db, rx, policy, interval))
+            .map_err(StoreError::Thread)?;
+        let store = Self {
+            pending: RefCell::new(Vec::new()),
+            pending_max: cfg.pending_ops_max,
+            tx,
+        };
+        Ok((store, Writer { join }))
+    }
+}
+
+impl Store for ShardStore {
+    fn push(&self, op: Op) -> bool {
+        let mut pending = self.pending.borrow_mut();
+        if pending.len() >= self.pending_max {
+            return false;
+        }
+        pending.push(op);
+        true
+    }
+
+    fn flush(&self) -> bool {
+        let mut pending = self.pending.borrow_mut();
+        if pending.is_empty() {
+            return true;
+        }
+        let batch = std::mem::take(&mut *pending);
+        match self.tx.try_send(batch) {
+            Ok(()) => true,
+            Err(TrySendError::Full(b)) => {
+                *pending = b;
+                false
+            }
+            // The writer is gone: nothing will take these operations.
+            Err(TrySendError::Disconnected(_)) => true,
+        }
+    }
+}
+
+impl Writer {
+    /// Waits (at most `limit`) for the writer to commit what it was given
+    /// and stop; every `ShardStore` feeding it must be gone.
+    pub fn finish(self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while !self.join.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if self.join.is_finished() {
+            let _ = self.join.join();
+        } else {
+            log::warn!("the store writer did not finish within {limit:?}");
+        }
+    }
+}
+
+fn apply(db: &Database, batch: Vec<Op>, durability: Durability) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(db_error)?;
+    txn.set_durability(durability);
+    {
+        let mut sessions = txn.open_table(SESSIONS).map_err(db_error)?;
+        let mut events = txn.open_table(EVENTS).map_err(db_error)?;
+        let mut tasks = txn.open_table(TASKS).map_err(db_error)?;
+        for op in batch {
+            match op {
+                Op::PutSession(id, v) => {
+                    sessions
+                        .insert(id.as_str(), v.as_slice())
+                        .map_err(db_error)?;
+                }
+                Op::DelSession(id) => {
+                    sessions.remove(id.as_str()).map_err(db_error)?;
+                    let from = format!("{id}/");
+                    let to = format!("{id}0"); // '0' follows '/'
+                    events
+                        .retain_in(from.as_str()..to.as_str(), |_, _| false)
+                        .map_err(db_error)?;
+                }
+                Op::PutEvent(k, v) => {
+                    events.insert(k.as_str(), v.as_ref()).map_err(db_error)?;
+                }
+                Op::DelEvent(k) => {
+                    events.remove(k.as_str()).map_err(db_error)?;
+                }
+                Op::PutTask(id, v) => {
+                    tasks.insert(id.as_str(), v.as_slice()).map_err(db_error)?;
+                }
+                Op::DelTask(id) => {
+                    tasks.remove(id.as_str()).map_err(db_error)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(db_error)
+}
+
+fn write_loop(db: &Database, rx: Receiver<Vec<Op>>, policy: FsyncPolicy, interval: Duration) {
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
+    loop {
+        let wait = match (policy, unsynced) {
+            (FsyncPolicy::Interval, true) => interval.saturating_sub(last_sync.elapsed()),
+            _ => Duration::from_secs(3600),
+        };
+        let batch = match rx.recv_timeout(wait) {
+            Ok(mut b) => {
+                // Whatever else is queued goes into the same transaction.
+                while let Ok(more) = rx.try_recv() {
+                    b.extend(more);
+                }
+                b
+            }
+            Err(RecvTimeoutError::Timeout) => Vec::new(),
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let sync_now = match policy {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval => last_sync.elapsed() >= interval,
+            FsyncPolicy::Never => false,
+        };
+        if batch.is_empty() && !(sync_now && unsynced) {
+            continue;
+        }
+        let durability = match (sync_now, policy) {
+            (true, _) => Durability::Immediate,
+            (false, FsyncPolicy::Never) => Durability::Eventual,
+            (false, _) => Durability::None,
+        };
+        if let Err(e) = apply(db, batch, durability) {
+            log::error!("store: a batch was not written: {e}");
+        }
+        if sync_now {
+            last_sync = Instant::now();
+            unsynced = false;
+        } else {
+            unsynced = true;
+        }
+    }
+    if let Err(e) = apply(db, Vec::new(), Durability::Immediate) {
+        log::error!("store: the final sync failed: {e}");
+    }
+}
+
+/// Where shard `index`'s file is.
+pub(crate) fn file_of(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("shard-{index}.redb"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::store::{event_key, parse_event_key};
+
+    #[test]
+    fn batches_survive_reopening_and_sessions_take_their_events_along() {
+        let dir = std::env::temp_dir().join(format!("tessera-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = StoreConfig {
+            dir: dir.clone(),
+            fsync: FsyncPolicy::Always,
+            fsync_interval_ms: 1000,
+            pending_ops_max: 1000,
+        };
+        {
+            let dbs = open_all(&cfg, 1).unwrap();
+            let (s, writer) = ShardStore::start(&cfg, dbs[0].clone(), 0).unwrap();
+            assert!(s.push(Op::PutSession("a".into(), b"{}".to_vec())));
+            assert!(s.push(Op::PutSession("b".into(), b"{}".to_vec())));
+            for seq in 1..=3 {
+                s.push(Op::PutEvent(
+                    event_key("a", 0, seq),
+                    bytes::Bytes::from_static(b"ev"),
+                ));
+                s.push(Op::PutEvent(
+                    event_key("b", 2, seq),
+                    bytes::Bytes::from_static(b"ev"),
+                ));
+            }
+            s.push(Op::DelEvent(event_key("a", 0, 1)));
+            s.push(Op::DelSession("b".into()));
+            assert!(s.flush());
+            drop(s);
+            writer.finish(Duration::from_secs(10));
+        }
+        let dbs = open_all(&cfg, 1).unwrap();
+        let got = load(&dbs[0]).unwrap();
+        assert_eq!(got.sessions, vec![("a".to_string(), b"{}".to_vec())]);
+        let keys: Vec<_> = got
+            .events
+            .iter()
+            .map(|(k, _)| parse_event_key(k).unwrap())
+            .collect();
+        assert_eq!(keys, vec![("a", 0, 2), ("a", 0, 3)]);
+        let bounded = StoreConfig {
+            pending_ops_max: 1,
+            ..cfg
+        };
+        let (s, writer) = ShardStore::start(&bounded, dbs[0].clone(), 0).unwrap();
+        assert!(s.push(Op::DelSession("a".into())));
+        assert!(!s.push(Op::DelSession("a".into())), "bounded");
+        drop(s);
+        writer.finish(Duration::from_secs(10));
+        drop(dbs);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

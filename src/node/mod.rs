@@ -1,0 +1,283 @@
+//! The composition root: it assembles each shard's services (the MCP core,
+//! its transports, the store and audit adapters, the mesh and the message
+//! types it carries), starts one pinned executor per core, supervises them
+//! from the main thread, and shuts them down.
+//!
+//! Every other layer is wired here and nowhere else: `runtime` knows nothing
+//! of MCP, `server` nothing of sockets, `transport` nothing of the store's
+//! files; this module is the one place that names them all.
+
+mod control;
+mod shard;
+mod start;
+mod supervise;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::adapters::audit::{AuditError, AuditWriter};
+use crate::adapters::store::{self, FsyncPolicy, StoreError};
+use crate::config::{ConfigError, Limits, ServerConfig};
+use crate::runtime::executor::LaunchError;
+use crate::runtime::mesh::MeshSettings;
+use crate::runtime::process::{self, PortReservation, ProcessError};
+use crate::server::core::{FaultRates, Limits as ServerLimits};
+use crate::server::mrtr::StateKey;
+use crate::server::registry::{App, RegistryError};
+use crate::transport::admin::{self, AdminError, AdminView};
+use crate::transport::{stdio, Limits as NetLimits};
+use start::Plan;
+use supervise::{Launcher, Supervisor};
+
+/// Why the server did not start, or stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Settings(Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("starting stdio: {0}")]
+    Stdio(std::io::Error),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("shard on core {core}: {error}")]
+    Shard { core: usize, error: String },
+    #[error("only {ready} of {shards} shards started within {timeout:?}")]
+    Startup {
+        ready: usize,
+        shards: usize,
+        timeout: Duration,
+    },
+    /// A shard kept dying, could not be restarted, or panicked at the end.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// glommio's registered I/O memory is for file I/O through the ring, which
+/// tessera does not do; the minimum keeps each executor's footprint small.
+const EXECUTOR_IO_MEMORY_BYTES: usize = 64 * 1024;
+
+/// Runs the server until SIGINT/SIGTERM (or, with stdio, until stdin closes),
+/// then prints the merged latency summary. Errors are startup failures or a
+/// shard that kept dying.
+pub fn serve(mut config: ServerConfig, app: App) -> Result<(), ServeError> {
+    config.validate().map_err(ServeError::Settings)?;
+    let setup = prepare_process(&mut config, &app)?;
+    let plan = Arc::new(plan(&config, app));
+    let launcher = Launcher::new(&config, plan, setup.stdio_end, setup.audit_tx, setup.dbs);
+    let mut sup = Supervisor::start(config.shard_count(), launcher, setup.admin)?;
+    drop(setup.reservations);
+    announce(&config);
+    let outcome = sup.run(config.chaos.kill_shard_every_ms.map(Duration::from_millis));
+    sup.shutdown(outcome, setup.stdout_pump, setup.audit_writer)
+}
+
+/// What the main thread set up before any shard starts.
+struct Setup {
+    /// Holds the listen ports until every shard is listening.
+    reservations: Vec<PortReservation>,
+    stdio_end: Option<std::os::unix::net::UnixStream>,
+    stdout_pump: Option<std::thread::JoinHandle<()>>,
+    admin: Option<Arc<Mutex<AdminView>>>,
+    audit_writer: Option<AuditWriter>,
+    audit_tx: Option<crossbeam_channel::Sender<Vec<u8>>>,
+    dbs: Option<Vec<Arc<redb::Database>>>,
+}
+
+/// Everything that must happen on the main thread before any executor
+/// exists: rlimits, signal routing, port reservations, the stdio bridge,
+/// the admin endpoint, the audit writer, the store's files.
+fn prepare_process(config: &mut ServerConfig, app: &App) -> Result<Setup, ServeError> {
+    let n = config.shard_count();
+    process::ensure_memlock(n)?;
+    let nofile = process::raise_nofile();
+    let wanted = (config.limits.max_connections_per_shard as u64).saturating_mul(n as u64);
+    if nofile < wanted {
+        log::info!(
+            "RLIMIT_NOFILE is {nofile}: fewer connections than --max-connections-per-shard x shards ({wanted}) can be open; raise it (tuning/README.md)"
+        );
+    }
+    process::block_stop_signals();
+    let mut reservations = Vec::new();
+    if let Some(addr) = config.tcp.as_mut() {
+        *addr = reserve(*addr, &mut reservations)?;
+    }
+    if let Some(h) = config.http.as_mut() {
+        h.addr = reserve(h.addr, &mut reservations)?;
+    }
+    let (stdio_end, stdout_pump) = if config.stdio {
+        let b = stdio::start().map_err(ServeError::Stdio)?;
+        (Some(b.shard_end), Some(b.stdout_pump))
+    } else {
+        (None, None)
+    };
+    // Built once here so a definition error stops startup before any thread runs.
+    app.validate()?;
+    if config.chaos.is_on() {
+        log::warn!(
+            "CHAOS MODE ON: {:?} -- this server injects faults on purpose; never run it in production",
+            config.chaos
+        );
+    }
+    let admin = match config.admin {
+        Some(addr) => {
+            let view = Arc::new(Mutex::new(AdminView::new(&config.cores)));
+            let bound = admin::start(addr, view.clone())?;
+            log::info!("admin endpoint on http://{bound} (/metrics, /healthz, /readyz)");
+            Some(view)
+        }
+        None => None,
+    };
+    let (audit_writer, audit_tx) = match &config.audit {
+        Some(a) => {
+            let (w, tx) = AuditWriter::start(a, n)?;
+            log::info!(
+                "audit log: {} (rotated at {} bytes, {} kept)",
+                a.path.display(),
+                a.max_bytes,
+                a.keep
+            );
+            (Some(w), Some(tx))
+        }
+        None => (None, None),
+    };
+    let dbs = open_store(config)?;
+    Ok(Setup {
+        reservations,
+        stdio_end,
+        stdout_pump,
+        admin,
+        audit_writer,
+        audit_tx,
+        dbs,
+    })
+}
+
+/// Resolves a listen address every shard will bind (port 0 becomes one
+/// free port), holding it until they do.
+fn reserve(addr: SocketAddr, held: &mut Vec<PortReservation>) -> Result<SocketAddr, ServeError> {
+    let (addr, hold) = process::reserve_listen_addr(addr)?;
+    held.push(hold);
+    Ok(addr)
+}
+
+/// Opens every shard's file under `--data-dir`, once, so a restarted shard
+/// reuses its own.
+fn open_store(config: &ServerConfig) -> Result<Option<Vec<Arc<redb::Database>>>, ServeError> {
+    let Some(st) = &config.store else {
+        log::info!("no --data-dir: sessions and SSE event stores are kept in memory only (lost on restart)");
+        return Ok(None);
+    };
+    let dbs = store::open_all(st, config.shard_count())?;
+    log::info!(
+        "persistence: {} ({} file(s), fsync {:?}{}); legacy sessions and their SSE events survive restarts",
+        st.dir.display(),
+        dbs.len(),
+        st.fsync,
+        if st.fsync == FsyncPolicy::Interval {
+            format!(" every {} ms", st.fsync_interval_ms)
+        } else {
+            String::new()
+        }
+    );
+    Ok(Some(dbs))
+}
+
+/// The MCP layer's share of the public limits.
+pub(crate) fn server_limits(l: &Limits) -> ServerLimits {
+    ServerLimits {
+        kv_max_keys_per_shard: l.kv_max_keys_per_shard,
+        kv_max_key_bytes: l.kv_max_key_bytes,
+        kv_max_value_bytes: l.kv_max_value_bytes,
+        max_subscriptions_per_session: l.max_subscriptions_per_session,
+        max_watchers_per_key: l.max_watchers_per_key,
+        max_client_requests: l.max_client_requests,
+        client_request_timeout_ms: l.client_request_timeout_ms,
+        page_size: l.page_size,
+        mrtr_state_ttl_ms: l.mrtr_state_ttl_ms,
+        max_tasks_per_shard: l.max_tasks_per_shard,
+        task_ttl_ms: l.task_ttl_ms,
+        rate_limit_per_sec: l.rate_limit_per_sec,
+        rate_limit_burst: l.rate_burst(),
+        rate_limit_max_principals: l.rate_limit_max_principals,
+        mesh_timeout_ms: l.mesh_timeout_ms,
+    }
+}
+
+/// The transports' share of the public limits.
+pub(crate) fn net_limits(l: &Limits, chaos_conn_panic_rate: f64) -> NetLimits {
+    NetLimits {
+        max_message_bytes: l.max_message_bytes,
+        max_inflight_per_conn: l.max_inflight_per_conn,
+        max_output_buffer_bytes: l.max_output_buffer_bytes,
+        max_connections_per_shard: l.max_connections_per_shard,
+        idle_timeout_ms: l.idle_timeout_ms,
+        max_restarts: l.max_restarts,
+        restart_period_ms: l.restart_period_ms,
+        chaos_conn_panic_rate,
+    }
+}
+
+/// Each layer's settings, from the public configuration.
+fn plan(config: &ServerConfig, app: App) -> Plan {
+    let l = &config.limits;
+    Plan {
+        shard_count: config.shard_count(),
+        server_limits: server_limits(l),
+        net_limits: net_limits(l, config.chaos.conn_panic_rate),
+        mesh: MeshSettings {
+            queue_depth: l.mesh_queue_depth,
+            pending_max: l.mesh_pending_max,
+            timeout_ms: l.mesh_timeout_ms,
+        },
+        faults: FaultRates {
+            tool_panic: config.chaos.panic_rate,
+            auth_panic: config.chaos.auth_panic_rate,
+        },
+        http: config.http.clone(),
+        tcp: config.tcp,
+        auth: config.auth.clone(),
+        audit: config.audit.clone(),
+        store: config.store.clone(),
+        app,
+        state_key: StateKey::random(),
+        // Metrics go to the main thread for --stats-interval, or every
+        // second for the admin endpoint.
+        report_every: config
+            .stats_interval
+            .or(config.admin.map(|_| admin::ADMIN_REFRESH)),
+        drain_timeout: l.drain_timeout(),
+        epoch: Instant::now(),
+    }
+}
+
+/// Says where the server listens, once every shard does.
+fn announce(config: &ServerConfig) {
+    let placement: Vec<String> = config
+        .cores
+        .iter()
+        .enumerate()
+        .map(|(shard, core)| format!("shard {shard}=core {core}"))
+        .collect();
+    let placement = placement.join(", ");
+    if let Some(addr) = config.tcp {
+        log::info!("listening on tcp://{addr} ({placement})");
+    }
+    if let Some(h) = &config.http {
+        log::info!("listening on http://{}{} ({placement})", h.addr, h.path);
+    }
+    if config.stdio {
+        log::info!("serving MCP on stdio ({placement})");
+    }
+}

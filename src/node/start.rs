@@ -1,0 +1,375 @@
+//! What one executor thread runs: it builds its shard (the MCP service, its
+//! transports, its store and audit ends), joins the mesh, restores what the
+//! store held, starts listening, serves until told to stop, drains, and
+//! reports. A shard restarted after a crash runs the same steps.
+
+use std::net::SocketAddr;
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use glommio::LocalExecutor;
+
+use super::control::{self, ShardCommand, ShardEvent};
+use super::shard::NodeShard;
+use crate::adapters::audit::{AuditBuffer, AuditConfig, FLUSH_INTERVAL_MS};
+use crate::adapters::store::{self, ShardStore, StoreConfig, Writer, FLUSH_MS};
+use crate::runtime::executor::Slot;
+use crate::runtime::local::Flag;
+use crate::runtime::mesh::MeshSettings;
+use crate::server::auth::AuthConfig;
+use crate::server::core::{Core, CoreParts, FaultRates, Limits as ServerLimits};
+use crate::server::mrtr::StateKey;
+use crate::server::registry::{self, App, Registry};
+use crate::server::session::Resume;
+use crate::server::store::{Loaded, Store};
+use crate::transport::http::{self, HttpConfig, HttpShard};
+use crate::transport::{conn, tcp, Limits as NetLimits, Net};
+
+/// How long a shard waits for its first mesh plan and for the others to
+/// join it.
+pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every shard is built from; shared by all executor threads.
+pub(crate) struct Plan {
+    pub shard_count: usize,
+    pub server_limits: ServerLimits,
+    pub net_limits: NetLimits,
+    pub mesh: MeshSettings,
+    pub faults: FaultRates,
+    pub http: Option<HttpConfig>,
+    pub tcp: Option<SocketAddr>,
+    pub auth: Option<AuthConfig>,
+    pub audit: Option<AuditConfig>,
+    pub store: Option<StoreConfig>,
+    pub app: App,
+    pub state_key: StateKey,
+    /// Send metrics to the main thread this often.
+    pub report_every: Option<Duration>,
+    pub drain_timeout: Duration,
+    /// Stats ticks count from here on every shard, restarted ones included.
+    pub epoch: Instant,
+}
+
+/// What one executor thread is given at start.
+pub(crate) struct ShardStart {
+    pub index: usize,
+    pub cpu: usize,
+    pub plan: Arc<Plan>,
+    pub stdio: Option<UnixStream>,
+    pub stdio_resume: Option<Resume>,
+    pub events: Sender<ShardEvent>,
+    pub commands: Receiver<ShardCommand>,
+    /// The audit writer's queue (`--audit-log`).
+    pub audit: Option<Sender<Vec<u8>>>,
+    /// This shard's file (`--data-dir`).
+    pub db: Option<Arc<redb::Database>>,
+}
+
+/// What the thread prepares before its executor serves anything: the file
+/// system and thread work of building the registry (file resources are
+/// scanned) and opening the store (its file is read, its writer started).
+struct Prepared {
+    registry: Registry,
+    store: Option<(ShardStore, Writer, Loaded)>,
+}
+
+fn prepare(start: &ShardStart) -> Result<Prepared, String> {
+    let registry = start.plan.app.build().map_err(|e| e.to_string())?;
+    let store = match (&start.db, &start.plan.store) {
+        (Some(db), Some(cfg)) => {
+            let loaded = store::load(db).map_err(|e| {
+                format!(
+                    "reading {}: {e}",
+                    store::file_of(&cfg.dir, start.index).display()
+                )
+            })?;
+            let (s, writer) =
+                ShardStore::start(cfg, db.clone(), start.index).map_err(|e| e.to_string())?;
+            Some((s, writer, loaded))
+        }
+        _ => None,
+    };
+    Ok(Prepared { registry, store })
+}
+
+/// The thread's body: prepare, run the shard on `executor`, and return the
+/// store writer to wait for once the executor is gone.
+pub(crate) fn run(
+    start: ShardStart,
+    executor: &LocalExecutor,
+    slot: Slot<NodeShard>,
+) -> Option<Writer> {
+    let prepared = match prepare(&start) {
+        Ok(p) => p,
+        Err(error) => {
+            let _ = start.events.send(ShardEvent::Failed {
+                core: start.cpu,
+                error,
+            });
+            return None;
+        }
+    };
+    let (store, writer) = match prepared.store {
+        Some((s, w, loaded)) => (Some((s, loaded)), Some(w)),
+        None => (None, None),
+    };
+    executor.run(shard_main(start, prepared.registry, store, slot));
+    writer
+}
+
+/// The whole life of a serving shard.
+async fn shard_main(
+    start: ShardStart,
+    registry: Registry,
+    store: Option<(ShardStore, Loaded)>,
+    slot: Slot<NodeShard>,
+) {
+    let ShardStart {
+        index,
+        cpu,
+        plan,
+        stdio,
+        stdio_resume,
+        events,
+        commands,
+        audit,
+        ..
+    } = start;
+    let fail = |error: String| {
+        let _ = events.send(ShardEvent::Failed { core: cpu, error });
+    };
+    let shard = Rc::new(build(&plan, index, cpu, registry));
+    *slot.borrow_mut() = Some(shard.clone());
+    if plan.shard_count > 1 {
+        if let Err(e) = join_first_mesh(&shard, &commands).await {
+            return fail(e);
+        }
+    }
+    if let Some((s, loaded)) = store {
+        // Before any listener: a client continuing its session must find it.
+        restore(&shard, Rc::new(s), loaded);
+    }
+    let tcp = match plan.tcp.map(|a| (a, tcp::bind(a))) {
+        Some((addr, Err(e))) => {
+            shard.leave_mesh();
+            return fail(format!("binding {addr}: {e}"));
+        }
+        Some((_, Ok(l))) => Some(l),
+        None => None,
+    };
+    let web = match plan.http.as_ref().map(|h| (h.addr, http::bind(h.addr))) {
+        Some((addr, Err(e))) => {
+            shard.leave_mesh();
+            return fail(format!("binding {addr}: {e}"));
+        }
+        Some((_, Ok(l))) => Some(l),
+        None => None,
+    };
+    if events.send(ShardEvent::Ready { index, core: cpu }).is_err() {
+        shard.leave_mesh();
+        return;
+    }
+    log::debug!("shard {index} running on core {cpu}");
+    if let (Some(tx), Some(cfg)) = (audit, &plan.audit) {
+        *shard.core.audit.borrow_mut() =
+            Some(Box::new(AuditBuffer::new(tx, cfg.buffer_bytes, index)));
+        glommio::spawn_local(flush_audit(shard.core.clone())).detach();
+    }
+    if let Some(l) = tcp {
+        glommio::spawn_local(tcp::accept_loop(shard.net.clone(), l)).detach();
+        glommio::spawn_local(conn::idle_sweep(shard.net.clone())).detach();
+    }
+    if let (Some(l), Some(h)) = (web, &shard.http) {
+        glommio::spawn_local(http::accept_loop(h.clone(), l)).detach();
+    }
+    follow_sources(&shard.core);
+    if let Some(sock) = stdio {
+        serve_stdio(&shard, sock, stdio_resume, events.clone());
+    }
+    control::control_loop(&shard, &commands, &events, plan.report_every, plan.epoch).await;
+    drain(&shard, plan.drain_timeout).await;
+    shard.leave_mesh();
+    let snapshot = shard.core.metrics.borrow().snapshot(index);
+    let _ = events.send(ShardEvent::Stopped {
+        index,
+        core: cpu,
+        snapshot,
+        unfinished_connections: shard.net.conns.live(),
+    });
+}
+
+/// The shard's services, wired to each other.
+fn build(plan: &Plan, index: usize, cpu: usize, registry: Registry) -> NodeShard {
+    let core = Rc::new(Core::new(CoreParts {
+        id: index,
+        shard_count: plan.shard_count,
+        limits: plan.server_limits.clone(),
+        registry,
+        state_key: plan.state_key.clone(),
+        auth: plan.auth.clone(),
+        faults: plan.faults,
+        shutdown: Rc::new(Flag::default()),
+    }));
+    let net = Rc::new(Net::new(core.clone(), plan.net_limits.clone()));
+    let web = plan
+        .http
+        .as_ref()
+        .map(|cfg| Rc::new(HttpShard::new(net.clone(), cfg.clone())));
+    NodeShard::new(cpu, core, net, web, plan.mesh)
+}
+
+/// The mesh comes before anything is served: the shard's keys, tasks and
+/// sessions are reachable only once it has joined. A newer plan (another
+/// shard died meanwhile) replaces a join that cannot finish.
+async fn join_first_mesh(
+    shard: &Rc<NodeShard>,
+    commands: &Receiver<ShardCommand>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let Some(mut plan) = control::next_plan(commands, deadline).await else {
+        return Err("no mesh plan from the main thread".into());
+    };
+    loop {
+        assert_eq!(
+            plan.shard(),
+            shard.id,
+            "the main thread sent another shard's membership"
+        );
+        let joined = futures_lite::future::or(async { Ok(plan.join().await) }, async {
+            Err(control::next_plan(commands, deadline).await)
+        })
+        .await;
+        match joined {
+            Ok(j) => {
+                shard.install_mesh(j);
+                return Ok(());
+            }
+            Err(Some(newer)) => plan = newer,
+            Err(None) => return Err("the mesh could not be joined in time".into()),
+        }
+    }
+}
+
+/// Brings back what the store held and writes every change from now on.
+fn restore(shard: &Rc<NodeShard>, store: Rc<ShardStore>, mut loaded: Loaded) {
+    let core = &shard.core;
+    *core.store.borrow_mut() = Some(store.clone() as Rc<dyn Store>);
+    let (sessions, events, tasks) = (
+        loaded.sessions.len(),
+        loaded.events.len(),
+        loaded.tasks.len(),
+    );
+    core.tasks.borrow_mut().track_changes();
+    let restored_tasks = crate::server::tasks::restore(core, std::mem::take(&mut loaded.tasks));
+    let restored = match &shard.http {
+        Some(h) => http::session::restore(h, loaded),
+        None => 0,
+    };
+    if sessions + tasks > 0 {
+        log::info!(
+            "restored {restored} of {sessions} stored session(s), {events} SSE event(s), {restored_tasks} of {tasks} task(s)"
+        );
+    }
+    glommio::spawn_local(flush_store(shard.clone(), store)).detach();
+}
+
+/// Hands the shard's changes to its store writer every [`FLUSH_MS`], and
+/// everything left once the shard drains.
+async fn flush_store(shard: Rc<NodeShard>, store: Rc<ShardStore>) {
+    let flush = |s: &NodeShard| {
+        crate::server::tasks::flush_store(&s.core);
+        if let Some(h) = &s.http {
+            http::session::flush_store(h);
+        }
+        store.flush()
+    };
+    while !shard
+        .net
+        .sleep_unless_shutdown(Duration::from_millis(FLUSH_MS))
+        .await
+    {
+        flush(&shard);
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !flush(&shard) && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Hands the shard's audit lines to the writer every
+/// [`FLUSH_INTERVAL_MS`], and everything left once the shard drains.
+async fn flush_audit(core: Rc<Core>) {
+    let flush = |core: &Core| core.audit.borrow_mut().as_mut().is_none_or(|s| s.flush());
+    loop {
+        glommio::timer::sleep(Duration::from_millis(FLUSH_INTERVAL_MS)).await;
+        flush(&core);
+        if core.shutdown.is_raised() {
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !flush(&core) && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Starts following every resource source that changes at run time.
+fn follow_sources(core: &Rc<Core>) {
+    for source in &core.registry.sources {
+        let weak = Rc::downgrade(core);
+        let on_change = Rc::new(move |change| {
+            if let Some(core) = weak.upgrade() {
+                registry::source_changed(&core, change);
+            }
+        });
+        if let Some(task) = source.clone().follow(core.shutdown.clone(), on_change) {
+            glommio::spawn_local(task).detach();
+        }
+    }
+}
+
+/// Serves the stdio client on the shard's end of the bridge.
+fn serve_stdio(
+    shard: &Rc<NodeShard>,
+    sock: UnixStream,
+    resume: Option<Resume>,
+    events: Sender<ShardEvent>,
+) {
+    let net = shard.net.clone();
+    glommio::spawn_local(async move {
+        // SAFETY: `into_raw_fd` gives up the std socket's ownership of the
+        // descriptor, a connected Unix socket nothing else holds; the
+        // glommio stream takes it over as its only owner.
+        let stream = unsafe {
+            <glommio::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(sock.into_raw_fd())
+        };
+        let report_to = events.clone();
+        let report = Box::new(move |r| {
+            // Never block the executor: a full event queue only means
+            // a restart would resume an older state.
+            if report_to.try_send(ShardEvent::StdioSession(r)).is_err() {
+                log::warn!("stdio session state not recorded: event queue full");
+            }
+        });
+        if let Err(e) = conn::serve_stdio(stream, net, resume, report).await {
+            log::warn!("stdio connection ended: {e}");
+        }
+        let _ = events.send(ShardEvent::StdioClosed);
+    })
+    .detach();
+}
+
+/// No new connections or requests; in-flight requests finish, within the
+/// drain timeout.
+async fn drain(shard: &NodeShard, timeout: Duration) {
+    shard.core.shutdown.raise();
+    shard.net.conns.wake_all();
+    let deadline = Instant::now() + timeout;
+    while shard.net.conns.live() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,546 @@
+//! The main thread's side: starting the shard threads, restarting one that
+//! dies (with OTP's restart intensity), rebuilding the mesh around it,
+//! relaying stats to the admin endpoint and the stats lines, chaos kills,
+//! and the orderly shutdown with the merged summary.
+
+use std::cell::RefCell;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use super::control::{
+    ShardCommand, ShardEvent, StatsPrinter, COMMAND_QUEUE_DEPTH, EVENT_QUEUE_DEPTH,
+};
+use super::shard::NodeShard;
+use super::start::{self, Plan, ShardStart, STARTUP_TIMEOUT};
+use super::{ServeError, EXECUTOR_IO_MEMORY_BYTES};
+use crate::adapters::audit::AuditWriter;
+use crate::config::{Limits, ServerConfig};
+use crate::metrics::Snapshot;
+use crate::runtime::executor::{self, ExecutorSpec};
+use crate::runtime::mesh;
+use crate::runtime::process;
+use crate::runtime::supervisor::RestartIntensity;
+use crate::server::session::Resume;
+use crate::transport::admin::AdminView;
+
+/// How often the main thread looks for signals and events.
+const MAIN_POLL: Duration = Duration::from_millis(10);
+
+/// One shard's thread, as the main thread tracks it.
+struct ShardThread {
+    core: usize,
+    commands: Sender<ShardCommand>,
+    join: Option<JoinHandle<()>>,
+    stopped: bool,
+    /// Set while a restart waits for the new executor to be serving.
+    restarting_since: Option<Instant>,
+    /// When chaos killed it, for the restart log line.
+    killed_at: Option<Instant>,
+    /// Crashes not caused by chaos, for the restart intensity.
+    crashes: RestartIntensity,
+}
+
+/// Everything needed to start (or restart) a shard thread.
+pub(super) struct Launcher {
+    plan: Arc<Plan>,
+    cores: Vec<usize>,
+    spin_before_park: Option<Duration>,
+    limits: Limits,
+    /// The shard end of the stdio bridge; kept so a restarted shard 0 can
+    /// continue serving the same client.
+    stdio: Option<UnixStream>,
+    /// The stdio session as shard 0 last reported it.
+    stdio_resume: RefCell<Option<Resume>>,
+    events_tx: Sender<ShardEvent>,
+    events: Receiver<ShardEvent>,
+    audit: Option<Sender<Vec<u8>>>,
+    /// Every shard's file, opened once so a restarted shard reuses it.
+    dbs: Option<Vec<Arc<redb::Database>>>,
+}
+
+impl Launcher {
+    pub fn new(
+        config: &ServerConfig,
+        plan: Arc<Plan>,
+        stdio: Option<UnixStream>,
+        audit: Option<Sender<Vec<u8>>>,
+        dbs: Option<Vec<Arc<redb::Database>>>,
+    ) -> Self {
+        let (events_tx, events) = bounded(EVENT_QUEUE_DEPTH);
+        Self {
+            plan,
+            cores: config.cores.clone(),
+            spin_before_park: config.spin_before_park,
+            limits: config.limits.clone(),
+            stdio,
+            stdio_resume: RefCell::new(None),
+            events_tx,
+            events,
+            audit,
+            dbs,
+        }
+    }
+
+    /// Starts the thread for shard `index` and waits for its executor.
+    fn launch(&self, index: usize) -> Result<ShardThread, ServeError> {
+        let cpu = self.cores[index];
+        let (cmd_tx, cmd_rx) = bounded(COMMAND_QUEUE_DEPTH);
+        let start = ShardStart {
+            index,
+            cpu,
+            plan: self.plan.clone(),
+            stdio: match (&self.stdio, index) {
+                (Some(s), 0) => Some(s.try_clone().map_err(ServeError::Stdio)?),
+                _ => None,
+            },
+            stdio_resume: self.stdio_resume.borrow().clone(),
+            events: self.events_tx.clone(),
+            commands: cmd_rx,
+            audit: self.audit.clone(),
+            db: self.dbs.as_ref().map(|d| d[index].clone()),
+        };
+        let events = self.events_tx.clone();
+        let spec = ExecutorSpec {
+            name: format!("tessera-shard-{index}"),
+            cpu,
+            io_memory_bytes: EXECUTOR_IO_MEMORY_BYTES,
+            spin_before_park: self.spin_before_park,
+        };
+        let launched = executor::launch(
+            spec,
+            STARTUP_TIMEOUT,
+            move |ex, slot| start::run(start, ex, slot),
+            |writer| {
+                if let Some(w) = writer {
+                    w.finish(Duration::from_secs(5));
+                }
+            },
+            move |shard: Option<std::rc::Rc<NodeShard>>, panic| {
+                post_mortem(index, cpu, shard, panic, &events)
+            },
+        )?;
+        Ok(ShardThread {
+            core: cpu,
+            commands: cmd_tx,
+            join: Some(launched.join),
+            stopped: false,
+            restarting_since: None,
+            killed_at: None,
+            crashes: RestartIntensity::default(),
+        })
+    }
+}
+
+/// A panic escaped shard `index`'s executor: report what died with it and
+/// its metrics, shut its sockets (glommio leaks a dead executor's tasks, so
+/// its listener would keep taking connections nobody accepts), and free
+/// the plain data its leaked tasks would keep alive.
+fn post_mortem(
+    index: usize,
+    core: usize,
+    shard: Option<std::rc::Rc<NodeShard>>,
+    panic: String,
+    events: &Sender<ShardEvent>,
+) {
+    let (lost, snapshot) = match &shard {
+        Some(s) => {
+            let lost = s.describe_lost();
+            s.abandon_mesh();
+            s.net.shutdown_sockets();
+            (lost, Some(s.core.metrics.borrow().snapshot(s.id)))
+        }
+        None => ("nothing (it had not started serving)".into(), None),
+    };
+    let _ = events.send(ShardEvent::Died {
+        index,
+        core,
+        panic,
+        lost,
+        snapshot,
+    });
+    // After the report, so freeing a large key space does not delay the
+    // restart.
+    if let Some(s) = &shard {
+        s.core.release_state();
+        s.net.release_buffers();
+    }
+}
+
+/// Why the server stops.
+pub(super) struct Outcome {
+    reason: String,
+    failure: Option<String>,
+}
+
+/// The main thread's view of the shards.
+pub(super) struct Supervisor {
+    threads: Vec<ShardThread>,
+    launcher: Launcher,
+    admin: Option<Arc<Mutex<AdminView>>>,
+    stats: StatsPrinter,
+    total: Snapshot,
+    started: Instant,
+}
+
+impl Supervisor {
+    /// Starts every shard, builds the first mesh, and waits until every one
+    /// is listening (or the first failure).
+    pub fn start(
+        n: usize,
+        launcher: Launcher,
+        admin: Option<Arc<Mutex<AdminView>>>,
+    ) -> Result<Self, ServeError> {
+        let mut threads = Vec::with_capacity(n);
+        for index in 0..n {
+            threads.push(launcher.launch(index)?);
+        }
+        let sup = Self {
+            threads,
+            launcher,
+            admin,
+            stats: StatsPrinter::new(n),
+            total: Snapshot::empty(),
+            started: Instant::now(),
+        };
+        sup.rebuild_mesh();
+        let mut ready = 0;
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while ready < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match sup.launcher.events.recv_timeout(left) {
+                Ok(ShardEvent::Ready { index, .. }) => {
+                    ready += 1;
+                    sup.publish(|v| v.shard_up(index));
+                }
+                Ok(ShardEvent::Failed { core, error }) => {
+                    return Err(ServeError::Shard { core, error })
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(ServeError::Startup {
+                        ready,
+                        shards: n,
+                        timeout: STARTUP_TIMEOUT,
+                    })
+                }
+            }
+        }
+        Ok(Self {
+            started: Instant::now(),
+            ..sup
+        })
+    }
+
+    /// Publishes to the admin endpoint's view; the lock is shared only with
+    /// the admin thread.
+    fn publish(&self, f: impl Fn(&mut AdminView)) {
+        if let Some(v) = &self.admin {
+            if let Ok(mut v) = v.lock() {
+                f(&mut v);
+            }
+        }
+    }
+
+    /// Builds a new mesh and tells every shard to join it.
+    fn rebuild_mesh(&self) {
+        let n = self.threads.len();
+        if n < 2 {
+            return;
+        }
+        let memberships = mesh::build(n, self.launcher.plan.mesh.queue_depth);
+        for (t, m) in self.threads.iter().zip(memberships) {
+            if t.commands
+                .send_timeout(ShardCommand::JoinMesh(m), Duration::from_secs(1))
+                .is_err()
+            {
+                log::warn!("shard on core {}: could not send the mesh plan", t.core);
+            }
+        }
+    }
+
+    /// Serves until a stop signal, stdin's end (stdio), or a shard that
+    /// cannot be kept running; restarts dead shards and kills one every
+    /// `kill_every` (chaos).
+    pub fn run(&mut self, kill_every: Option<Duration>) -> Outcome {
+        let mut next_kill = kill_every.map(|d| Instant::now() + d);
+        let mut kills = 0usize;
+        loop {
+            let mut reason =
+                process::wait_stop_signal(MAIN_POLL).map(|sig| format!("signal {sig}"));
+            let (dead, stdin_closed, failure) = self.take_events();
+            if stdin_closed {
+                reason = Some("stdin closed".into());
+            }
+            let mut failure = failure;
+            if reason.is_none() && failure.is_none() && !dead.is_empty() {
+                failure = self.restart_all(&dead).err();
+            }
+            if let (Some(at), Some(every)) = (next_kill, kill_every) {
+                if Instant::now() >= at && reason.is_none() {
+                    next_kill = Some(at + every);
+                    self.chaos_kill(kills % self.threads.len());
+                    kills += 1;
+                }
+            }
+            if failure.is_some() {
+                reason.get_or_insert_with(|| "a shard could not be kept running".into());
+            }
+            if let Some(reason) = reason {
+                return Outcome { reason, failure };
+            }
+        }
+    }
+
+    /// Reads every queued event; returns the shards that died, whether
+    /// stdin closed, and a restart that failed.
+    fn take_events(&mut self) -> (Vec<usize>, bool, Option<String>) {
+        let mut dead = Vec::new();
+        let mut stdin_closed = false;
+        let mut failure = None;
+        loop {
+            match self.launcher.events.try_recv() {
+                Ok(ShardEvent::Stats {
+                    shard,
+                    core,
+                    tick,
+                    snapshot,
+                }) => {
+                    if self.admin.is_some() {
+                        self.publish(|v| v.shard_snapshot(shard, snapshot.clone()));
+                    }
+                    if self.launcher.plan.report_every.is_some() {
+                        self.stats.add(shard, core, tick, snapshot, self.started);
+                    }
+                }
+                Ok(ShardEvent::StdioClosed) => stdin_closed = true,
+                Ok(ShardEvent::StdioSession(r)) => {
+                    *self.launcher.stdio_resume.borrow_mut() = Some(r)
+                }
+                Ok(ShardEvent::Stopped { index, .. }) => self.threads[index].stopped = true,
+                Ok(ShardEvent::Died {
+                    index,
+                    core,
+                    panic,
+                    lost,
+                    snapshot,
+                }) => {
+                    log::error!(
+                        "shard {index} on core {core} died ({panic}); lost with it: {lost}"
+                    );
+                    self.publish(|v| v.shard_died(index, snapshot.as_ref()));
+                    if let Some(s) = snapshot {
+                        self.total.merge(&s);
+                    }
+                    dead.push(index);
+                }
+                Ok(ShardEvent::Ready { index, core }) => self.back_up(index, core),
+                Ok(ShardEvent::Failed { core, error }) => {
+                    failure.get_or_insert_with(|| {
+                        format!("restarting the shard on core {core}: {error}")
+                    });
+                }
+                Err(_) => break,
+            }
+        }
+        for (i, t) in self.threads.iter().enumerate() {
+            if !t.stopped && !dead.contains(&i) && t.join.as_ref().is_some_and(|j| j.is_finished())
+            {
+                log::error!("shard {i} on core {} ended without a report", t.core);
+                dead.push(i);
+            }
+        }
+        (dead, stdin_closed, failure)
+    }
+
+    /// A restarted shard is serving again.
+    fn back_up(&mut self, index: usize, core: usize) {
+        self.publish(|v| v.shard_up(index));
+        let t = &mut self.threads[index];
+        let Some(since) = t.restarting_since.take() else {
+            return;
+        };
+        let from_kill = t.killed_at.take().map(|k| k.elapsed());
+        log::warn!(
+            "shard {index} restarted on core {core}: serving again {:.1} ms after its death was noticed{}",
+            since.elapsed().as_secs_f64() * 1e3,
+            from_kill.map_or(String::new(), |d| format!(
+                " ({:.1} ms after the chaos kill)",
+                d.as_secs_f64() * 1e3
+            ))
+        );
+    }
+
+    /// Restarts every dead shard, then gives every shard one new mesh.
+    fn restart_all(&mut self, dead: &[usize]) -> Result<(), String> {
+        for &index in dead {
+            self.restart(index)?;
+        }
+        self.rebuild_mesh();
+        Ok(())
+    }
+
+    /// Replaces the dead shard `index` with a new thread on the same core. A
+    /// shard that crashes (not chaos-killed) more than `max_restarts` times
+    /// in `restart_period_ms` is not restarted again: the server stops.
+    fn restart(&mut self, index: usize) -> Result<(), String> {
+        let limits = &self.launcher.limits;
+        let t = &mut self.threads[index];
+        let chaos = t.killed_at.is_some();
+        if !chaos
+            && !t
+                .crashes
+                .allow(Instant::now(), limits.max_restarts, limits.restart_period())
+        {
+            return Err(format!(
+                "the shard on core {} died more than {} times within {} ms",
+                t.core, limits.max_restarts, limits.restart_period_ms
+            ));
+        }
+        let noticed = Instant::now();
+        if let Some(j) = t.join.take() {
+            let _ = j.join();
+        }
+        self.stats.forget(index);
+        let crashes = std::mem::take(&mut self.threads[index].crashes);
+        let killed_at = self.threads[index].killed_at;
+        let mut fresh = self.launcher.launch(index).map_err(|e| e.to_string())?;
+        fresh.crashes = crashes;
+        fresh.killed_at = killed_at;
+        fresh.restarting_since = Some(noticed);
+        self.threads[index] = fresh;
+        Ok(())
+    }
+
+    /// Chaos: lets a panic escape shard `victim`'s executor.
+    fn chaos_kill(&mut self, victim: usize) {
+        let t = &mut self.threads[victim];
+        if t.restarting_since.is_some() {
+            return;
+        }
+        log::warn!("chaos: killing shard {victim}");
+        t.killed_at = Some(Instant::now());
+        let _ = t.commands.try_send(ShardCommand::Die);
+    }
+
+    /// Every shard drains and reports its final metrics; the merged summary
+    /// goes to stderr.
+    pub fn shutdown(
+        mut self,
+        outcome: Outcome,
+        stdout_pump: Option<JoinHandle<()>>,
+        audit: Option<AuditWriter>,
+    ) -> Result<(), ServeError> {
+        let elapsed = self.started.elapsed();
+        self.publish(|v| v.stopping());
+        let drain = self.launcher.limits.drain_timeout();
+        log::info!(
+            "stopping ({}): draining for up to {} ms",
+            outcome.reason,
+            drain.as_millis()
+        );
+        for t in &self.threads {
+            if let Err(TrySendError::Full(_)) = t.commands.try_send(ShardCommand::Shutdown) {
+                log::warn!("shard on core {}: command queue full", t.core);
+            }
+        }
+        let mut failure = outcome.failure;
+        self.wait_stopped(drain + Duration::from_secs(2), &mut failure);
+        self.join_threads(&mut failure);
+        // Our copy of the stdio socket would keep the stdout pump waiting.
+        drop(self.launcher.stdio.take());
+        if let Some(pump) = stdout_pump {
+            // Everything answered reaches stdout before the summary is printed.
+            let until = Instant::now() + Duration::from_secs(2);
+            while !pump.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // Shards that ended flushed their lines; one that did not end still
+        // holds the queue open, so this waits only so long.
+        drop(self.launcher.audit.take());
+        if let Some(w) = audit {
+            w.finish_within(Duration::from_secs(2));
+        }
+        eprint!("{}", self.total.summary(elapsed));
+        match failure {
+            Some(f) => Err(ServeError::Failed(f)),
+            None => Ok(()),
+        }
+    }
+
+    /// Collects every shard's final report, within `limit`.
+    fn wait_stopped(&mut self, limit: Duration, failure: &mut Option<String>) {
+        let deadline = Instant::now() + limit;
+        let n = self.threads.len();
+        let mut stopped = self.threads.iter().filter(|t| t.stopped).count();
+        while stopped < n {
+            if process::wait_stop_signal(Duration::ZERO).is_some() {
+                eprintln!("tessera: second stop signal, exiting without draining");
+                std::process::exit(130);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!("{} shard(s) did not stop in time", n - stopped);
+                return;
+            }
+            match self
+                .launcher
+                .events
+                .recv_timeout(left.min(Duration::from_millis(50)))
+            {
+                Ok(ShardEvent::Stopped {
+                    index,
+                    core,
+                    snapshot,
+                    unfinished_connections,
+                }) => {
+                    if unfinished_connections > 0 {
+                        log::warn!("shard on core {core}: closed {unfinished_connections} connection(s) still busy after the drain timeout");
+                    }
+                    self.threads[index].stopped = true;
+                    self.total.merge(&snapshot);
+                    stopped += 1;
+                }
+                Ok(ShardEvent::Died {
+                    index, snapshot, ..
+                }) => {
+                    if let Some(s) = snapshot {
+                        self.total.merge(&s);
+                    }
+                    self.threads[index].stopped = true;
+                    stopped += 1;
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {
+                    for t in self.threads.iter().filter(|t| !t.stopped) {
+                        if t.join.as_ref().is_some_and(|j| j.is_finished()) {
+                            failure.get_or_insert_with(|| {
+                                format!("the shard on core {} stopped unexpectedly", t.core)
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Joins the threads that finished; a panic that escaped one is a failure.
+    fn join_threads(&mut self, failure: &mut Option<String>) {
+        for t in &mut self.threads {
+            let Some(j) = t.join.take() else { continue };
+            if !j.is_finished() {
+                continue;
+            }
+            if let Err(panic) = j.join() {
+                let msg = executor::panic_message(panic.as_ref());
+                failure
+                    .get_or_insert_with(|| format!("the shard on core {} panicked: {msg}", t.core));
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! `Core`: the MCP service's state on one shard, and what it needs from the
+//! layers around it (a link to the other shards, a store, an audit sink).
+//!
+//! One `Core` per executor, created inside its thread and never leaving it
+//! (`Rc`/`RefCell`, `!Send` by construction). Sessions, handlers and the
+//! transports on this core reach it through an `Rc`. Every table in it is
+//! bounded by a field of [`Limits`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::audit::AuditSink;
+use super::auth::AuthConfig;
+use super::kv::{self, KvOp, KvReply, KvStore};
+use super::listen::Listener;
+use super::mrtr::StateKey;
+use super::msg::{Link, LinkCall, Msg};
+use super::ratelimit::{Principal, RateTable, Verdict};
+use super::registry::Registry;
+use super::store::Store;
+use super::tasks::TaskTable;
+use super::watch::{self, WatchTable};
+use super::SharedNotifier;
+use crate::metrics::ShardMetrics;
+use crate::protocol::Parser;
+use crate::runtime::local::Flag;
+use crate::runtime::mesh::MeshError;
+use crate::runtime::supervisor::Dice;
+
+/// The bounds the MCP layer enforces; see the public `config::Limits` for
+/// what each does at its bound.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub kv_max_keys_per_shard: usize,
+    pub kv_max_key_bytes: usize,
+    pub kv_max_value_bytes: usize,
+    pub max_subscriptions_per_session: usize,
+    pub max_watchers_per_key: usize,
+    pub max_client_requests: usize,
+    pub client_request_timeout_ms: u64,
+    pub page_size: usize,
+    pub mrtr_state_ttl_ms: u64,
+    pub max_tasks_per_shard: usize,
+    pub task_ttl_ms: u64,
+    pub rate_limit_per_sec: u32,
+    /// Tokens a principal's bucket holds when full (never 0 while rate
+    /// limiting is on).
+    pub rate_limit_burst: u32,
+    pub rate_limit_max_principals: usize,
+    /// How long a cross-core hop may take (named in its error).
+    pub mesh_timeout_ms: u64,
+}
+
+impl Limits {
+    pub fn client_request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.client_request_timeout_ms)
+    }
+}
+
+/// Fault injection in the MCP layer (off unless `--chaos-*` is given).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct FaultRates {
+    /// Fraction of tool calls whose handler panics.
+    pub tool_panic: f64,
+    /// Fraction of token checks that panic (TCP/stdio `_meta.authorization`).
+    pub auth_panic: f64,
+}
+
+/// What a shard's MCP service is built from.
+pub(crate) struct CoreParts {
+    pub id: usize,
+    pub shard_count: usize,
+    pub limits: Limits,
+    pub registry: Registry,
+    pub state_key: StateKey,
+    pub auth: Option<AuthConfig>,
+    pub faults: FaultRates,
+    pub shutdown: Rc<Flag>,
+}
+
+pub(crate) struct Core {
+    /// This shard's id: its index in the mesh, what `kv::owner` returns.
+    pub id: usize,
+    pub shard_count: usize,
+    pub limits: Limits,
+    /// Tools, resources and prompts: the same definitions on every shard,
+    /// each shard with its own copy.
+    pub registry: Registry,
+    /// Signs cursors and multi-round request state; the same key on every
+    /// shard, so a later round may land on any of them.
+    pub state_key: StateKey,
+    /// `--auth`: this shard's own copy of the token and role tables.
+    pub auth: Option<AuthConfig>,
+    /// Watchers of the resource URIs this shard owns (`watch::owner`).
+    pub watches: RefCell<WatchTable>,
+    /// Sessions and listen streams that subscribed to something, by id.
+    pub subscribers: RefCell<HashMap<u64, SharedNotifier>>,
+    /// Legacy sessions on this shard that hear list changes, by subscriber id.
+    pub legacy_sessions: RefCell<HashMap<u64, SharedNotifier>>,
+    /// Modern `subscriptions/listen` streams on this shard, by subscriber id.
+    pub listeners: RefCell<HashMap<u64, Listener>>,
+    /// Tasks this shard owns (their ids name it).
+    pub tasks: RefCell<TaskTable>,
+    /// The keys this shard owns.
+    pub kv: RefCell<KvStore>,
+    /// Rate-limit buckets of HTTP principals served here.
+    pub rate: RefCell<RateTable>,
+    pub metrics: RefCell<ShardMetrics>,
+    pub parser: RefCell<Parser>,
+    faults: FaultRates,
+    dice: Dice,
+    /// `--audit-log`: where this shard's audit lines go.
+    pub audit: RefCell<Option<Box<dyn AuditSink>>>,
+    /// `--data-dir`: where this shard's tasks are kept.
+    pub store: RefCell<Option<Rc<dyn Store>>>,
+    /// The other shards (none with one shard, or while the mesh is rebuilt).
+    link: RefCell<Option<Rc<dyn Link>>>,
+    next_subscriber: Cell<u64>,
+    next_scope: Cell<u64>,
+    /// Raised when the shard stops accepting and drains.
+    pub shutdown: Rc<Flag>,
+}
+
+impl Core {
+    pub fn new(p: CoreParts) -> Self {
+        let l = &p.limits;
+        Self {
+            id: p.id,
+            shard_count: p.shard_count,
+            kv: RefCell::new(KvStore::new(l.kv_max_keys_per_shard)),
+            watches: RefCell::new(WatchTable::new(l.max_watchers_per_key)),
+            tasks: RefCell::new(TaskTable::new(p.id, l.max_tasks_per_shard, l.task_ttl_ms)),
+            rate: RefCell::new(RateTable::new(l.rate_limit_max_principals)),
+            limits: p.limits,
+            registry: p.registry,
+            state_key: p.state_key,
+            auth: p.auth,
+            subscribers: RefCell::new(HashMap::new()),
+            legacy_sessions: RefCell::new(HashMap::new()),
+            listeners: RefCell::new(HashMap::new()),
+            metrics: RefCell::new(ShardMetrics::new()),
+            parser: RefCell::new(Parser::new()),
+            faults: p.faults,
+            dice: Dice::new(dice_seed(p.id)),
+            audit: RefCell::new(None),
+            store: RefCell::new(None),
+            link: RefCell::new(None),
+            next_subscriber: Cell::new(1),
+            // Scopes name sessions to their tasks, and both outlive a restart
+            // with --data-dir: start past any earlier run's.
+            next_scope: Cell::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| (d.as_millis() as u64) << 10),
+            ),
+            shutdown: p.shutdown,
+        }
+    }
+
+    /// Connects this shard to the others (`None`: they are out of reach,
+    /// e.g. while the mesh is rebuilt).
+    pub fn set_link(&self, link: Option<Rc<dyn Link>>) {
+        assert!(
+            link.is_none() || self.shard_count > 1,
+            "a single shard has no one to link to"
+        );
+        *self.link.borrow_mut() = link;
+    }
+
+    /// Sends `msg` to shard `to` and returns the reply's future; errors at
+    /// once when the hop cannot even be queued.
+    pub fn call(&self, to: usize, msg: Msg) -> Result<LinkCall, MeshError> {
+        assert_ne!(to, self.id, "local work must not cross the mesh");
+        let link = self.link.borrow().clone().ok_or(MeshError::PeerGone)?;
+        link.call(to, msg)
+    }
+
+    /// Sends `msg` to shard `to` without a reply. A full queue drops it
+    /// (counted by the mesh): callers only tell what the receiver can do
+    /// without (notifications, unsubscribes).
+    pub fn tell(&self, to: usize, msg: Msg) {
+        assert_ne!(to, self.id, "local work must not cross the mesh");
+        let link = self.link.borrow().clone();
+        if let Some(link) = link {
+            let _ = link.tell(to, msg);
+        }
+    }
+
+    /// Whether a chaos roll says this tool call should panic.
+    pub fn chaos_tool_panic(&self) -> bool {
+        self.dice.roll(self.faults.tool_panic)
+    }
+
+    /// Whether a chaos roll says this token check should panic.
+    pub fn chaos_auth_panic(&self) -> bool {
+        self.dice.roll(self.faults.auth_panic)
+    }
+
+    /// Checks the rate limit of an HTTP principal; `Err(retry_after)` when
+    /// over it. Always `Ok` with rate limiting off.
+    pub fn rate_check(&self, who: &Principal, now: Instant) -> Result<(), std::time::Duration> {
+        let rate = self.limits.rate_limit_per_sec;
+        if rate == 0 {
+            return Ok(());
+        }
+        let verdict = self
+            .rate
+            .borrow_mut()
+            .check(who, now, rate, self.limits.rate_limit_burst);
+        let mut m = self.metrics.borrow_mut();
+        match verdict {
+            Verdict::Allow => Ok(()),
+            Verdict::Untracked => {
+                m.counters.rate_table_full += 1;
+                Ok(())
+            }
+            Verdict::Deny(wait) => {
+                m.counters.rate_limited += 1;
+                Err(wait)
+            }
+        }
+    }
+
+    /// A fresh id naming a legacy session (it scopes the session's tasks).
+    pub fn next_session_scope(&self) -> u64 {
+        let id = self.next_scope.get();
+        self.next_scope.set(id + 1);
+        id
+    }
+
+    /// Adds a session that receives server-initiated notifications.
+    pub fn register_subscriber(&self, notifier: SharedNotifier) -> u64 {
+        let id = self.next_subscriber.get();
+        self.next_subscriber.set(id + 1);
+        self.subscribers.borrow_mut().insert(id, notifier);
+        id
+    }
+
+    /// Applies a kv operation to the keys this shard owns and tells the
+    /// key's watchers when its value changed.
+    pub fn kv_execute(self: &Rc<Self>, op: KvOp) -> KvReply {
+        assert_eq!(
+            kv::owner(op.key(), self.shard_count),
+            self.id,
+            "a kv operation runs at its key's owner"
+        );
+        let uri = kv::uri_of(op.key());
+        let (reply, changed) = self.kv.borrow_mut().apply(op);
+        if matches!(reply, KvReply::Full { .. }) {
+            self.metrics.borrow_mut().counters.kv_full += 1;
+        }
+        if changed {
+            watch::notify_watchers(self, &uri);
+        }
+        reply
+    }
+
+    /// Queues an operation for the store (`--data-dir`); counts a drop.
+    pub fn persist(&self, op: super::store::Op) {
+        let store = self.store.borrow();
+        if let Some(s) = store.as_ref() {
+            if !s.push(op) {
+                self.metrics.borrow_mut().counters.store_dropped += 1;
+            }
+        }
+    }
+
+    /// What this shard holds right now, for the admin endpoint.
+    pub fn gauges(&self) -> (u64, u64) {
+        (
+            self.tasks.borrow().len() as u64,
+            self.kv.borrow().len() as u64,
+        )
+    }
+
+    /// After the executor died: drops the plain-data state its leaked tasks
+    /// would keep alive (keys, watchers, rate buckets). Anything holding
+    /// glommio objects (tasks, sessions) must stay: dropping those outside
+    /// their executor panics inside a destructor.
+    pub fn release_state(&self) {
+        let l = &self.limits;
+        *self.kv.borrow_mut() = KvStore::new(l.kv_max_keys_per_shard);
+        *self.watches.borrow_mut() = WatchTable::new(l.max_watchers_per_key);
+        *self.rate.borrow_mut() = RateTable::new(l.rate_limit_max_principals);
+    }
+}
+
+/// A per-shard seed: different on every shard and every run.
+fn dice_seed(id: usize) -> u64 {
+    (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A one-shard core for unit tests: `app` under `limits`, with `auth` and
+/// `faults`, no mesh, store or audit sink.
+#[cfg(test)]
+pub(crate) fn test_core(
+    app: &super::registry::App,
+    limits: &crate::config::Limits,
+    auth: Option<AuthConfig>,
+    faults: FaultRates,
+) -> Rc<Core> {
+    Rc::new(Core::new(CoreParts {
+        id: 0,
+        shard_count: 1,
+        limits: crate::node::server_limits(limits),
+        registry: app.build().expect("a valid test server"),
+        state_key: StateKey::random(),
+        auth,
+        faults,
+        shutdown: Rc::new(Flag::default()),
+    }))
+}

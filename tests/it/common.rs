@@ -1,0 +1,599 @@
+//! Test harness: starts the real `tessera` binary on an ephemeral port and
+//! talks to it over real sockets. Every wait is bounded, and a server is
+//! stopped (SIGTERM, then SIGKILL) when its handle drops, so a failing test
+//! never leaves a process behind.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server under test: `$TESSERA_BIN` when set (to run these tests
+/// against another build, e.g. an older one), else the one cargo built.
+pub fn tessera_bin() -> PathBuf {
+    match std::env::var_os("TESSERA_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_tessera")),
+    }
+}
+
+/// The loadgen is another package of the workspace; `cargo test --workspace`
+/// builds it next to the server binary.
+pub fn loadgen_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_tessera")).with_file_name("tessera-loadgen");
+    assert!(
+        p.exists(),
+        "{} missing: run the tests with `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// CPUs this test process may use.
+pub fn allowed_cores() -> Vec<usize> {
+    tessera::config::select_cores(None).expect("CPU affinity")
+}
+
+pub struct Server {
+    child: Child,
+    pub addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    stderr: Arc<Mutex<String>>,
+    lines: Receiver<String>,
+}
+
+impl Server {
+    /// Starts `tessera serve --tcp 127.0.0.1:0 <args>` and waits until it is
+    /// listening.
+    pub fn start(args: &[&str]) -> Server {
+        let mut full = vec!["serve", "--tcp", "127.0.0.1:0"];
+        full.extend_from_slice(args);
+        let mut s = Server::spawn(&full, Stdio::null());
+        let line = s
+            .wait_for_stderr("listening on tcp://", IO_TIMEOUT)
+            .unwrap_or_else(|| panic!("server did not start; stderr:\n{}", s.stderr()));
+        let addr = line
+            .split("tcp://")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        s.addr = Some(addr.parse().unwrap());
+        s
+    }
+
+    /// Starts `tessera serve --http 127.0.0.1:0 <args>` (HTTP only) and waits
+    /// until it is listening.
+    pub fn start_http(args: &[&str]) -> Server {
+        let mut full = vec!["serve", "--http", "127.0.0.1:0"];
+        full.extend_from_slice(args);
+        let mut s = Server::spawn(&full, Stdio::null());
+        let line = s
+            .wait_for_stderr("listening on http://", IO_TIMEOUT)
+            .unwrap_or_else(|| panic!("server did not start; stderr:\n{}", s.stderr()));
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        s.http_addr = Some(addr.parse().unwrap());
+        s
+    }
+
+    pub fn http(&self) -> HttpConn {
+        HttpConn::open(self.http_addr.expect("server listens on HTTP"))
+    }
+
+    /// Spawns the binary with `args` and collects stderr in the background.
+    pub fn spawn(args: &[&str], stdin: Stdio) -> Server {
+        let mut child = Command::new(tessera_bin())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tessera");
+        let err = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = channel();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+                let _ = tx.send(line);
+            }
+        });
+        Server {
+            child,
+            addr: None,
+            http_addr: None,
+            stderr,
+            lines,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("server listens on TCP")
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Everything the server printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// True once anything the server wrote to stderr (before or after this
+    /// call) contains `needle`; false at the timeout. Log lines are written
+    /// after the response that caused them may have been read.
+    pub fn stderr_shows(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().contains(needle) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr())
+    }
+
+    /// Sends a signal and waits (bounded) for the exit status.
+    pub fn stop_with(&mut self, signal: i32) -> ExitStatus {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+        self.wait_exit(IO_TIMEOUT)
+            .expect("server did not exit after the signal")
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // Let the stderr reader catch up with the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        if self.wait_exit(Duration::from_secs(5)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A line-oriented JSON-RPC client over one TCP connection.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    next_id: u64,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+            next_id: 1000,
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("write");
+    }
+
+    pub fn send(&mut self, v: &Value) {
+        let mut line = serde_json::to_vec(v).unwrap();
+        line.push(b'\n');
+        self.send_raw(&line);
+    }
+
+    /// Reads one line; panics on timeout or EOF.
+    pub fn recv_line(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read (timed out?)");
+        assert!(n > 0, "server closed the connection");
+        line
+    }
+
+    pub fn recv(&mut self) -> Value {
+        let line = self.recv_line();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON from server ({e}): {line}"))
+    }
+
+    /// How long reads wait (IO_TIMEOUT unless changed).
+    pub fn set_read_timeout(&mut self, t: Duration) {
+        self.writer.set_read_timeout(Some(t)).unwrap();
+    }
+
+    /// The next message, or None when none arrives within the read timeout.
+    pub fn try_recv(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(n) if n > 0 => serde_json::from_str(&line).ok(),
+            _ => None,
+        }
+    }
+
+    /// True when the server closes the connection within the timeout.
+    pub fn is_closed_by_server(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+
+    pub fn request(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({"jsonrpc": "2.0", "id": id, "method": method});
+        if !params.is_null() {
+            msg["params"] = params;
+        }
+        self.send(&msg);
+        let resp = self.recv();
+        assert_eq!(resp["id"], json!(id), "response to another request: {resp}");
+        resp
+    }
+
+    pub fn initialize(&mut self) -> Value {
+        let r = self.request(
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}),
+        );
+        assert!(r["result"].is_object(), "initialize failed: {r}");
+        self.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        r
+    }
+
+    pub fn call_tool(&mut self, name: &str, args: Value) -> Value {
+        self.request("tools/call", json!({"name": name, "arguments": args}))
+    }
+}
+
+/// The text of the first content block of a tool result response.
+pub fn result_text(resp: &Value) -> &str {
+    resp["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text content in {resp}"))
+}
+
+pub fn error_code(resp: &Value) -> i64 {
+    resp["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an error response: {resp}"))
+}
+
+/// One HTTP/1.1 response, read to its end.
+#[derive(Debug)]
+pub struct HttpResp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// A raw HTTP/1.1 connection: the tests need to see exact status codes and
+/// headers, drop streams mid-way and pipeline requests, which a full client
+/// library would hide.
+pub struct HttpConn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+pub fn request_bytes(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut r = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        r.push_str("Host: 127.0.0.1\r\n");
+    }
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        r.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    r.push_str("\r\n");
+    let mut bytes = r.into_bytes();
+    if let Some(b) = body {
+        bytes.extend_from_slice(b);
+    }
+    bytes
+}
+
+impl HttpConn {
+    pub fn open(addr: SocketAddr) -> HttpConn {
+        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        HttpConn {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("write");
+    }
+
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) {
+        let bytes = request_bytes(method, path, headers, body);
+        self.send_raw(&bytes);
+    }
+
+    /// Reads a status line and headers.
+    pub fn read_head(&mut self) -> (u16, Vec<(String, String)>) {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read status line");
+        assert!(n > 0, "connection closed before a response");
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .expect("status")
+            .parse()
+            .expect("status code");
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h).expect("read header");
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').expect("header line");
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+        (status, headers)
+    }
+
+    /// Reads one complete response (Content-Length or chunked).
+    pub fn read_response(&mut self) -> HttpResp {
+        let (status, headers) = self.read_head();
+        let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        if let Some(len) = get("content-length") {
+            body.resize(len.parse().unwrap(), 0);
+            self.reader.read_exact(&mut body).expect("read body");
+        } else if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            while let Some(chunk) = self.read_chunk() {
+                body.extend_from_slice(&chunk);
+            }
+        }
+        HttpResp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// One chunk of a chunked body; `None` at the last chunk.
+    pub fn read_chunk(&mut self) -> Option<Vec<u8>> {
+        let mut size = String::new();
+        if self.reader.read_line(&mut size).ok()? == 0 {
+            return None;
+        }
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            let mut end = String::new();
+            let _ = self.reader.read_line(&mut end);
+            return None;
+        }
+        let mut chunk = vec![0; size + 2];
+        self.reader.read_exact(&mut chunk).ok()?;
+        chunk.truncate(size);
+        Some(chunk)
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> HttpResp {
+        self.send(method, path, headers, body);
+        self.read_response()
+    }
+
+    /// After a `text/event-stream` head: yields SSE events until the body ends.
+    pub fn events(&mut self) -> SseEvents<'_> {
+        SseEvents {
+            conn: self,
+            pending: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// True when the server closes the connection within the read timeout.
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Default, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub retry: Option<u64>,
+    /// A comment line only (keep-alive).
+    pub comment: bool,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {:?}", self.data))
+    }
+}
+
+pub struct SseEvents<'a> {
+    conn: &'a mut HttpConn,
+    pending: Vec<u8>,
+    done: bool,
+}
+
+impl Iterator for SseEvents<'_> {
+    type Item = SseEvent;
+
+    fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(pos) = self.pending.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.pending.drain(..pos + 2).collect();
+                let text = String::from_utf8(raw).expect("SSE is UTF-8");
+                let mut ev = SseEvent::default();
+                let mut data = Vec::new();
+                let mut fields = 0;
+                for line in text.lines() {
+                    if let Some(c) = line.strip_prefix(':') {
+                        let _ = c;
+                        continue;
+                    }
+                    fields += 1;
+                    let (k, v) = line.split_once(':').unwrap_or((line, ""));
+                    let v = v.strip_prefix(' ').unwrap_or(v);
+                    match k {
+                        "id" => ev.id = Some(v.to_owned()),
+                        "event" => ev.event = Some(v.to_owned()),
+                        "data" => data.push(v.to_owned()),
+                        "retry" => ev.retry = v.parse().ok(),
+                        _ => {}
+                    }
+                }
+                ev.data = data.join("\n");
+                ev.comment = fields == 0;
+                return Some(ev);
+            }
+            if self.done {
+                return None;
+            }
+            match self.conn.read_chunk() {
+                Some(c) => self.pending.extend_from_slice(&c),
+                None => self.done = true,
+            }
+        }
+    }
+}
+
+/// POSTs a stateless (2026-07-28) `server/discover`: the cheapest request
+/// that goes through the whole modern HTTP path.
+pub fn modern_discover(c: &mut HttpConn) -> HttpResp {
+    let body = serde_json::json!({"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{
+        "io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}})
+    .to_string();
+    c.request(
+        "POST",
+        "/mcp",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "server/discover"),
+        ],
+        Some(body.as_bytes()),
+    )
+}
+
+/// `tessera hash-token` for `token`: the tokens-file line (checked to hold
+/// no clear token).
+pub fn hash_token(token: &str, principal: &str, roles: &str) -> String {
+    let mut child = Command::new(tessera_bin())
+        .args(["hash-token", "--principal", principal, "--roles", roles])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(token.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        line.starts_with("sha256:") && !line.contains(token),
+        "{line}"
+    );
+    line
+}

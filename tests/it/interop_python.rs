@@ -1,0 +1,183 @@
+//! Interoperability: the official MCP Python SDK client (`mcp` on PyPI, 2.x)
+//! drives the real server over Streamable HTTP and stdio, in both eras.
+//!
+//! The SDK is installed into a virtualenv under `target/` on first use (or
+//! taken from `TESSERA_INTEROP_PYTHON`, a Python that has it), never assumed
+//! to be on the machine. Without network access to PyPI these tests fail.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A Python interpreter with the SDK installed.
+fn python() -> &'static PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        if let Ok(p) = std::env::var("TESSERA_INTEROP_PYTHON") {
+            return PathBuf::from(p);
+        }
+        let venv = workspace().join("target").join("interop-venv");
+        let py = venv.join("bin").join("python");
+        let stamp = venv.join(".installed");
+        let reqs = workspace().join("tests/interop/requirements.txt");
+        if !stamp.exists() {
+            let ok = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .expect("python3 -m venv")
+                .success();
+            assert!(ok, "creating {}", venv.display());
+            let ok = Command::new(&py)
+                .args(["-m", "pip", "install", "--quiet", "-r"])
+                .arg(&reqs)
+                .status()
+                .expect("pip install")
+                .success();
+            assert!(ok, "pip install -r {} failed", reqs.display());
+            std::fs::write(&stamp, b"").unwrap();
+        }
+        py
+    })
+}
+
+/// Runs the SDK client script; panics with its output unless every check passed.
+fn run_client(args: &[&str]) {
+    run_client_with(args, &[]);
+}
+
+/// [`run_client`] with environment variables for the client script
+/// (`MCP_BEARER_TOKEN`: send it as `Authorization: Bearer` over HTTP).
+fn run_client_with(args: &[&str], env: &[(&str, &str)]) {
+    let script = workspace().join("tests/interop/sdk_client.py");
+    let mut child = Command::new(python())
+        .envs(env.iter().copied())
+        .arg("-W")
+        .arg("ignore::DeprecationWarning")
+        .arg(&script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the SDK client");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("ALL CHECKS PASSED"),
+        "SDK client {args:?} failed ({:?})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+}
+
+fn two_cores() -> String {
+    let c = allowed_cores();
+    if c.len() >= 2 {
+        format!("{},{}", c[0], c[1])
+    } else {
+        c[0].to_string()
+    }
+}
+
+#[test]
+fn python_sdk_over_http_legacy_and_modern() {
+    let server = Server::start_http(&["--cores", &two_cores()]);
+    let url = format!("http://{}/mcp", server.http_addr.unwrap());
+    run_client(&["http", "legacy", &url]);
+    run_client(&["http", "modern", &url]);
+}
+
+/// The SDK's own HTTP client with a bearer token drives a whole session in
+/// both eras against `--auth token`; without the token it is refused.
+#[test]
+fn python_sdk_over_authenticated_http() {
+    let token = "sdk-interop-token-4242";
+    let mut hasher = Command::new(tessera_bin())
+        .args(["hash-token", "--principal", "sdk"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    hasher
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(token.as_bytes())
+        .unwrap();
+    let line = String::from_utf8(hasher.wait_with_output().unwrap().stdout).unwrap();
+    let file = std::env::temp_dir().join(format!("tessera-sdk-tokens-{}", std::process::id()));
+    std::fs::write(&file, line).unwrap();
+    let server = Server::start_http(&[
+        "--cores",
+        &two_cores(),
+        "--auth",
+        "token",
+        "--auth-tokens",
+        file.to_str().unwrap(),
+    ]);
+    let url = format!("http://{}/mcp", server.http_addr.unwrap());
+    run_client_with(&["http", "legacy", &url], &[("MCP_BEARER_TOKEN", token)]);
+    run_client_with(&["http", "modern", &url], &[("MCP_BEARER_TOKEN", token)]);
+    let refused = std::panic::catch_unwind(|| run_client(&["http", "modern", &url]));
+    assert!(
+        refused.is_err(),
+        "without the token the SDK client must fail"
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn python_sdk_over_stdio_legacy_and_modern() {
+    let bin = tessera_bin();
+    let bin = bin.to_str().unwrap();
+    let cores = two_cores();
+    run_client(&[
+        "stdio", "legacy", bin, "serve", "--stdio", "--cores", &cores,
+    ]);
+    run_client(&[
+        "stdio", "modern", bin, "serve", "--stdio", "--cores", &cores,
+    ]);
+}
+
+/// Prompts, resources and templates, resource-update notifications,
+/// sampling, elicitation and roots through the SDK's callbacks, against
+/// `--fixtures conformance`, in both eras, over HTTP and stdio.
+#[test]
+fn python_sdk_fixtures_both_eras_http_and_stdio() {
+    let server = Server::start_http(&["--cores", &two_cores(), "--fixtures", "conformance"]);
+    let url = format!("http://{}/mcp", server.http_addr.unwrap());
+    run_client(&["http-fixtures", "legacy", &url]);
+    run_client(&["http-fixtures", "modern", &url]);
+    let bin = tessera_bin();
+    let bin = bin.to_str().unwrap();
+    for era in ["legacy", "modern"] {
+        run_client(&[
+            "stdio-fixtures",
+            era,
+            bin,
+            "serve",
+            "--stdio",
+            "--fixtures",
+            "conformance",
+            "--cores",
+            &two_cores(),
+        ]);
+    }
+}

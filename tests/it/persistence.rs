@@ -1,0 +1,370 @@
+//! `--data-dir` against the real binary: legacy HTTP sessions and their SSE
+//! event stores survive `kill -9` and a restart — the old session id keeps
+//! working, `Last-Event-ID` replays what was stored, subscriptions still
+//! deliver — and a deleted session stays deleted; task records and results
+//! come back too.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::{json, Value};
+
+const CT: (&str, &str) = ("Content-Type", "application/json");
+const ACCEPT: (&str, &str) = ("Accept", "application/json, text/event-stream");
+const V: (&str, &str) = ("MCP-Protocol-Version", "2025-11-25");
+
+fn data_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tessera-data-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn start(dir: &Path, fsync: &str) -> Server {
+    let cores: Vec<String> = allowed_cores()
+        .iter()
+        .take(2)
+        .map(|c| c.to_string())
+        .collect();
+    Server::start_http(&[
+        "--cores",
+        &cores.join(","),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--fsync",
+        fsync,
+        // A crash loses at most this much: keep it well under the waits.
+        "--fsync-interval-ms",
+        "100",
+    ])
+}
+
+fn post(server: &Server, sid: Option<&str>, body: &Value) -> HttpResp {
+    let b = serde_json::to_vec(body).unwrap();
+    let mut h = vec![CT, ACCEPT, V];
+    if let Some(s) = sid {
+        h.push(("Mcp-Session-Id", s));
+    }
+    server.http().request("POST", "/mcp", &h, Some(&b))
+}
+
+fn message(r: &HttpResp) -> Value {
+    let text = String::from_utf8_lossy(&r.body);
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("id").is_some())
+        .or_else(|| serde_json::from_str(text.trim()).ok())
+        .unwrap_or_else(|| panic!("no JSON-RPC message in {text}"))
+}
+
+fn kill_9(server: &mut Server) {
+    server.child().kill().unwrap(); // SIGKILL
+    server.child().wait().unwrap();
+}
+
+fn events_after(server: &Server, sid: &str, last: &str, n: usize) -> Vec<SseEvent> {
+    let mut c = server.http();
+    c.send(
+        "GET",
+        "/mcp",
+        &[
+            ("Accept", "text/event-stream"),
+            V,
+            ("Mcp-Session-Id", sid),
+            ("Last-Event-ID", last),
+        ],
+        None,
+    );
+    let (status, _) = c.read_head();
+    assert_eq!(status, 200);
+    c.events()
+        .filter(|e| !e.comment && !e.data.is_empty())
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn sessions_and_event_stores_survive_kill_9() {
+    let dir = data_dir("sessions");
+    let mut server = start(&dir, "interval");
+    assert!(
+        server.stderr().contains("persistence: "),
+        "{}",
+        server.stderr()
+    );
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"t","version":"1"}}});
+    let r = post(&server, None, &init);
+    assert_eq!(r.status, 200);
+    let sid = r.header("mcp-session-id").unwrap().to_owned();
+    assert_eq!(
+        post(
+            &server,
+            Some(&sid),
+            &json!({"jsonrpc":"2.0","method":"notifications/initialized"})
+        )
+        .status,
+        202
+    );
+    let set = |server: &Server, v: i64| {
+        let r = post(
+            server,
+            Some(&sid),
+            &json!({"jsonrpc":"2.0","id":v,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"watched","value":v}}}),
+        );
+        assert!(message(&r)["result"].is_object(), "{r:?}");
+    };
+    set(&server, 1);
+    let sub = post(
+        &server,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"kv://watched"}}),
+    );
+    assert!(message(&sub)["result"].is_object(), "{sub:?}");
+    // Two updates land on the standalone stream (0-1, 0-2) with no reader.
+    set(&server, 3);
+    set(&server, 4);
+    // Let the shard hand its batch to the writer (every 10 ms) and the
+    // writer commit it.
+    std::thread::sleep(Duration::from_millis(1000));
+    kill_9(&mut server);
+
+    let mut server = start(&dir, "interval");
+    assert!(
+        server
+            .stderr()
+            .contains("restored 1 of 1 stored session(s)"),
+        "{}",
+        server.stderr()
+    );
+    // The old session id continues.
+    let echo = post(
+        &server,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{"text":"again"}}}),
+    );
+    assert_eq!(echo.status, 200, "{echo:?}");
+    assert_eq!(message(&echo)["result"]["content"][0]["text"], "again");
+    // Last-Event-ID replays what the store held.
+    let replay = events_after(&server, &sid, "0-0", 2);
+    let ids: Vec<&str> = replay.iter().map(|e| e.id.as_deref().unwrap()).collect();
+    assert_eq!(ids, vec!["0-1", "0-2"]);
+    for e in &replay {
+        let m: Value = serde_json::from_str(&e.data).unwrap();
+        assert_eq!(m["method"], "notifications/resources/updated");
+        assert_eq!(m["params"]["uri"], "kv://watched");
+    }
+    // The subscription survived: a new update follows as 0-3.
+    set(&server, 6);
+    let next = events_after(&server, &sid, "0-2", 1);
+    assert_eq!(next[0].id.as_deref(), Some("0-3"));
+
+    // A deleted session stays deleted across the next crash.
+    let mut c = server.http();
+    let r = c.request("DELETE", "/mcp", &[V, ("Mcp-Session-Id", &sid)], None);
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(1000));
+    kill_9(&mut server);
+    let server = start(&dir, "always");
+    let gone = post(
+        &server,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":7,"method":"ping"}),
+    );
+    assert_eq!(gone.status, 404);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_a_data_dir_the_log_says_memory_only() {
+    let server = Server::start_http(&["--cores", "0"]);
+    assert!(
+        server.stderr().contains("kept in memory only"),
+        "{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn task_records_and_results_survive_kill_9() {
+    let dir = data_dir("tasks");
+    let args = |dir: &Path| {
+        vec![
+            "--cores".to_string(),
+            "0".to_string(),
+            "--fixtures".to_string(),
+            "conformance".to_string(),
+            "--data-dir".to_string(),
+            dir.to_str().unwrap().to_string(),
+            "--fsync".to_string(),
+            "always".to_string(),
+        ]
+    };
+    let a = args(&dir);
+    let mut server = Server::start_http(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let r = post(&server, None, &init);
+    let sid = r.header("mcp-session-id").unwrap().to_owned();
+    let task = |server: &Server, id: u64, seconds: f64| {
+        let r = post(
+            server,
+            Some(&sid),
+            &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"slow_compute","arguments":{"seconds":seconds,"label":"p"},"task":{"ttl":60000}}}),
+        );
+        message(&r)["result"]["task"]["taskId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r:?}"))
+            .to_owned()
+    };
+    let done = task(&server, 1, 0.1);
+    let running = task(&server, 2, 30.0);
+    let result = post(
+        &server,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":3,"method":"tasks/result","params":{"taskId":done}}),
+    );
+    let text = message(&result)["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(text.starts_with("Computed after 0.1 s p"), "{text}");
+    std::thread::sleep(Duration::from_millis(1000));
+    kill_9(&mut server);
+
+    let server = Server::start_http(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        server.stderr().contains("2 of 2 task(s)"),
+        "{}",
+        server.stderr()
+    );
+    let get = |id: &str| {
+        message(&post(
+            &server,
+            Some(&sid),
+            &json!({"jsonrpc":"2.0","id":4,"method":"tasks/get","params":{"taskId":id}}),
+        ))
+    };
+    assert_eq!(get(&done)["result"]["status"], "completed");
+    let lost = get(&running);
+    assert_eq!(lost["result"]["status"], "failed", "{lost}");
+    assert!(lost["result"]["statusMessage"]
+        .as_str()
+        .unwrap()
+        .contains("restarted"));
+    let again = post(
+        &server,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":5,"method":"tasks/result","params":{"taskId":done}}),
+    );
+    assert_eq!(
+        message(&again)["result"]["content"][0]["text"],
+        text.as_str()
+    );
+    // Still this session's tasks.
+    let list = message(&post(
+        &server,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":6,"method":"tasks/list","params":{}}),
+    ));
+    assert_eq!(
+        list["result"]["tasks"].as_array().unwrap().len(),
+        2,
+        "{list}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A legacy session on `server`, initialized.
+fn session(server: &Server) -> String {
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let r = post(server, None, &init);
+    assert_eq!(r.status, 200, "{r:?}");
+    let sid = r.header("mcp-session-id").unwrap().to_owned();
+    let ack = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    assert_eq!(post(server, Some(&sid), &ack).status, 202);
+    sid
+}
+
+fn rpc(server: &Server, sid: &str, id: u64, method: &str, params: Value) -> Value {
+    let r = post(
+        server,
+        Some(sid),
+        &json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}),
+    );
+    message(&r)
+}
+
+#[test]
+fn a_refused_subscription_is_neither_counted_nor_restored() {
+    let dir = data_dir("refused-sub");
+    let start_limited = || {
+        Server::start_http(&[
+            "--cores",
+            "0",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--fsync",
+            "always",
+            "--max-watchers-per-key",
+            "1",
+            "--max-subscriptions-per-session",
+            "1",
+        ])
+    };
+    let mut server = start_limited();
+    let a = session(&server);
+    let b = session(&server);
+    let sub = |server: &Server, sid: &str, id, uri: &str| {
+        rpc(server, sid, id, "resources/subscribe", json!({"uri": uri}))
+    };
+    assert!(sub(&server, &a, 1, "kv://x")["result"].is_object());
+    // kv://x has its one watcher: b is refused ...
+    let refused = sub(&server, &b, 2, "kv://x");
+    assert_eq!(error_code(&refused), -32600, "{refused}");
+    // ... and the refusal does not use up b's one subscription.
+    let y = sub(&server, &b, 3, "kv://y");
+    assert!(y["result"].is_object(), "{y}");
+    // a lets go of kv://x: only a stored (wrongly kept) subscription of b's
+    // could take it after the restart.
+    assert!(rpc(
+        &server,
+        &a,
+        4,
+        "resources/unsubscribe",
+        json!({"uri": "kv://x"})
+    )["result"]
+        .is_object());
+    std::thread::sleep(Duration::from_millis(1000));
+    kill_9(&mut server);
+
+    let server = start_limited();
+    assert!(
+        server
+            .stderr()
+            .contains("restored 2 of 2 stored session(s)"),
+        "{}",
+        server.stderr()
+    );
+    // One shard: the two updates reach b's stream in this order.
+    for (id, key) in [(5, "x"), (6, "y")] {
+        let set = rpc(
+            &server,
+            &a,
+            id,
+            "tools/call",
+            json!({"name":"kv_set","arguments":{"key":key,"value":id}}),
+        );
+        assert!(set["result"].is_object(), "{set}");
+    }
+    let first = events_after(&server, &b, "0-0", 1);
+    let m: Value = serde_json::from_str(&first[0].data).unwrap();
+    assert_eq!(m["method"], "notifications/resources/updated");
+    assert_eq!(
+        m["params"]["uri"], "kv://y",
+        "b hears only what it subscribed to"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
