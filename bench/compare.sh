@@ -15,6 +15,10 @@
 # per idle connection.
 #
 # Usage: bench/compare.sh [--runs N] [--duration 5s] [--no-rmcp] [--no-fanout] [--no-idle]
+#                         [--ab OTHER-TESSERA-BINARY]
+# --ab runs every tessera case against a second build too (an A/B of a
+# change: build the old commit elsewhere and pass its target/release/tessera);
+# its rows are suffixed @B and its runs alternate with this build's.
 # Env:   SERVER_CORE (0), LOAD_CORE (1)
 # Needs: a Rust toolchain, python3; wrk (optional, Debian package `wrk`);
 #        RLIMIT_NOFILE > 10,100 for the fan-out case.
@@ -26,6 +30,7 @@ DURATION=5s
 RMCP=1
 FANOUT=1
 IDLE=1
+AB=
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
@@ -33,6 +38,7 @@ while [ $# -gt 0 ]; do
     --no-rmcp) RMCP=0; shift ;;
     --no-fanout) FANOUT=0; shift ;;
     --no-idle) IDLE=0; shift ;;
+    --ab) AB=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -62,23 +68,44 @@ wait_port() {
   echo "server on port $1 did not start" >&2; return 1
 }
 
+# run_once NAME RUN SERVER-COMMAND-WITH-@PORT@ LOADGEN-ARGS-WITH-@ADDR@
+run_once() {
+  local name=$1 i=$2 server=$3 load=$4
+  local port; port=$(free_port)
+  # shellcheck disable=SC2086
+  ${server//@PORT@/$port} >"$OUT/server.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port "$port"
+  # shellcheck disable=SC2086
+  if ! $LOADGEN ${load//@ADDR@/127.0.0.1:$port} --cores "$LC" --json --quiet >"$OUT/$name.$i.json" 2>"$OUT/$name.$i.err"; then
+    echo "case $name run $i failed:" >&2; cat "$OUT/$name.$i.err" >&2; cat "$OUT/$name.$i.json" >&2
+    exit 1
+  fi
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+}
+
 # case NAME SERVER-COMMAND-WITH-@PORT@ LOADGEN-ARGS-WITH-@ADDR@
 run_case() {
   local name=$1 server=$2 load=$3
   for i in $(seq 1 "$RUNS"); do
-    local port; port=$(free_port)
-    # shellcheck disable=SC2086
-    ${server//@PORT@/$port} >"$OUT/server.log" 2>&1 &
-    SERVER_PID=$!
-    wait_port "$port"
-    # shellcheck disable=SC2086
-    if ! $LOADGEN ${load//@ADDR@/127.0.0.1:$port} --cores "$LC" --json --quiet >"$OUT/$name.$i.json" 2>"$OUT/$name.$i.err"; then
-      echo "case $name run $i failed:" >&2; cat "$OUT/$name.$i.err" >&2; cat "$OUT/$name.$i.json" >&2
-      exit 1
-    fi
-    kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+    run_once "$name" "$i" "$server" "$load"
   done
   echo "$name" >>"$OUT/cases"
+}
+
+# tessera_case NAME TESSERA-ARGS-WITH-@PORT@ LOADGEN-ARGS-WITH-@ADDR@: with
+# --ab OTHER, runs alternate between this build and OTHER (case NAME@B), so
+# drift of the machine falls on both alike.
+tessera_case() {
+  local name=$1 args=$2 load=$3
+  for i in $(seq 1 "$RUNS"); do
+    run_once "$name" "$i" "$TESSERA $args" "$load"
+    if [ -n "$AB" ]; then
+      run_once "$name@B" "$i" "$AB serve --cores $SC $args" "$load"
+    fi
+  done
+  echo "$name" >>"$OUT/cases"
+  if [ -n "$AB" ]; then echo "$name@B" >>"$OUT/cases"; fi
 }
 
 # wrk_case NAME SERVER-COMMAND-WITH-@PORT@: wrk -c64 against /mcp, modern era;
@@ -122,12 +149,12 @@ echo "server on core $SC, loadgen on core $LC, $RUNS runs of $DURATION each, med
 echo
 
 run_case bare-ndjson-16x64 "$BARE ndjson 127.0.0.1:@PORT@ $SC" "tcp --addr @ADDR@ --connections 16 --pipeline 64 $CLOSED"
-run_case tessera-tcp-16x64 "$TESSERA --tcp 127.0.0.1:@PORT@" "tcp --addr @ADDR@ --connections 16 --pipeline 64 $CLOSED"
+tessera_case tessera-tcp-16x64 "--tcp 127.0.0.1:@PORT@" "tcp --addr @ADDR@ --connections 16 --pipeline 64 $CLOSED"
 run_case bare-ndjson-1x1 "$BARE ndjson 127.0.0.1:@PORT@ $SC" "tcp --addr @ADDR@ --connections 1 --pipeline 1 $CLOSED"
-run_case tessera-tcp-1x1 "$TESSERA --tcp 127.0.0.1:@PORT@" "tcp --addr @ADDR@ --connections 1 --pipeline 1 $CLOSED"
+tessera_case tessera-tcp-1x1 "--tcp 127.0.0.1:@PORT@" "tcp --addr @ADDR@ --connections 1 --pipeline 1 $CLOSED"
 run_case bare-http-64 "$BARE http 127.0.0.1:@PORT@ $SC" "http --era modern --addr @ADDR@ --connections 64 --pipeline 1 $CLOSED"
-run_case tessera-http-modern-64 "$TESSERA --http 127.0.0.1:@PORT@" "http --era modern --addr @ADDR@ --connections 64 --pipeline 1 $CLOSED"
-run_case tessera-http-legacy-64 "$TESSERA --http 127.0.0.1:@PORT@" "http --era legacy --addr @ADDR@ --connections 64 --pipeline 1 $CLOSED"
+tessera_case tessera-http-modern-64 "--http 127.0.0.1:@PORT@" "http --era modern --addr @ADDR@ --connections 64 --pipeline 1 $CLOSED"
+tessera_case tessera-http-legacy-64 "--http 127.0.0.1:@PORT@" "http --era legacy --addr @ADDR@ --connections 64 --pipeline 1 $CLOSED"
 if [ "$RMCP" = 1 ]; then
   run_case rmcp-http-modern-64 "taskset -c $SC $RMCP_BIN 127.0.0.1:@PORT@" "http --era modern --addr @ADDR@ --connections 64 --pipeline 1 $CLOSED"
   run_case rmcp-http-legacy-64 "taskset -c $SC $RMCP_BIN 127.0.0.1:@PORT@" "http --era legacy --addr @ADDR@ --connections 64 --pipeline 1 $CLOSED"
@@ -135,6 +162,9 @@ fi
 if command -v wrk >/dev/null; then
   run_wrk_case bare-http-64-wrk "$BARE http 127.0.0.1:@PORT@ $SC"
   run_wrk_case tessera-http-modern-64-wrk "$TESSERA --http 127.0.0.1:@PORT@"
+  if [ -n "$AB" ]; then
+    run_wrk_case "tessera-http-modern-64-wrk@B" "$AB serve --cores $SC --http 127.0.0.1:@PORT@"
+  fi
   if [ "$RMCP" = 1 ]; then
     run_wrk_case rmcp-http-modern-64-wrk "taskset -c $SC $RMCP_BIN 127.0.0.1:@PORT@"
   fi
@@ -143,7 +173,7 @@ else
 fi
 if [ "$FANOUT" = 1 ]; then
   # 10,000 subscribers x 20 resources, 200 updates/s: 2,000,000 notifications/s offered
-  run_case tessera-fanout-10k "$TESSERA --tcp 127.0.0.1:@PORT@" "fanout --addr @ADDR@ --subscribers 10000 --keys 20 --updates-per-sec 200 --duration $DURATION --warmup 1s"
+  tessera_case tessera-fanout-10k "--tcp 127.0.0.1:@PORT@" "fanout --addr @ADDR@ --subscribers 10000 --keys 20 --updates-per-sec 200 --duration $DURATION --warmup 1s"
 fi
 
 python3 - "$OUT" <<'PY'
@@ -169,6 +199,8 @@ def ratio(a, b, what):
     if a in res and b in res and res[b][0] > 0:
         print(f"{what:52} {res[a][0] / res[b][0]:6.2f}")
 ratio("tessera-tcp-16x64", "bare-ndjson-16x64", "tessera TCP 16x64 / bare NDJSON limit")
+for c in [c for c in res if c.endswith("@B")]:
+    ratio(c[:-2], c, f"A/B: {c[:-2]} this build / B")
 if "tessera-tcp-1x1" in res and "bare-ndjson-1x1" in res:
     print(f"{'tessera TCP 1x1 p50 / bare NDJSON 1x1 p50':52} {res['tessera-tcp-1x1'][1] / res['bare-ndjson-1x1'][1]:6.2f}")
 ratio("tessera-http-modern-64", "bare-http-64", "tessera HTTP modern 64 / bare HTTP limit")

@@ -30,6 +30,7 @@ mod http_modern;
 mod interop_python;
 mod jwt;
 mod kv_mesh;
+mod layers;
 mod lifecycle;
 mod limits;
 mod loadgen;
