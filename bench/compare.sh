@@ -108,21 +108,20 @@ tessera_case() {
   if [ -n "$AB" ]; then echo "$name@B" >>"$OUT/cases"; fi
 }
 
-# wrk_case NAME SERVER-COMMAND-WITH-@PORT@: wrk -c64 against /mcp, modern era;
-# a 1 s unmeasured run first (wrk has no warm-up of its own).
-run_wrk_case() {
-  local name=$1 server=$2
-  for i in $(seq 1 "$RUNS"); do
-    local port; port=$(free_port)
-    # shellcheck disable=SC2086
-    ${server//@PORT@/$port} >"$OUT/server.log" 2>&1 &
-    SERVER_PID=$!
-    wait_port "$port"
-    local url="http://127.0.0.1:$port/mcp"
-    taskset -c "$LC" wrk -t1 -c64 -d1s -s benches/wrk/modern-echo.lua "$url" >/dev/null
-    taskset -c "$LC" wrk -t1 -c64 -d"$DURATION" --latency -s benches/wrk/modern-echo.lua "$url" >"$OUT/$name.$i.wrk"
-    kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
-    python3 - "$OUT/$name.$i.wrk" >"$OUT/$name.$i.json" <<'PY'
+# wrk_once NAME RUN SERVER-COMMAND-WITH-@PORT@: wrk -c64 against /mcp, modern
+# era; a 1 s unmeasured run first (wrk has no warm-up of its own).
+wrk_once() {
+  local name=$1 i=$2 server=$3
+  local port; port=$(free_port)
+  # shellcheck disable=SC2086
+  ${server//@PORT@/$port} >"$OUT/server.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port "$port"
+  local url="http://127.0.0.1:$port/mcp"
+  taskset -c "$LC" wrk -t1 -c64 -d1s -s benches/wrk/modern-echo.lua "$url" >/dev/null
+  taskset -c "$LC" wrk -t1 -c64 -d"$DURATION" --latency -s benches/wrk/modern-echo.lua "$url" >"$OUT/$name.$i.wrk"
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+  python3 - "$OUT/$name.$i.wrk" >"$OUT/$name.$i.json" <<'PY'
 import json, re, sys
 text = open(sys.argv[1]).read()
 def us(v):
@@ -136,8 +135,18 @@ if wrong or errors:
 rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 print(json.dumps({"throughput_msg_per_s": rate, "latency_us": {"p50": us(pct["50"]), "p99": us(pct["99"])}}))
 PY
+}
+
+# wrk_case NAME SERVER-COMMAND-WITH-@PORT@ [B-SERVER-COMMAND]: with a second
+# command, its runs (case NAME@B) alternate with the first's.
+run_wrk_case() {
+  local name=$1 server=$2 other=${3:-}
+  for i in $(seq 1 "$RUNS"); do
+    wrk_once "$name" "$i" "$server"
+    if [ -n "$other" ]; then wrk_once "$name@B" "$i" "$other"; fi
   done
   echo "$name" >>"$OUT/cases"
+  if [ -n "$other" ]; then echo "$name@B" >>"$OUT/cases"; fi
 }
 
 TESSERA="$T/tessera serve --cores $SC"
@@ -161,10 +170,8 @@ if [ "$RMCP" = 1 ]; then
 fi
 if command -v wrk >/dev/null; then
   run_wrk_case bare-http-64-wrk "$BARE http 127.0.0.1:@PORT@ $SC"
-  run_wrk_case tessera-http-modern-64-wrk "$TESSERA --http 127.0.0.1:@PORT@"
-  if [ -n "$AB" ]; then
-    run_wrk_case "tessera-http-modern-64-wrk@B" "$AB serve --cores $SC --http 127.0.0.1:@PORT@"
-  fi
+  run_wrk_case tessera-http-modern-64-wrk "$TESSERA --http 127.0.0.1:@PORT@" \
+    "${AB:+$AB serve --cores $SC --http 127.0.0.1:@PORT@}"
   if [ "$RMCP" = 1 ]; then
     run_wrk_case rmcp-http-modern-64-wrk "taskset -c $SC $RMCP_BIN 127.0.0.1:@PORT@"
   fi

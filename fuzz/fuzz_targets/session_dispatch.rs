@@ -27,7 +27,7 @@ thread_local! {
 /// (a `null` counts as present), and a well-formed error. Decoded straight
 /// from the bytes (no `serde_json::Value`): the oracle costs little of an
 /// input's time.
-#[derive(serde::Deserialize)]
+#[derive(Deserialize)]
 struct Response {
     jsonrpc: JsonRpc,
     #[serde(default, deserialize_with = "present")]
@@ -38,13 +38,13 @@ struct Response {
     error: Option<ErrorObject>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(Deserialize)]
 enum JsonRpc {
     #[serde(rename = "2.0")]
     V2,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(Deserialize)]
 #[allow(dead_code)] // decoded to check their types
 struct ErrorObject {
     code: i64,
@@ -56,22 +56,15 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 }
 
 fn check(out: &[u8]) {
-    let r: Response = serde_json::from_slice(out).unwrap_or_else(|e| {
-        panic!(
-            "not a JSON-RPC 2.0 response ({e}): {:?}",
-            String::from_utf8_lossy(out)
-        )
-    });
+    let text = || String::from_utf8_lossy(out);
+    let r: Response = serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("not a JSON-RPC 2.0 response ({e}): {:?}", text()));
     let JsonRpc::V2 = r.jsonrpc;
-    assert!(
-        r.id,
-        "an answer without an id: {:?}",
-        String::from_utf8_lossy(out)
-    );
+    assert!(r.id, "an answer without an id: {:?}", text());
     assert!(
         r.result != r.error.is_some(),
         "an answer needs exactly one of result and error: {:?}",
-        String::from_utf8_lossy(out)
+        text()
     );
 }
 
