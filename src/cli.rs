@@ -10,8 +10,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use tessera::config::{
-    parse_duration, select_cores, AuditConfig, AuthConfig, Chaos, FsyncPolicy, HttpConfig,
-    JwtSettings, Limits, ServerConfig, StoreConfig,
+    generated_node_id, parse_duration, read_secret_file, select_cores, AuditConfig, AuthConfig,
+    Chaos, ClusterConfig, FsyncPolicy, HttpConfig, JwtSettings, Limits, ServerConfig, StoreConfig,
 };
 
 #[derive(Parser, Debug)]
@@ -32,6 +32,9 @@ pub enum Command {
         /// The TOML file, as for `serve --config`.
         file: PathBuf,
     },
+    /// Cluster operations (`--cluster`).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Read a bearer token from stdin and print its line for the
     /// `--auth-tokens` file (only the SHA-256 of the token is stored).
     HashToken {
@@ -42,6 +45,99 @@ pub enum Command {
         #[arg(long, value_delimiter = ',')]
         roles: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// List the cluster's nodes (live and recently dead), their advertised
+    /// addresses, shards and sessions, from the membership keys in Redis.
+    Status {
+        /// The cluster's Redis, as for `serve --cluster`.
+        #[arg(long, value_name = "URL")]
+        cluster: String,
+        #[arg(long, value_name = "FILE")]
+        cluster_password_file: Option<PathBuf>,
+        #[arg(long, default_value = "tessera")]
+        cluster_key_prefix: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--cluster` and its settings.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Join a cluster of tessera nodes whose shared state lives in this
+    /// Redis/Valkey: `redis://[user@]HOST:PORT[/DB]`, or a Redis Cluster
+    /// seed list `redis-cluster://HOST:PORT?node=HOST:PORT`. Needs --http
+    /// and --cluster-secret-file.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+    /// The Redis password, read from this file.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_password_file: Option<PathBuf>,
+    /// This node's name in the cluster (default: generated and logged).
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Where other nodes reach this node's HTTP listener (default: the
+    /// --http address).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub cluster_advertise: Option<SocketAddr>,
+    /// A file holding the secret (at least 16 bytes) that node-to-node
+    /// requests carry proof of; required with --cluster.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Prefix of every key tessera writes, so several clusters can share one
+    /// Redis.
+    #[arg(long, default_value = "tessera")]
+    pub cluster_key_prefix: String,
+    /// A node is dead once its heartbeat is this old; shards beat every
+    /// third of it.
+    #[arg(long, default_value_t = 3000)]
+    pub cluster_heartbeat_ttl_ms: u64,
+    /// Deadline of every Redis call; past it the call fails (-31010 / 503
+    /// where a client waits for it).
+    #[arg(long, default_value_t = 1000)]
+    pub cluster_command_timeout_ms: u64,
+    /// Longest wait between reconnect attempts (backoff from 50 ms).
+    #[arg(long, default_value_t = 2000)]
+    pub cluster_reconnect_max_ms: u64,
+    /// Commands a shard's Redis client buffers while reconnecting.
+    #[arg(long, default_value_t = 10_000)]
+    pub cluster_command_queue_max: usize,
+}
+
+impl ClusterArgs {
+    fn to_config(&self) -> Result<Option<ClusterConfig>, String> {
+        let Some(url) = &self.cluster else {
+            return Ok(None);
+        };
+        let Some(secret_file) = &self.cluster_secret_file else {
+            return Err("--cluster needs --cluster-secret-file: node-to-node requests must prove they come from the cluster".into());
+        };
+        let secret = read_secret_file(secret_file).map_err(|e| e.to_string())?;
+        let node_id = self.node_id.clone().unwrap_or_else(|| {
+            let id = generated_node_id();
+            log::info!("no --node-id: this node is {id}");
+            id
+        });
+        let mut c = ClusterConfig::new(url.clone(), node_id, secret);
+        c.password = match &self.cluster_password_file {
+            Some(f) => Some(
+                String::from_utf8(read_secret_file(f).map_err(|e| e.to_string())?)
+                    .map_err(|_| format!("{}: not UTF-8", f.display()))?,
+            ),
+            None => None,
+        };
+        c.advertise = self.cluster_advertise;
+        c.key_prefix = self.cluster_key_prefix.clone();
+        c.heartbeat_ttl_ms = self.cluster_heartbeat_ttl_ms;
+        c.command_timeout_ms = self.cluster_command_timeout_ms;
+        c.reconnect_max_ms = self.cluster_reconnect_max_ms;
+        c.command_queue_max = self.cluster_command_queue_max;
+        Ok(Some(c))
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -127,6 +223,9 @@ pub struct ServeArgs {
     /// what the official MCP conformance suite exercises.
     #[arg(long, value_enum, value_name = "SET")]
     pub fixtures: Option<FixtureSet>,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -538,6 +637,7 @@ impl ServeArgs {
                 fsync_interval_ms: self.fsync_interval_ms,
                 pending_ops_max: self.store_pending_ops_max,
             }),
+            cluster: self.cluster.to_config()?,
             limits: Limits::from(&self.limits),
             chaos: Chaos {
                 panic_rate: self.chaos.chaos_panic_rate,

@@ -10,6 +10,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use crate::adapters::audit::{AuditConfig, AuditError};
+pub use crate::adapters::cluster::membership::NodeInfo;
+pub use crate::adapters::cluster::{
+    generated_node_id, read_secret_file, status as cluster_status, ClusterConfig, ClusterError,
+};
 pub use crate::adapters::command::{CommandToolConfig, CommandToolError};
 pub use crate::adapters::files::{FileDirConfig, FileDirError};
 pub use crate::adapters::prompt_files::{PromptArgConfig, PromptFileConfig, PromptFileError};
@@ -325,6 +329,9 @@ pub struct ServerConfig {
     pub audit: Option<AuditConfig>,
     /// `--data-dir`: sessions, SSE event stores and tasks survive restarts.
     pub store: Option<StoreConfig>,
+    /// `--cluster`: membership (and, as it grows, shared state) on Redis.
+    /// Needs `http`: other nodes reach this one there.
+    pub cluster: Option<ClusterConfig>,
     pub limits: Limits,
     pub chaos: Chaos,
 }
@@ -343,6 +350,7 @@ impl ServerConfig {
             auth: None,
             audit: None,
             store: None,
+            cluster: None,
             limits: Limits::default(),
             chaos: Chaos::default(),
         }
@@ -390,6 +398,22 @@ impl ServerConfig {
         }
         if let Some(a) = &self.audit {
             a.validate()?;
+        }
+        if let Some(c) = &self.cluster {
+            c.check()?;
+            let Some(h) = &self.http else {
+                return Err(Box::new(out_of_range(
+                    "cluster",
+                    "needs --http: other nodes reach this one there".into(),
+                )));
+            };
+            let advertise = c.advertise.unwrap_or(h.addr);
+            if advertise.ip().is_unspecified() || advertise.port() == 0 && c.advertise.is_some() {
+                return Err(Box::new(out_of_range(
+                    "cluster-advertise",
+                    format!("{advertise}: give the address other nodes reach this one at (--http {} cannot be dialled)", h.addr),
+                )));
+            }
         }
         if matches!(self.stats_interval, Some(d) if d.is_zero()) {
             return Err(Box::new(out_of_range(

@@ -15,6 +15,7 @@
 //! - [`secrets`]: the tokens file and JWT keys of `--auth`.
 
 pub(crate) mod audit;
+pub(crate) mod cluster;
 pub(crate) mod command;
 pub(crate) mod files;
 pub(crate) mod prompt_files;

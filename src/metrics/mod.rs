@@ -212,6 +212,19 @@ counters! {
     mesh_rejoins,
     /// Cross-core requests failed because the mesh was rebuilt under them.
     mesh_lost_in_rebuild,
+    /// `--cluster`: Redis commands sent for membership (heartbeats and the
+    /// live-node list), off every request path.
+    redis_commands_heartbeat,
+    /// Redis commands a client request waited for.
+    redis_commands_request,
+    /// Redis calls answered with an error.
+    redis_errors,
+    /// Redis calls unanswered within `--cluster-command-timeout-ms`.
+    redis_timeouts,
+    /// Redis calls refused at once because the shard's connection was down.
+    redis_refused,
+    /// Times a shard's Redis connection came back after being lost.
+    redis_reconnects,
 }
 
 /// What the mesh reports, as counted here.
@@ -262,6 +275,13 @@ pub struct Gauges {
     pub kv_keys: u64,
     /// Cross-core requests awaiting a reply: (from shard, to shard, count).
     pub mesh_pending: Vec<(usize, usize, u64)>,
+    /// `--cluster`: shards that run a Redis client (1 per shard).
+    pub cluster_shards: u64,
+    /// Of those, shards whose Redis connection is up.
+    pub cluster_shards_connected: u64,
+    /// Live nodes in the cluster, as the shard last read them (merged: the
+    /// largest).
+    pub cluster_nodes_live: u64,
 }
 
 impl Gauges {
@@ -271,6 +291,9 @@ impl Gauges {
         self.tasks += o.tasks;
         self.kv_keys += o.kv_keys;
         self.mesh_pending.extend_from_slice(&o.mesh_pending);
+        self.cluster_shards += o.cluster_shards;
+        self.cluster_shards_connected += o.cluster_shards_connected;
+        self.cluster_nodes_live = self.cluster_nodes_live.max(o.cluster_nodes_live);
     }
 }
 

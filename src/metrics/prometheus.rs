@@ -10,7 +10,9 @@
 //!   mesh events; see `metrics::Counters`)
 //! - gauges `tessera_connections`, `tessera_http_sessions`, `tessera_tasks`,
 //!   `tessera_kv_keys`, `tessera_mesh_pending{from,to}` (cross-core requests
-//!   awaiting a reply, per shard pair)
+//!   awaiting a reply, per shard pair); with `--cluster`
+//!   `tessera_cluster_shards`, `tessera_cluster_shards_connected`,
+//!   `tessera_cluster_nodes_live`
 //! - per shard: `tessera_shard_up{shard,core}`,
 //!   `tessera_shard_restarts_total{shard,core}`; `tessera_uptime_seconds`
 
@@ -128,6 +130,21 @@ pub fn render(merged: &Snapshot, shards: &[ShardState], uptime: Duration) -> Str
         ),
         ("tessera_tasks", "Tasks held.", g.tasks),
         ("tessera_kv_keys", "Keys in the kv store.", g.kv_keys),
+        (
+            "tessera_cluster_shards",
+            "Shards running a Redis client (--cluster).",
+            g.cluster_shards,
+        ),
+        (
+            "tessera_cluster_shards_connected",
+            "Shards whose Redis connection is up.",
+            g.cluster_shards_connected,
+        ),
+        (
+            "tessera_cluster_nodes_live",
+            "Live cluster nodes (heartbeat key present), this one included.",
+            g.cluster_nodes_live,
+        ),
     ] {
         header(&mut s, metric, "gauge", help);
         let _ = writeln!(s, "{metric} {value}");

@@ -7,6 +7,7 @@
 //! of MCP, `server` nothing of sockets, `transport` nothing of the store's
 //! files; this module is the one place that names them all.
 
+mod cluster;
 mod control;
 mod shard;
 mod start;
@@ -17,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::adapters::audit::{AuditError, AuditWriter};
+use crate::adapters::cluster::TimerRuntime;
 use crate::adapters::store::{self, FsyncPolicy, StoreError};
 use crate::config::{ConfigError, Limits, ServerConfig};
 use crate::runtime::executor::LaunchError;
@@ -74,13 +76,16 @@ const EXECUTOR_IO_MEMORY_BYTES: usize = 64 * 1024;
 pub fn serve(mut config: ServerConfig, app: App) -> Result<(), ServeError> {
     config.validate().map_err(ServeError::Settings)?;
     let setup = prepare_process(&mut config, &app)?;
-    let plan = Arc::new(plan(&config, app));
+    let plan = Arc::new(plan(&config, app, setup.timer.as_ref()));
     let launcher = Launcher::new(&config, plan, setup.stdio_end, setup.audit_tx, setup.dbs);
     let mut sup = Supervisor::start(config.shard_count(), launcher, setup.admin)?;
     drop(setup.reservations);
     announce(&config);
     let outcome = sup.run(config.chaos.kill_shard_every_ms.map(Duration::from_millis));
-    sup.shutdown(outcome, setup.stdout_pump, setup.audit_writer)
+    let result = sup.shutdown(outcome, setup.stdout_pump, setup.audit_writer);
+    // Only now: the shards' Redis clients may close under its timer.
+    drop(setup.timer);
+    result
 }
 
 /// What the main thread set up before any shard starts.
@@ -93,6 +98,8 @@ struct Setup {
     audit_writer: Option<AuditWriter>,
     audit_tx: Option<crossbeam_channel::Sender<Vec<u8>>>,
     dbs: Option<Vec<Arc<redb::Database>>>,
+    /// `--cluster`: drives the one tokio timer fred arms (adapters/cluster).
+    timer: Option<TimerRuntime>,
 }
 
 /// Everything that must happen on the main thread before any executor
@@ -153,6 +160,30 @@ fn prepare_process(config: &mut ServerConfig, app: &App) -> Result<Setup, ServeE
         None => (None, None),
     };
     let dbs = open_store(config)?;
+    let timer = match &mut config.cluster {
+        Some(c) => {
+            // Port 0 is resolved by now.
+            let http = config
+                .http
+                .as_ref()
+                .expect("validated: --cluster needs --http");
+            let advertise = *c.advertise.get_or_insert(http.addr);
+            log::info!(
+                "cluster: node {} on {} (advertised as {advertise}, heartbeat TTL {} ms, key prefix {:?})",
+                c.node_id,
+                redact(&c.url),
+                c.heartbeat_ttl_ms,
+                c.key_prefix
+            );
+            Some(TimerRuntime::start().map_err(|e| ServeError::Settings(Box::new(e)))?)
+        }
+        None => None,
+    };
+    if let Some(v) = &admin {
+        v.lock()
+            .expect("admin view lock")
+            .require_cluster(config.cluster.is_some());
+    }
     Ok(Setup {
         reservations,
         stdio_end,
@@ -161,7 +192,18 @@ fn prepare_process(config: &mut ServerConfig, app: &App) -> Result<Setup, ServeE
         audit_writer,
         audit_tx,
         dbs,
+        timer,
     })
+}
+
+/// A Redis URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Resolves a listen address every shard will bind (port 0 becomes one
@@ -230,7 +272,7 @@ pub(crate) fn net_limits(l: &Limits, chaos_conn_panic_rate: f64) -> NetLimits {
 }
 
 /// Each layer's settings, from the public configuration.
-fn plan(config: &ServerConfig, app: App) -> Plan {
+fn plan(config: &ServerConfig, app: App, timer: Option<&TimerRuntime>) -> Plan {
     let l = &config.limits;
     Plan {
         shard_count: config.shard_count(),
@@ -250,6 +292,8 @@ fn plan(config: &ServerConfig, app: App) -> Plan {
         auth: config.auth.clone(),
         audit: config.audit.clone(),
         store: config.store.clone(),
+        cluster: config.cluster.clone(),
+        redis_timer: timer.map(TimerRuntime::handle),
         app,
         state_key: StateKey::random(),
         // Metrics go to the main thread for --stats-interval, or every

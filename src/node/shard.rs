@@ -57,6 +57,8 @@ pub(crate) struct NodeShard {
     pub core: Rc<Core>,
     pub net: Rc<Net>,
     pub http: Option<Rc<HttpShard>>,
+    /// `--cluster`: this shard's Redis connection and membership.
+    pub cluster: Option<Rc<super::cluster::ClusterShard>>,
     mesh: MeshSlot,
     serving: RefCell<Option<Serving>>,
     mesh_settings: MeshSettings,
@@ -68,6 +70,7 @@ impl NodeShard {
         core: Rc<Core>,
         net: Rc<Net>,
         http: Option<Rc<HttpShard>>,
+        cluster: Option<Rc<super::cluster::ClusterShard>>,
         mesh_settings: MeshSettings,
     ) -> Self {
         Self {
@@ -76,6 +79,7 @@ impl NodeShard {
             core,
             net,
             http,
+            cluster,
             mesh: Rc::default(),
             serving: RefCell::new(None),
             mesh_settings,
@@ -150,6 +154,15 @@ impl NodeShard {
             tasks,
             kv_keys,
             mesh_pending,
+            cluster_shards: u64::from(self.cluster.is_some()),
+            cluster_shards_connected: self
+                .cluster
+                .as_ref()
+                .map_or(0, |c| u64::from(c.redis.connected())),
+            cluster_nodes_live: self
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.live.borrow().live_count()),
         }
     }
 

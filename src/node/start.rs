@@ -13,9 +13,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use glommio::LocalExecutor;
 
+use super::cluster::ClusterShard;
 use super::control::{self, ShardCommand, ShardEvent};
 use super::shard::NodeShard;
 use crate::adapters::audit::{AuditBuffer, AuditConfig, FLUSH_INTERVAL_MS};
+use crate::adapters::cluster::membership::{started_now_ms, Beat};
+use crate::adapters::cluster::ClusterConfig;
 use crate::adapters::store::{self, ShardStore, StoreConfig, Writer, FLUSH_MS};
 use crate::runtime::executor::Slot;
 use crate::runtime::local::Flag;
@@ -45,6 +48,10 @@ pub(crate) struct Plan {
     pub auth: Option<AuthConfig>,
     pub audit: Option<AuditConfig>,
     pub store: Option<StoreConfig>,
+    pub cluster: Option<ClusterConfig>,
+    /// Entered on every shard thread while `cluster` is on (see
+    /// `adapters::cluster::TimerRuntime`).
+    pub redis_timer: Option<tokio::runtime::Handle>,
     pub app: App,
     pub state_key: StateKey,
     /// Send metrics to the main thread this often.
@@ -117,6 +124,8 @@ pub(crate) fn run(
         Some((s, w, loaded)) => (Some((s, loaded)), Some(w)),
         None => (None, None),
     };
+    // For the whole life of the executor: fred's close timer needs it.
+    let _tokio = start.plan.redis_timer.as_ref().map(|h| h.enter());
     executor.run(shard_main(start, prepared.registry, store, slot));
     writer
 }
@@ -142,7 +151,10 @@ async fn shard_main(
     let fail = |error: String| {
         let _ = events.send(ShardEvent::Failed { core: cpu, error });
     };
-    let shard = Rc::new(build(&plan, index, cpu, registry));
+    let shard = match build(&plan, index, cpu, registry) {
+        Ok(s) => Rc::new(s),
+        Err(e) => return fail(e),
+    };
     *slot.borrow_mut() = Some(shard.clone());
     if plan.shard_count > 1 {
         if let Err(e) = join_first_mesh(&shard, &commands).await {
@@ -187,10 +199,14 @@ async fn shard_main(
         glommio::spawn_local(http::accept_loop(h.clone(), l)).detach();
     }
     follow_sources(&shard.core);
+    start_cluster(&shard, &plan);
     if let Some(sock) = stdio {
         serve_stdio(&shard, sock, stdio_resume, events.clone());
     }
     control::control_loop(&shard, &commands, &events, plan.report_every, plan.epoch).await;
+    if let Some(c) = &shard.cluster {
+        c.leave().await;
+    }
     drain(&shard, plan.drain_timeout).await;
     shard.leave_mesh();
     let snapshot = shard.core.metrics.borrow().snapshot(index);
@@ -202,8 +218,30 @@ async fn shard_main(
     });
 }
 
+/// `--cluster`: connects and starts beating. Redis being down does not stop
+/// the shard: it serves what needs no cluster state and reconnects.
+fn start_cluster(shard: &Rc<NodeShard>, plan: &Plan) {
+    let (Some(c), Some(cfg)) = (&shard.cluster, &plan.cluster) else {
+        return;
+    };
+    let beat = Beat {
+        shard: shard.id,
+        shards: plan.shard_count,
+        advertise: cfg
+            .advertise
+            .expect("resolved before the shards start")
+            .to_string(),
+        started_ms: started_now_ms(),
+    };
+    let http = shard.http.clone();
+    c.start(beat, move || {
+        http.as_ref()
+            .map_or(0, |h| h.sessions.borrow().len() as u64)
+    });
+}
+
 /// The shard's services, wired to each other.
-fn build(plan: &Plan, index: usize, cpu: usize, registry: Registry) -> NodeShard {
+fn build(plan: &Plan, index: usize, cpu: usize, registry: Registry) -> Result<NodeShard, String> {
     let core = Rc::new(Core::new(CoreParts {
         id: index,
         shard_count: plan.shard_count,
@@ -219,7 +257,13 @@ fn build(plan: &Plan, index: usize, cpu: usize, registry: Registry) -> NodeShard
         .http
         .as_ref()
         .map(|cfg| Rc::new(HttpShard::new(net.clone(), cfg.clone())));
-    NodeShard::new(cpu, core, net, web, plan.mesh)
+    let cluster = match &plan.cluster {
+        Some(cfg) => Some(Rc::new(
+            ClusterShard::new(cfg, core.clone()).map_err(|e| e.to_string())?,
+        )),
+        None => None,
+    };
+    Ok(NodeShard::new(cpu, core, net, web, cluster, plan.mesh))
 }
 
 /// The mesh comes before anything is served: the shard's keys, tasks and

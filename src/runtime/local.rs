@@ -88,6 +88,11 @@ impl Flag {
         self.raised.get()
     }
 
+    /// Lowers the flag again, for flags used as a repeatable kick.
+    pub fn lower(&self) {
+        self.raised.set(false);
+    }
+
     pub fn raise(&self) {
         self.raised.set(true);
         for w in self.waiters.borrow_mut().drain(..) {

