@@ -401,6 +401,12 @@ impl ServerConfig {
         }
         if let Some(c) = &self.cluster {
             c.check()?;
+            if self.store.is_some() {
+                return Err(Box::new(out_of_range(
+                    "cluster",
+                    "keeps sessions in Redis; leave out --data-dir".into(),
+                )));
+            }
             let Some(h) = &self.http else {
                 return Err(Box::new(out_of_range(
                     "cluster",

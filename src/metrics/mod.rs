@@ -215,8 +215,12 @@ counters! {
     /// `--cluster`: Redis commands sent for membership (heartbeats and the
     /// live-node list), off every request path.
     redis_commands_heartbeat,
-    /// Redis commands a client request waited for.
+    /// Redis commands a client request waited for (only requests for a
+    /// session this node does not hold).
     redis_commands_request,
+    /// Redis commands sent off the request path (session write-behind,
+    /// expiry refreshes).
+    redis_commands_background,
     /// Redis calls answered with an error.
     redis_errors,
     /// Redis calls unanswered within `--cluster-command-timeout-ms`.
@@ -225,6 +229,15 @@ counters! {
     redis_refused,
     /// Times a shard's Redis connection came back after being lost.
     redis_reconnects,
+    /// Legacy requests relayed to the node that holds their session.
+    cluster_relays,
+    /// Node-to-node requests refused: no valid proof of the cluster secret.
+    cluster_relays_refused,
+    /// Sessions taken over from a dead node (or reloaded after a restart).
+    cluster_takeovers,
+    /// Sessions dropped because another node took them over (a write of
+    /// theirs was fenced by the owner epoch).
+    cluster_sessions_fenced,
 }
 
 /// What the mesh reports, as counted here.

@@ -1,39 +1,85 @@
-//! One shard's part of `--cluster`: its Redis connection, its heartbeat and
-//! its copy of the live-node list, wired to the shard's gauges. The Redis
-//! work itself is the adapter's (`adapters::cluster`); this module decides
-//! when it runs in the shard's life.
+//! One shard's part of `--cluster`: its Redis connection, its heartbeat, its
+//! copy of the live-node list, its sessions' Redis store, and the link the
+//! HTTP transport asks where a session lives. The Redis work itself is the
+//! adapter's (`adapters::cluster`); this module decides when it runs in the
+//! shard's life and connects it to the transport.
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
 
 use crate::adapters::cluster::membership::{self, Beat, LiveNodes};
+use crate::adapters::cluster::sessions::{self, RedisStore, SessionBounds, Whereabouts};
 use crate::adapters::cluster::{ClusterConfig, ClusterError, Redis};
 use crate::runtime::local::Flag;
 use crate::server::core::Core;
+use crate::server::store::Store;
+use crate::transport::http::cluster::{ClusterLink, Located};
+use crate::transport::http::{self, HttpShard};
+
+/// Operations a shard queues for Redis while a batch is in flight.
+const PENDING_OPS_MAX: usize = 100_000;
+/// How long a stopping shard waits for its last writes to reach Redis.
+const FINAL_FLUSH_MS: u64 = 1000;
 
 pub(crate) struct ClusterShard {
     pub redis: Rc<Redis>,
     pub live: Rc<RefCell<LiveNodes>>,
+    pub sessions: Rc<RedisStore>,
     kick: Rc<Flag>,
-    heartbeat: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
 }
 
 impl ClusterShard {
-    pub fn new(cfg: &ClusterConfig, core: Rc<Core>) -> Result<Self, ClusterError> {
+    pub fn new(
+        cfg: &ClusterConfig,
+        core: Rc<Core>,
+        web: &Rc<HttpShard>,
+    ) -> Result<Self, ClusterError> {
+        let redis = Redis::new(cfg, Some(core))?;
+        let sessions = RedisStore::new(
+            redis.clone(),
+            SessionBounds {
+                ttl_ms: web.cfg.session_idle_ttl_ms,
+                max_events: web.cfg.sse_store_max_events,
+                pending_ops_max: PENDING_OPS_MAX,
+            },
+        );
+        let weak: Weak<HttpShard> = Rc::downgrade(web);
+        sessions.on_fenced(move |id| {
+            if let Some(h) = weak.upgrade() {
+                http::session::forget(&h, id);
+            }
+        });
         Ok(Self {
-            redis: Redis::new(cfg, Some(core))?,
+            redis,
             live: Rc::default(),
+            sessions,
             kick: Rc::default(),
-            heartbeat: RefCell::new(None),
+            tasks: RefCell::new(Vec::new()),
         })
     }
 
     /// Connects (in the background) and beats for the rest of the shard's
-    /// life; after every reconnect the node re-registers at once.
-    pub fn start(&self, beat: Beat, sessions: impl Fn() -> u64 + 'static) {
+    /// life; after every reconnect the node re-registers at once and
+    /// re-writes the sessions it holds (Redis may have lost them).
+    pub fn start(
+        &self,
+        beat: Beat,
+        web: Option<Rc<HttpShard>>,
+        sessions: impl Fn() -> u64 + 'static,
+    ) {
         let kick = self.kick.clone();
-        self.redis.start(move || kick.raise());
-        let task = glommio::spawn_local(membership::heartbeat_loop(
+        let weak = web.as_ref().map(Rc::downgrade);
+        self.redis.start(move || {
+            kick.raise();
+            if let Some(h) = weak.as_ref().and_then(Weak::upgrade) {
+                http::session::republish(&h);
+            }
+        });
+        let heartbeat = glommio::spawn_local(membership::heartbeat_loop(
             self.redis.clone(),
             beat,
             sessions,
@@ -41,19 +87,68 @@ impl ClusterShard {
             self.kick.clone(),
         ))
         .detach();
-        *self.heartbeat.borrow_mut() = Some(task);
+        let store = self.sessions.clone();
+        let every = Duration::from_millis((self.redis.cfg.heartbeat_ttl_ms).max(1));
+        let refresh_every = Duration::from_millis(
+            web.as_ref()
+                .map_or(60_000, |h| h.cfg.session_idle_ttl_ms / 3)
+                .max(every.as_millis() as u64),
+        );
+        let refresh = glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(refresh_every).await;
+                store.refresh().await;
+            }
+        })
+        .detach();
+        self.tasks.borrow_mut().extend([heartbeat, refresh]);
     }
 
-    /// At a clean stop: stops beating and takes the node out of the live
-    /// list at once (every shard does; the first wins), so no one waits a
-    /// TTL to take its sessions over.
+    /// At a clean stop, after the drain: the last writes go out, the
+    /// heartbeat stops, and the node leaves the live list at once (every
+    /// shard deletes the key; the first wins), so no one waits a TTL to
+    /// take its sessions over.
     pub async fn leave(&self) {
-        if let Some(t) = self.heartbeat.borrow_mut().take() {
+        let deadline = Instant::now() + Duration::from_millis(FINAL_FLUSH_MS);
+        while !self.sessions.flushed() && Instant::now() < deadline {
+            self.sessions.flush();
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        for t in self.tasks.borrow_mut().drain(..) {
             t.cancel();
         }
         if let Err(e) = membership::leave(&self.redis).await {
             log::debug!("leaving the cluster: {e}");
         }
         self.redis.close().await;
+    }
+}
+
+impl ClusterLink for ClusterShard {
+    fn node_id(&self) -> &str {
+        &self.redis.cfg.node_id
+    }
+
+    fn secret(&self) -> &[u8] {
+        &self.redis.cfg.secret
+    }
+
+    fn locate(&self, id: &str) -> Pin<Box<dyn Future<Output = Result<Located, String>>>> {
+        let redis = self.redis.clone();
+        let store = self.sessions.clone();
+        let id = id.to_owned();
+        Box::pin(async move {
+            let found = sessions::locate(&redis, &store, &id).await?;
+            Ok(match found {
+                Whereabouts::Missing => Located::Missing,
+                Whereabouts::Adopt { record, events } => Located::Adopt { record, events },
+                Whereabouts::Remote { node, addr } => Located::Remote {
+                    addr: addr
+                        .parse()
+                        .map_err(|_| format!("node {node} advertises a bad address {addr:?}"))?,
+                    node,
+                },
+            })
+        })
     }
 }

@@ -165,6 +165,10 @@ async fn shard_main(
         // Before any listener: a client continuing its session must find it.
         restore(&shard, Rc::new(s), loaded);
     }
+    if let Some(c) = &shard.cluster {
+        // Sessions live in Redis; they are loaded when asked for.
+        restore(&shard, c.sessions.clone(), Loaded::default());
+    }
     let tcp = match plan.tcp.map(|a| (a, tcp::bind(a))) {
         Some((addr, Err(e))) => {
             shard.leave_mesh();
@@ -204,10 +208,10 @@ async fn shard_main(
         serve_stdio(&shard, sock, stdio_resume, events.clone());
     }
     control::control_loop(&shard, &commands, &events, plan.report_every, plan.epoch).await;
+    drain(&shard, plan.drain_timeout).await;
     if let Some(c) = &shard.cluster {
         c.leave().await;
     }
-    drain(&shard, plan.drain_timeout).await;
     shard.leave_mesh();
     let snapshot = shard.core.metrics.borrow().snapshot(index);
     let _ = events.send(ShardEvent::Stopped {
@@ -234,7 +238,7 @@ fn start_cluster(shard: &Rc<NodeShard>, plan: &Plan) {
         started_ms: started_now_ms(),
     };
     let http = shard.http.clone();
-    c.start(beat, move || {
+    c.start(beat, shard.http.clone(), move || {
         http.as_ref()
             .map_or(0, |h| h.sessions.borrow().len() as u64)
     });
@@ -257,11 +261,13 @@ fn build(plan: &Plan, index: usize, cpu: usize, registry: Registry) -> Result<No
         .http
         .as_ref()
         .map(|cfg| Rc::new(HttpShard::new(net.clone(), cfg.clone())));
-    let cluster = match &plan.cluster {
-        Some(cfg) => Some(Rc::new(
-            ClusterShard::new(cfg, core.clone()).map_err(|e| e.to_string())?,
-        )),
-        None => None,
+    let cluster = match (&plan.cluster, &web) {
+        (Some(cfg), Some(h)) => {
+            let c = Rc::new(ClusterShard::new(cfg, core.clone(), h).map_err(|e| e.to_string())?);
+            h.set_cluster(c.clone());
+            Some(c)
+        }
+        _ => None,
     };
     Ok(NodeShard::new(cpu, core, net, web, cluster, plan.mesh))
 }
@@ -299,9 +305,9 @@ async fn join_first_mesh(
 }
 
 /// Brings back what the store held and writes every change from now on.
-fn restore(shard: &Rc<NodeShard>, store: Rc<ShardStore>, mut loaded: Loaded) {
+fn restore(shard: &Rc<NodeShard>, store: Rc<dyn Store>, mut loaded: Loaded) {
     let core = &shard.core;
-    *core.store.borrow_mut() = Some(store.clone() as Rc<dyn Store>);
+    *core.store.borrow_mut() = Some(store.clone());
     let (sessions, events, tasks) = (
         loaded.sessions.len(),
         loaded.events.len(),
@@ -323,7 +329,7 @@ fn restore(shard: &Rc<NodeShard>, store: Rc<ShardStore>, mut loaded: Loaded) {
 
 /// Hands the shard's changes to its store writer every [`FLUSH_MS`], and
 /// everything left once the shard drains.
-async fn flush_store(shard: Rc<NodeShard>, store: Rc<ShardStore>) {
+async fn flush_store(shard: Rc<NodeShard>, store: Rc<dyn Store>) {
     let flush = |s: &NodeShard| {
         crate::server::tasks::flush_store(&s.core);
         if let Some(h) = &s.http {

@@ -315,3 +315,220 @@ fn status_fails_cleanly_when_redis_is_unreachable() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+const CT: (&str, &str) = ("content-type", "application/json");
+const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
+const V: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
+
+fn post(server: &Server, sid: Option<&str>, body: &Value) -> HttpResp {
+    let b = serde_json::to_vec(body).unwrap();
+    let mut h = vec![CT, ACCEPT, V];
+    if let Some(s) = sid {
+        h.push(("mcp-session-id", s));
+    }
+    server.http().request("POST", "/mcp", &h, Some(&b))
+}
+
+/// A legacy session made on `server`; its id.
+fn legacy_session(server: &Server) -> String {
+    let r = post(
+        server,
+        None,
+        &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"elicitation":{}},"clientInfo":{"name":"t","version":"1"}}}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let sid = r.header("mcp-session-id").expect("session id").to_owned();
+    let r = post(
+        server,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    );
+    assert_eq!(r.status, 202);
+    sid
+}
+
+fn echo(id: u64, text: &str) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"text":text}}})
+}
+
+fn echoed(r: &HttpResp) -> String {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Sessions are written to Redis behind the request path; waits until the
+/// owner's record of `sid` is there.
+fn stored(valkey: &Valkey, sid: &str) -> bool {
+    eventually(Duration::from_secs(10), || {
+        valkey
+            .command(&["HGET", &format!("tessera:s:{{{sid}}}"), "owner"])
+            .is_some_and(|r| r.starts_with('$') && !r.starts_with("$-1"))
+    })
+}
+
+#[test]
+fn a_session_is_served_from_any_node_and_outlives_its_owner() {
+    let valkey = Valkey::start();
+    let secret = secret_file("sessions");
+    let mut a = node(&valkey, &secret, "a", &all_cores(), &[]);
+    let mut b = node(&valkey, &secret, "b", &all_cores(), &[]);
+    let (admin_a, admin_b) = (admin_addr(&mut a), admin_addr(&mut b));
+    assert!(eventually(Duration::from_secs(10), || {
+        get(&admin_a, "GET", "/readyz").0 == 200 && get(&admin_b, "GET", "/readyz").0 == 200
+    }));
+    let sid = legacy_session(&a);
+    assert!(sid.ends_with(".a"), "the id names its node: {sid}");
+
+    // The owner serves it with no Redis command on the request path.
+    for i in 0..20 {
+        assert_eq!(
+            echoed(&post(&a, Some(&sid), &echo(i, &format!("a{i}")))),
+            format!("a{i}")
+        );
+    }
+    assert!(stored(&valkey, &sid));
+    // Node b holds nothing of it: it relays to a.
+    for i in 0..5 {
+        assert_eq!(
+            echoed(&post(&b, Some(&sid), &echo(100 + i, &format!("b{i}")))),
+            format!("b{i}")
+        );
+    }
+    // Progress over SSE, relayed.
+    let mut c = b.http();
+    let body = json!({"jsonrpc":"2.0","id":200,"method":"tools/call","params":{"name":"sleep","arguments":{"ms":400},"_meta":{"progressToken":"p"}}});
+    c.send(
+        "POST",
+        "/mcp",
+        &[
+            CT,
+            ("accept", "text/event-stream"),
+            V,
+            ("mcp-session-id", &sid),
+        ],
+        Some(body.to_string().as_bytes()),
+    );
+    let (status, _) = c.read_head();
+    assert_eq!(status, 200);
+    let events: Vec<SseEvent> = c
+        .events()
+        .filter(|e| !e.comment && !e.data.is_empty())
+        .collect();
+    let last = events.last().expect("events").json();
+    assert_eq!(last["id"], 200, "{events:?}");
+    let progress = events
+        .iter()
+        .filter(|e| e.json()["method"] == "notifications/progress")
+        .count();
+    assert!(progress >= 3, "{events:?}");
+    let ids: Vec<String> = events.iter().filter_map(|e| e.id.clone()).collect();
+
+    // On a, the owner: zero request-path Redis commands; on b, the relays.
+    let calls = |s: &prometheus_parse::Scrape| {
+        value(s, "tessera_requests_total", &[("method", "tools/call")])
+    };
+    assert!(eventually(Duration::from_secs(10), || calls(&scrape(
+        &admin_a
+    )) >= 26.0));
+    let sa = scrape(&admin_a);
+    assert_eq!(value(&sa, "tessera_redis_commands_request_total", &[]), 0.0);
+    assert!(value(&sa, "tessera_redis_commands_background_total", &[]) > 0.0);
+    assert!(eventually(Duration::from_secs(10), || {
+        value(&scrape(&admin_b), "tessera_cluster_relays_total", &[]) >= 6.0
+    }));
+
+    // kill -9 the owner; once its heartbeat expires, b takes the session
+    // over: the stream replays from Redis after the Last-Event-ID, and the
+    // session keeps working.
+    a.stop_with(libc::SIGKILL);
+    let killed = Instant::now();
+    let resume_after = &ids[1];
+    let mut replayed = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let mut c = b.http();
+            c.send(
+                "GET",
+                "/mcp",
+                &[
+                    ("accept", "text/event-stream"),
+                    V,
+                    ("mcp-session-id", &sid),
+                    ("last-event-id", resume_after),
+                ],
+                None,
+            );
+            let (status, _) = c.read_head();
+            if status != 200 {
+                return false;
+            }
+            replayed = c
+                .events()
+                .filter(|e| !e.comment && !e.data.is_empty())
+                .collect();
+            true
+        }),
+        "b took the session over; stderr:\n{}",
+        b.stderr()
+    );
+    let taken_ms = killed.elapsed().as_millis();
+    let replayed_ids: Vec<String> = replayed.iter().filter_map(|e| e.id.clone()).collect();
+    assert_eq!(replayed_ids, ids[2..].to_vec(), "exactly the missed events");
+    assert!(taken_ms < 2 * 1500 + 2000, "takeover took {taken_ms} ms");
+    assert_eq!(echoed(&post(&b, Some(&sid), &echo(300, "after"))), "after");
+    assert!(eventually(Duration::from_secs(10), || {
+        value(&scrape(&admin_b), "tessera_cluster_takeovers_total", &[]) >= 1.0
+    }));
+    let owner = valkey
+        .command(&["HGET", &format!("tessera:s:{{{sid}}}"), "owner"])
+        .unwrap();
+    assert!(owner.ends_with("\r\nb\r\n"), "{owner:?}");
+}
+
+#[test]
+fn an_unknown_session_is_not_found_on_every_node_and_a_forged_relay_is_refused() {
+    let valkey = Valkey::start();
+    let secret = secret_file("forged");
+    let a = node(&valkey, &secret, "a", &one_core(), &[]);
+    let b = node(&valkey, &secret, "b", &one_core(), &[]);
+    let sid = legacy_session(&a);
+    assert!(stored(&valkey, &sid));
+    let unknown = format!("{}.a", "0".repeat(36));
+    for n in [&a, &b] {
+        assert_eq!(post(n, Some(&unknown), &echo(1, "x")).status, 404);
+    }
+    // Node-to-node requests without a valid proof are refused, even for a
+    // session that exists.
+    let b64 = "eyJ4IjoxfQ";
+    for proof in ["", "v1 a 1 - AAAA", &format!("v1 a {} {b64} AAAA", 1)] {
+        let r = b.http().request(
+            "POST",
+            "/mcp",
+            &[
+                CT,
+                ACCEPT,
+                V,
+                ("mcp-session-id", &sid),
+                ("x-tessera-relay", proof),
+            ],
+            Some(echo(2, "forged").to_string().as_bytes()),
+        );
+        assert_eq!(
+            r.status,
+            403,
+            "proof {proof:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // A DELETE through another node ends it everywhere.
+    let r = b
+        .http()
+        .request("DELETE", "/mcp", &[V, ("mcp-session-id", &sid)], None);
+    assert_eq!(r.status, 200);
+    for n in [&a, &b] {
+        assert_eq!(post(n, Some(&sid), &echo(3, "gone")).status, 404);
+    }
+}

@@ -17,6 +17,7 @@
 //! bounded by `command_queue_max`.
 
 pub(crate) mod membership;
+pub(crate) mod sessions;
 
 use std::cell::Cell;
 use std::future::Future;
@@ -228,6 +229,8 @@ pub(crate) enum Purpose {
     Heartbeat,
     /// Work a client request waits for.
     Request,
+    /// Work off the request path (write-behind of sessions).
+    Background,
 }
 
 /// The process-wide driver of the one tokio timer fred still arms (closing
@@ -321,6 +324,7 @@ impl Redis {
         self.count(|c| match purpose {
             Purpose::Heartbeat => c.redis_commands_heartbeat += commands,
             Purpose::Request => c.redis_commands_request += commands,
+            Purpose::Background => c.redis_commands_background += commands,
         });
         match glommio::timer::timeout(self.timeout, async { Ok(f.await) }).await {
             Ok(Ok(r)) => Ok(r),

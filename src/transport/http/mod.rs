@@ -14,6 +14,7 @@
 //! relays it is streaming to other shards, and what the store has of its
 //! sessions.
 
+pub(crate) mod cluster;
 mod io;
 pub(crate) mod modern;
 pub(crate) mod relay;
@@ -190,6 +191,8 @@ pub(crate) struct HttpShard {
     link: RefCell<Option<Rc<dyn RelayLink>>>,
     /// `--data-dir`: which sessions' records must be written, and what was.
     pub records: RefCell<Option<StoredRecords>>,
+    /// `--cluster`: where sessions this node does not hold live.
+    cluster: std::cell::OnceCell<Rc<dyn cluster::ClusterLink>>,
 }
 
 impl HttpShard {
@@ -201,7 +204,25 @@ impl HttpShard {
             relays: RefCell::new(HashMap::new()),
             link: RefCell::new(None),
             records: RefCell::new(None),
+            cluster: std::cell::OnceCell::new(),
         }
+    }
+
+    /// Joins this shard's HTTP sessions to the cluster (once, at build).
+    pub fn set_cluster(&self, link: Rc<dyn cluster::ClusterLink>) {
+        assert!(
+            self.cluster.set(link).is_ok(),
+            "a shard joins the cluster once"
+        );
+    }
+
+    pub(crate) fn cluster(&self) -> Option<Rc<dyn cluster::ClusterLink>> {
+        self.cluster.get().cloned()
+    }
+
+    /// This node's id in the cluster, which its session ids carry.
+    pub(crate) fn node_id(&self) -> Option<&str> {
+        self.cluster.get().map(|c| c.node_id())
     }
 
     /// Connects this shard's HTTP relays to the others (`None`: out of reach).

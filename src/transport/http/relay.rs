@@ -51,6 +51,9 @@ pub(crate) struct HttpCall {
     /// The authenticated caller (`--auth`); a session answers only the
     /// principal that created it.
     pub principal: Option<Identity>,
+    /// Relayed from another node (`--cluster`): served here or not found,
+    /// never relayed again.
+    pub from_node: bool,
 }
 
 /// What one shard's HTTP transport asks another's.

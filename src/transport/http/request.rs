@@ -17,7 +17,7 @@ use simd_json::prelude::*;
 
 use super::relay::{self, Accepts, HttpCall, HttpMethod};
 use super::response::{McpResponse, OutBody};
-use super::{modern, session, HttpConfig, HttpShard};
+use super::{cluster, modern, session, HttpConfig, HttpShard};
 use crate::protocol::jsonrpc::{self, Id, Message};
 use crate::protocol::mcp::{self, meta};
 use crate::protocol::method::Method as McpMethod;
@@ -150,6 +150,9 @@ async fn route(http: &Rc<HttpShard>, req: Request<Incoming>, peer: Option<IpAddr
         let msg = format!("Not Found: the MCP endpoint is {}", cfg.path);
         return reject(404, jsonrpc::INVALID_REQUEST, &msg);
     }
+    if cluster::is_relay(req.headers()) {
+        return relayed(http, req).await;
+    }
     if let Some(r) = check_origin_and_host(cfg, req.headers()) {
         return r;
     }
@@ -260,6 +263,55 @@ async fn get_or_delete(
         accepts: parse_accept(header(h, "accept")),
         body: Vec::new(),
         principal,
+        from_node: false,
+    };
+    to_owner(http, call).await
+}
+
+/// A request another node relayed (`--cluster`): served only with valid
+/// proof of the cluster secret, as the caller the relaying node
+/// authenticated, and only by this node.
+async fn relayed(http: &Rc<HttpShard>, req: Request<Incoming>) -> McpResponse {
+    let refuse = |why: &str| {
+        http.net
+            .core
+            .metrics
+            .borrow_mut()
+            .counters
+            .cluster_relays_refused += 1;
+        log::warn!("refused a node-to-node request: {why}");
+        reject(403, jsonrpc::INVALID_REQUEST, &format!("Forbidden: {why}"))
+    };
+    let Some(link) = http.cluster() else {
+        return refuse("this node is not in a cluster");
+    };
+    let h = req.headers().clone();
+    let method = match *req.method() {
+        Method::GET => HttpMethod::Get,
+        Method::POST => HttpMethod::Post,
+        Method::DELETE => HttpMethod::Delete,
+        _ => return refuse("unexpected relay method"),
+    };
+    let Some(session_id) = header(&h, "mcp-session-id").map(str::to_owned) else {
+        return refuse("relay without a session");
+    };
+    let body = match read_body(http, req.into_body()).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let proof = header(&h, cluster::RELAY_HEADER).unwrap_or_default();
+    let verified = match cluster::verify(link.secret(), proof, method, &session_id, &body) {
+        Ok(v) => v,
+        Err(why) => return refuse(why),
+    };
+    let call = HttpCall {
+        session_id,
+        method,
+        last_event_id: header(&h, "last-event-id").map(str::to_owned),
+        accepts: parse_accept(header(&h, "accept")),
+        body,
+        principal: verified.principal,
+        from_node: true,
     };
     to_owner(http, call).await
 }
@@ -317,6 +369,7 @@ async fn post(
             accepts,
             body,
             principal,
+            from_node: false,
         };
         return to_owner(http, call).await;
     }
@@ -487,7 +540,7 @@ async fn read_body(http: &HttpShard, body: Incoming) -> Result<Vec<u8>, McpRespo
 /// Sends a legacy session request to the shard that owns the session.
 async fn to_owner(http: &Rc<HttpShard>, call: HttpCall) -> McpResponse {
     let core = &http.net.core;
-    let Some(owner) = session::owner_of(&call.session_id, core.shard_count) else {
+    let Some(owner) = session::owner_of(&call.session_id, core.shard_count, http.node_id()) else {
         return reject(404, jsonrpc::INVALID_REQUEST, "Session not found");
     };
     if owner == core.id {

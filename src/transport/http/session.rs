@@ -41,21 +41,58 @@ const SHARD_DIGITS: usize = 4;
 /// Random bytes after the prefix.
 const RANDOM_BYTES: usize = 16;
 
-/// A fresh session id owned by `shard`.
-pub(crate) fn new_id(shard: usize) -> String {
-    format!(
+/// Separates a cluster session id from the node that created it.
+const NODE_SEPARATOR: char = '.';
+/// Longest node id a session id may name (as `--node-id` allows).
+const NODE_ID_BYTES_MAX: usize = 64;
+
+/// A fresh session id owned by `shard` (of `node`, in a cluster).
+pub(crate) fn new_id(shard: usize, node: Option<&str>) -> String {
+    let local = format!(
         "{shard:0SHARD_DIGITS$x}{}",
         crate::runtime::random::hex::<RANDOM_BYTES>()
-    )
+    );
+    match node {
+        Some(n) => format!("{local}{NODE_SEPARATOR}{n}"),
+        None => local,
+    }
 }
 
-/// The shard a session id names, if it is well-formed.
-pub(crate) fn owner_of(id: &str, shard_count: usize) -> Option<usize> {
-    if id.len() != SHARD_DIGITS + 2 * RANDOM_BYTES || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+/// The shard of this node (`node`, in a cluster) that owns session `id`, if
+/// the id is well-formed: the shard the id names when this node created it,
+/// else one chosen by a hash of the id, so a session taken over from
+/// another node has an owner that is a pure function of its key.
+pub(crate) fn owner_of(id: &str, shard_count: usize, node: Option<&str>) -> Option<usize> {
+    let (local, named) = match id.split_once(NODE_SEPARATOR) {
+        Some((l, n)) => (l, Some(n)),
+        None => (id, None),
+    };
+    if local.len() != SHARD_DIGITS + 2 * RANDOM_BYTES
+        || !local.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return None;
     }
-    let shard = usize::from_str_radix(&id[..SHARD_DIGITS], 16).ok()?;
+    if let Some(n) = named {
+        let valid = !n.is_empty()
+            && n.len() <= NODE_ID_BYTES_MAX
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !valid || node.is_none() {
+            return None;
+        }
+        if named != node {
+            return Some((fnv1a(id.as_bytes()) % shard_count as u64) as usize);
+        }
+    }
+    let shard = usize::from_str_radix(&local[..SHARD_DIGITS], 16).ok()?;
     (shard < shard_count).then_some(shard)
+}
+
+/// FNV-1a: a stable hash (the same on every node and every build).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 struct Stored {
@@ -116,7 +153,7 @@ impl Notifier for StreamNotifier {
 
 impl HttpSession {
     fn new(http: &Rc<HttpShard>) -> Rc<Self> {
-        Self::with_id(http, new_id(http.net.core.id))
+        Self::with_id(http, new_id(http.net.core.id, http.node_id()))
     }
 
     fn with_id(http: &Rc<HttpShard>, id: String) -> Rc<Self> {
@@ -672,7 +709,7 @@ pub(crate) async fn initialize(
     resp.with_header("mcp-session-id", session.id.clone())
 }
 
-fn not_found() -> McpResponse {
+pub(crate) fn not_found() -> McpResponse {
     McpResponse::rpc_error(
         404,
         &Id::Null,
@@ -683,11 +720,26 @@ fn not_found() -> McpResponse {
 
 /// On the owning shard: serves a request for an existing session.
 pub(crate) async fn serve_call(http: &Rc<HttpShard>, call: HttpCall) -> McpResponse {
-    let core = &http.net.core;
     let session = http.sessions.borrow().get(&call.session_id).cloned();
     let Some(session) = session.filter(|s| !s.ended.get()) else {
-        return not_found();
+        return match http.cluster() {
+            // Held by another node, or left by a dead one.
+            Some(link) if !call.from_node => {
+                super::cluster::serve_elsewhere(http, link, call).await
+            }
+            _ => not_found(),
+        };
     };
+    serve_held(http, session, call).await
+}
+
+/// Serves a request for a session this shard holds.
+pub(crate) async fn serve_held(
+    http: &Rc<HttpShard>,
+    session: Rc<HttpSession>,
+    call: HttpCall,
+) -> McpResponse {
+    let core = &http.net.core;
     let owner = session
         .principal
         .borrow()
@@ -845,6 +897,31 @@ pub(crate) fn flush_store(http: &HttpShard) {
     }
 }
 
+/// Drops a session another node has taken over (its writes were fenced):
+/// its live streams end and later requests are looked up in the cluster.
+pub(crate) fn forget(http: &HttpShard, id: &str) {
+    let removed = http.sessions.borrow_mut().remove(id);
+    if let Some(s) = removed {
+        http.net
+            .core
+            .metrics
+            .borrow_mut()
+            .counters
+            .cluster_sessions_fenced += 1;
+        s.end(http);
+    }
+}
+
+/// Writes every held session's record again at the next flush (after the
+/// store lost them, e.g. a Redis restart).
+pub(crate) fn republish(http: &HttpShard) {
+    let ids: Vec<String> = http.sessions.borrow().keys().cloned().collect();
+    if let Some(r) = http.records.borrow_mut().as_mut() {
+        r.written.clear();
+        r.dirty.extend(ids);
+    }
+}
+
 /// Brings back the sessions (and their SSE events) a shard's file held;
 /// from now on their changes are written. Returns how many sessions were
 /// restored.
@@ -862,30 +939,45 @@ pub(crate) fn restore(http: &Rc<HttpShard>, loaded: Loaded) -> usize {
     }
     let mut restored = 0;
     for (id, bytes) in loaded.sessions {
-        let rec: SessionRecord = match serde_json::from_slice(&bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                log::warn!("stored session {id} is unreadable ({e}); dropped");
-                core.persist(Op::DelSession(id));
-                continue;
-            }
-        };
-        if owner_of(&id, core.shard_count) != Some(core.id) {
-            log::warn!("stored session {id} belongs to another shard count; dropped");
-            core.persist(Op::DelSession(id));
-            continue;
-        }
-        let session = HttpSession::with_id(http, id.clone());
         let stored_events = events.remove(&id).unwrap_or_default();
-        session.restore_from(http, rec, stored_events);
-        http.sessions.borrow_mut().insert(id, session);
-        restored += 1;
+        if restore_one(http, id, &bytes, stored_events).is_some() {
+            restored += 1;
+        }
     }
     // Events of sessions that are gone.
     for id in events.into_keys() {
         core.persist(Op::DelSession(id));
     }
     restored
+}
+
+/// Brings back one stored session and its events (`(stream, seq, frame)`
+/// in order) on this shard, its owner; None (and the record deleted) when
+/// it is unreadable or belongs elsewhere.
+pub(crate) fn restore_one(
+    http: &Rc<HttpShard>,
+    id: String,
+    record: &[u8],
+    events: Vec<(u64, u64, Vec<u8>)>,
+) -> Option<Rc<HttpSession>> {
+    let core = &http.net.core;
+    let rec: SessionRecord = match serde_json::from_slice(record) {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("stored session {id} is unreadable ({e}); dropped");
+            core.persist(Op::DelSession(id));
+            return None;
+        }
+    };
+    if owner_of(&id, core.shard_count, http.node_id()) != Some(core.id) {
+        log::warn!("stored session {id} belongs to another shard count; dropped");
+        core.persist(Op::DelSession(id));
+        return None;
+    }
+    let session = HttpSession::with_id(http, id.clone());
+    session.restore_from(http, rec, events);
+    http.sessions.borrow_mut().insert(id, session.clone());
+    Some(session)
 }
 
 impl HttpSession {
@@ -956,16 +1048,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cluster_ids_name_their_node_and_foreign_ones_hash_to_a_shard() {
+        let a = new_id(2, Some("n-1"));
+        assert!(a.ends_with(".n-1"), "{a}");
+        assert_eq!(owner_of(&a, 4, Some("n-1")), Some(2));
+        // Another node adopts it: the shard is the hash's, the same every time.
+        let there = owner_of(&a, 3, Some("n-2")).expect("well-formed");
+        assert!(there < 3);
+        assert_eq!(owner_of(&a, 3, Some("n-2")), Some(there));
+        // Outside a cluster a node-named id is unknown; bad node names too.
+        assert_eq!(owner_of(&a, 4, None), None);
+        assert_eq!(
+            owner_of(&format!("{}.bad name", &a[..36]), 4, Some("x")),
+            None
+        );
+        assert_eq!(owner_of(&format!("{}.", &a[..36]), 4, Some("x")), None);
+    }
+
+    #[test]
     fn ids_name_their_shard_and_are_random() {
-        let a = new_id(3);
-        let b = new_id(3);
+        let a = new_id(3, None);
+        let b = new_id(3, None);
         assert_ne!(a, b);
         assert_eq!(a.len(), 36);
         assert!(a.bytes().all(|c| c.is_ascii_graphic()));
-        assert_eq!(owner_of(&a, 4), Some(3));
-        assert_eq!(owner_of(&a, 3), None);
-        assert_eq!(owner_of("zz", 4), None);
-        assert_eq!(owner_of(&a.replace('0', "g"), 4), None);
+        assert_eq!(owner_of(&a, 4, None), Some(3));
+        assert_eq!(owner_of(&a, 3, None), None);
+        assert_eq!(owner_of("zz", 4, None), None);
+        assert_eq!(owner_of(&a.replace('0', "g"), 4, None), None);
         assert_eq!(parse_event_id("3-17"), Some((3, 17)));
         assert_eq!(parse_event_id("x"), None);
     }

@@ -1,0 +1,393 @@
+//! Legacy sessions in Redis (`--cluster`): the shard's [`Store`] (the same
+//! operations `--data-dir` writes to redb) written behind to Redis with
+//! owner-epoch fencing, and the lookup of a session this node does not hold.
+//!
+//! Keys, hash-tagged by session id so one session's keys share a Redis
+//! Cluster slot (its scripts touch only them):
+//! - `{prefix}:s:{ID}`: hash `owner` (node id), `epoch`, `rec` (the session
+//!   record: version, capabilities, log level, subscriptions, principal).
+//! - `{prefix}:s:{ID}:ev`: the session's SSE event log, a Redis Stream
+//!   capped at `sse_store_max_events` (fields `k`: stream/seq, `f`: frame).
+//!
+//! Both expire `session_idle_ttl_ms` after their last write or refresh; the
+//! owner refreshes every held session every third of that.
+//!
+//! Fencing: every write is a script that first checks that `owner` and
+//! `epoch` are still this node's; a takeover (a script too) bumps the epoch,
+//! so an old owner that was only paused cannot write again: its next write
+//! is refused, it drops the session (counted `cluster_sessions_fenced`) and
+//! later requests for it are relayed to the new owner.
+//!
+//! Nothing here is on a request's path except [`locate`], which runs only
+//! for a session this node does not hold. Writes are batched: the shard
+//! queues operations (at most `store_pending_ops_max`; past it they are
+//! dropped and counted `store_dropped`) and every flush sends one batch,
+//! concurrently, so fred pipelines it into one round trip; one batch is in
+//! flight at a time, which keeps a session's writes in order.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+
+use fred::prelude::{HashesInterface, KeysInterface, LuaInterface, StreamsInterface};
+use fred::types::Value;
+use futures::future::join_all;
+
+use super::membership::node_key;
+use super::{Purpose, Redis};
+use crate::server::store::{parse_event_key, Op, Store};
+
+const PUT_SESSION: &str = r"
+local o = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
+if o[1] and (o[1] ~= ARGV[1] or o[2] ~= ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', ARGV[2], 'rec', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1";
+
+const PUT_EVENT: &str = r"
+local o = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
+if o[1] and (o[1] ~= ARGV[1] or o[2] ~= ARGV[2]) then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], '*', 'k', ARGV[3], 'f', ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return 1";
+
+const DEL_SESSION: &str = r"
+local o = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
+if o[1] and (o[1] ~= ARGV[1] or o[2] ~= ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1";
+
+/// `{0}` gone; `{1}` someone else moved it first (look again);
+/// `{2, epoch, record}` it is the caller's now.
+const TAKE_OVER: &str = r"
+local o = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'rec')
+if not o[1] then return {0} end
+if o[1] ~= ARGV[1] or o[2] ~= ARGV[2] then return {1} end
+local e = tostring(tonumber(o[2]) + 1)
+redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'epoch', e)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {2, e, o[3]}";
+
+/// How many times a lookup retries a takeover that lost a race.
+const TAKEOVER_ATTEMPTS: usize = 3;
+
+fn session_key(prefix: &str, id: &str) -> String {
+    format!("{prefix}:s:{{{id}}}")
+}
+
+fn events_key(prefix: &str, id: &str) -> String {
+    format!("{prefix}:s:{{{id}}}:ev")
+}
+
+/// What the session store needs to know of the HTTP settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionBounds {
+    pub ttl_ms: u64,
+    pub max_events: usize,
+    pub pending_ops_max: usize,
+}
+
+/// What the shard does with a session another node took over.
+type OnFenced = Box<dyn Fn(&str)>;
+
+/// One shard's sessions in Redis.
+pub(crate) struct RedisStore {
+    me: Weak<RedisStore>,
+    redis: Rc<Redis>,
+    bounds: SessionBounds,
+    queue: RefCell<Vec<Op>>,
+    in_flight: Cell<bool>,
+    /// The owner epoch of every session this shard writes.
+    epochs: RefCell<HashMap<String, u64>>,
+    /// Called with a session another node has taken over.
+    on_fenced: RefCell<Option<OnFenced>>,
+}
+
+impl RedisStore {
+    pub fn new(redis: Rc<Redis>, bounds: SessionBounds) -> Rc<Self> {
+        Rc::new_cyclic(|me| Self {
+            me: me.clone(),
+            redis,
+            bounds,
+            queue: RefCell::new(Vec::new()),
+            in_flight: Cell::new(false),
+            epochs: RefCell::new(HashMap::new()),
+            on_fenced: RefCell::new(None),
+        })
+    }
+
+    /// Nothing queued and nothing in flight.
+    pub fn flushed(&self) -> bool {
+        self.queue.borrow().is_empty() && !self.in_flight.get()
+    }
+
+    pub fn on_fenced(&self, f: impl Fn(&str) + 'static) {
+        *self.on_fenced.borrow_mut() = Some(Box::new(f));
+    }
+
+    fn epoch_of(&self, id: &str) -> u64 {
+        // A session first written here was created here: epoch 1.
+        *self.epochs.borrow_mut().entry(id.to_owned()).or_insert(1)
+    }
+
+    /// Sends one batch and reports fenced sessions.
+    async fn write(self: Rc<Self>, batch: Vec<Op>) {
+        let prefix = self.redis.cfg.key_prefix.clone();
+        let node = self.redis.cfg.node_id.clone();
+        let ttl = self.bounds.ttl_ms.to_string();
+        let client = self.redis.client();
+        let mut calls = Vec::new();
+        let mut gone = Vec::new();
+        for op in batch {
+            let (id, keys, script, args): (String, Vec<String>, &str, Vec<Value>) = match op {
+                Op::PutSession(id, rec) => {
+                    let epoch = self.epoch_of(&id);
+                    let args = vec![
+                        node.as_str().into(),
+                        epoch.to_string().into(),
+                        Value::Bytes(rec.into()),
+                        ttl.as_str().into(),
+                    ];
+                    (
+                        id.clone(),
+                        vec![session_key(&prefix, &id)],
+                        PUT_SESSION,
+                        args,
+                    )
+                }
+                Op::PutEvent(key, frame) => {
+                    let Some((id, stream, seq)) = parse_event_key(&key) else {
+                        continue;
+                    };
+                    let id = id.to_owned();
+                    let epoch = self.epoch_of(&id);
+                    let args = vec![
+                        node.as_str().into(),
+                        epoch.to_string().into(),
+                        format!("{stream:x}/{seq:x}").into(),
+                        Value::Bytes(frame),
+                        self.bounds.max_events.to_string().into(),
+                        ttl.as_str().into(),
+                    ];
+                    let keys = vec![session_key(&prefix, &id), events_key(&prefix, &id)];
+                    (id, keys, PUT_EVENT, args)
+                }
+                Op::DelSession(id) => {
+                    let epoch = self.epoch_of(&id);
+                    gone.push(id.clone());
+                    let args = vec![node.as_str().into(), epoch.to_string().into()];
+                    let keys = vec![session_key(&prefix, &id), events_key(&prefix, &id)];
+                    (id, keys, DEL_SESSION, args)
+                }
+                // Capped by the stream's MAXLEN instead.
+                Op::DelEvent(_) => continue,
+                // Tasks stay on the node that runs them (not yet shared).
+                Op::PutTask(..) | Op::DelTask(_) => continue,
+            };
+            calls.push(async move {
+                let r: Result<i64, _> = client.eval(script, keys, args).await;
+                (id, r)
+            });
+        }
+        if !calls.is_empty() {
+            let n = calls.len() as u64;
+            let results = self
+                .redis
+                .call(Purpose::Background, n, async { Ok(join_all(calls).await) })
+                .await;
+            match results {
+                Ok(results) => {
+                    for (id, r) in results {
+                        match r {
+                            Ok(0) => self.fenced(&id),
+                            Ok(_) => {}
+                            Err(e) => log::warn!("writing session {id} to Redis: {e}"),
+                        }
+                    }
+                }
+                Err(e) => log::warn!("writing sessions to Redis: {e}"),
+            }
+        }
+        for id in gone {
+            self.epochs.borrow_mut().remove(&id);
+        }
+        self.in_flight.set(false);
+    }
+
+    fn fenced(&self, id: &str) {
+        self.epochs.borrow_mut().remove(id);
+        log::warn!("session {id} was taken over by another node; dropped here");
+        if let Some(f) = self.on_fenced.borrow().as_ref() {
+            f(id);
+        }
+    }
+
+    /// Refreshes the expiry of every session this shard writes (their keys
+    /// would otherwise expire while a session is used without changing).
+    pub async fn refresh(&self) {
+        let prefix = &self.redis.cfg.key_prefix;
+        let ids: Vec<String> = self.epochs.borrow().keys().cloned().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let client = self.redis.client();
+        let ttl = self.bounds.ttl_ms as i64;
+        let calls = ids.iter().flat_map(|id| {
+            [session_key(prefix, id), events_key(prefix, id)]
+                .map(|k| async move { client.pexpire::<i64, _>(k, ttl, None).await })
+        });
+        let n = 2 * ids.len() as u64;
+        let _ = self
+            .redis
+            .call(Purpose::Background, n, async { Ok(join_all(calls).await) })
+            .await;
+    }
+}
+
+impl Store for RedisStore {
+    fn push(&self, op: Op) -> bool {
+        let mut q = self.queue.borrow_mut();
+        if q.len() >= self.bounds.pending_ops_max {
+            return false;
+        }
+        q.push(op);
+        true
+    }
+
+    fn flush(&self) -> bool {
+        if self.queue.borrow().is_empty() {
+            return true;
+        }
+        if self.in_flight.get() || !self.redis.connected() {
+            return false;
+        }
+        let batch = std::mem::take(&mut *self.queue.borrow_mut());
+        self.in_flight.set(true);
+        let me = self.me.upgrade().expect("the store is alive while used");
+        glommio::spawn_local(me.write(batch)).detach();
+        true
+    }
+}
+
+/// Where a session this node does not hold lives, as Redis says.
+pub(crate) enum Whereabouts {
+    Missing,
+    Remote {
+        node: String,
+        addr: String,
+    },
+    Adopt {
+        record: Vec<u8>,
+        events: Vec<(u64, u64, Vec<u8>)>,
+    },
+}
+
+/// Looks session `id` up; takes it over when its owner is dead (or is this
+/// node, restarted). On a takeover, `store` learns the new epoch before the
+/// caller restores the session.
+pub(crate) async fn locate(
+    redis: &Redis,
+    store: &RedisStore,
+    id: &str,
+) -> Result<Whereabouts, String> {
+    if store.epochs.borrow().contains_key(id) {
+        // Written by this shard but no longer held: it ended here and its
+        // deletion is on its way to Redis.
+        return Ok(Whereabouts::Missing);
+    }
+    let cfg = &redis.cfg;
+    let key = session_key(&cfg.key_prefix, id);
+    let ev_key = events_key(&cfg.key_prefix, id);
+    let client = redis.client();
+    for _ in 0..TAKEOVER_ATTEMPTS {
+        let (owner, epoch): (Option<String>, Option<String>) = redis
+            .call(Purpose::Request, 1, async {
+                client.hmget(&key, vec!["owner", "epoch"]).await
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let (Some(owner), Some(epoch)) = (owner, epoch) else {
+            return Ok(Whereabouts::Missing);
+        };
+        if owner != cfg.node_id {
+            let addr: Option<String> = redis
+                .call(Purpose::Request, 1, async {
+                    client
+                        .hget(node_key(&cfg.key_prefix, &owner), "advertise")
+                        .await
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(addr) = addr {
+                return Ok(Whereabouts::Remote { node: owner, addr });
+            }
+        }
+        // Its owner is dead (no heartbeat key), or is this node without it.
+        let args: Vec<Value> = vec![
+            owner.as_str().into(),
+            epoch.as_str().into(),
+            cfg.node_id.as_str().into(),
+            store.bounds.ttl_ms.to_string().into(),
+        ];
+        let taken: Vec<Value> = redis
+            .call(Purpose::Request, 1, async {
+                client
+                    .eval(TAKE_OVER, vec![key.clone(), ev_key.clone()], args)
+                    .await
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        match taken.first().and_then(Value::as_i64) {
+            Some(0) => return Ok(Whereabouts::Missing),
+            Some(2) => {
+                let epoch: u64 = taken
+                    .get(1)
+                    .and_then(Value::as_string)
+                    .and_then(|e| e.parse().ok())
+                    .ok_or("malformed takeover reply")?;
+                let record = taken
+                    .get(2)
+                    .and_then(Value::as_bytes)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default();
+                let events = load_events(redis, &ev_key).await?;
+                store.epochs.borrow_mut().insert(id.to_owned(), epoch);
+                log::info!(
+                    "took session {id} over from node {owner} (epoch {epoch}, {} event(s))",
+                    events.len()
+                );
+                return Ok(Whereabouts::Adopt { record, events });
+            }
+            // Moved meanwhile: look again.
+            _ => continue,
+        }
+    }
+    Err(format!(
+        "session {id} kept moving between nodes; retry later"
+    ))
+}
+
+/// A session's event log, in (stream, seq) order.
+async fn load_events(redis: &Redis, key: &str) -> Result<Vec<(u64, u64, Vec<u8>)>, String> {
+    let client = redis.client();
+    let entries: Vec<(String, HashMap<String, Value>)> = redis
+        .call(Purpose::Request, 1, async {
+            client.xrange(key, "-", "+", None).await
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut events: Vec<(u64, u64, Vec<u8>)> = entries
+        .into_iter()
+        .filter_map(|(_, fields)| {
+            let k = fields.get("k")?.as_string()?;
+            let (stream, seq) = k.split_once('/')?;
+            let stream = u64::from_str_radix(stream, 16).ok()?;
+            let seq = u64::from_str_radix(seq, 16).ok()?;
+            let frame = fields.get("f")?.as_bytes()?.to_vec();
+            Some((stream, seq, frame))
+        })
+        .collect();
+    events.sort_by_key(|&(stream, seq, _)| (stream, seq));
+    Ok(events)
+}
