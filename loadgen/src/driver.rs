@@ -17,6 +17,9 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -205,6 +208,7 @@ where
 
 /// kv keys for `{key}`: some owned by the connection's own shard, some by
 /// others (empty on a one-shard server).
+#[derive(Clone)]
 pub struct Keys {
     local: Vec<String>,
     remote: Vec<String>,
@@ -284,9 +288,12 @@ where
 }
 
 /// Drives one connection for the whole run; everything it sees goes to
-/// `stats`.
+/// `stats`. With `others` (a cluster's other nodes), the conversation is
+/// opened on `stream` and its requests are then sent on every socket at
+/// once, each with its own pipeline: one session, many nodes.
 pub async fn run<S>(
     mut stream: S,
+    others: Vec<S>,
     plan: &Plan,
     conn: usize,
     stats: &RefCell<Stats>,
@@ -311,12 +318,45 @@ where
     } else {
         None
     };
-    let r = steady(&mut stream, &mut reader, &mut wire, plan, conn, keys, stats).await;
-    if let Err((e, outstanding)) = r {
-        stats.borrow_mut().total.missing += outstanding as u64;
-        return Err(e);
+    let mut lanes = vec![(stream, reader, wire.clone())];
+    lanes.extend(others.into_iter().map(|s| (s, Reader::new(), wire.clone())));
+    let runs = lanes.iter_mut().map(|(s, r, w)| {
+        let keys = keys.clone();
+        Box::pin(steady(s, r, w, plan, conn, keys, stats))
+    });
+    let mut first_error = None;
+    for r in join_all(runs.collect()).await {
+        if let Err((e, outstanding)) = r {
+            stats.borrow_mut().total.missing += outstanding as u64;
+            first_error.get_or_insert(e);
+        }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Polls every future until all are done; their outputs in order.
+async fn join_all<F: Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futures.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match Pin::new(f).poll(cx) {
+                    Poll::Ready(v) => *o = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }
 
 struct Slots {

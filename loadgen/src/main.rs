@@ -77,9 +77,12 @@ enum Era {
 
 #[derive(Args, Debug)]
 struct HttpArgs {
-    /// Server address.
+    /// Server address. Repeat it for a cluster: each connection then opens
+    /// one socket to every address and spreads its session's requests over
+    /// them (legacy: one session, made on the connection's first address,
+    /// used on all of them; --pipeline applies per socket).
     #[arg(long, default_value = "127.0.0.1:8080")]
-    addr: SocketAddr,
+    addr: Vec<SocketAddr>,
     /// The MCP endpoint path.
     #[arg(long, default_value = "/mcp")]
     path: String,
@@ -173,10 +176,10 @@ fn main() -> ExitCode {
         }
         Transport::Http(a) => {
             let target = Target::Http {
-                addr: a.addr,
+                addrs: a.addr.clone(),
                 wire: HttpWire {
                     modern: a.era == Era::Modern,
-                    host: a.addr.to_string(),
+                    host: a.addr[0].to_string(),
                     path: a.path,
                     session: None,
                 },
@@ -197,7 +200,10 @@ fn main() -> ExitCode {
 
 enum Target {
     Tcp(SocketAddr),
-    Http { addr: SocketAddr, wire: HttpWire },
+    Http {
+        addrs: Vec<SocketAddr>,
+        wire: HttpWire,
+    },
     Stdio(Vec<String>),
 }
 
@@ -205,8 +211,13 @@ impl Target {
     fn describe(&self) -> String {
         match self {
             Target::Tcp(a) => format!("tcp {a}"),
-            Target::Http { addr, wire } => format!(
-                "http {addr}{} {}",
+            Target::Http { addrs, wire } => format!(
+                "http {}{} {}",
+                addrs
+                    .iter()
+                    .map(SocketAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" + "),
                 wire.path,
                 if wire.modern {
                     "modern (2026-07-28)"
@@ -279,10 +290,11 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
         Target::Http { wire, .. } => Wire::Http(wire.clone()),
         _ => Wire::Ndjson,
     };
-    let addr = match &target {
-        Target::Tcp(addr) | Target::Http { addr, .. } => Some(*addr),
-        Target::Stdio(_) => None,
-    };
+    let addrs: Rc<Vec<SocketAddr>> = Rc::new(match &target {
+        Target::Tcp(addr) => vec![*addr],
+        Target::Http { addrs, .. } => addrs.clone(),
+        Target::Stdio(_) => Vec::new(),
+    });
     let (tick_tx, tick_rx) = std::sync::mpsc::channel::<Tick>();
     let printer = stats::spawn_printer(tick_rx, threads, start, warm_end, a.quiet, "msg/s");
     let mut handles = Vec::with_capacity(threads);
@@ -299,6 +311,7 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
         };
         let fd = stdio_fd.take();
         let ticks = tick_tx.clone();
+        let addrs: Vec<SocketAddr> = addrs.to_vec();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("loadgen-{t}"))
             .io_memory(64 * 1024)
@@ -314,8 +327,9 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
                     .map(|c| {
                         let (plan, stats) = (plan.clone(), stats.clone());
                         let fd = if c == 0 { fd.take() } else { None };
+                        let addrs = addrs.clone();
                         glommio::spawn_local(async move {
-                            let r = connect_and_run(addr, fd, &plan, c, &stats).await;
+                            let r = connect_and_run(&addrs, fd, &plan, c, &stats).await;
                             if let Err(e) = r {
                                 stats.borrow_mut().total.failures.push(e);
                             }
@@ -357,32 +371,40 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
     )
 }
 
+/// Connection `conn`'s sockets: to each address, starting with its own
+/// (connections take the addresses in turn).
 async fn connect_and_run(
-    addr: Option<SocketAddr>,
+    addrs: &[SocketAddr],
     fd: Option<std::os::unix::net::UnixStream>,
     plan: &Plan,
     conn: usize,
     stats: &RefCell<Stats>,
 ) -> Result<(), String> {
-    match (addr, fd) {
-        (Some(addr), _) => {
-            let s = glommio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connect {addr}: {e}"))?;
-            s.set_nodelay(true)
-                .map_err(|e| format!("TCP_NODELAY: {e}"))?;
-            driver::run(s, plan, conn, stats).await
+    match (addrs.is_empty(), fd) {
+        (false, _) => {
+            let mut streams = Vec::with_capacity(addrs.len());
+            for i in 0..addrs.len() {
+                let addr = addrs[(conn + i) % addrs.len()];
+                let s = glommio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("connect {addr}: {e}"))?;
+                s.set_nodelay(true)
+                    .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+                streams.push(s);
+            }
+            let first = streams.remove(0);
+            driver::run(first, streams, plan, conn, stats).await
         }
-        (None, Some(fd)) => {
+        (true, Some(fd)) => {
             // SAFETY: the descriptor is a live socket we own and hand over.
             let s = unsafe {
                 <glommio::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(
                     std::os::fd::IntoRawFd::into_raw_fd(fd),
                 )
             };
-            driver::run(s, plan, conn, stats).await
+            driver::run(s, Vec::new(), plan, conn, stats).await
         }
-        (None, None) => Err("no transport".into()),
+        (true, None) => Err("no transport".into()),
     }
 }
 

@@ -5,7 +5,9 @@
 //! shard's life and connects it to the transport.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
@@ -19,10 +21,19 @@ use crate::server::store::Store;
 use crate::transport::http::cluster::{ClusterLink, Located};
 use crate::transport::http::{self, HttpShard};
 
+/// Where relayed sessions live, remembered per shard for this long so a
+/// session used through another node costs no Redis lookup per request.
+const OWNER_CACHE_MS: u64 = 1000;
+/// Owners remembered at most; past it the memory is cleared.
+const OWNER_CACHE_MAX: usize = 10_000;
+
 /// Operations a shard queues for Redis while a batch is in flight.
 const PENDING_OPS_MAX: usize = 100_000;
 /// How long a stopping shard waits for its last writes to reach Redis.
 const FINAL_FLUSH_MS: u64 = 1000;
+
+/// Session id -> (node, address, when looked up).
+type Owners = HashMap<String, (String, SocketAddr, Instant)>;
 
 pub(crate) struct ClusterShard {
     pub redis: Rc<Redis>,
@@ -30,6 +41,7 @@ pub(crate) struct ClusterShard {
     pub sessions: Rc<RedisStore>,
     kick: Rc<Flag>,
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+    owners: Rc<RefCell<Owners>>,
 }
 
 impl ClusterShard {
@@ -59,6 +71,7 @@ impl ClusterShard {
             sessions,
             kick: Rc::default(),
             tasks: RefCell::new(Vec::new()),
+            owners: Rc::default(),
         })
     }
 
@@ -134,21 +147,41 @@ impl ClusterLink for ClusterShard {
     }
 
     fn locate(&self, id: &str) -> Pin<Box<dyn Future<Output = Result<Located, String>>>> {
+        let remembered = self.owners.borrow().get(id).and_then(|(node, addr, at)| {
+            (at.elapsed() < Duration::from_millis(OWNER_CACHE_MS)).then(|| Located::Remote {
+                node: node.clone(),
+                addr: *addr,
+            })
+        });
+        if let Some(r) = remembered {
+            return Box::pin(async move { Ok(r) });
+        }
         let redis = self.redis.clone();
         let store = self.sessions.clone();
+        let owners = self.owners.clone();
         let id = id.to_owned();
         Box::pin(async move {
-            let found = sessions::locate(&redis, &store, &id).await?;
+            let creator = http::session::node_of(&id);
+            let found = sessions::locate(&redis, &store, &id, creator).await?;
             Ok(match found {
                 Whereabouts::Missing => Located::Missing,
                 Whereabouts::Adopt { record, events } => Located::Adopt { record, events },
-                Whereabouts::Remote { node, addr } => Located::Remote {
-                    addr: addr
+                Whereabouts::Remote { node, addr } => {
+                    let addr: SocketAddr = addr
                         .parse()
-                        .map_err(|_| format!("node {node} advertises a bad address {addr:?}"))?,
-                    node,
-                },
+                        .map_err(|_| format!("node {node} advertises a bad address {addr:?}"))?;
+                    let mut o = owners.borrow_mut();
+                    if o.len() >= OWNER_CACHE_MAX {
+                        o.clear();
+                    }
+                    o.insert(id, (node.clone(), addr, Instant::now()));
+                    Located::Remote { node, addr }
+                }
             })
         })
+    }
+
+    fn forget(&self, id: &str) {
+        self.owners.borrow_mut().remove(id);
     }
 }

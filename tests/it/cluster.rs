@@ -492,13 +492,18 @@ fn a_session_is_served_from_any_node_and_outlives_its_owner() {
 fn an_unknown_session_is_not_found_on_every_node_and_a_forged_relay_is_refused() {
     let valkey = Valkey::start();
     let secret = secret_file("forged");
-    let a = node(&valkey, &secret, "a", &one_core(), &[]);
-    let b = node(&valkey, &secret, "b", &one_core(), &[]);
+    let mut a = node(&valkey, &secret, "a", &one_core(), &[]);
+    let mut b = node(&valkey, &secret, "b", &one_core(), &[]);
+    let (admin_a, admin_b) = (admin_addr(&mut a), admin_addr(&mut b));
+    assert!(eventually(Duration::from_secs(10), || {
+        get(&admin_a, "GET", "/readyz").0 == 200 && get(&admin_b, "GET", "/readyz").0 == 200
+    }));
     let sid = legacy_session(&a);
     assert!(stored(&valkey, &sid));
     let unknown = format!("{}.a", "0".repeat(36));
     for n in [&a, &b] {
-        assert_eq!(post(n, Some(&unknown), &echo(1, "x")).status, 404);
+        let r = post(n, Some(&unknown), &echo(1, "x"));
+        assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
     }
     // Node-to-node requests without a valid proof are refused, even for a
     // session that exists.
@@ -529,6 +534,111 @@ fn an_unknown_session_is_not_found_on_every_node_and_a_forged_relay_is_refused()
         .request("DELETE", "/mcp", &[V, ("mcp-session-id", &sid)], None);
     assert_eq!(r.status, 200);
     for n in [&a, &b] {
-        assert_eq!(post(n, Some(&sid), &echo(3, "gone")).status, 404);
+        let r = post(n, Some(&sid), &echo(3, "gone"));
+        if r.status != 404 {
+            eprintln!("A:\n{}\nB:\n{}", a.stderr(), b.stderr());
+        }
+        assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
     }
+}
+
+/// Three nodes behind a real nginx doing round-robin with no affinity: the
+/// official Python SDK's legacy session works though its requests land on
+/// every node in turn.
+#[test]
+fn the_python_sdk_drives_a_legacy_session_through_a_round_robin_balancer() {
+    let valkey = Valkey::start();
+    let secret = secret_file("nginx");
+    for extra in [&[][..], &["--fixtures", "conformance"][..]] {
+        let mut nodes: Vec<Server> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|id| node(&valkey, &secret, id, &one_core(), extra))
+            .collect();
+        let admins: Vec<String> = nodes.iter_mut().map(admin_addr).collect();
+        assert!(eventually(Duration::from_secs(10), || {
+            admins.iter().all(|a| get(a, "GET", "/readyz").0 == 200)
+        }));
+        let upstreams: Vec<_> = nodes.iter().map(|n| n.http_addr.unwrap()).collect();
+        let lb = crate::nginx::Nginx::start("sdk", &upstreams);
+        let url = format!("http://{}/mcp", lb.addr);
+        let mode = if extra.is_empty() {
+            "http"
+        } else {
+            "http-fixtures"
+        };
+        crate::interop_python::run_client(&[mode, "legacy", &url]);
+        // The balancer spread the session's requests: nodes other than its
+        // owner relayed some.
+        let relaying = admins
+            .iter()
+            .filter(|a| value(&scrape(a), "tessera_cluster_relays_total", &[]) > 0.0)
+            .count();
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                admins
+                    .iter()
+                    .filter(|a| value(&scrape(a), "tessera_cluster_relays_total", &[]) > 0.0)
+                    .count()
+                    >= 2
+            }),
+            "requests of one session reached several nodes ({relaying} relayed)"
+        );
+    }
+}
+
+/// `tessera-loadgen http --addr A --addr B` spreads one session's requests
+/// over both nodes, per request: every request succeeds and both nodes
+/// serve some.
+#[test]
+fn the_loadgen_spreads_a_sessions_requests_over_every_node() {
+    let valkey = Valkey::start();
+    let secret = secret_file("loadgen");
+    let mut a = node(&valkey, &secret, "a", &one_core(), &[]);
+    let mut b = node(&valkey, &secret, "b", &one_core(), &[]);
+    let (admin_a, admin_b) = (admin_addr(&mut a), admin_addr(&mut b));
+    assert!(eventually(Duration::from_secs(10), || {
+        get(&admin_a, "GET", "/readyz").0 == 200 && get(&admin_b, "GET", "/readyz").0 == 200
+    }));
+    for era in ["legacy", "modern"] {
+        let out = Command::new(loadgen_bin())
+            .args(["http", "--era", era])
+            .args(["--addr", &a.http_addr.unwrap().to_string()])
+            .args(["--addr", &b.http_addr.unwrap().to_string()])
+            .args([
+                "--connections",
+                "2",
+                "--pipeline",
+                "2",
+                "--duration",
+                "1s",
+                "--warmup",
+                "0s",
+            ])
+            .args(["--cores", &one_core()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{era}: {text}");
+        assert!(
+            text.contains(" 0 errors, 0 wrong, 0 missing"),
+            "{era}: {text}"
+        );
+    }
+    let calls = |admin: &str| {
+        value(
+            &scrape(admin),
+            "tessera_requests_total",
+            &[("method", "tools/call")],
+        )
+    };
+    assert!(eventually(Duration::from_secs(10), || calls(&admin_a)
+        > 0.0
+        && calls(&admin_b) > 0.0));
+    // Legacy requests that reached the node without the session were relayed.
+    assert!(eventually(Duration::from_secs(10), || {
+        value(&scrape(&admin_a), "tessera_cluster_relays_total", &[])
+            + value(&scrape(&admin_b), "tessera_cluster_relays_total", &[])
+            > 0.0
+    }));
 }

@@ -20,7 +20,7 @@ fn python() -> &'static PathBuf {
 }
 
 /// Runs the SDK client script; panics with its output unless every check passed.
-fn run_client(args: &[&str]) {
+pub fn run_client(args: &[&str]) {
     run_client_with(args, &[]);
 }
 

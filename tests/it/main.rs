@@ -35,6 +35,7 @@ mod layers;
 mod lifecycle;
 mod limits;
 mod loadgen;
+mod nginx;
 mod persistence;
 mod pipeline;
 mod stdio;

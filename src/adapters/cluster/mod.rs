@@ -133,9 +133,10 @@ impl ClusterConfig {
         if let Some(p) = &self.password {
             c.password = Some(p.clone());
         }
-        // Commands are not retried behind the caller's back: a timed-out
-        // write is the caller's to redo.
-        c.fail_fast = true;
+        // Not failing fast: a first connection that fails is retried under
+        // the reconnect policy, so a node may start before its Redis. Calls
+        // while disconnected are refused here (`Redis::call`), not queued.
+        c.fail_fast = false;
         Ok(c)
     }
 
@@ -319,6 +320,11 @@ impl Redis {
     {
         if !self.connected() {
             self.count(|c| c.redis_refused += 1);
+            log::debug!(
+                "shard {}: Redis call refused, client state {:?}",
+                self.shard(),
+                self.client.state()
+            );
             return Err(ClusterError::Down);
         }
         self.count(|c| match purpose {

@@ -285,11 +285,14 @@ pub(crate) enum Whereabouts {
 
 /// Looks session `id` up; takes it over when its owner is dead (or is this
 /// node, restarted). On a takeover, `store` learns the new epoch before the
-/// caller restores the session.
+/// caller restores the session. `creator` is the node the id names: a
+/// session not yet in Redis (its record is written behind its `initialize`)
+/// is still its creator's while that node lives.
 pub(crate) async fn locate(
     redis: &Redis,
     store: &RedisStore,
     id: &str,
+    creator: Option<&str>,
 ) -> Result<Whereabouts, String> {
     if store.epochs.borrow().contains_key(id) {
         // Written by this shard but no longer held: it ended here and its
@@ -308,18 +311,19 @@ pub(crate) async fn locate(
             .await
             .map_err(|e| e.to_string())?;
         let (Some(owner), Some(epoch)) = (owner, epoch) else {
-            return Ok(Whereabouts::Missing);
+            return match creator.filter(|c| *c != cfg.node_id) {
+                Some(c) => Ok(match advertised(redis, c).await? {
+                    Some(addr) => Whereabouts::Remote {
+                        node: c.to_owned(),
+                        addr,
+                    },
+                    None => Whereabouts::Missing,
+                }),
+                None => Ok(Whereabouts::Missing),
+            };
         };
         if owner != cfg.node_id {
-            let addr: Option<String> = redis
-                .call(Purpose::Request, 1, async {
-                    client
-                        .hget(node_key(&cfg.key_prefix, &owner), "advertise")
-                        .await
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Some(addr) = addr {
+            if let Some(addr) = advertised(redis, &owner).await? {
                 return Ok(Whereabouts::Remote { node: owner, addr });
             }
         }
@@ -366,6 +370,17 @@ pub(crate) async fn locate(
     Err(format!(
         "session {id} kept moving between nodes; retry later"
     ))
+}
+
+/// The address a live node advertises; None when it is dead.
+async fn advertised(redis: &Redis, node: &str) -> Result<Option<String>, String> {
+    let key = node_key(&redis.cfg.key_prefix, node);
+    redis
+        .call(Purpose::Request, 1, async {
+            redis.client().hget(&key, "advertise").await
+        })
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// A session's event log, in (stream, seq) order.

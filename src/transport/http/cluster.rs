@@ -12,11 +12,15 @@
 //! answered 404), so a request crosses at most one node boundary.
 //!
 //! Bounds: a relay gets `mesh_timeout_ms` to connect and to receive the
-//! response head; a relayed SSE stream queues at most `sse_queue_events`
+//! response head; a shard keeps at most [`POOL_IDLE_PER_NODE`] idle
+//! keep-alive connections to each node (an SSE relay holds its own until
+//! the stream ends); a relayed SSE stream queues at most `sse_queue_events`
 //! events for a slow client before it is cut (the client resumes with
 //! `Last-Event-ID`, which is relayed too); a proof is accepted within
 //! [`PROOF_WINDOW_MS`] of its timestamp.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -63,9 +67,45 @@ pub(crate) enum Located {
 pub(crate) trait ClusterLink {
     fn node_id(&self) -> &str;
     fn secret(&self) -> &[u8];
-    /// Where session `id` lives; an error when cluster state cannot be read
-    /// (Redis down or slow).
+    /// Where session `id` lives (possibly remembered from a recent
+    /// lookup); an error when cluster state cannot be read (Redis down or
+    /// slow).
     fn locate(&self, id: &str) -> Pin<Box<dyn Future<Output = Result<Located, String>>>>;
+    /// Forgets what `locate` remembered of `id` (the node it named did not
+    /// hold it, or could not be reached).
+    fn forget(&self, id: &str);
+}
+
+/// Idle keep-alive connections to one node a shard keeps at most.
+pub(crate) const POOL_IDLE_PER_NODE: usize = 32;
+
+/// A shard's idle HTTP/1.1 connections to other nodes, for relays.
+#[derive(Default)]
+pub(crate) struct NodePool {
+    idle: RefCell<HashMap<SocketAddr, Vec<Sender>>>,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+impl NodePool {
+    fn take(&self, addr: SocketAddr) -> Option<Sender> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some(s) = list.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, s: Sender) {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if list.len() < POOL_IDLE_PER_NODE && !s.is_closed() {
+            list.push(s);
+        }
+    }
 }
 
 /// A session this node does not hold: relay, take over, or not found.
@@ -74,16 +114,33 @@ pub(crate) async fn serve_elsewhere(
     link: Rc<dyn ClusterLink>,
     call: HttpCall,
 ) -> McpResponse {
-    let located = link.locate(&call.session_id).await;
-    match located {
-        Ok(Located::Missing) => super::session::not_found(),
-        Ok(Located::Remote { node, addr }) => {
-            http.net.core.metrics.borrow_mut().counters.cluster_relays += 1;
-            match relay_to_node(http, link.as_ref(), addr, call).await {
+    // A remembered owner may be stale (it died, or another node took the
+    // session over): one more, fresh, lookup then.
+    let mut located = link.locate(&call.session_id).await;
+    let mut retried = false;
+    while let Ok(Located::Remote { node, addr }) = &located {
+        let (node, addr) = (node.clone(), *addr);
+        http.net.core.metrics.borrow_mut().counters.cluster_relays += 1;
+        let outcome = relay_to_node(http, link.as_ref(), addr, &call).await;
+        // Retried only when the request cannot have been served: the node
+        // did not hold the session, or could not be reached at all.
+        let stale = match &outcome {
+            Ok(r) => r.status == 404,
+            Err(e) => e.unsent,
+        };
+        if !stale || retried {
+            return match outcome {
                 Ok(r) => r,
-                Err(e) => unavailable(&format!("relaying to node {node} at {addr}: {e}")),
-            }
+                Err(e) => unavailable(&format!("relaying to node {node} at {addr}: {}", e.why)),
+            };
         }
+        retried = true;
+        link.forget(&call.session_id);
+        located = link.locate(&call.session_id).await;
+    }
+    match located {
+        Ok(Located::Remote { .. }) => unreachable!("handled above"),
+        Ok(Located::Missing) => super::session::not_found(),
         Ok(Located::Adopt { record, events }) => {
             let id = call.session_id.clone();
             // Another request may have adopted it meanwhile.
@@ -283,15 +340,27 @@ fn passed_back(name: &str) -> bool {
     )
 }
 
+/// Why a relay failed; `unsent` when the request never left this node.
+struct RelayError {
+    why: String,
+    unsent: bool,
+}
+
+impl From<String> for RelayError {
+    fn from(why: String) -> Self {
+        RelayError { why, unsent: false }
+    }
+}
+
 /// Sends `call` to the node at `addr` and turns its answer into ours.
 async fn relay_to_node(
     http: &Rc<HttpShard>,
     link: &dyn ClusterLink,
     addr: SocketAddr,
-    call: HttpCall,
-) -> Result<McpResponse, String> {
+    call: &HttpCall,
+) -> Result<McpResponse, RelayError> {
     let deadline = Duration::from_millis(http.net.core.limits.mesh_timeout_ms);
-    let proof = sign(link.secret(), link.node_id(), &call);
+    let proof = sign(link.secret(), link.node_id(), call);
     let mut req = hyper::Request::builder()
         .method(method_name(call.method))
         .uri(http.cfg.path.as_str())
@@ -306,32 +375,77 @@ async fn relay_to_node(
         req = req.header("content-type", "application/json");
     }
     let req = req
-        .body(Full::new(Bytes::from(call.body)))
+        .body(Full::new(Bytes::from(call.body.clone())))
         .map_err(|e| e.to_string())?;
-    let net = http.net.clone();
+    let mut sender = match http.node_pool.take(addr) {
+        Some(s) => s,
+        None => connect(http, addr, deadline)
+            .await
+            .map_err(|why| RelayError { why, unsent: true })?,
+    };
+    // A pooled connection the peer has closed fails before the request is
+    // written (ready, or canceled): that is an unsent request.
     let exchange = async move {
+        if let Err(e) = sender.ready().await {
+            return Err(RelayError {
+                why: e.to_string(),
+                unsent: true,
+            });
+        }
+        match sender.send_request(req).await {
+            Ok(head) => Ok((sender, head)),
+            Err(e) => Err(RelayError {
+                why: e.to_string(),
+                unsent: e.is_canceled(),
+            }),
+        }
+    };
+    let (sender, head) = glommio::timer::timeout(deadline, async move { Ok(exchange.await) })
+        .await
+        .map_err(|e| e.to_string())??;
+    relay_response(http, addr, sender, head, deadline)
+        .await
+        .map_err(RelayError::from)
+}
+
+/// A new keep-alive connection to the node at `addr`.
+async fn connect(
+    http: &Rc<HttpShard>,
+    addr: SocketAddr,
+    deadline: Duration,
+) -> Result<Sender, String> {
+    let net = http.net.clone();
+    let dial = async move {
         let stream = glommio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let io = HyperIo::new(stream, net, ConnClock::new());
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(std::io::Error::other)?;
-        // The connection runs until the response body is read (or dropped).
+        // Runs until the connection closes (or its sender is dropped).
         glommio::spawn_local(async move {
             let _ = conn.await;
         })
         .detach();
-        sender
-            .send_request(req)
-            .await
-            .map_err(std::io::Error::other)
+        Ok::<_, std::io::Error>(sender)
     };
-    let head = glommio::timer::timeout(deadline, async move { Ok(exchange.await) })
+    glommio::timer::timeout(deadline, async move { Ok(dial.await) })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// The relayed response as ours: JSON read whole (the connection then goes
+/// back to the pool), SSE streamed.
+async fn relay_response(
+    http: &Rc<HttpShard>,
+    addr: SocketAddr,
+    sender: Sender,
+    head: hyper::Response<hyper::body::Incoming>,
+    deadline: Duration,
+) -> Result<McpResponse, String> {
     let status = head.status().as_u16();
     let headers: Vec<(String, String)> = head
         .headers()
@@ -346,6 +460,7 @@ async fn relay_to_node(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut body = head.into_body();
     if sse {
+        // The connection is the stream's until it ends: not pooled.
         let pipe = Pipe::new(http.cfg.sse_queue_events);
         glommio::spawn_local(pump_events(body, pipe.clone(), http.clone())).detach();
         return Ok(McpResponse {
@@ -373,6 +488,7 @@ async fn relay_to_node(
             }
         }
     }
+    http.node_pool.put(addr, sender);
     Ok(McpResponse {
         status,
         headers,

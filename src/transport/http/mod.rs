@@ -193,6 +193,8 @@ pub(crate) struct HttpShard {
     pub records: RefCell<Option<StoredRecords>>,
     /// `--cluster`: where sessions this node does not hold live.
     cluster: std::cell::OnceCell<Rc<dyn cluster::ClusterLink>>,
+    /// `--cluster`: idle connections to other nodes, for relays.
+    pub(crate) node_pool: cluster::NodePool,
 }
 
 impl HttpShard {
@@ -205,6 +207,7 @@ impl HttpShard {
             link: RefCell::new(None),
             records: RefCell::new(None),
             cluster: std::cell::OnceCell::new(),
+            node_pool: cluster::NodePool::default(),
         }
     }
 

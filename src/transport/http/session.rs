@@ -58,6 +58,11 @@ pub(crate) fn new_id(shard: usize, node: Option<&str>) -> String {
     }
 }
 
+/// The node a cluster session id names (the one that created it), if any.
+pub(crate) fn node_of(id: &str) -> Option<&str> {
+    id.split_once(NODE_SEPARATOR).map(|(_, n)| n)
+}
+
 /// The shard of this node (`node`, in a cluster) that owns session `id`, if
 /// the id is well-formed: the shard the id names when this node created it,
 /// else one chosen by a hash of the id, so a session taken over from
@@ -1051,6 +1056,7 @@ mod tests {
     fn cluster_ids_name_their_node_and_foreign_ones_hash_to_a_shard() {
         let a = new_id(2, Some("n-1"));
         assert!(a.ends_with(".n-1"), "{a}");
+        assert_eq!(node_of(&a), Some("n-1"));
         assert_eq!(owner_of(&a, 4, Some("n-1")), Some(2));
         // Another node adopts it: the shard is the hash's, the same every time.
         let there = owner_of(&a, 3, Some("n-2")).expect("well-formed");
