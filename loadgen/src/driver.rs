@@ -294,6 +294,7 @@ where
 pub async fn run<S>(
     mut stream: S,
     others: Vec<S>,
+    init: Option<S>,
     plan: &Plan,
     conn: usize,
     stats: &RefCell<Stats>,
@@ -303,7 +304,15 @@ where
 {
     let mut wire = plan.wire.clone();
     let mut reader = Reader::new();
-    initialize(&mut stream, &mut reader, &mut wire, plan.response_timeout).await?;
+    match init {
+        // The session is made elsewhere (--init-addr): every request of
+        // this connection is then relayed by the node it reaches.
+        Some(mut s) => {
+            let mut r = Reader::new();
+            initialize(&mut s, &mut r, &mut wire, plan.response_timeout).await?;
+        }
+        None => initialize(&mut stream, &mut reader, &mut wire, plan.response_timeout).await?,
+    }
     let keys = if plan.workload.uses_keys() {
         Some(
             learn_keys(

@@ -83,6 +83,11 @@ struct HttpArgs {
     /// used on all of them; --pipeline applies per socket).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: Vec<SocketAddr>,
+    /// Legacy: make each session on this node instead (a cluster node the
+    /// load does not reach), so every request is relayed by the node it
+    /// reaches; measures the relay.
+    #[arg(long, value_name = "ADDR")]
+    init_addr: Option<SocketAddr>,
     /// The MCP endpoint path.
     #[arg(long, default_value = "/mcp")]
     path: String,
@@ -176,6 +181,7 @@ fn main() -> ExitCode {
         }
         Transport::Http(a) => {
             let target = Target::Http {
+                init: a.init_addr,
                 addrs: a.addr.clone(),
                 wire: HttpWire {
                     modern: a.era == Era::Modern,
@@ -202,6 +208,7 @@ enum Target {
     Tcp(SocketAddr),
     Http {
         addrs: Vec<SocketAddr>,
+        init: Option<SocketAddr>,
         wire: HttpWire,
     },
     Stdio(Vec<String>),
@@ -211,7 +218,7 @@ impl Target {
     fn describe(&self) -> String {
         match self {
             Target::Tcp(a) => format!("tcp {a}"),
-            Target::Http { addrs, wire } => format!(
+            Target::Http { addrs, wire, .. } => format!(
                 "http {}{} {}",
                 addrs
                     .iter()
@@ -290,6 +297,10 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
         Target::Http { wire, .. } => Wire::Http(wire.clone()),
         _ => Wire::Ndjson,
     };
+    let init_addr = match &target {
+        Target::Http { init, .. } => *init,
+        _ => None,
+    };
     let addrs: Rc<Vec<SocketAddr>> = Rc::new(match &target {
         Target::Tcp(addr) => vec![*addr],
         Target::Http { addrs, .. } => addrs.clone(),
@@ -329,7 +340,7 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
                         let fd = if c == 0 { fd.take() } else { None };
                         let addrs = addrs.clone();
                         glommio::spawn_local(async move {
-                            let r = connect_and_run(&addrs, fd, &plan, c, &stats).await;
+                            let r = connect_and_run(&addrs, init_addr, fd, &plan, c, &stats).await;
                             if let Err(e) = r {
                                 stats.borrow_mut().total.failures.push(e);
                             }
@@ -375,6 +386,7 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
 /// (connections take the addresses in turn).
 async fn connect_and_run(
     addrs: &[SocketAddr],
+    init_addr: Option<SocketAddr>,
     fd: Option<std::os::unix::net::UnixStream>,
     plan: &Plan,
     conn: usize,
@@ -393,7 +405,15 @@ async fn connect_and_run(
                 streams.push(s);
             }
             let first = streams.remove(0);
-            driver::run(first, streams, plan, conn, stats).await
+            let init = match init_addr {
+                Some(a) => Some(
+                    glommio::net::TcpStream::connect(a)
+                        .await
+                        .map_err(|e| format!("connect {a}: {e}"))?,
+                ),
+                None => None,
+            };
+            driver::run(first, streams, init, plan, conn, stats).await
         }
         (true, Some(fd)) => {
             // SAFETY: the descriptor is a live socket we own and hand over.
@@ -402,7 +422,7 @@ async fn connect_and_run(
                     std::os::fd::IntoRawFd::into_raw_fd(fd),
                 )
             };
-            driver::run(s, Vec::new(), plan, conn, stats).await
+            driver::run(s, Vec::new(), None, plan, conn, stats).await
         }
         (true, None) => Err("no transport".into()),
     }

@@ -14,12 +14,16 @@ use std::time::{Duration, Instant};
 
 use crate::adapters::cluster::membership::{self, Beat, LiveNodes};
 use crate::adapters::cluster::sessions::{self, RedisStore, SessionBounds, Whereabouts};
+use crate::adapters::cluster::shared::{subscribe, RedisShared};
 use crate::adapters::cluster::{ClusterConfig, ClusterError, Redis};
 use crate::runtime::local::Flag;
 use crate::server::core::Core;
+use crate::server::shared::Shared;
 use crate::server::store::Store;
+use crate::server::watch;
 use crate::transport::http::cluster::{ClusterLink, Located};
 use crate::transport::http::{self, HttpShard};
+use fred::prelude::ClientLike;
 
 /// Where relayed sessions live, remembered per shard for this long so a
 /// session used through another node costs no Redis lookup per request.
@@ -42,6 +46,8 @@ pub(crate) struct ClusterShard {
     kick: Rc<Flag>,
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
     owners: Rc<RefCell<Owners>>,
+    /// Shard 0: the subscriber connection.
+    subscriber: RefCell<Option<Rc<fred::prelude::Client>>>,
 }
 
 impl ClusterShard {
@@ -50,7 +56,7 @@ impl ClusterShard {
         core: Rc<Core>,
         web: &Rc<HttpShard>,
     ) -> Result<Self, ClusterError> {
-        let redis = Redis::new(cfg, Some(core))?;
+        let redis = Redis::new(cfg, Some(core.clone()))?;
         let sessions = RedisStore::new(
             redis.clone(),
             SessionBounds {
@@ -59,6 +65,7 @@ impl ClusterShard {
                 pending_ops_max: PENDING_OPS_MAX,
             },
         );
+        *core.shared.borrow_mut() = Some(RedisShared::new(redis.clone()) as Rc<dyn Shared>);
         let weak: Weak<HttpShard> = Rc::downgrade(web);
         sessions.on_fenced(move |id| {
             if let Some(h) = weak.upgrade() {
@@ -72,6 +79,7 @@ impl ClusterShard {
             kick: Rc::default(),
             tasks: RefCell::new(Vec::new()),
             owners: Rc::default(),
+            subscriber: RefCell::new(None),
         })
     }
 
@@ -117,6 +125,19 @@ impl ClusterShard {
         self.tasks.borrow_mut().extend([heartbeat, refresh]);
     }
 
+    /// On shard 0: the node's one subscriber to what other nodes announce,
+    /// handed to this node's watchers (who fan it out over the mesh).
+    pub fn follow_announcements(&self, core: &Rc<Core>) -> Result<(), ClusterError> {
+        let weak = Rc::downgrade(core);
+        let client = subscribe(&self.redis.cfg, move |uri| {
+            if let Some(core) = weak.upgrade() {
+                watch::updated_here(&core, uri);
+            }
+        })?;
+        *self.subscriber.borrow_mut() = Some(client);
+        Ok(())
+    }
+
     /// At a clean stop, after the drain: the last writes go out, the
     /// heartbeat stops, and the node leaves the live list at once (every
     /// shard deletes the key; the first wins), so no one waits a TTL to
@@ -132,6 +153,14 @@ impl ClusterShard {
         }
         if let Err(e) = membership::leave(&self.redis).await {
             log::debug!("leaving the cluster: {e}");
+        }
+        let subscriber = self.subscriber.borrow_mut().take();
+        if let Some(sub) = subscriber {
+            let _ = glommio::timer::timeout(Duration::from_millis(FINAL_FLUSH_MS), async {
+                let _ = sub.quit().await;
+                Ok(())
+            })
+            .await;
         }
         self.redis.close().await;
     }

@@ -237,6 +237,11 @@ fn start_cluster(shard: &Rc<NodeShard>, plan: &Plan) {
             .to_string(),
         started_ms: started_now_ms(),
     };
+    if shard.id == 0 {
+        if let Err(e) = c.follow_announcements(&shard.core) {
+            log::error!("cluster announcements: {e}");
+        }
+    }
     let http = shard.http.clone();
     c.start(beat, shard.http.clone(), move || {
         http.as_ref()

@@ -115,6 +115,9 @@ pub(crate) struct Core {
     pub audit: RefCell<Option<Box<dyn AuditSink>>>,
     /// `--data-dir`: where this shard's tasks are kept.
     pub store: RefCell<Option<Rc<dyn Store>>>,
+    /// `--cluster`: the kv store and resource changes shared with the other
+    /// nodes.
+    pub shared: RefCell<Option<Rc<dyn super::shared::Shared>>>,
     /// The other shards (none with one shard, or while the mesh is rebuilt).
     link: RefCell<Option<Rc<dyn Link>>>,
     next_subscriber: Cell<u64>,
@@ -146,6 +149,7 @@ impl Core {
             dice: Dice::new(dice_seed(p.id)),
             audit: RefCell::new(None),
             store: RefCell::new(None),
+            shared: RefCell::new(None),
             link: RefCell::new(None),
             next_subscriber: Cell::new(1),
             // Scopes name sessions to their tasks, and both outlive a restart

@@ -60,11 +60,17 @@ pub(crate) enum Routed {
     ),
     /// The hop to the owner (second field) could not even start.
     Failed(MeshError, usize),
+    /// `--cluster`: the key lives in the cluster's shared store.
+    Shared(Pin<Box<dyn Future<Output = Result<KvReply, String>>>>),
 }
 
 /// Runs a kv operation at the key's owner: here, synchronously, when this
 /// shard owns it; otherwise over the mesh.
 pub(crate) fn route(core: &Rc<Core>, op: KvOp) -> Routed {
+    let shared = core.shared.borrow().clone();
+    if let Some(shared) = shared {
+        return Routed::Shared(shared_op(core, shared, op));
+    }
     let owner = owner(op.key(), core.shard_count);
     if owner == core.id {
         return Routed::Local(core.kv_execute(op));
@@ -86,6 +92,34 @@ pub(crate) fn route(core: &Rc<Core>, op: KvOp) -> Routed {
         ),
         Err(e) => Routed::Failed(e, owner),
     }
+}
+
+/// A kv operation on the cluster's store; a change is announced to this
+/// node's watchers and, through the store's channel, to every other node's.
+fn shared_op(
+    core: &Rc<Core>,
+    shared: Rc<dyn super::shared::Shared>,
+    op: KvOp,
+) -> Pin<Box<dyn Future<Output = Result<KvReply, String>>>> {
+    let core = core.clone();
+    let uri = uri_of(op.key());
+    let writes = !matches!(op, KvOp::Get { .. });
+    Box::pin(async move {
+        let reply = shared.kv(op).await?;
+        let changed = writes && matches!(reply, KvReply::Set { .. } | KvReply::Deleted(true));
+        if changed {
+            super::watch::updated(&core, &uri);
+        }
+        Ok(reply)
+    })
+}
+
+/// -31010: the cluster's shared state could not be reached.
+fn shared_error(why: String) -> CallError {
+    CallError::Rpc(super::tools::RpcError::new(
+        crate::protocol::jsonrpc::SERVER_OVERLOADED,
+        why,
+    ))
 }
 
 /// The shard that owns `key` among `shards`.
@@ -353,6 +387,12 @@ impl Tool for KvTool {
                     Err(e) => Err(CallError::Rpc(hop_error(e, owner, timeout_ms))),
                 }
             })),
+            Routed::Shared(call) => ToolReply::Pending(Box::pin(async move {
+                match call.await {
+                    Ok(reply) => Ok(render(reply, me, me)),
+                    Err(e) => Err(shared_error(e)),
+                }
+            })),
         }
     }
 }
@@ -407,6 +447,12 @@ impl ResourceTemplate for KvTemplate {
                 match call.await {
                     Ok(reply) => read_result(era, &uri, reply),
                     Err(e) => Err(CallError::Rpc(hop_error(e, owner, timeout_ms))),
+                }
+            })),
+            Routed::Shared(call) => JsonReply::Pending(Box::pin(async move {
+                match call.await {
+                    Ok(reply) => read_result(era, &uri, reply),
+                    Err(e) => Err(shared_error(e)),
                 }
             })),
         }

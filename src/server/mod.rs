@@ -45,6 +45,7 @@ pub(crate) mod ratelimit;
 pub(crate) mod registry;
 pub(crate) mod schema;
 pub(crate) mod session;
+pub(crate) mod shared;
 pub(crate) mod skills;
 pub(crate) mod store;
 pub(crate) mod tasks;

@@ -150,8 +150,19 @@ pub(crate) fn unwatch(core: &Rc<Core>, uri: &str, sub: u64) {
     }
 }
 
-/// Reports that `uri` changed, from any shard.
+/// Reports that `uri` changed here, from any shard: to this node's
+/// watchers and (`--cluster`) to every other node's.
 pub(crate) fn updated(core: &Rc<Core>, uri: &str) {
+    let shared = core.shared.borrow().clone();
+    if let Some(s) = shared {
+        s.announce_updated(uri);
+    }
+    updated_here(core, uri);
+}
+
+/// Reports that `uri` changed, to this node's watchers only (a change
+/// another node announced).
+pub(crate) fn updated_here(core: &Rc<Core>, uri: &str) {
     let at = owner(uri, core.shard_count);
     if at == core.id {
         notify_watchers(core, uri);

@@ -187,8 +187,10 @@ fn a_node_that_loses_redis_keeps_serving_stateless_requests_and_recovers() {
     let r = modern_echo(&a, "during-outage");
     assert_eq!(r.status, 200);
     assert!(String::from_utf8_lossy(&r.body).contains("during-outage"));
-    let down = scrape(&admin);
-    assert_eq!(value(&down, "tessera_cluster_shards_connected", &[]), 0.0);
+    // Every shard reports its lost connection (each on its own tick).
+    assert!(eventually(Duration::from_secs(10), || {
+        value(&scrape(&admin), "tessera_cluster_shards_connected", &[]) == 0.0
+    }));
 
     // It comes back on the same address: reconnect, re-register, ready.
     let valkey = Valkey::try_on(port).expect("valkey restarts on its port");
@@ -641,4 +643,72 @@ fn the_loadgen_spreads_a_sessions_requests_over_every_node() {
             + value(&scrape(&admin_b), "tessera_cluster_relays_total", &[])
             > 0.0
     }));
+}
+
+/// kv keys live in Redis: a value set on one node is read on every node,
+/// and a subscriber on one node hears about a change made on another.
+#[test]
+fn kv_is_shared_and_updates_reach_subscribers_on_every_node() {
+    let valkey = Valkey::start();
+    let secret = secret_file("kv");
+    let mut nodes: Vec<Server> = ["k1", "k2", "k3"]
+        .iter()
+        .map(|id| node(&valkey, &secret, id, &one_core(), &[]))
+        .collect();
+    let admins: Vec<String> = nodes.iter_mut().map(admin_addr).collect();
+    assert!(eventually(Duration::from_secs(10), || {
+        admins.iter().all(|a| get(a, "GET", "/readyz").0 == 200)
+    }));
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let watcher = legacy_session(a);
+    // The watcher's standalone stream, on its own node.
+    let mut stream = a.http();
+    stream.send(
+        "GET",
+        "/mcp",
+        &[
+            ("accept", "text/event-stream"),
+            V,
+            ("mcp-session-id", &watcher),
+        ],
+        None,
+    );
+    assert_eq!(stream.read_head().0, 200);
+    let sub = json!({"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"kv://shared"}});
+    assert_eq!(post(a, Some(&watcher), &sub).status, 200);
+    // Another client sets it on a third node.
+    let writer = legacy_session(c);
+    let set = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"shared","value":{"n":7}}}});
+    let r = post(c, Some(&writer), &set);
+    assert_eq!(
+        r.json()["result"]["structuredContent"]["created"],
+        true,
+        "{r:?}"
+    );
+    let update = stream
+        .events()
+        .find(|e| !e.comment && !e.data.is_empty())
+        .expect("an event on the watcher's stream")
+        .json();
+    assert_eq!(update["method"], "notifications/resources/updated");
+    assert_eq!(update["params"]["uri"], "kv://shared");
+    // Every node reads the same value (kv_get, and resources/read).
+    let reader = legacy_session(b);
+    let get_it = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"kv_get","arguments":{"key":"shared"}}});
+    for (n, sid) in [(a, &watcher), (b, &reader), (c, &writer)] {
+        let r = post(n, Some(sid), &get_it);
+        assert_eq!(
+            r.json()["result"]["structuredContent"]["value"],
+            json!({"n":7}),
+            "{r:?}"
+        );
+    }
+    let read =
+        json!({"jsonrpc":"2.0","id":4,"method":"resources/read","params":{"uri":"kv://shared"}});
+    let r = post(b, Some(&reader), &read);
+    assert_eq!(
+        r.json()["result"]["contents"][0]["text"],
+        "{\"n\":7}",
+        "{r:?}"
+    );
 }

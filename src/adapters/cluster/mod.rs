@@ -18,6 +18,7 @@
 
 pub(crate) mod membership;
 pub(crate) mod sessions;
+pub(crate) mod shared;
 
 use std::cell::Cell;
 use std::future::Future;
@@ -141,7 +142,7 @@ impl ClusterConfig {
     }
 
     /// A client for the calling executor thread, not yet connected.
-    fn client(&self) -> Result<fred::prelude::Client, ClusterError> {
+    pub(crate) fn client(&self) -> Result<fred::prelude::Client, ClusterError> {
         let cap = u32::try_from(self.reconnect_max_ms).unwrap_or(u32::MAX);
         fred::prelude::Builder::from_config(self.fred_config()?)
             .with_connection_config(|c| {

@@ -77,7 +77,7 @@ pub(crate) trait ClusterLink {
 }
 
 /// Idle keep-alive connections to one node a shard keeps at most.
-pub(crate) const POOL_IDLE_PER_NODE: usize = 32;
+pub(crate) const POOL_IDLE_PER_NODE: usize = 256;
 
 /// A shard's idle HTTP/1.1 connections to other nodes, for relays.
 #[derive(Default)]

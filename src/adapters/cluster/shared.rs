@@ -1,0 +1,148 @@
+//! The kv store and resource-change announcements shared by every node
+//! (`--cluster`), on Redis.
+//!
+//! - kv: key `K` is `{prefix}:kv:K`, a string holding the value's compact
+//!   JSON (Redis Cluster shards the keys by slot). `kv_set` is one
+//!   `SET ... GET` (the old value says whether the key was created),
+//!   `kv_get` one `GET`, `kv_delete` one `DEL`: one round trip each, on the
+//!   request path (that is what sharing the data costs). The number of keys
+//!   is bounded by the Redis server's `maxmemory`, not per shard.
+//! - announcements: a change of a resource URI on a node is published on
+//!   the channel `{prefix}:updated` as `{"from": node, "uri": ...}`; each
+//!   node keeps one subscriber connection (on shard 0) and hands what other
+//!   nodes announce to its own watchers, which fan it out to their shards
+//!   over the mesh. Pub/sub is at-most-once: an announcement made while a
+//!   node's subscriber is reconnecting is not delivered to it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use fred::prelude::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
+use fred::types::SetOptions;
+
+use super::{ClusterError, Purpose, Redis};
+use crate::server::kv::{KvOp, KvReply};
+use crate::server::shared::Shared;
+
+fn kv_key(prefix: &str, key: &str) -> String {
+    format!("{prefix}:kv:{key}")
+}
+
+fn channel(prefix: &str) -> String {
+    format!("{prefix}:updated")
+}
+
+/// One shard's view of the shared state.
+pub(crate) struct RedisShared {
+    redis: Rc<Redis>,
+}
+
+impl RedisShared {
+    pub fn new(redis: Rc<Redis>) -> Rc<Self> {
+        Rc::new(Self { redis })
+    }
+}
+
+impl Shared for RedisShared {
+    fn kv(&self, op: KvOp) -> Pin<Box<dyn Future<Output = Result<KvReply, String>>>> {
+        let redis = self.redis.clone();
+        Box::pin(async move {
+            let c = redis.client();
+            let prefix = &redis.cfg.key_prefix;
+            let reply = match op {
+                KvOp::Set { key, value } => {
+                    let old: Option<String> = redis
+                        .call(Purpose::Request, 1, async {
+                            c.set(
+                                kv_key(prefix, &key),
+                                &*value,
+                                None,
+                                None::<SetOptions>,
+                                true,
+                            )
+                            .await
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    KvReply::Set {
+                        created: old.is_none(),
+                    }
+                }
+                KvOp::Get { key } => {
+                    let v: Option<String> = redis
+                        .call(Purpose::Request, 1, async {
+                            c.get(kv_key(prefix, &key)).await
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    KvReply::Get(v.map(String::into_boxed_str))
+                }
+                KvOp::Delete { key } => {
+                    let n: i64 = redis
+                        .call(Purpose::Request, 1, async {
+                            c.del(kv_key(prefix, &key)).await
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    KvReply::Deleted(n > 0)
+                }
+            };
+            Ok(reply)
+        })
+    }
+
+    fn announce_updated(&self, uri: &str) {
+        let redis = self.redis.clone();
+        let msg = serde_json::json!({ "from": redis.cfg.node_id, "uri": uri }).to_string();
+        glommio::spawn_local(async move {
+            let ch = channel(&redis.cfg.key_prefix);
+            let sent: Result<i64, ClusterError> = redis
+                .call(Purpose::Background, 1, async {
+                    redis.client().publish(ch, msg).await
+                })
+                .await;
+            if let Err(e) = sent {
+                log::debug!("announcing a resource change: {e}");
+            }
+        })
+        .detach();
+    }
+}
+
+/// The node's one subscriber connection: hands every URI another node
+/// announces to `on_updated`. Re-subscribes after each reconnect. Runs for
+/// the life of the shard that started it.
+pub(crate) fn subscribe(
+    cfg: &super::ClusterConfig,
+    on_updated: impl Fn(&str) + 'static,
+) -> Result<Rc<fred::prelude::Client>, ClusterError> {
+    let client = Rc::new(cfg.client()?);
+    let ch = channel(&cfg.key_prefix);
+    let me = cfg.node_id.clone();
+    let sub = client.clone();
+    let ch_again = ch.clone();
+    client.on_reconnect(move |_| {
+        let (sub, ch) = (sub.clone(), ch_again.clone());
+        glommio::spawn_local(async move {
+            if let Err(e) = sub.subscribe(ch).await {
+                log::warn!("subscribing to cluster announcements: {e}");
+            }
+        })
+        .detach();
+        async { Ok(()) }
+    });
+    client.on_message(move |m| {
+        let text = m.value.as_string().unwrap_or_default();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            if let (Some(from), Some(uri)) = (v["from"].as_str(), v["uri"].as_str()) {
+                if from != me {
+                    on_updated(uri);
+                }
+            }
+        }
+        async { Ok(()) }
+    });
+    drop(client.connect());
+    Ok(client)
+}
