@@ -106,11 +106,26 @@ pub struct ClusterArgs {
     /// Commands a shard's Redis client buffers while reconnecting.
     #[arg(long, default_value_t = 10_000)]
     pub cluster_command_queue_max: usize,
+    /// Where --rate-limit-per-sec counts sessionless HTTP requests: `node`
+    /// (each node its own buckets) or `cluster` (one bucket per principal
+    /// across every node, in Redis: one script per request; needs --cluster).
+    #[arg(long, value_enum, default_value = "node")]
+    pub rate_limit_scope: RateScope,
+}
+
+/// `--rate-limit-scope`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateScope {
+    Node,
+    Cluster,
 }
 
 impl ClusterArgs {
     fn to_config(&self) -> Result<Option<ClusterConfig>, String> {
         let Some(url) = &self.cluster else {
+            if self.rate_limit_scope == RateScope::Cluster {
+                return Err("--rate-limit-scope cluster needs --cluster".into());
+            }
             return Ok(None);
         };
         let Some(secret_file) = &self.cluster_secret_file else {
@@ -136,6 +151,7 @@ impl ClusterArgs {
         c.command_timeout_ms = self.cluster_command_timeout_ms;
         c.reconnect_max_ms = self.cluster_reconnect_max_ms;
         c.command_queue_max = self.cluster_command_queue_max;
+        c.rate_limit_cluster = self.rate_limit_scope == RateScope::Cluster;
         Ok(Some(c))
     }
 }

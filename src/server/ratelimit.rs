@@ -59,6 +59,17 @@ pub enum Principal {
     User(String),
 }
 
+impl Principal {
+    /// The principal as a key of the cluster-wide limiter.
+    pub fn key(&self) -> String {
+        match self {
+            Principal::Session(s) => format!("session:{s}"),
+            Principal::Peer(ip) => format!("peer:{ip}"),
+            Principal::User(u) => format!("user:{u}"),
+        }
+    }
+}
+
 /// What the limiter decided for one request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {

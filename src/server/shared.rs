@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use super::kv::{KvOp, KvReply};
 
@@ -15,4 +16,16 @@ pub(crate) trait Shared {
     fn kv(&self, op: KvOp) -> Pin<Box<dyn Future<Output = Result<KvReply, String>>>>;
     /// Tells the other nodes that `uri` changed here (fire and forget).
     fn announce_updated(&self, uri: &str);
+    /// Whether rate limits are counted across the cluster
+    /// (`--rate-limit-scope cluster`).
+    fn shares_rate_limits(&self) -> bool;
+    /// Takes one request from `principal`'s cluster-wide token bucket
+    /// (`rate` per second, `burst` deep): None to go ahead, or how long to
+    /// wait; an error when the cluster state cannot be reached.
+    fn rate_check(
+        &self,
+        principal: String,
+        rate: u32,
+        burst: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Duration>, String>>>>;
 }

@@ -64,6 +64,9 @@ pub struct ClusterConfig {
     /// Commands one shard's client buffers while its connection is being
     /// re-established; past it fred fails them (counted as errors).
     pub command_queue_max: usize,
+    /// `--rate-limit-scope cluster`: sessionless HTTP requests are limited
+    /// per principal across every node (one Redis script per request).
+    pub rate_limit_cluster: bool,
 }
 
 impl ClusterConfig {
@@ -80,6 +83,7 @@ impl ClusterConfig {
             command_timeout_ms: 1000,
             reconnect_max_ms: 2000,
             command_queue_max: 10_000,
+            rate_limit_cluster: false,
         }
     }
 

@@ -13,12 +13,17 @@
 //!   nodes announce to its own watchers, which fan it out to their shards
 //!   over the mesh. Pub/sub is at-most-once: an announcement made while a
 //!   node's subscriber is reconnecting is not delivered to it.
+//! - `--rate-limit-scope cluster`: one token bucket per principal,
+//!   `{prefix}:rl:{principal}`, taken by one script (one round trip, no
+//!   read-modify-write race), refilled by Redis's clock.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use fred::prelude::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
+use std::time::Duration;
+
+use fred::prelude::{ClientLike, EventInterface, KeysInterface, LuaInterface, PubsubInterface};
 use fred::types::SetOptions;
 
 use super::{ClusterError, Purpose, Redis};
@@ -33,14 +38,34 @@ fn channel(prefix: &str) -> String {
     format!("{prefix}:updated")
 }
 
+/// A token bucket per principal, refilled by Redis's own clock, taken
+/// atomically: returns 0 to go ahead or the milliseconds to wait. The key
+/// expires once a full bucket would have refilled.
+const TAKE_TOKEN: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(b[1]) or burst
+local at = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+return wait";
+
 /// One shard's view of the shared state.
 pub(crate) struct RedisShared {
     redis: Rc<Redis>,
+    rate_limits: bool,
 }
 
 impl RedisShared {
     pub fn new(redis: Rc<Redis>) -> Rc<Self> {
-        Rc::new(Self { redis })
+        let rate_limits = redis.cfg.rate_limit_cluster;
+        Rc::new(Self { redis, rate_limits })
     }
 }
 
@@ -89,6 +114,30 @@ impl Shared for RedisShared {
                 }
             };
             Ok(reply)
+        })
+    }
+
+    fn shares_rate_limits(&self) -> bool {
+        self.rate_limits
+    }
+
+    fn rate_check(
+        &self,
+        principal: String,
+        rate: u32,
+        burst: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Duration>, String>>>> {
+        let redis = self.redis.clone();
+        Box::pin(async move {
+            let key = format!("{}:rl:{principal}", redis.cfg.key_prefix);
+            let args: Vec<String> = vec![rate.to_string(), burst.to_string()];
+            let wait_ms: i64 = redis
+                .call(Purpose::Request, 1, async {
+                    redis.client().eval(TAKE_TOKEN, vec![key], args).await
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms as u64)))
         })
     }
 

@@ -352,7 +352,7 @@ async fn post(
     // Requests without a session are limited per principal (or peer address)
     // here; a session's requests at its owner (`session::serve_call`).
     if session_id.is_none() || modern {
-        if let Some(r) = rate_limit(http, principal.as_ref(), peer) {
+        if let Some(r) = rate_limit(http, principal.as_ref(), peer).await {
             return r;
         }
     }
@@ -388,7 +388,11 @@ async fn post(
 
 /// The rate limit of a request without a session: its principal's, or its
 /// peer address's.
-fn rate_limit(
+///
+/// With `--rate-limit-scope cluster` the bucket is the cluster's (one Redis
+/// round trip on this path, by choice); a session's requests all reach its
+/// owner, so the owner's limiter is already cluster-wide for them.
+async fn rate_limit(
     http: &HttpShard,
     principal: Option<&Identity>,
     peer: Option<IpAddr>,
@@ -398,11 +402,26 @@ fn rate_limit(
         (None, Some(ip)) => Principal::Peer(ip),
         (None, None) => return None,
     };
-    http.net
-        .core
-        .rate_check(&who, std::time::Instant::now())
-        .err()
-        .map(McpResponse::rate_limited)
+    let core = &http.net.core;
+    let shared = core.shared.borrow().clone();
+    let rate = core.limits.rate_limit_per_sec;
+    match shared.filter(|s| s.shares_rate_limits() && rate > 0) {
+        None => core
+            .rate_check(&who, std::time::Instant::now())
+            .err()
+            .map(McpResponse::rate_limited),
+        Some(s) => match s
+            .rate_check(who.key(), rate, core.limits.rate_limit_burst)
+            .await
+        {
+            Ok(None) => None,
+            Ok(Some(wait)) => {
+                core.metrics.borrow_mut().counters.rate_limited += 1;
+                Some(McpResponse::rate_limited(wait))
+            }
+            Err(why) => Some(cluster::unavailable(&why)),
+        },
+    }
 }
 
 /// The principal of a request's bearer token, or the 401 to answer: with
