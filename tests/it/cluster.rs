@@ -45,6 +45,29 @@ fn node(valkey: &Valkey, secret: &Path, id: &str, cores: &str, extra: &[&str]) -
     Server::start_http(&args)
 }
 
+/// Nodes `ids` of one cluster, each ready (connected to Redis); with their
+/// admin addresses.
+fn ready_nodes(
+    valkey: &Valkey,
+    secret: &Path,
+    ids: &[&str],
+    cores: &str,
+    extra: &[&str],
+) -> (Vec<Server>, Vec<String>) {
+    let mut nodes: Vec<Server> = ids
+        .iter()
+        .map(|id| node(valkey, secret, id, cores, extra))
+        .collect();
+    let admins: Vec<String> = nodes.iter_mut().map(admin_addr).collect();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            admins.iter().all(|a| get(a, "GET", "/readyz").0 == 200)
+        }),
+        "nodes {ids:?} ready"
+    );
+    (nodes, admins)
+}
+
 /// `tessera cluster status --json` against `valkey`.
 fn status(valkey: &Valkey) -> Vec<Value> {
     let out = Command::new(tessera_bin())
@@ -386,12 +409,9 @@ fn stored(valkey: &Valkey, sid: &str) -> bool {
 fn a_session_is_served_from_any_node_and_outlives_its_owner() {
     let valkey = Valkey::start();
     let secret = secret_file("sessions");
-    let mut a = node(&valkey, &secret, "a", &all_cores(), &[]);
-    let mut b = node(&valkey, &secret, "b", &all_cores(), &[]);
-    let (admin_a, admin_b) = (admin_addr(&mut a), admin_addr(&mut b));
-    assert!(eventually(Duration::from_secs(10), || {
-        get(&admin_a, "GET", "/readyz").0 == 200 && get(&admin_b, "GET", "/readyz").0 == 200
-    }));
+    let (mut nodes, admins) = ready_nodes(&valkey, &secret, &["a", "b"], &all_cores(), &[]);
+    let (b, mut a) = (nodes.pop().unwrap(), nodes.pop().unwrap());
+    let (admin_a, admin_b) = (admins[0].clone(), admins[1].clone());
     let sid = legacy_session(&a);
     assert!(sid.ends_with(".a"), "the id names its node: {sid}");
 
@@ -505,12 +525,8 @@ fn a_session_is_served_from_any_node_and_outlives_its_owner() {
 fn an_unknown_session_is_not_found_on_every_node_and_a_forged_relay_is_refused() {
     let valkey = Valkey::start();
     let secret = secret_file("forged");
-    let mut a = node(&valkey, &secret, "a", &one_core(), &[]);
-    let mut b = node(&valkey, &secret, "b", &one_core(), &[]);
-    let (admin_a, admin_b) = (admin_addr(&mut a), admin_addr(&mut b));
-    assert!(eventually(Duration::from_secs(10), || {
-        get(&admin_a, "GET", "/readyz").0 == 200 && get(&admin_b, "GET", "/readyz").0 == 200
-    }));
+    let (mut nodes, _) = ready_nodes(&valkey, &secret, &["a", "b"], &one_core(), &[]);
+    let (b, a) = (nodes.pop().unwrap(), nodes.pop().unwrap());
     let sid = legacy_session(&a);
     assert!(stored(&valkey, &sid));
     let unknown = format!("{}.a", "0".repeat(36));
@@ -563,14 +579,8 @@ fn the_python_sdk_drives_a_legacy_session_through_a_round_robin_balancer() {
     let valkey = Valkey::start();
     let secret = secret_file("nginx");
     for extra in [&[][..], &["--fixtures", "conformance"][..]] {
-        let mut nodes: Vec<Server> = ["n1", "n2", "n3"]
-            .iter()
-            .map(|id| node(&valkey, &secret, id, &one_core(), extra))
-            .collect();
-        let admins: Vec<String> = nodes.iter_mut().map(admin_addr).collect();
-        assert!(eventually(Duration::from_secs(10), || {
-            admins.iter().all(|a| get(a, "GET", "/readyz").0 == 200)
-        }));
+        let (nodes, admins) =
+            ready_nodes(&valkey, &secret, &["n1", "n2", "n3"], &one_core(), extra);
         let upstreams: Vec<_> = nodes.iter().map(|n| n.http_addr.unwrap()).collect();
         let lb = crate::nginx::Nginx::start("sdk", &upstreams);
         let url = format!("http://{}/mcp", lb.addr);
@@ -606,12 +616,9 @@ fn the_python_sdk_drives_a_legacy_session_through_a_round_robin_balancer() {
 fn the_loadgen_spreads_a_sessions_requests_over_every_node() {
     let valkey = Valkey::start();
     let secret = secret_file("loadgen");
-    let mut a = node(&valkey, &secret, "a", &one_core(), &[]);
-    let mut b = node(&valkey, &secret, "b", &one_core(), &[]);
-    let (admin_a, admin_b) = (admin_addr(&mut a), admin_addr(&mut b));
-    assert!(eventually(Duration::from_secs(10), || {
-        get(&admin_a, "GET", "/readyz").0 == 200 && get(&admin_b, "GET", "/readyz").0 == 200
-    }));
+    let (mut nodes, admins) = ready_nodes(&valkey, &secret, &["a", "b"], &one_core(), &[]);
+    let (b, a) = (nodes.pop().unwrap(), nodes.pop().unwrap());
+    let (admin_a, admin_b) = (admins[0].clone(), admins[1].clone());
     for era in ["legacy", "modern"] {
         let out = Command::new(loadgen_bin())
             .args(["http", "--era", era])
@@ -662,14 +669,7 @@ fn the_loadgen_spreads_a_sessions_requests_over_every_node() {
 fn kv_is_shared_and_updates_reach_subscribers_on_every_node() {
     let valkey = Valkey::start();
     let secret = secret_file("kv");
-    let mut nodes: Vec<Server> = ["k1", "k2", "k3"]
-        .iter()
-        .map(|id| node(&valkey, &secret, id, &one_core(), &[]))
-        .collect();
-    let admins: Vec<String> = nodes.iter_mut().map(admin_addr).collect();
-    assert!(eventually(Duration::from_secs(10), || {
-        admins.iter().all(|a| get(a, "GET", "/readyz").0 == 200)
-    }));
+    let (nodes, _) = ready_nodes(&valkey, &secret, &["k1", "k2", "k3"], &one_core(), &[]);
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let watcher = legacy_session(a);
     // The watcher's standalone stream, on its own node.
@@ -737,28 +737,13 @@ fn a_cluster_wide_rate_limit_counts_requests_on_every_node() {
             .copied()
             .chain(["--rate-limit-scope", scope])
             .collect();
-        let mut a = node(
-            &valkey,
-            &secret,
-            &format!("ra-{scope}"),
-            &one_core(),
-            &extra,
-        );
-        let mut b = node(
-            &valkey,
-            &secret,
-            &format!("rb-{scope}"),
-            &one_core(),
-            &extra,
-        );
-        let (admin_a, admin_b) = (admin_addr(&mut a), admin_addr(&mut b));
-        assert!(eventually(Duration::from_secs(10), || {
-            get(&admin_a, "GET", "/readyz").0 == 200 && get(&admin_b, "GET", "/readyz").0 == 200
-        }));
+        let (ra, rb) = (format!("ra-{scope}"), format!("rb-{scope}"));
+        let (nodes, _) = ready_nodes(&valkey, &secret, &[&ra, &rb], &one_core(), &extra);
+        let (a, b) = (&nodes[0], &nodes[1]);
         let mut allowed = 0;
         let mut limited = 0;
         for i in 0..12 {
-            let r = modern_echo(if i % 2 == 0 { &a } else { &b }, "r");
+            let r = modern_echo(if i % 2 == 0 { a } else { b }, "r");
             match r.status {
                 200 => allowed += 1,
                 429 => {
