@@ -473,6 +473,15 @@ fn a_session_is_served_from_any_node_and_outlives_its_owner() {
         value(&scrape(&admin_b), "tessera_cluster_relays_total", &[]) >= 6.0
     }));
 
+    // A subscription made at the owner (written behind with its record).
+    let sub = json!({"jsonrpc":"2.0","id":250,"method":"resources/subscribe","params":{"uri":"kv://survives"}});
+    assert_eq!(post(&a, Some(&sid), &sub).status, 200);
+    assert!(eventually(Duration::from_secs(10), || {
+        valkey
+            .command(&["HGET", &format!("tessera:s:{{{sid}}}"), "rec"])
+            .is_some_and(|r| r.contains("kv://survives"))
+    }));
+
     // kill -9 the owner; once its heartbeat expires, b takes the session
     // over: the stream replays from Redis after the Last-Event-ID, and the
     // session keeps working.
@@ -512,6 +521,25 @@ fn a_session_is_served_from_any_node_and_outlives_its_owner() {
     assert_eq!(replayed_ids, ids[2..].to_vec(), "exactly the missed events");
     assert!(taken_ms < 2 * 1500 + 2000, "takeover took {taken_ms} ms");
     assert_eq!(echoed(&post(&b, Some(&sid), &echo(300, "after"))), "after");
+    // The subscription came along: a change made by another client reaches
+    // the session's stream on its new owner.
+    let mut stream = b.http();
+    stream.send(
+        "GET",
+        "/mcp",
+        &[("accept", "text/event-stream"), V, ("mcp-session-id", &sid)],
+        None,
+    );
+    assert_eq!(stream.read_head().0, 200);
+    let other = legacy_session(&b);
+    let set = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"survives","value":1}}});
+    assert_eq!(post(&b, Some(&other), &set).status, 200);
+    let update = stream
+        .events()
+        .find(|e| !e.comment && !e.data.is_empty())
+        .expect("an update on the new owner")
+        .json();
+    assert_eq!(update["params"]["uri"], "kv://survives", "{update}");
     assert!(eventually(Duration::from_secs(10), || {
         value(&scrape(&admin_b), "tessera_cluster_takeovers_total", &[]) >= 1.0
     }));
