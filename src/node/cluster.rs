@@ -18,7 +18,8 @@ use crate::adapters::cluster::shared::{subscribe, RedisShared};
 use crate::adapters::cluster::{ClusterConfig, ClusterError, Redis};
 use crate::runtime::local::Flag;
 use crate::server::core::Core;
-use crate::server::shared::Shared;
+use crate::server::registry;
+use crate::server::shared::{Announcement, Shared};
 use crate::server::store::Store;
 use crate::server::watch;
 use crate::transport::http::cluster::{ClusterLink, Located};
@@ -129,9 +130,15 @@ impl ClusterShard {
     /// handed to this node's watchers (who fan it out over the mesh).
     pub fn follow_announcements(&self, core: &Rc<Core>) -> Result<(), ClusterError> {
         let weak = Rc::downgrade(core);
-        let client = subscribe(&self.redis.cfg, move |uri| {
-            if let Some(core) = weak.upgrade() {
-                watch::updated_here(&core, uri);
+        let client = subscribe(&self.redis.cfg, move |a| {
+            let Some(core) = weak.upgrade() else {
+                return;
+            };
+            match a {
+                Announcement::Updated { uri } => watch::updated_here(&core, &uri),
+                Announcement::Enabled { kind, name, on } => {
+                    registry::set_enabled_here(&core, kind, &name, on)
+                }
             }
         })?;
         *self.subscriber.borrow_mut() = Some(client);

@@ -259,6 +259,21 @@ pub enum ListKind {
 }
 
 impl ListKind {
+    /// The list's name in cluster announcements.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools",
+            ListKind::Prompts => "prompts",
+            ListKind::Resources => "resources",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [ListKind::Tools, ListKind::Prompts, ListKind::Resources]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+
     pub fn notification(self) -> &'static str {
         match self {
             ListKind::Tools => "notifications/tools/list_changed",
@@ -709,6 +724,21 @@ pub(crate) fn page(
 /// change goes to shard 0, which applies it and forwards it to the others
 /// over FIFO mesh queues, so all shards converge.
 pub(crate) fn set_enabled(core: &Rc<Core>, kind: ListKind, name: &str, on: bool) {
+    // `--cluster`: every other node applies it too.
+    let shared = core.shared.borrow().clone();
+    if let Some(s) = shared {
+        s.announce(super::shared::Announcement::Enabled {
+            kind,
+            name: name.to_owned(),
+            on,
+        });
+    }
+    set_enabled_here(core, kind, name, on);
+}
+
+/// [`set_enabled`] on this node's shards only (a change another node
+/// announced).
+pub(crate) fn set_enabled_here(core: &Rc<Core>, kind: ListKind, name: &str, on: bool) {
     if core.id == 0 {
         apply_enabled(core, kind, name, on, true);
     } else {

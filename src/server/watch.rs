@@ -155,7 +155,9 @@ pub(crate) fn unwatch(core: &Rc<Core>, uri: &str, sub: u64) {
 pub(crate) fn updated(core: &Rc<Core>, uri: &str) {
     let shared = core.shared.borrow().clone();
     if let Some(s) = shared {
-        s.announce_updated(uri);
+        s.announce(super::shared::Announcement::Updated {
+            uri: uri.to_owned(),
+        });
     }
     updated_here(core, uri);
 }

@@ -799,3 +799,55 @@ fn a_cluster_wide_rate_limit_counts_requests_on_every_node() {
         }
     }
 }
+
+/// A change of the offered set on one node (a tool that enables another)
+/// reaches every node: their clients hear list_changed and list the tool.
+#[test]
+fn a_tool_enabled_on_one_node_is_offered_and_announced_on_every_node() {
+    let valkey = Valkey::start();
+    let secret = secret_file("lists");
+    let (nodes, _) = ready_nodes(
+        &valkey,
+        &secret,
+        &["l1", "l2"],
+        &one_core(),
+        &["--fixtures", "conformance"],
+    );
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let listener = legacy_session(a);
+    let mut stream = a.http();
+    stream.send(
+        "GET",
+        "/mcp",
+        &[
+            ("accept", "text/event-stream"),
+            V,
+            ("mcp-session-id", &listener),
+        ],
+        None,
+    );
+    assert_eq!(stream.read_head().0, 200);
+    let list = json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}});
+    let offered = |sid: &str, n: &Server| {
+        post(n, Some(sid), &list).json()["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "test_dynamic_tool")
+    };
+    assert!(!offered(&listener, a));
+    let other = legacy_session(b);
+    let trigger = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"test_trigger_tool_change","arguments":{}}});
+    let r = post(b, Some(&other), &trigger);
+    assert_eq!(echoed(&r), "test_dynamic_tool enabled=true");
+    let n = stream
+        .events()
+        .find(|e| !e.comment && !e.data.is_empty())
+        .expect("an event on the listener's stream")
+        .json();
+    assert_eq!(n["method"], "notifications/tools/list_changed", "{n}");
+    assert!(
+        offered(&listener, a),
+        "node a offers the tool node b enabled"
+    );
+}

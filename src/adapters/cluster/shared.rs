@@ -8,7 +8,11 @@
 //!   request path (that is what sharing the data costs). The number of keys
 //!   is bounded by the Redis server's `maxmemory`, not per shard.
 //! - announcements: a change of a resource URI on a node is published on
-//!   the channel `{prefix}:updated` as `{"from": node, "uri": ...}`; each
+//!   the channel `{prefix}:updated` as `{"from": node, "uri": ...}`, a
+//!   change of the offered set (`set_enabled`) as `{"from", "list", "name",
+//!   "on"}` (every node then offers the same entries and tells its clients
+//!   `list_changed`; two nodes changing one entry at once may disagree until
+//!   the next change); each
 //!   node keeps one subscriber connection (on shard 0) and hands what other
 //!   nodes announce to its own watchers, which fan it out to their shards
 //!   over the mesh. Pub/sub is at-most-once: an announcement made while a
@@ -28,7 +32,8 @@ use fred::types::SetOptions;
 
 use super::{ClusterError, Purpose, Redis};
 use crate::server::kv::{KvOp, KvReply};
-use crate::server::shared::Shared;
+use crate::server::registry::ListKind;
+use crate::server::shared::{Announcement, Shared};
 
 fn kv_key(prefix: &str, key: &str) -> String {
     format!("{prefix}:kv:{key}")
@@ -141,9 +146,16 @@ impl Shared for RedisShared {
         })
     }
 
-    fn announce_updated(&self, uri: &str) {
+    fn announce(&self, what: Announcement) {
         let redis = self.redis.clone();
-        let msg = serde_json::json!({ "from": redis.cfg.node_id, "uri": uri }).to_string();
+        let from = &redis.cfg.node_id;
+        let msg = match what {
+            Announcement::Updated { uri } => serde_json::json!({ "from": from, "uri": uri }),
+            Announcement::Enabled { kind, name, on } => {
+                serde_json::json!({ "from": from, "list": kind.name(), "name": name, "on": on })
+            }
+        }
+        .to_string();
         glommio::spawn_local(async move {
             let ch = channel(&redis.cfg.key_prefix);
             let sent: Result<i64, ClusterError> = redis
@@ -159,12 +171,30 @@ impl Shared for RedisShared {
     }
 }
 
-/// The node's one subscriber connection: hands every URI another node
-/// announces to `on_updated`. Re-subscribes after each reconnect. Runs for
-/// the life of the shard that started it.
+/// An announcement as it travels, if it is one and not from `me`.
+fn parse_announcement(text: &str, me: &str) -> Option<Announcement> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    if v["from"].as_str()? == me {
+        return None;
+    }
+    if let Some(uri) = v["uri"].as_str() {
+        return Some(Announcement::Updated {
+            uri: uri.to_owned(),
+        });
+    }
+    Some(Announcement::Enabled {
+        kind: ListKind::from_name(v["list"].as_str()?)?,
+        name: v["name"].as_str()?.to_owned(),
+        on: v["on"].as_bool()?,
+    })
+}
+
+/// The node's one subscriber connection: hands what other nodes announce
+/// to `on_announced`. Re-subscribes after each reconnect. Runs for the life
+/// of the shard that started it.
 pub(crate) fn subscribe(
     cfg: &super::ClusterConfig,
-    on_updated: impl Fn(&str) + 'static,
+    on_announced: impl Fn(Announcement) + 'static,
 ) -> Result<Rc<fred::prelude::Client>, ClusterError> {
     let client = Rc::new(cfg.client()?);
     let ch = channel(&cfg.key_prefix);
@@ -183,15 +213,42 @@ pub(crate) fn subscribe(
     });
     client.on_message(move |m| {
         let text = m.value.as_string().unwrap_or_default();
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-            if let (Some(from), Some(uri)) = (v["from"].as_str(), v["uri"].as_str()) {
-                if from != me {
-                    on_updated(uri);
-                }
-            }
+        if let Some(a) = parse_announcement(&text, &me) {
+            on_announced(a);
         }
         async { Ok(()) }
     });
     drop(client.connect());
     Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_from_other_nodes_parse_and_ours_are_ignored() {
+        let up = r#"{"from":"b","uri":"kv://x"}"#;
+        assert_eq!(
+            parse_announcement(up, "a"),
+            Some(Announcement::Updated {
+                uri: "kv://x".into()
+            })
+        );
+        assert_eq!(parse_announcement(up, "b"), None);
+        let en = r#"{"from":"b","list":"prompts","name":"p","on":false}"#;
+        assert_eq!(
+            parse_announcement(en, "a"),
+            Some(Announcement::Enabled {
+                kind: ListKind::Prompts,
+                name: "p".into(),
+                on: false
+            })
+        );
+        assert_eq!(
+            parse_announcement(r#"{"from":"b","list":"x","name":"p","on":true}"#, "a"),
+            None
+        );
+        assert_eq!(parse_announcement("not json", "a"), None);
+    }
 }
