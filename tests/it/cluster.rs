@@ -851,3 +851,62 @@ fn a_tool_enabled_on_one_node_is_offered_and_announced_on_every_node() {
         "node a offers the tool node b enabled"
     );
 }
+
+/// The same cross-node path reaches a modern (2026-07-28)
+/// `subscriptions/listen` stream: kv_set through one node, the listener on
+/// another hears it.
+#[test]
+fn a_modern_listen_stream_hears_a_change_made_on_another_node() {
+    let valkey = Valkey::start();
+    let secret = secret_file("listen");
+    let (nodes, _) = ready_nodes(&valkey, &secret, &["m1", "m2"], &one_core(), &[]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}});
+    let listen = json!({"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{
+        "notifications":{"resourceSubscriptions":["kv://heard"]},"_meta":meta}});
+    let mut stream = a.http();
+    stream.send(
+        "POST",
+        "/mcp",
+        &[
+            CT,
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "subscriptions/listen"),
+        ],
+        Some(listen.to_string().as_bytes()),
+    );
+    assert_eq!(stream.read_head().0, 200);
+    // Changes are announced until the listener is registered: retry the
+    // write until the stream carries the update.
+    let set = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"heard","value":1},"_meta":meta}}).to_string();
+    let writer = std::thread::spawn({
+        let addr = b.http_addr.unwrap();
+        move || {
+            for _ in 0..20 {
+                let r = HttpConn::open(addr).request(
+                    "POST",
+                    "/mcp",
+                    &[
+                        CT,
+                        ("accept", "application/json"),
+                        ("mcp-protocol-version", "2026-07-28"),
+                        ("mcp-method", "tools/call"),
+                        ("mcp-name", "kv_set"),
+                    ],
+                    Some(set.as_bytes()),
+                );
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    let heard = stream
+        .events()
+        .filter(|e| !e.comment && !e.data.is_empty())
+        .map(|e| e.json())
+        .find(|m| m["method"] == "notifications/resources/updated");
+    writer.join().unwrap();
+    let heard = heard.expect("the listen stream carried the update");
+    assert_eq!(heard["params"]["uri"], "kv://heard", "{heard}");
+}
