@@ -405,6 +405,29 @@ fn stored(valkey: &Valkey, sid: &str) -> bool {
     })
 }
 
+/// Session `sid`'s standalone SSE stream (`GET`), opened on `server`.
+fn standalone_stream(server: &Server, sid: &str) -> HttpConn {
+    let mut stream = server.http();
+    stream.send(
+        "GET",
+        "/mcp",
+        &[("accept", "text/event-stream"), V, ("mcp-session-id", sid)],
+        None,
+    );
+    assert_eq!(stream.read_head().0, 200);
+    stream
+}
+
+/// The next JSON-RPC message on an SSE stream (priming events and
+/// keep-alives skipped).
+fn next_message(stream: &mut HttpConn, what: &str) -> Value {
+    stream
+        .events()
+        .find(|e| !e.comment && !e.data.is_empty())
+        .unwrap_or_else(|| panic!("no {what}"))
+        .json()
+}
+
 #[test]
 fn a_session_is_served_from_any_node_and_outlives_its_owner() {
     let valkey = Valkey::start();
@@ -523,22 +546,11 @@ fn a_session_is_served_from_any_node_and_outlives_its_owner() {
     assert_eq!(echoed(&post(&b, Some(&sid), &echo(300, "after"))), "after");
     // The subscription came along: a change made by another client reaches
     // the session's stream on its new owner.
-    let mut stream = b.http();
-    stream.send(
-        "GET",
-        "/mcp",
-        &[("accept", "text/event-stream"), V, ("mcp-session-id", &sid)],
-        None,
-    );
-    assert_eq!(stream.read_head().0, 200);
+    let mut stream = standalone_stream(&b, &sid);
     let other = legacy_session(&b);
     let set = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"survives","value":1}}});
     assert_eq!(post(&b, Some(&other), &set).status, 200);
-    let update = stream
-        .events()
-        .find(|e| !e.comment && !e.data.is_empty())
-        .expect("an update on the new owner")
-        .json();
+    let update = next_message(&mut stream, "an update on the new owner");
     assert_eq!(update["params"]["uri"], "kv://survives", "{update}");
     assert!(eventually(Duration::from_secs(10), || {
         value(&scrape(&admin_b), "tessera_cluster_takeovers_total", &[]) >= 1.0
@@ -701,18 +713,7 @@ fn kv_is_shared_and_updates_reach_subscribers_on_every_node() {
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let watcher = legacy_session(a);
     // The watcher's standalone stream, on its own node.
-    let mut stream = a.http();
-    stream.send(
-        "GET",
-        "/mcp",
-        &[
-            ("accept", "text/event-stream"),
-            V,
-            ("mcp-session-id", &watcher),
-        ],
-        None,
-    );
-    assert_eq!(stream.read_head().0, 200);
+    let mut stream = standalone_stream(a, &watcher);
     let sub = json!({"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"kv://shared"}});
     assert_eq!(post(a, Some(&watcher), &sub).status, 200);
     // Another client sets it on a third node.
@@ -724,11 +725,7 @@ fn kv_is_shared_and_updates_reach_subscribers_on_every_node() {
         true,
         "{r:?}"
     );
-    let update = stream
-        .events()
-        .find(|e| !e.comment && !e.data.is_empty())
-        .expect("an event on the watcher's stream")
-        .json();
+    let update = next_message(&mut stream, "an event on the watcher's stream");
     assert_eq!(update["method"], "notifications/resources/updated");
     assert_eq!(update["params"]["uri"], "kv://shared");
     // Every node reads the same value (kv_get, and resources/read).
@@ -815,18 +812,7 @@ fn a_tool_enabled_on_one_node_is_offered_and_announced_on_every_node() {
     );
     let (a, b) = (&nodes[0], &nodes[1]);
     let listener = legacy_session(a);
-    let mut stream = a.http();
-    stream.send(
-        "GET",
-        "/mcp",
-        &[
-            ("accept", "text/event-stream"),
-            V,
-            ("mcp-session-id", &listener),
-        ],
-        None,
-    );
-    assert_eq!(stream.read_head().0, 200);
+    let mut stream = standalone_stream(a, &listener);
     let list = json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}});
     let offered = |sid: &str, n: &Server| {
         post(n, Some(sid), &list).json()["result"]["tools"]
@@ -840,11 +826,7 @@ fn a_tool_enabled_on_one_node_is_offered_and_announced_on_every_node() {
     let trigger = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"test_trigger_tool_change","arguments":{}}});
     let r = post(b, Some(&other), &trigger);
     assert_eq!(echoed(&r), "test_dynamic_tool enabled=true");
-    let n = stream
-        .events()
-        .find(|e| !e.comment && !e.data.is_empty())
-        .expect("an event on the listener's stream")
-        .json();
+    let n = next_message(&mut stream, "an event on the listener's stream");
     assert_eq!(n["method"], "notifications/tools/list_changed", "{n}");
     assert!(
         offered(&listener, a),
