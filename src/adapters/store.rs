@@ -233,10 +233,12 @@ fn apply(db: &Database, batch: Vec<Op>, durability: Durability) -> Result<(), St
                 Op::DelEvent(k) => {
                     events.remove(k.as_str()).map_err(db_error)?;
                 }
-                Op::PutTask(id, v) => {
-                    tasks.insert(id.as_str(), v.as_slice()).map_err(db_error)?;
+                Op::PutTask(t) => {
+                    tasks
+                        .insert(t.id.as_str(), t.record.as_slice())
+                        .map_err(db_error)?;
                 }
-                Op::DelTask(id) => {
+                Op::DelTask { id, .. } => {
                     tasks.remove(id.as_str()).map_err(db_error)?;
                 }
             }

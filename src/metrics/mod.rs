@@ -238,6 +238,11 @@ counters! {
     /// Sessions dropped because another node took them over (a write of
     /// theirs was fenced by the owner epoch).
     cluster_sessions_fenced,
+    /// Tasks taken over from a dead node (modern ones on request, legacy
+    /// ones with their session).
+    cluster_tasks_adopted,
+    /// Tasks dropped because another node took them over.
+    cluster_tasks_fenced,
 }
 
 /// What the mesh reports, as counted here.

@@ -13,7 +13,7 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::adapters::cluster::membership::{self, Beat, LiveNodes};
-use crate::adapters::cluster::sessions::{self, RedisStore, SessionBounds, Whereabouts};
+use crate::adapters::cluster::sessions::{self, Kind, RedisStore, SessionBounds, Whereabouts};
 use crate::adapters::cluster::shared::{subscribe, RedisShared};
 use crate::adapters::cluster::{ClusterConfig, ClusterError, Redis};
 use crate::runtime::local::Flag;
@@ -21,8 +21,9 @@ use crate::server::core::Core;
 use crate::server::registry;
 use crate::server::shared::{Announcement, Shared};
 use crate::server::store::Store;
+use crate::server::tasks;
 use crate::server::watch;
-use crate::transport::http::cluster::{ClusterLink, Located};
+use crate::transport::http::cluster::{ClusterLink, Located, TaskHolder};
 use crate::transport::http::{self, HttpShard};
 use fred::prelude::ClientLike;
 
@@ -66,11 +67,15 @@ impl ClusterShard {
                 pending_ops_max: PENDING_OPS_MAX,
             },
         );
-        *core.shared.borrow_mut() = Some(RedisShared::new(redis.clone()) as Rc<dyn Shared>);
+        *core.shared.borrow_mut() =
+            Some(RedisShared::new(redis.clone(), sessions.clone()) as Rc<dyn Shared>);
+        core.tasks.borrow_mut().set_node(&cfg.node_id);
         let weak: Weak<HttpShard> = Rc::downgrade(web);
-        sessions.on_fenced(move |id| {
-            if let Some(h) = weak.upgrade() {
-                http::session::forget(&h, id);
+        sessions.on_fenced(move |kind, id| {
+            let Some(h) = weak.upgrade() else { return };
+            match kind {
+                Kind::Session => http::session::forget(&h, id),
+                Kind::Task => tasks::forget(&h.net.core, id),
             }
         });
         Ok(Self {
@@ -99,6 +104,7 @@ impl ClusterShard {
             kick.raise();
             if let Some(h) = weak.as_ref().and_then(Weak::upgrade) {
                 http::session::republish(&h);
+                tasks::republish(&h.net.core);
             }
         });
         let heartbeat = glommio::spawn_local(membership::heartbeat_loop(
@@ -139,6 +145,7 @@ impl ClusterShard {
                 Announcement::Enabled { kind, name, on } => {
                     registry::set_enabled_here(&core, kind, &name, on)
                 }
+                Announcement::TaskStatus { id, params } => tasks::status_here(&core, &id, &params),
             }
         })?;
         *self.subscriber.borrow_mut() = Some(client);
@@ -173,6 +180,15 @@ impl ClusterShard {
     }
 }
 
+impl ClusterShard {
+    /// Where `id` lived at a lookup less than [`OWNER_CACHE_MS`] ago.
+    fn remembered(&self, id: &str) -> Option<(String, SocketAddr)> {
+        let owners = self.owners.borrow();
+        let (node, addr, at) = owners.get(id)?;
+        (at.elapsed() < Duration::from_millis(OWNER_CACHE_MS)).then(|| (node.clone(), *addr))
+    }
+}
+
 impl ClusterLink for ClusterShard {
     fn node_id(&self) -> &str {
         &self.redis.cfg.node_id
@@ -183,14 +199,8 @@ impl ClusterLink for ClusterShard {
     }
 
     fn locate(&self, id: &str) -> Pin<Box<dyn Future<Output = Result<Located, String>>>> {
-        let remembered = self.owners.borrow().get(id).and_then(|(node, addr, at)| {
-            (at.elapsed() < Duration::from_millis(OWNER_CACHE_MS)).then(|| Located::Remote {
-                node: node.clone(),
-                addr: *addr,
-            })
-        });
-        if let Some(r) = remembered {
-            return Box::pin(async move { Ok(r) });
+        if let Some((node, addr)) = self.remembered(id) {
+            return Box::pin(async move { Ok(Located::Remote { node, addr }) });
         }
         let redis = self.redis.clone();
         let store = self.sessions.clone();
@@ -201,16 +211,18 @@ impl ClusterLink for ClusterShard {
             let found = sessions::locate(&redis, &store, &id, creator).await?;
             Ok(match found {
                 Whereabouts::Missing => Located::Missing,
-                Whereabouts::Adopt { record, events } => Located::Adopt { record, events },
+                Whereabouts::Adopt {
+                    record,
+                    events,
+                    tasks,
+                } => Located::Adopt {
+                    record,
+                    events,
+                    tasks,
+                },
                 Whereabouts::Remote { node, addr } => {
-                    let addr: SocketAddr = addr
-                        .parse()
-                        .map_err(|_| format!("node {node} advertises a bad address {addr:?}"))?;
-                    let mut o = owners.borrow_mut();
-                    if o.len() >= OWNER_CACHE_MAX {
-                        o.clear();
-                    }
-                    o.insert(id, (node.clone(), addr, Instant::now()));
+                    let addr = parse_advertised(&node, &addr)?;
+                    remember(&owners, id, &node, addr);
                     Located::Remote { node, addr }
                 }
             })
@@ -220,4 +232,36 @@ impl ClusterLink for ClusterShard {
     fn forget(&self, id: &str) {
         self.owners.borrow_mut().remove(id);
     }
+
+    fn locate_task(&self, id: &str) -> Pin<Box<dyn Future<Output = Result<TaskHolder, String>>>> {
+        if let Some(r) = self.remembered(id) {
+            return Box::pin(async move { Ok(Some(r)) });
+        }
+        let redis = self.redis.clone();
+        let owners = self.owners.clone();
+        let id = id.to_owned();
+        Box::pin(async move {
+            let Some((node, addr)) = sessions::task_holder(&redis, &id).await? else {
+                return Ok(None);
+            };
+            let addr = parse_advertised(&node, &addr)?;
+            remember(&owners, id, &node, addr);
+            Ok(Some((node, addr)))
+        })
+    }
+}
+
+/// A node's advertised address.
+fn parse_advertised(node: &str, addr: &str) -> Result<SocketAddr, String> {
+    addr.parse()
+        .map_err(|_| format!("node {node} advertises a bad address {addr:?}"))
+}
+
+/// Remembers where `id` lives, within [`OWNER_CACHE_MAX`].
+fn remember(owners: &RefCell<Owners>, id: String, node: &str, addr: SocketAddr) {
+    let mut o = owners.borrow_mut();
+    if o.len() >= OWNER_CACHE_MAX {
+        o.clear();
+    }
+    o.insert(id, (node.to_owned(), addr, Instant::now()));
 }

@@ -216,7 +216,26 @@ impl Serve<NodeMsg, NodeReply> for Receiver {
     fn serve(&self, from: usize, req: NodeMsg, reply: Option<ReplyTo>) -> Option<NodeReply> {
         let shard = self.0.upgrade()?;
         match req {
-            NodeMsg::Server(m) => msg::serve(&shard.core, m).map(NodeReply::Server),
+            NodeMsg::Server(m) => match msg::serve(&shard.core, m) {
+                msg::Served::NoReply => None,
+                msg::Served::Now(r) => Some(NodeReply::Server(r)),
+                msg::Served::Later(f) => {
+                    // Answered when it is ready; a sender that stopped
+                    // waiting has forgotten the call, and the reply is
+                    // dropped.
+                    let to = reply.expect("a message served later was sent as a call");
+                    let weak = self.0.clone();
+                    glommio::spawn_local(async move {
+                        let r = f.await;
+                        let mesh = weak.upgrade().and_then(|s| s.mesh());
+                        if let Some(m) = mesh {
+                            let _ = m.reply(to, NodeReply::Server(r)).await;
+                        }
+                    })
+                    .detach();
+                    None
+                }
+            },
             NodeMsg::Http(m) => {
                 let http = shard.http.as_ref().expect(
                     "HTTP messages come only from shards that serve HTTP, as every shard does",

@@ -501,6 +501,8 @@ pub struct CallCtx<'s> {
     /// The legacy session the call belongs to (its tasks are listed to it
     /// alone); 0 in the modern era.
     pub session_scope: u64,
+    /// The key the legacy session is stored under, if it is stored.
+    pub session_key: Option<Rc<str>>,
     made: OnceCell<Ctx>,
 }
 
@@ -524,6 +526,7 @@ impl<'s> CallCtx<'s> {
             rounds: RefCell::new(None),
             cancelled: OnceCell::new(),
             session_scope: 0,
+            session_key: None,
             made: OnceCell::new(),
         }
     }

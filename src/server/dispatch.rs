@@ -674,6 +674,7 @@ pub(crate) fn call_ctx<'c>(
             cx.related = channel.clone();
             cx.outbound = Some(session.outbound.clone());
             cx.session_scope = session.scope;
+            cx.session_key = session.store_key.clone();
             if let (Some(min), Some(sink)) = (session.log_level, channel) {
                 cx.log = Some(LogSink { min, sink });
             }

@@ -128,16 +128,7 @@ pub fn owner(key: &str, shards: usize) -> usize {
     if shards == 1 {
         return 0;
     }
-    (fnv1a64(key.as_bytes()) % shards as u64) as usize
-}
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    (super::placement::fnv1a(key.as_bytes()) % shards as u64) as usize
 }
 
 /// An operation on a key, as sent to its owner.
@@ -467,7 +458,10 @@ mod tests {
     fn owner_is_stable_and_spreads() {
         assert_eq!(owner("anything", 1), 0);
         // FNV-1a is fixed, so these never change between builds or hosts.
-        assert_eq!(owner("a", 2), (fnv1a64(b"a") % 2) as usize);
+        assert_eq!(
+            owner("a", 2),
+            (super::super::placement::fnv1a(b"a") % 2) as usize
+        );
         let mut seen = [0usize; 4];
         for i in 0..1000 {
             seen[owner(&format!("key-{i}"), 4)] += 1;

@@ -6,6 +6,12 @@
 //! `notifications/subscriptions/acknowledged`, then sends only the
 //! notification kinds the client asked for, each tagged with
 //! `_meta["io.modelcontextprotocol/subscriptionId"]` = the listen request's id.
+//!
+//! A client that declared the tasks extension may also ask for
+//! `notifications/tasks/status` of tasks it names, with the filter member
+//! `"io.modelcontextprotocol/tasks": {"taskIds": [...]}` (at most
+//! [`LISTEN_TASKS_MAX`]; the acknowledgement lists those honoured). Status
+//! changes reach every shard and, in a cluster, every node (`tasks.rs`).
 
 use std::rc::Rc;
 
@@ -16,6 +22,13 @@ use super::core::Core;
 use super::registry::ListKind;
 use super::{Notifier, SharedNotifier};
 
+/// Task ids one listen stream may follow; past it the rest are not
+/// honoured (the acknowledgement says which are).
+pub(crate) const LISTEN_TASKS_MAX: usize = 256;
+
+/// The filter member of the tasks extension.
+const TASKS_MEMBER: &str = "io.modelcontextprotocol/tasks";
+
 /// What a listen stream opted in to.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Filter {
@@ -23,6 +36,8 @@ pub(crate) struct Filter {
     pub prompts: bool,
     pub resources: bool,
     pub resource_uris: Vec<String>,
+    /// Tasks whose status changes the stream wants.
+    pub task_ids: Vec<String>,
 }
 
 impl Filter {
@@ -35,7 +50,13 @@ impl Filter {
             prompts: flag("promptsListChanged"),
             resources: flag("resourcesListChanged"),
             resource_uris: Vec::new(),
+            task_ids: Vec::new(),
         };
+        if let Some(ids) = v.get(TASKS_MEMBER).and_then(|t| t.get("taskIds")) {
+            for id in ids.as_array()?.iter() {
+                f.task_ids.push(id.into_string()?.to_owned());
+            }
+        }
         if let Some(list) = v.get("resourceSubscriptions") {
             let arr = list.as_array()?;
             for u in arr.iter() {
@@ -66,19 +87,28 @@ impl Filter {
             parts.push("\"resourcesListChanged\":true".to_owned());
         }
         if !self.resource_uris.is_empty() {
-            let mut out = Vec::new();
-            out.extend_from_slice(b"\"resourceSubscriptions\":[");
-            for (i, u) in self.resource_uris.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                crate::protocol::json::write_str(&mut out, u);
-            }
-            out.push(b']');
-            parts.push(String::from_utf8(out).expect("JSON is UTF-8"));
+            let uris = string_array(&self.resource_uris);
+            parts.push(format!("\"resourceSubscriptions\":{uris}"));
+        }
+        if !self.task_ids.is_empty() {
+            let ids = string_array(&self.task_ids);
+            parts.push(format!("\"{TASKS_MEMBER}\":{{\"taskIds\":{ids}}}"));
         }
         format!("{{{}}}", parts.join(","))
     }
+}
+
+/// A JSON array of strings.
+fn string_array(items: &[String]) -> String {
+    let mut out = vec![b'['];
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        crate::protocol::json::write_str(&mut out, s);
+    }
+    out.push(b']');
+    String::from_utf8(out).expect("JSON is UTF-8")
 }
 
 /// One open listen stream.

@@ -41,6 +41,7 @@ pub(crate) mod listen;
 pub(crate) mod methods;
 pub(crate) mod mrtr;
 pub(crate) mod msg;
+pub(crate) mod placement;
 pub(crate) mod ratelimit;
 pub(crate) mod registry;
 pub(crate) mod schema;

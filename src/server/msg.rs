@@ -42,6 +42,9 @@ pub(crate) enum Msg {
         on: bool,
         broadcast: bool,
     },
+    /// A modern task's status changed: tell the receiver's listen streams
+    /// that follow it (`params`: the DetailedTask object). No reply.
+    TaskStatus { id: String, params: String },
 }
 
 /// The receiver's answer to a [`Msg`] that wants one.
@@ -65,10 +68,25 @@ pub(crate) trait Link {
     fn tell(&self, to: usize, msg: Msg) -> Result<(), MeshError>;
 }
 
-/// On the receiving shard: serves a message another shard sent; `None` when
-/// it wants no reply.
-pub(crate) fn serve(core: &Rc<Core>, msg: Msg) -> Option<Reply> {
-    match msg {
+/// How a shard answers a message: not at all, now, or later.
+pub(crate) enum Served {
+    NoReply,
+    Now(Reply),
+    /// The reply once this future ends (the carrier sends it then).
+    Later(Pin<Box<dyn Future<Output = Reply>>>),
+}
+
+/// On the receiving shard: serves a message another shard sent.
+pub(crate) fn serve(core: &Rc<Core>, msg: Msg) -> Served {
+    let reply = match msg {
+        Msg::Task(op) => {
+            return match tasks::run(core, op) {
+                tasks::Run::Now(r) => Served::Now(Reply::Task(r)),
+                tasks::Run::Later(f) => {
+                    Served::Later(Box::pin(async move { Reply::Task(f.await) }))
+                }
+            }
+        }
         Msg::Kv(op) => Some(Reply::Kv(core.kv_execute(op))),
         Msg::Notify { uri, subscribers } => {
             watch::deliver(core, &uri, &subscribers);
@@ -89,7 +107,6 @@ pub(crate) fn serve(core: &Rc<Core>, msg: Msg) -> Option<Reply> {
             watch::notify_watchers(core, &uri);
             None
         }
-        Msg::Task(op) => Some(Reply::Task(tasks::execute(core, op))),
         Msg::SetEnabled {
             kind,
             name,
@@ -99,6 +116,14 @@ pub(crate) fn serve(core: &Rc<Core>, msg: Msg) -> Option<Reply> {
             super::registry::apply_enabled(core, kind, &name, on, broadcast);
             None
         }
+        Msg::TaskStatus { id, params } => {
+            tasks::deliver_status(core, &id, &params);
+            None
+        }
+    };
+    match reply {
+        Some(r) => Served::Now(r),
+        None => Served::NoReply,
     }
 }
 

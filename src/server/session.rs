@@ -212,6 +212,9 @@ pub(crate) struct Session {
     pub(super) requires_token: bool,
     /// Told when what a stored session keeps changes (HTTP sessions).
     on_change: Option<OnChange>,
+    /// The key the session is stored under (HTTP sessions): its tasks are
+    /// stored with it.
+    pub(super) store_key: Option<Rc<str>>,
 }
 
 impl Session {
@@ -238,6 +241,7 @@ impl Session {
             label: None,
             requires_token: false,
             on_change: None,
+            store_key: None,
         }
     }
 
@@ -264,6 +268,11 @@ impl Session {
     /// Keeps the scope a stored session had, so its tasks stay its own.
     pub fn set_scope(&mut self, scope: u64) {
         self.scope = scope;
+    }
+
+    /// Names the key the session is stored under (its tasks go with it).
+    pub fn set_store_key(&mut self, key: &str) {
+        self.store_key = Some(key.into());
     }
 
     /// Says when what a stored session keeps has changed.

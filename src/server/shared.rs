@@ -1,7 +1,7 @@
 //! State shared between nodes (`--cluster`), as the MCP layer sees it: kv
 //! operations that run against the cluster's store instead of this node's
-//! shards, and resource changes and changes of the offered set announced to
-//! every node. The store and the
+//! shards, resource changes and changes of the offered set announced to
+//! every node, and tasks claimed from a dead node. The store and the
 //! announcement channel are an adapter's (Redis); nothing here does I/O.
 
 use std::future::Future;
@@ -22,6 +22,19 @@ pub(crate) enum Announcement {
         name: String,
         on: bool,
     },
+    /// A modern task's status changed (`params`: the DetailedTask object).
+    TaskStatus { id: String, params: String },
+}
+
+/// What claiming another node's task gave.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Claimed {
+    /// No such task in the cluster (never made, expired, or ended).
+    Gone,
+    /// This shard holds it already (another request claimed it first).
+    Held,
+    /// It is this shard's now: restore it from this record.
+    Taken(Vec<u8>),
 }
 
 /// The cluster's shared state, reached from every shard.
@@ -43,4 +56,8 @@ pub(crate) trait Shared {
         rate: u32,
         burst: u32,
     ) -> Pin<Box<dyn Future<Output = Result<Option<Duration>, String>>>>;
+    /// Claims task `id`, made by another node, for this shard: atomically,
+    /// so one shard of one node holds it. An error when the cluster state
+    /// cannot be read, or a live node holds the task.
+    fn claim_task(&self, id: String) -> Pin<Box<dyn Future<Output = Result<Claimed, String>>>>;
 }

@@ -11,8 +11,24 @@ pub(crate) enum Op {
     DelSession(String),
     PutEvent(String, bytes::Bytes),
     DelEvent(String),
-    PutTask(String, Vec<u8>),
-    DelTask(String),
+    PutTask(TaskWrite),
+    /// Removes a task (`session`: the legacy session it belongs to).
+    DelTask {
+        id: String,
+        session: Option<String>,
+    },
+}
+
+/// A task's record on its way to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TaskWrite {
+    pub id: String,
+    /// The legacy session the task belongs to (a cluster keeps the task
+    /// with the session, so it moves with it).
+    pub session: Option<String>,
+    /// When the task expires (Unix ms): a store may forget it then.
+    pub expires_at_ms: u64,
+    pub record: Vec<u8>,
 }
 
 /// Where a shard's changes go. Never blocks: a full buffer refuses.

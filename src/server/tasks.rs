@@ -11,8 +11,18 @@
 //!   parked in `input_required`, `tasks/cancel` acknowledges.
 //!
 //! A task is owned by the shard that created it and its id names that shard
-//! (`{shard:04x}-{random}`), so any shard routes `tasks/*` to the owner over
-//! the mesh with no shared table. Each shard holds at most
+//! (`{shard:04x}-{random}`, and `.{node}` in a cluster), so any shard routes
+//! `tasks/*` to the owner over the mesh with no shared table
+//! (`server::placement`).
+//!
+//! In a cluster (`--cluster`) every task is written behind to the cluster's
+//! store: a legacy task with its session (it moves with the session when
+//! another node takes the session over), a modern one under its own id. A
+//! modern `tasks/*` for a task another node made is relayed there by the
+//! transport while that node lives; once it is dead the task's owner shard
+//! here takes the task over ([`run`]). A task taken over, or restored after
+//! a restart, that was still running has lost its handler: it is failed,
+//! saying so. Each shard holds at most
 //! `max_tasks_per_shard` tasks; a task lives `ttl_ms` (the client's wish,
 //! capped by `task_ttl_ms`) and is then removed, running or not. At the
 //! bound, expired tasks are swept first; if none, creation is refused with
@@ -26,7 +36,9 @@
 //! session, like any handler.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use futures_lite::FutureExt;
@@ -37,8 +49,10 @@ use super::core::Core;
 use super::ctx::{Ask, CallCtx, ClientCaps, Outbound, Rounds};
 use super::dispatch::Req;
 use super::encode::{self, Close, Era};
+use super::placement;
 use super::registry::ToolEntry;
-use super::store::Op;
+use super::shared::Claimed;
+use super::store::{Op, TaskWrite};
 use super::tools::{Args, CallError, RpcError, TaskSupport, Tool, ToolReply, ToolResult};
 use super::{Handled, SharedNotifier};
 use crate::metrics::MethodKind;
@@ -88,6 +102,8 @@ impl Status {
 #[derive(Clone)]
 struct LegacyLink {
     scope: u64,
+    /// The key the session is stored under, if it is stored.
+    session: Option<Rc<str>>,
     notifier: Option<SharedNotifier>,
     outbound: Option<Rc<Outbound>>,
 }
@@ -191,6 +207,15 @@ impl Task {
         String::from_utf8(out).expect("JSON is UTF-8")
     }
 
+    /// The stored legacy session the task belongs to.
+    fn session(&self) -> Option<&Rc<str>> {
+        self.legacy.as_ref().and_then(|l| l.session.as_ref())
+    }
+
+    fn expires_at_ms(&self) -> u64 {
+        self.created_ms.saturating_add(self.ttl_ms)
+    }
+
     pub(crate) fn is_legacy_of(&self, scope: u64) -> bool {
         self.legacy.as_ref().is_some_and(|l| l.scope == scope)
     }
@@ -218,8 +243,11 @@ pub(crate) struct TaskTable {
     max: usize,
     ttl_max_ms: u64,
     pub(crate) tasks: HashMap<String, Task>,
-    /// With `--data-dir`: tasks changed or removed since the last flush.
-    dirty: Option<std::collections::HashSet<String>>,
+    /// With a store: tasks changed or removed since the last flush, with
+    /// the stored session each belongs to.
+    dirty: Option<HashMap<String, Option<Rc<str>>>>,
+    /// The node this shard belongs to (`--cluster`): task ids name it.
+    node: Option<Rc<str>>,
 }
 
 impl TaskTable {
@@ -230,7 +258,18 @@ impl TaskTable {
             ttl_max_ms,
             tasks: HashMap::new(),
             dirty: None,
+            node: None,
         }
+    }
+
+    /// Joins a cluster as node `node`: ids made from now on name it.
+    pub fn set_node(&mut self, node: &str) {
+        assert!(placement::valid_node(node), "node id {node:?}");
+        self.node = Some(node.into());
+    }
+
+    pub fn node(&self) -> Option<Rc<str>> {
+        self.node.clone()
     }
 
     /// Records which tasks change, for the store (`--data-dir`).
@@ -239,8 +278,12 @@ impl TaskTable {
     }
 
     fn touch(&mut self, id: &str) {
+        let session = self.tasks.get(id).and_then(|t| t.session().cloned());
         if let Some(d) = self.dirty.as_mut() {
-            d.insert(id.to_owned());
+            let known = d.entry(id.to_owned()).or_insert(None);
+            if session.is_some() {
+                *known = session;
+            }
         }
     }
 
@@ -268,9 +311,11 @@ impl TaskTable {
         expired.len()
     }
 
-    /// A fresh id naming this shard: `{shard:04x}-` and 96 random bits.
+    /// A fresh id naming this shard: `{shard:04x}-` and 96 random bits
+    /// (and `.{node}` in a cluster).
     fn new_id(&self) -> String {
-        format!("{:04x}-{}", self.shard, crate::runtime::random::hex::<12>())
+        let local = format!("{:04x}-{}", self.shard, crate::runtime::random::hex::<12>());
+        placement::name(local, self.node.as_deref())
     }
 }
 
@@ -288,6 +333,9 @@ struct TaskRecord {
     caps: [bool; 4],
     /// The legacy session scope that may list it.
     scope: Option<u64>,
+    /// The stored legacy session it belongs to.
+    #[serde(default)]
+    session: Option<String>,
     responses: Vec<(String, String)>,
     input_requests: Vec<(String, String)>,
     state: Option<String>,
@@ -316,6 +364,7 @@ impl Task {
                 self.caps.tasks_extension,
             ],
             scope: self.legacy.as_ref().map(|l| l.scope),
+            session: self.session().map(|s| s.to_string()),
             responses: self
                 .responses
                 .iter()
@@ -340,11 +389,19 @@ pub(crate) fn flush_store(core: &Core) {
         let Some(dirty) = table.dirty.as_mut().filter(|d| !d.is_empty()) else {
             return;
         };
-        let ids: Vec<String> = dirty.drain().collect();
+        let ids: Vec<(String, Option<Rc<str>>)> = dirty.drain().collect();
         ids.into_iter()
-            .map(|id| match table.tasks.get(&id) {
-                Some(t) => Op::PutTask(id, t.record()),
-                None => Op::DelTask(id),
+            .map(|(id, session)| match table.tasks.get(&id) {
+                Some(t) => Op::PutTask(TaskWrite {
+                    session: t.session().map(|s| s.to_string()),
+                    expires_at_ms: t.expires_at_ms(),
+                    record: t.record(),
+                    id,
+                }),
+                None => Op::DelTask {
+                    id,
+                    session: session.map(|s| s.to_string()),
+                },
             })
             .collect()
     };
@@ -358,99 +415,161 @@ pub(crate) fn flush_store(core: &Core) {
 /// stopped have lost their handler and are failed, saying so. Returns how
 /// many were restored.
 pub(crate) fn restore(core: &Core, records: Vec<(String, Vec<u8>)>) -> usize {
-    let now = now_ms();
+    let node = core.tasks.borrow().node();
     let mut restored = 0;
-    let mut table = core.tasks.borrow_mut();
     for (id, bytes) in records {
-        let rec: TaskRecord = match serde_json::from_slice(&bytes) {
-            Ok(r) => r,
-            Err(_) => {
-                table.touch(&id);
-                continue;
-            }
-        };
-        let tool = core.registry.tool(&rec.tool).map(|e| e.tool.clone());
-        let era = match rec.era.as_deref() {
-            None => Some(Era::Legacy),
-            Some(v) => crate::protocol::mcp::modern_version(v).map(Era::Modern),
-        };
-        let (Some(tool), Some(era)) = (tool, era) else {
-            table.touch(&id); // its tool or era is gone: forget it
-            continue;
-        };
-        if owner_of(&id, core.shard_count) != Some(core.id)
-            || now >= rec.created_ms.saturating_add(rec.ttl_ms)
-            || table.tasks.len() >= table.max
-        {
-            table.touch(&id);
+        if owner_of(&id, core.shard_count, node.as_deref()) != Some(core.id) {
+            core.tasks.borrow_mut().touch(&id);
             continue;
         }
-        let mut status = match rec.status.as_str() {
-            "completed" => Status::Completed,
-            "failed" => Status::Failed,
-            "cancelled" => Status::Cancelled,
-            "input_required" => Status::InputRequired,
-            _ => Status::Working,
-        };
-        let mut message = rec.status_message;
-        let mut error = rec.error.map(|(code, message, data)| RpcError {
-            code,
-            message,
-            data,
-        });
-        if status == Status::Working {
-            status = Status::Failed;
-            let m = "the server restarted while the task was running";
-            message = Some(m.to_owned());
-            error = Some(RpcError::new(jsonrpc::INTERNAL_ERROR, m));
-            table.touch(&id);
+        if revive(
+            core,
+            id,
+            &bytes,
+            "the server restarted while the task was running",
+        ) {
+            restored += 1;
         }
-        let [sampling, elicitation, roots, tasks_extension] = rec.caps;
-        table.tasks.insert(
-            id.clone(),
-            Task {
-                id,
-                era,
-                status,
-                status_message: message,
-                created_ms: rec.created_ms,
-                updated_ms: rec.updated_ms,
-                ttl_ms: rec.ttl_ms,
-                tool,
-                args: rec.args,
-                caps: ClientCaps {
-                    sampling,
-                    elicitation,
-                    roots,
-                    tasks_extension,
-                },
-                legacy: rec.scope.map(|scope| LegacyLink {
-                    scope,
-                    notifier: None,
-                    outbound: None,
-                }),
-                responses: rec.responses.into_iter().collect(),
-                input_requests: rec.input_requests,
-                state: rec.state,
-                result: rec.result,
-                error,
-                running: None,
-                waiters: Vec::new(),
-            },
-        );
-        restored += 1;
     }
     restored
 }
 
-/// The shard that owns task `id`, if the id is one of ours.
-pub(crate) fn owner_of(id: &str, shard_count: usize) -> Option<usize> {
-    let (prefix, rest) = id.split_once('-')?;
+/// Takes over a task another node made (it died, or its session moved
+/// here): false when the record is unreadable, expired, or has no room.
+/// A task already held here is kept as it is.
+pub(crate) fn adopt(core: &Core, id: &str, record: &[u8]) -> bool {
+    if core.tasks.borrow().tasks.contains_key(id) {
+        return true;
+    }
+    let adopted = revive(
+        core,
+        id.to_owned(),
+        record,
+        "the node running the task stopped",
+    );
+    if adopted {
+        core.metrics.borrow_mut().counters.cluster_tasks_adopted += 1;
+        log::info!("shard {}: took task {id} over", core.id);
+    }
+    adopted
+}
+
+/// One stored task back in the table; `lost` says why one that was running
+/// failed. A record that cannot come back is deleted from the store.
+fn revive(core: &Core, id: String, bytes: &[u8], lost: &str) -> bool {
+    let now = now_ms();
+    let mut table = core.tasks.borrow_mut();
+    let rec: TaskRecord = match serde_json::from_slice(bytes) {
+        Ok(r) => r,
+        Err(_) => {
+            table.touch(&id);
+            return false;
+        }
+    };
+    let tool = core.registry.tool(&rec.tool).map(|e| e.tool.clone());
+    let era = match rec.era.as_deref() {
+        None => Some(Era::Legacy),
+        Some(v) => crate::protocol::mcp::modern_version(v).map(Era::Modern),
+    };
+    let (Some(tool), Some(era)) = (tool, era) else {
+        table.touch(&id); // its tool or era is gone: forget it
+        return false;
+    };
+    if now >= rec.created_ms.saturating_add(rec.ttl_ms) || table.tasks.len() >= table.max {
+        table.touch(&id);
+        return false;
+    }
+    let mut status = match rec.status.as_str() {
+        "completed" => Status::Completed,
+        "failed" => Status::Failed,
+        "cancelled" => Status::Cancelled,
+        "input_required" => Status::InputRequired,
+        _ => Status::Working,
+    };
+    let mut message = rec.status_message;
+    let mut error = rec.error.map(|(code, message, data)| RpcError {
+        code,
+        message,
+        data,
+    });
+    let lost_handler = status == Status::Working;
+    if lost_handler {
+        status = Status::Failed;
+        message = Some(lost.to_owned());
+        error = Some(RpcError::new(jsonrpc::INTERNAL_ERROR, lost));
+    }
+    let [sampling, elicitation, roots, tasks_extension] = rec.caps;
+    table.tasks.insert(
+        id.clone(),
+        Task {
+            id: id.clone(),
+            era,
+            status,
+            status_message: message,
+            created_ms: rec.created_ms,
+            updated_ms: if lost_handler { now } else { rec.updated_ms },
+            ttl_ms: rec.ttl_ms,
+            tool,
+            args: rec.args,
+            caps: ClientCaps {
+                sampling,
+                elicitation,
+                roots,
+                tasks_extension,
+            },
+            legacy: rec.scope.map(|scope| LegacyLink {
+                scope,
+                session: rec.session.map(Rc::from),
+                notifier: None,
+                outbound: None,
+            }),
+            responses: rec.responses.into_iter().collect(),
+            input_requests: rec.input_requests,
+            state: rec.state,
+            result: rec.result,
+            error,
+            running: None,
+            waiters: Vec::new(),
+        },
+    );
+    if lost_handler {
+        table.touch(&id);
+    }
+    true
+}
+
+/// Drops a task another node took over (a write of its was fenced): its
+/// handler stops, and nothing of it is written from here again.
+pub(crate) fn forget(core: &Core, id: &str) {
+    let removed = core.tasks.borrow_mut().tasks.remove(id);
+    if let Some(t) = removed {
+        if let Some(h) = t.running {
+            h.cancel();
+        }
+        core.metrics.borrow_mut().counters.cluster_tasks_fenced += 1;
+    }
+}
+
+/// Writes every task again at the next flush (after the store lost them,
+/// e.g. a Redis restart).
+pub(crate) fn republish(core: &Core) {
+    let mut table = core.tasks.borrow_mut();
+    let ids: Vec<String> = table.tasks.keys().cloned().collect();
+    for id in ids {
+        table.touch(&id);
+    }
+}
+
+/// The shard of this node (`node`, in a cluster) that owns task `id`, if
+/// the id is well-formed (see `server::placement`).
+pub(crate) fn owner_of(id: &str, shard_count: usize, node: Option<&str>) -> Option<usize> {
+    let (local, _) = placement::split(id);
+    let (prefix, rest) = local.split_once('-')?;
     if prefix.len() != 4 || rest.len() != 24 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let shard = usize::from_str_radix(prefix, 16).ok()?;
-    (shard < shard_count).then_some(shard)
+    placement::owner(id, shard, shard_count, node)
 }
 
 pub(crate) fn unknown_task(id: &str) -> RpcError {
@@ -486,6 +605,56 @@ fn announce(task: &Task) {
     n.notify(&m);
 }
 
+/// Tells the listen streams following a modern task, on every shard and
+/// every node, that its status changed.
+fn announce_modern(core: &Core, task: &Task) {
+    let params = format!("{{{}}}", task.detailed_members());
+    let shared = core.shared.borrow().clone();
+    if let Some(s) = shared {
+        s.announce(super::shared::Announcement::TaskStatus {
+            id: task.id.clone(),
+            params: params.clone(),
+        });
+    }
+    status_here(core, &task.id, &params);
+}
+
+/// A task's status change, to this node's listen streams (one another node
+/// announced, or this one's).
+pub(crate) fn status_here(core: &Core, id: &str, params: &str) {
+    for to in (0..core.shard_count).filter(|&s| s != core.id) {
+        core.tell(
+            to,
+            super::msg::Msg::TaskStatus {
+                id: id.to_owned(),
+                params: params.to_owned(),
+            },
+        );
+    }
+    deliver_status(core, id, params);
+}
+
+/// On one shard: `notifications/tasks/status` to the listen streams that
+/// follow task `id`.
+pub(crate) fn deliver_status(core: &Core, id: &str, params: &str) {
+    let sinks: Vec<SharedNotifier> = core
+        .listeners
+        .borrow()
+        .values()
+        .filter(|l| l.filter.task_ids.iter().any(|t| t == id))
+        .map(|l| l.sink.clone())
+        .collect();
+    if sinks.is_empty() {
+        return;
+    }
+    let msg = format!(
+        "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/tasks/status\",\"params\":{params}}}"
+    );
+    for s in sinks {
+        s.notify(msg.as_bytes());
+    }
+}
+
 /// Moves task `id` to `status` (and tells whoever waits for the end).
 fn set_status(core: &Core, id: &str, status: Status, message: Option<String>) {
     let mut table = core.tasks.borrow_mut();
@@ -505,6 +674,9 @@ fn set_status(core: &Core, id: &str, status: Status, message: Option<String>) {
         }
     }
     announce(t);
+    if t.era.is_modern() {
+        announce_modern(core, t);
+    }
     table.touch(id);
 }
 
@@ -729,6 +901,7 @@ pub(crate) fn intercept_call(
     }
     let legacy = (!cx.era.is_modern()).then(|| LegacyLink {
         scope: cx.session_scope,
+        session: cx.session_key.clone(),
         notifier: cx.related.clone(),
         outbound: cx.outbound.clone(),
     });
@@ -841,7 +1014,7 @@ fn create(
 }
 
 /// A `tasks/*` operation, run at the task's owner.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum TaskOp {
     Get(String),
     Update(String, Vec<(String, String)>),
@@ -854,6 +1027,40 @@ impl TaskOp {
             TaskOp::Get(id) | TaskOp::Update(id, _) | TaskOp::Cancel(id) => id,
         }
     }
+}
+
+/// A task operation's outcome: now, or once the task is taken over.
+pub(crate) enum Run {
+    Now(Result<String, RpcError>),
+    Later(Pin<Box<dyn Future<Output = Result<String, RpcError>>>>),
+}
+
+/// Runs a modern task operation on the owning shard (this one): at once,
+/// unless the task is not here and was made by another node of the
+/// cluster; then it is claimed from the cluster's store first (its maker is
+/// dead: the transport relays to a live one) and runs once it is here.
+pub(crate) fn run(core: &Rc<Core>, op: TaskOp) -> Run {
+    let foreign = {
+        let table = core.tasks.borrow();
+        !table.tasks.contains_key(op.id())
+            && placement::node_of(op.id()).is_some_and(|n| Some(n) != table.node.as_deref())
+    };
+    let shared = core.shared.borrow().clone();
+    let Some(shared) = shared.filter(|_| foreign) else {
+        return Run::Now(execute(core, op));
+    };
+    let core = core.clone();
+    Run::Later(Box::pin(async move {
+        match shared.claim_task(op.id().to_owned()).await {
+            Err(why) => Err(RpcError::new(jsonrpc::SERVER_OVERLOADED, why)),
+            Ok(Claimed::Gone) => Err(unknown_task(op.id())),
+            Ok(Claimed::Held) => execute(&core, op),
+            Ok(Claimed::Taken(record)) => {
+                adopt(&core, op.id(), &record);
+                execute(&core, op)
+            }
+        }
+    }))
 }
 
 /// Runs a modern task operation on the owning shard: the members of the
@@ -936,9 +1143,17 @@ mod tests {
     fn ids_name_their_shard() {
         let t = TaskTable::new(3, 10, 1000);
         let id = t.new_id();
-        assert_eq!(owner_of(&id, 4), Some(3));
-        assert_eq!(owner_of(&id, 3), None);
-        assert_eq!(owner_of("nope", 4), None);
+        assert_eq!(owner_of(&id, 4, None), Some(3));
+        assert_eq!(owner_of(&id, 3, None), None);
+        assert_eq!(owner_of("nope", 4, None), None);
         assert_ne!(id, t.new_id());
+        let mut t = TaskTable::new(1, 10, 1000);
+        t.set_node("n1");
+        let id = t.new_id();
+        assert!(id.ends_with(".n1"), "{id}");
+        assert_eq!(owner_of(&id, 4, Some("n1")), Some(1));
+        assert_eq!(owner_of(&id, 4, None), None);
+        let elsewhere = owner_of(&id, 4, Some("n2")).expect("a shard on another node");
+        assert!(elsewhere < 4);
     }
 }

@@ -846,19 +846,7 @@ fn a_modern_listen_stream_hears_a_change_made_on_another_node() {
     let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}});
     let listen = json!({"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{
         "notifications":{"resourceSubscriptions":["kv://heard"]},"_meta":meta}});
-    let mut stream = a.http();
-    stream.send(
-        "POST",
-        "/mcp",
-        &[
-            CT,
-            ("accept", "application/json, text/event-stream"),
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "subscriptions/listen"),
-        ],
-        Some(listen.to_string().as_bytes()),
-    );
-    assert_eq!(stream.read_head().0, 200);
+    let mut stream = open_listen(a, &listen);
     // Changes are announced until the listener is registered: retry the
     // write until the stream carries the update.
     let set = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"heard","value":1},"_meta":meta}}).to_string();
@@ -891,4 +879,274 @@ fn a_modern_listen_stream_hears_a_change_made_on_another_node() {
     writer.join().unwrap();
     let heard = heard.expect("the listen stream carried the update");
     assert_eq!(heard["params"]["uri"], "kv://heard", "{heard}");
+}
+
+/// The `_meta` of a modern request from a client that takes tasks.
+fn tasks_meta() -> Value {
+    json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"extensions":{"io.modelcontextprotocol/tasks":{}}}})
+}
+
+/// A modern request `method` named `name` (Mcp-Name) on `server`; its
+/// JSON-RPC answer.
+fn modern_rpc(server: &Server, method: &str, name: &str, mut params: Value) -> Value {
+    params["_meta"] = tasks_meta();
+    let body = json!({"jsonrpc":"2.0","id":1,"method":method,"params":params}).to_string();
+    let r = server.http().request(
+        "POST",
+        "/mcp",
+        &[
+            CT,
+            ("accept", "application/json"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+            ("mcp-name", name),
+        ],
+        Some(body.as_bytes()),
+    );
+    r.json()
+}
+
+/// A modern task of `slow_compute` made on `server`; its id.
+fn modern_task(server: &Server, seconds: f64) -> String {
+    let r = modern_rpc(
+        server,
+        "tools/call",
+        "slow_compute",
+        json!({"name":"slow_compute","arguments":{"seconds":seconds,"label":"m"}}),
+    );
+    assert_eq!(r["result"]["resultType"], "task", "{r}");
+    r["result"]["taskId"].as_str().unwrap().to_owned()
+}
+
+fn modern_status(server: &Server, task: &str) -> Value {
+    modern_rpc(server, "tasks/get", task, json!({"taskId": task}))
+}
+
+/// A legacy task of `slow_compute` made in session `sid`; its id.
+fn legacy_task(server: &Server, sid: &str, id: u64, seconds: f64) -> String {
+    let r = post(
+        server,
+        Some(sid),
+        &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"slow_compute","arguments":{"seconds":seconds,"label":"l"},"task":{"ttl":60000}}}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()["result"]["task"]["taskId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r:?}"))
+        .to_owned()
+}
+
+fn legacy_rpc(server: &Server, sid: &str, method: &str, params: Value) -> Value {
+    let r = post(
+        server,
+        Some(sid),
+        &json!({"jsonrpc":"2.0","id":9,"method":method,"params":params}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()
+}
+
+/// What Redis holds of a task (`field` of hash `key`), once it says
+/// `status`.
+fn stored_as(valkey: &Valkey, key: &str, field: &str, status: &str) -> bool {
+    eventually(Duration::from_secs(10), || {
+        valkey
+            .command(&["HGET", key, field])
+            .is_some_and(|r| r.contains(&format!("\"status\":\"{status}\"")))
+    })
+}
+
+#[test]
+fn tasks_are_served_from_any_node_and_outlive_their_maker() {
+    let valkey = Valkey::start();
+    let secret = secret_file("tasks");
+    let fixtures = ["--fixtures", "conformance"];
+    let (mut nodes, admins) = ready_nodes(&valkey, &secret, &["a", "b"], &all_cores(), &fixtures);
+    let (b, mut a) = (nodes.pop().unwrap(), nodes.pop().unwrap());
+    let admin_b = admins[1].clone();
+
+    // Modern tasks made on a, served through b while a lives: relayed.
+    let done = modern_task(&a, 0.1);
+    assert!(done.ends_with(".a"), "the id names its node: {done}");
+    let running = modern_task(&a, 60.0);
+    let doomed = modern_task(&a, 60.0);
+    let mut status = Value::Null;
+    assert!(eventually(Duration::from_secs(10), || {
+        status = modern_status(&b, &done);
+        status["result"]["status"] == "completed"
+    }));
+    assert_eq!(
+        status["result"]["result"]["structuredContent"]["label"], "m",
+        "{status}"
+    );
+    assert_eq!(modern_status(&b, &running)["result"]["status"], "working");
+    let ack = modern_rpc(&b, "tasks/cancel", &doomed, json!({"taskId": doomed}));
+    assert_eq!(ack["result"]["resultType"], "complete", "{ack}");
+    assert_eq!(modern_status(&a, &doomed)["result"]["status"], "cancelled");
+    assert!(eventually(Duration::from_secs(10), || {
+        value(&scrape(&admin_b), "tessera_cluster_relays_total", &[]) >= 3.0
+    }));
+
+    // Legacy tasks belong to their session, made on a.
+    let sid = legacy_session(&a);
+    let l_done = legacy_task(&a, &sid, 1, 0.1);
+    let l_running = legacy_task(&a, &sid, 2, 60.0);
+    let result = legacy_rpc(&a, &sid, "tasks/result", json!({"taskId": l_done}));
+    let text = result["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{result}"))
+        .to_owned();
+
+    // Written behind to Redis: modern tasks under their id, legacy ones in
+    // their session's hash.
+    assert!(stored_as(
+        &valkey,
+        &format!("tessera:t:{{{done}}}"),
+        "rec",
+        "completed"
+    ));
+    assert!(stored_as(
+        &valkey,
+        &format!("tessera:t:{{{running}}}"),
+        "rec",
+        "working"
+    ));
+    let session_key = format!("tessera:s:{{{sid}}}");
+    assert!(stored_as(
+        &valkey,
+        &session_key,
+        &format!("t:{l_done}"),
+        "completed"
+    ));
+    assert!(stored_as(
+        &valkey,
+        &session_key,
+        &format!("t:{l_running}"),
+        "working"
+    ));
+
+    // kill -9 the maker: b takes the tasks over once a's heartbeat expires.
+    a.stop_with(libc::SIGKILL);
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            modern_status(&b, &done)["result"]["status"] == "completed"
+        }),
+        "b serves a's finished task; stderr:\n{}",
+        b.stderr()
+    );
+    let lost = modern_status(&b, &running);
+    assert_eq!(lost["result"]["status"], "failed", "{lost}");
+    assert!(
+        lost["result"]["statusMessage"]
+            .as_str()
+            .unwrap()
+            .contains("stopped"),
+        "{lost}"
+    );
+    assert_eq!(lost["result"]["error"]["code"], -32603, "{lost}");
+    // The session came along with its tasks.
+    let got = legacy_rpc(&b, &sid, "tasks/get", json!({"taskId": l_done}));
+    assert_eq!(got["result"]["status"], "completed", "{got}");
+    let again = legacy_rpc(&b, &sid, "tasks/result", json!({"taskId": l_done}));
+    assert_eq!(again["result"]["content"][0]["text"], text.as_str());
+    let failed = legacy_rpc(&b, &sid, "tasks/get", json!({"taskId": l_running}));
+    assert_eq!(failed["result"]["status"], "failed", "{failed}");
+    let list = legacy_rpc(&b, &sid, "tasks/list", json!({}));
+    assert_eq!(
+        list["result"]["tasks"].as_array().unwrap().len(),
+        2,
+        "{list}"
+    );
+    // Redis says b owns them now.
+    let owner = valkey
+        .command(&["HGET", &format!("tessera:t:{{{running}}}"), "owner"])
+        .unwrap();
+    assert!(owner.ends_with("\r\nb\r\n"), "{owner:?}");
+    assert!(stored_as(
+        &valkey,
+        &format!("tessera:t:{{{running}}}"),
+        "rec",
+        "failed"
+    ));
+    assert!(eventually(Duration::from_secs(10), || {
+        value(
+            &scrape(&admin_b),
+            "tessera_cluster_tasks_adopted_total",
+            &[],
+        ) >= 4.0
+    }));
+    // A task no node ever made is unknown everywhere.
+    let unknown = format!("0000-{}.a", "0".repeat(24));
+    let r = modern_status(&b, &unknown);
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+}
+
+/// A modern `subscriptions/listen` stream on `server` following `tasks`;
+/// returned after its acknowledgement (the listener is registered then).
+fn listen_for_tasks(server: &Server, tasks: &[&str]) -> (HttpConn, Value) {
+    let listen = json!({"jsonrpc":"2.0","id":"l1","method":"subscriptions/listen","params":{
+        "notifications":{"io.modelcontextprotocol/tasks":{"taskIds":tasks}},"_meta":tasks_meta()}});
+    let mut stream = open_listen(server, &listen);
+    let ack = next_message(&mut stream, "the acknowledgement");
+    (stream, ack)
+}
+
+#[test]
+fn listen_streams_on_every_node_hear_a_tasks_status_changes() {
+    let valkey = Valkey::start();
+    let secret = secret_file("task-listen");
+    let fixtures = ["--fixtures", "conformance"];
+    let (nodes, _) = ready_nodes(&valkey, &secret, &["a", "b"], &all_cores(), &fixtures);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let task = modern_task(a, 2.0);
+    let mut streams = Vec::new();
+    for n in [a, b] {
+        let (stream, ack) = listen_for_tasks(n, &[&task]);
+        assert_eq!(
+            ack["method"], "notifications/subscriptions/acknowledged",
+            "{ack}"
+        );
+        assert_eq!(
+            ack["params"]["notifications"]["io.modelcontextprotocol/tasks"]["taskIds"][0],
+            task.as_str(),
+            "{ack}"
+        );
+        streams.push(stream);
+    }
+    for (stream, on) in streams.iter_mut().zip(["a", "b"]) {
+        let status = next_message(stream, "a task status");
+        assert_eq!(
+            status["method"], "notifications/tasks/status",
+            "on {on}: {status}"
+        );
+        assert_eq!(status["params"]["taskId"], task.as_str());
+        assert_eq!(status["params"]["status"], "completed", "on {on}: {status}");
+        assert_eq!(
+            status["params"]["result"]["structuredContent"]["label"], "m",
+            "on {on}: {status}"
+        );
+        assert_eq!(
+            status["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "l1",
+            "{status}"
+        );
+    }
+}
+
+/// A `subscriptions/listen` request sent to `server`; its stream, after
+/// the response head.
+fn open_listen(server: &Server, listen: &Value) -> HttpConn {
+    let mut stream = server.http();
+    stream.send(
+        "POST",
+        "/mcp",
+        &[
+            CT,
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "subscriptions/listen"),
+        ],
+        Some(listen.to_string().as_bytes()),
+    );
+    assert_eq!(stream.read_head().0, 200);
+    stream
 }

@@ -1,16 +1,21 @@
-//! Legacy sessions in Redis (`--cluster`): the shard's [`Store`] (the same
-//! operations `--data-dir` writes to redb) written behind to Redis with
-//! owner-epoch fencing, and the lookup of a session this node does not hold.
+//! Legacy sessions and tasks in Redis (`--cluster`): the shard's [`Store`]
+//! (the same operations `--data-dir` writes to redb) written behind to
+//! Redis with owner-epoch fencing, and the lookup of a session or task this
+//! node does not hold.
 //!
-//! Keys, hash-tagged by session id so one session's keys share a Redis
-//! Cluster slot (its scripts touch only them):
+//! Keys, hash-tagged by id so one session's keys share a Redis Cluster slot
+//! (its scripts touch only them):
 //! - `{prefix}:s:{ID}`: hash `owner` (node id), `epoch`, `rec` (the session
-//!   record: version, capabilities, log level, subscriptions, principal).
+//!   record: version, capabilities, log level, subscriptions, principal),
+//!   and `t:{TASK}` for each of the session's tasks (legacy tasks belong to
+//!   their session and move with it).
 //! - `{prefix}:s:{ID}:ev`: the session's SSE event log, a Redis Stream
 //!   capped at `sse_store_max_events` (fields `k`: stream/seq, `f`: frame).
+//! - `{prefix}:t:{TASK}`: hash `owner`, `epoch`, `rec` of a modern task; it
+//!   expires with the task (`--task-ttl-ms`, or the client's shorter wish).
 //!
-//! Both expire `session_idle_ttl_ms` after their last write or refresh; the
-//! owner refreshes every held session every third of that.
+//! A session's keys expire `session_idle_ttl_ms` after their last write or
+//! refresh; the owner refreshes every held session every third of that.
 //!
 //! Fencing: every write is a script that first checks that `owner` and
 //! `epoch` are still this node's; a takeover (a script too) bumps the epoch,
@@ -35,9 +40,13 @@ use futures::future::join_all;
 
 use super::membership::node_key;
 use super::{Purpose, Redis};
+use crate::server::clock::now_ms;
+use crate::server::placement;
+use crate::server::shared::Claimed;
 use crate::server::store::{parse_event_key, Op, Store};
 
-const PUT_SESSION: &str = r"
+/// A session's or a modern task's record.
+const PUT_RECORD: &str = r"
 local o = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
 if o[1] and (o[1] ~= ARGV[1] or o[2] ~= ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', ARGV[2], 'rec', ARGV[3])
@@ -51,23 +60,53 @@ redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], '*', 'k', ARGV[3], 'f', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return 1";
 
-const DEL_SESSION: &str = r"
+/// A legacy task, kept in its session's hash.
+const PUT_FIELD: &str = r"
 local o = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
 if o[1] and (o[1] ~= ARGV[1] or o[2] ~= ARGV[2]) then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1";
+
+const DEL_FIELD: &str = r"
+local o = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
+if o[1] and (o[1] ~= ARGV[1] or o[2] ~= ARGV[2]) then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[3])
+return 1";
+
+/// A session (with its events) or a modern task.
+const DEL_RECORD: &str = r"
+local o = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
+if o[1] and (o[1] ~= ARGV[1] or o[2] ~= ARGV[2]) then return 0 end
+redis.call('DEL', unpack(KEYS))
 return 1";
 
 /// `{0}` gone; `{1}` someone else moved it first (look again);
-/// `{2, epoch, record}` it is the caller's now.
+/// `{2, epoch, record, task, record, ...}` it is the caller's now, with the
+/// tasks kept in its hash. A TTL of 0 keeps the keys' expiry.
 const TAKE_OVER: &str = r"
 local o = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'rec')
 if not o[1] then return {0} end
 if o[1] ~= ARGV[1] or o[2] ~= ARGV[2] then return {1} end
 local e = tostring(tonumber(o[2]) + 1)
 redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'epoch', e)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {2, e, o[3]}";
+if ARGV[4] ~= '0' then
+  for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, ARGV[4]) end
+end
+local out = {2, e, o[3]}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, 2) == 't:' then
+    out[#out + 1] = string.sub(all[i], 3)
+    out[#out + 1] = all[i + 1]
+  end
+end
+return out";
+
+/// The field of a session's hash that holds task `id`.
+fn task_field(id: &str) -> String {
+    format!("t:{id}")
+}
 
 /// How many times a lookup retries a takeover that lost a race.
 const TAKEOVER_ATTEMPTS: usize = 3;
@@ -80,6 +119,17 @@ fn events_key(prefix: &str, id: &str) -> String {
     format!("{prefix}:s:{{{id}}}:ev")
 }
 
+fn task_key(prefix: &str, id: &str) -> String {
+    format!("{prefix}:t:{{{id}}}")
+}
+
+/// What a store's write was fenced on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Session,
+    Task,
+}
+
 /// What the session store needs to know of the HTTP settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SessionBounds {
@@ -88,8 +138,8 @@ pub(crate) struct SessionBounds {
     pub pending_ops_max: usize,
 }
 
-/// What the shard does with a session another node took over.
-type OnFenced = Box<dyn Fn(&str)>;
+/// What the shard does with a session or task another node took over.
+type OnFenced = Box<dyn Fn(Kind, &str)>;
 
 /// One shard's sessions in Redis.
 pub(crate) struct RedisStore {
@@ -100,7 +150,9 @@ pub(crate) struct RedisStore {
     in_flight: Cell<bool>,
     /// The owner epoch of every session this shard writes.
     epochs: RefCell<HashMap<String, u64>>,
-    /// Called with a session another node has taken over.
+    /// The owner epoch of every modern task this shard writes.
+    task_epochs: RefCell<HashMap<String, u64>>,
+    /// Called with a session or task another node has taken over.
     on_fenced: RefCell<Option<OnFenced>>,
 }
 
@@ -113,6 +165,7 @@ impl RedisStore {
             queue: RefCell::new(Vec::new()),
             in_flight: Cell::new(false),
             epochs: RefCell::new(HashMap::new()),
+            task_epochs: RefCell::new(HashMap::new()),
             on_fenced: RefCell::new(None),
         })
     }
@@ -122,13 +175,28 @@ impl RedisStore {
         self.queue.borrow().is_empty() && !self.in_flight.get()
     }
 
-    pub fn on_fenced(&self, f: impl Fn(&str) + 'static) {
+    pub fn on_fenced(&self, f: impl Fn(Kind, &str) + 'static) {
         *self.on_fenced.borrow_mut() = Some(Box::new(f));
     }
 
     fn epoch_of(&self, id: &str) -> u64 {
         // A session first written here was created here: epoch 1.
         *self.epochs.borrow_mut().entry(id.to_owned()).or_insert(1)
+    }
+
+    /// A session's epoch for a write to one of its tasks (which does not
+    /// make the session one this shard writes).
+    fn session_epoch(&self, id: &str) -> u64 {
+        self.epochs.borrow().get(id).copied().unwrap_or(1)
+    }
+
+    fn task_epoch_of(&self, id: &str) -> u64 {
+        // A task first written here was made here: epoch 1.
+        *self
+            .task_epochs
+            .borrow_mut()
+            .entry(id.to_owned())
+            .or_insert(1)
     }
 
     /// Sends one batch and reports fenced sessions.
@@ -139,55 +207,96 @@ impl RedisStore {
         let client = self.redis.client();
         let mut calls = Vec::new();
         let mut gone = Vec::new();
+        let mut tasks_gone = Vec::new();
         for op in batch {
-            let (id, keys, script, args): (String, Vec<String>, &str, Vec<Value>) = match op {
-                Op::PutSession(id, rec) => {
-                    let epoch = self.epoch_of(&id);
-                    let args = vec![
-                        node.as_str().into(),
-                        epoch.to_string().into(),
-                        Value::Bytes(rec.into()),
-                        ttl.as_str().into(),
-                    ];
-                    (
-                        id.clone(),
-                        vec![session_key(&prefix, &id)],
-                        PUT_SESSION,
-                        args,
-                    )
-                }
-                Op::PutEvent(key, frame) => {
-                    let Some((id, stream, seq)) = parse_event_key(&key) else {
-                        continue;
-                    };
-                    let id = id.to_owned();
-                    let epoch = self.epoch_of(&id);
-                    let args = vec![
-                        node.as_str().into(),
-                        epoch.to_string().into(),
-                        format!("{stream:x}/{seq:x}").into(),
-                        Value::Bytes(frame),
-                        self.bounds.max_events.to_string().into(),
-                        ttl.as_str().into(),
-                    ];
-                    let keys = vec![session_key(&prefix, &id), events_key(&prefix, &id)];
-                    (id, keys, PUT_EVENT, args)
-                }
-                Op::DelSession(id) => {
-                    let epoch = self.epoch_of(&id);
-                    gone.push(id.clone());
-                    let args = vec![node.as_str().into(), epoch.to_string().into()];
-                    let keys = vec![session_key(&prefix, &id), events_key(&prefix, &id)];
-                    (id, keys, DEL_SESSION, args)
-                }
-                // Capped by the stream's MAXLEN instead.
-                Op::DelEvent(_) => continue,
-                // Tasks stay on the node that runs them (not yet shared).
-                Op::PutTask(..) | Op::DelTask(_) => continue,
-            };
+            let (kind, id, keys, script, args): (Kind, String, Vec<String>, &str, Vec<Value>) =
+                match op {
+                    Op::PutSession(id, rec) => {
+                        let epoch = self.epoch_of(&id);
+                        let args = vec![
+                            node.as_str().into(),
+                            epoch.to_string().into(),
+                            Value::Bytes(rec.into()),
+                            ttl.as_str().into(),
+                        ];
+                        let keys = vec![session_key(&prefix, &id)];
+                        (Kind::Session, id, keys, PUT_RECORD, args)
+                    }
+                    Op::PutEvent(key, frame) => {
+                        let Some((id, stream, seq)) = parse_event_key(&key) else {
+                            continue;
+                        };
+                        let id = id.to_owned();
+                        let epoch = self.epoch_of(&id);
+                        let args = vec![
+                            node.as_str().into(),
+                            epoch.to_string().into(),
+                            format!("{stream:x}/{seq:x}").into(),
+                            Value::Bytes(frame),
+                            self.bounds.max_events.to_string().into(),
+                            ttl.as_str().into(),
+                        ];
+                        let keys = vec![session_key(&prefix, &id), events_key(&prefix, &id)];
+                        (Kind::Session, id, keys, PUT_EVENT, args)
+                    }
+                    Op::DelSession(id) => {
+                        let epoch = self.epoch_of(&id);
+                        gone.push(id.clone());
+                        let args = vec![node.as_str().into(), epoch.to_string().into()];
+                        let keys = vec![session_key(&prefix, &id), events_key(&prefix, &id)];
+                        (Kind::Session, id, keys, DEL_RECORD, args)
+                    }
+                    // Capped by the stream's MAXLEN instead.
+                    Op::DelEvent(_) => continue,
+                    Op::PutTask(t) => match t.session {
+                        Some(sid) => {
+                            let args = vec![
+                                node.as_str().into(),
+                                self.session_epoch(&sid).to_string().into(),
+                                task_field(&t.id).into(),
+                                Value::Bytes(t.record.into()),
+                                ttl.as_str().into(),
+                            ];
+                            let keys = vec![session_key(&prefix, &sid)];
+                            (Kind::Session, sid, keys, PUT_FIELD, args)
+                        }
+                        None => {
+                            let left_ms = t.expires_at_ms.saturating_sub(now_ms());
+                            if left_ms == 0 {
+                                continue; // expired: its deletion follows
+                            }
+                            let args = vec![
+                                node.as_str().into(),
+                                self.task_epoch_of(&t.id).to_string().into(),
+                                Value::Bytes(t.record.into()),
+                                left_ms.to_string().into(),
+                            ];
+                            let keys = vec![task_key(&prefix, &t.id)];
+                            (Kind::Task, t.id, keys, PUT_RECORD, args)
+                        }
+                    },
+                    Op::DelTask { id, session } => match session {
+                        Some(sid) => {
+                            let args = vec![
+                                node.as_str().into(),
+                                self.session_epoch(&sid).to_string().into(),
+                                task_field(&id).into(),
+                            ];
+                            let keys = vec![session_key(&prefix, &sid)];
+                            (Kind::Session, sid, keys, DEL_FIELD, args)
+                        }
+                        None => {
+                            let epoch = self.task_epoch_of(&id);
+                            tasks_gone.push(id.clone());
+                            let args = vec![node.as_str().into(), epoch.to_string().into()];
+                            let keys = vec![task_key(&prefix, &id)];
+                            (Kind::Task, id, keys, DEL_RECORD, args)
+                        }
+                    },
+                };
             calls.push(async move {
                 let r: Result<i64, _> = client.eval(script, keys, args).await;
-                (id, r)
+                (kind, id, r)
             });
         }
         if !calls.is_empty() {
@@ -198,9 +307,9 @@ impl RedisStore {
                 .await;
             match results {
                 Ok(results) => {
-                    for (id, r) in results {
+                    for (kind, id, r) in results {
                         match r {
-                            Ok(0) => self.fenced(&id),
+                            Ok(0) => self.fenced(kind, &id),
                             Ok(_) => {}
                             Err(e) => log::warn!("writing session {id} to Redis: {e}"),
                         }
@@ -212,14 +321,26 @@ impl RedisStore {
         for id in gone {
             self.epochs.borrow_mut().remove(&id);
         }
+        for id in tasks_gone {
+            self.task_epochs.borrow_mut().remove(&id);
+        }
         self.in_flight.set(false);
     }
 
-    fn fenced(&self, id: &str) {
-        self.epochs.borrow_mut().remove(id);
-        log::warn!("session {id} was taken over by another node; dropped here");
+    fn fenced(&self, kind: Kind, id: &str) {
+        let what = match kind {
+            Kind::Session => {
+                self.epochs.borrow_mut().remove(id);
+                "session"
+            }
+            Kind::Task => {
+                self.task_epochs.borrow_mut().remove(id);
+                "task"
+            }
+        };
+        log::warn!("{what} {id} was taken over by another node; dropped here");
         if let Some(f) = self.on_fenced.borrow().as_ref() {
-            f(id);
+            f(kind, id);
         }
     }
 
@@ -280,7 +401,82 @@ pub(crate) enum Whereabouts {
     Adopt {
         record: Vec<u8>,
         events: Vec<(u64, u64, Vec<u8>)>,
+        /// The session's tasks: (task id, record).
+        tasks: Vec<(String, Vec<u8>)>,
     },
+}
+
+/// What a takeover script gave.
+enum TakeOver {
+    Gone,
+    /// Another node moved it first: look again.
+    Moved,
+    Taken {
+        epoch: u64,
+        record: Vec<u8>,
+        tasks: Vec<(String, Vec<u8>)>,
+    },
+}
+
+/// The owner and epoch a record's hash names, if it exists.
+async fn owner_and_epoch(redis: &Redis, key: &str) -> Result<Option<(String, String)>, String> {
+    let client = redis.client();
+    let (owner, epoch): (Option<String>, Option<String>) = redis
+        .call(Purpose::Request, 1, async {
+            client.hmget(key, vec!["owner", "epoch"]).await
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(owner.zip(epoch))
+}
+
+/// Moves the record at `keys[0]` from `owner` (at `epoch`) to this node;
+/// `ttl_ms` 0 keeps the keys' expiry.
+async fn take_over(
+    redis: &Redis,
+    keys: Vec<String>,
+    owner: &str,
+    epoch: &str,
+    ttl_ms: u64,
+) -> Result<TakeOver, String> {
+    let args: Vec<Value> = vec![
+        owner.into(),
+        epoch.into(),
+        redis.cfg.node_id.as_str().into(),
+        ttl_ms.to_string().into(),
+    ];
+    let client = redis.client();
+    let taken: Vec<Value> = redis
+        .call(Purpose::Request, 1, async {
+            client.eval(TAKE_OVER, keys, args).await
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(match taken.first().and_then(Value::as_i64) {
+        Some(0) => TakeOver::Gone,
+        Some(2) => {
+            let epoch: u64 = taken
+                .get(1)
+                .and_then(Value::as_string)
+                .and_then(|e| e.parse().ok())
+                .ok_or("malformed takeover reply")?;
+            let record = taken
+                .get(2)
+                .and_then(Value::as_bytes)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            let tasks = taken[3.min(taken.len())..]
+                .chunks_exact(2)
+                .filter_map(|kv| Some((kv[0].as_string()?, kv[1].as_bytes()?.to_vec())))
+                .collect();
+            TakeOver::Taken {
+                epoch,
+                record,
+                tasks,
+            }
+        }
+        _ => TakeOver::Moved,
+    })
 }
 
 /// Looks session `id` up; takes it over when its owner is dead (or is this
@@ -302,25 +498,12 @@ pub(crate) async fn locate(
     let cfg = &redis.cfg;
     let key = session_key(&cfg.key_prefix, id);
     let ev_key = events_key(&cfg.key_prefix, id);
-    let client = redis.client();
     for _ in 0..TAKEOVER_ATTEMPTS {
-        let (owner, epoch): (Option<String>, Option<String>) = redis
-            .call(Purpose::Request, 1, async {
-                client.hmget(&key, vec!["owner", "epoch"]).await
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let (Some(owner), Some(epoch)) = (owner, epoch) else {
-            return match creator.filter(|c| *c != cfg.node_id) {
-                Some(c) => Ok(match advertised(redis, c).await? {
-                    Some(addr) => Whereabouts::Remote {
-                        node: c.to_owned(),
-                        addr,
-                    },
-                    None => Whereabouts::Missing,
-                }),
-                None => Ok(Whereabouts::Missing),
-            };
+        let Some((owner, epoch)) = owner_and_epoch(redis, &key).await? else {
+            return Ok(match live_creator(redis, creator).await? {
+                Some((node, addr)) => Whereabouts::Remote { node, addr },
+                None => Whereabouts::Missing,
+            });
         };
         if owner != cfg.node_id {
             if let Some(addr) = advertised(redis, &owner).await? {
@@ -328,48 +511,96 @@ pub(crate) async fn locate(
             }
         }
         // Its owner is dead (no heartbeat key), or is this node without it.
-        let args: Vec<Value> = vec![
-            owner.as_str().into(),
-            epoch.as_str().into(),
-            cfg.node_id.as_str().into(),
-            store.bounds.ttl_ms.to_string().into(),
-        ];
-        let taken: Vec<Value> = redis
-            .call(Purpose::Request, 1, async {
-                client
-                    .eval(TAKE_OVER, vec![key.clone(), ev_key.clone()], args)
-                    .await
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        match taken.first().and_then(Value::as_i64) {
-            Some(0) => return Ok(Whereabouts::Missing),
-            Some(2) => {
-                let epoch: u64 = taken
-                    .get(1)
-                    .and_then(Value::as_string)
-                    .and_then(|e| e.parse().ok())
-                    .ok_or("malformed takeover reply")?;
-                let record = taken
-                    .get(2)
-                    .and_then(Value::as_bytes)
-                    .map(<[u8]>::to_vec)
-                    .unwrap_or_default();
+        let keys = vec![key.clone(), ev_key.clone()];
+        match take_over(redis, keys, &owner, &epoch, store.bounds.ttl_ms).await? {
+            TakeOver::Gone => return Ok(Whereabouts::Missing),
+            TakeOver::Moved => continue,
+            TakeOver::Taken {
+                epoch,
+                record,
+                tasks,
+            } => {
                 let events = load_events(redis, &ev_key).await?;
                 store.epochs.borrow_mut().insert(id.to_owned(), epoch);
                 log::info!(
-                    "took session {id} over from node {owner} (epoch {epoch}, {} event(s))",
-                    events.len()
+                    "took session {id} over from node {owner} (epoch {epoch}, {} event(s), {} task(s))",
+                    events.len(),
+                    tasks.len()
                 );
-                return Ok(Whereabouts::Adopt { record, events });
+                return Ok(Whereabouts::Adopt {
+                    record,
+                    events,
+                    tasks,
+                });
             }
-            // Moved meanwhile: look again.
-            _ => continue,
         }
     }
     Err(format!(
         "session {id} kept moving between nodes; retry later"
     ))
+}
+
+/// The node an id names and its address, while it lives (and is not this
+/// node).
+async fn live_creator(
+    redis: &Redis,
+    creator: Option<&str>,
+) -> Result<Option<(String, String)>, String> {
+    let Some(c) = creator.filter(|c| *c != redis.cfg.node_id) else {
+        return Ok(None);
+    };
+    Ok(advertised(redis, c).await?.map(|addr| (c.to_owned(), addr)))
+}
+
+/// The live node other than this one that holds modern task `id`, and its
+/// address; None when no live node does (its maker and every later owner
+/// are dead, or it is this node's).
+pub(crate) async fn task_holder(
+    redis: &Redis,
+    id: &str,
+) -> Result<Option<(String, String)>, String> {
+    let key = task_key(&redis.cfg.key_prefix, id);
+    match owner_and_epoch(redis, &key).await? {
+        None => live_creator(redis, placement::node_of(id)).await,
+        Some((owner, _)) => live_creator(redis, Some(&owner)).await,
+    }
+}
+
+/// Claims modern task `id` for this shard (see `Shared::claim_task`).
+pub(crate) async fn claim_task(
+    redis: &Redis,
+    store: &RedisStore,
+    id: &str,
+) -> Result<Claimed, String> {
+    let key = task_key(&redis.cfg.key_prefix, id);
+    for _ in 0..TAKEOVER_ATTEMPTS {
+        if store.task_epochs.borrow().contains_key(id) {
+            return Ok(Claimed::Held); // claimed by another request meanwhile
+        }
+        let Some((owner, epoch)) = owner_and_epoch(redis, &key).await? else {
+            // Never written, or expired: unless its maker lives (and the
+            // request reached the wrong node), it is gone.
+            return match live_creator(redis, placement::node_of(id)).await? {
+                Some((node, _)) => Err(format!("task {id} is held by node {node}; retry")),
+                None => Ok(Claimed::Gone),
+            };
+        };
+        if let Some((node, _)) = live_creator(redis, Some(&owner)).await? {
+            return Err(format!("task {id} is held by node {node}; retry"));
+        }
+        match take_over(redis, vec![key.clone()], &owner, &epoch, 0).await? {
+            TakeOver::Gone => return Ok(Claimed::Gone),
+            TakeOver::Moved => continue,
+            TakeOver::Taken { epoch, record, .. } => {
+                // Another request of this shard may have claimed it while
+                // this one waited: the later epoch is the one that writes.
+                store.task_epochs.borrow_mut().insert(id.to_owned(), epoch);
+                log::info!("took task {id} over from node {owner} (epoch {epoch})");
+                return Ok(Claimed::Taken(record));
+            }
+        }
+    }
+    Err(format!("task {id} kept moving between nodes; retry later"))
 }
 
 /// The address a live node advertises; None when it is dead.

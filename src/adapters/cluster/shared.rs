@@ -12,7 +12,8 @@
 //!   change of the offered set (`set_enabled`) as `{"from", "list", "name",
 //!   "on"}` (every node then offers the same entries and tells its clients
 //!   `list_changed`; two nodes changing one entry at once may disagree until
-//!   the next change); each
+//!   the next change), a modern task's status change as `{"from", "task",
+//!   "status"}` (for listen streams following it); each
 //!   node keeps one subscriber connection (on shard 0) and hands what other
 //!   nodes announce to its own watchers, which fan it out to their shards
 //!   over the mesh. Pub/sub is at-most-once: an announcement made while a
@@ -20,6 +21,8 @@
 //! - `--rate-limit-scope cluster`: one token bucket per principal,
 //!   `{prefix}:rl:{principal}`, taken by one script (one round trip, no
 //!   read-modify-write race), refilled by Redis's clock.
+//! - tasks: a modern task another node made is claimed by the script that
+//!   takes sessions over (`sessions.rs`), once its maker is dead.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,10 +33,11 @@ use std::time::Duration;
 use fred::prelude::{ClientLike, EventInterface, KeysInterface, LuaInterface, PubsubInterface};
 use fred::types::SetOptions;
 
+use super::sessions::{self, RedisStore};
 use super::{ClusterError, Purpose, Redis};
 use crate::server::kv::{KvOp, KvReply};
 use crate::server::registry::ListKind;
-use crate::server::shared::{Announcement, Shared};
+use crate::server::shared::{Announcement, Claimed, Shared};
 
 fn kv_key(prefix: &str, key: &str) -> String {
     format!("{prefix}:kv:{key}")
@@ -64,17 +68,28 @@ return wait";
 /// One shard's view of the shared state.
 pub(crate) struct RedisShared {
     redis: Rc<Redis>,
+    /// The shard's store, which must know the epoch of a task it claims.
+    store: Rc<RedisStore>,
     rate_limits: bool,
 }
 
 impl RedisShared {
-    pub fn new(redis: Rc<Redis>) -> Rc<Self> {
+    pub fn new(redis: Rc<Redis>, store: Rc<RedisStore>) -> Rc<Self> {
         let rate_limits = redis.cfg.rate_limit_cluster;
-        Rc::new(Self { redis, rate_limits })
+        Rc::new(Self {
+            redis,
+            store,
+            rate_limits,
+        })
     }
 }
 
 impl Shared for RedisShared {
+    fn claim_task(&self, id: String) -> Pin<Box<dyn Future<Output = Result<Claimed, String>>>> {
+        let (redis, store) = (self.redis.clone(), self.store.clone());
+        Box::pin(async move { sessions::claim_task(&redis, &store, &id).await })
+    }
+
     fn kv(&self, op: KvOp) -> Pin<Box<dyn Future<Output = Result<KvReply, String>>>> {
         let redis = self.redis.clone();
         Box::pin(async move {
@@ -154,6 +169,11 @@ impl Shared for RedisShared {
             Announcement::Enabled { kind, name, on } => {
                 serde_json::json!({ "from": from, "list": kind.name(), "name": name, "on": on })
             }
+            Announcement::TaskStatus { id, params } => {
+                let params: serde_json::Value =
+                    serde_json::from_str(&params).expect("a task status is a JSON object");
+                serde_json::json!({ "from": from, "task": id, "status": params })
+            }
         }
         .to_string();
         glommio::spawn_local(async move {
@@ -176,6 +196,13 @@ fn parse_announcement(text: &str, me: &str) -> Option<Announcement> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
     if v["from"].as_str()? == me {
         return None;
+    }
+    if let Some(id) = v["task"].as_str() {
+        let status = v.get("status").filter(|s| s.is_object())?;
+        return Some(Announcement::TaskStatus {
+            id: id.to_owned(),
+            params: status.to_string(),
+        });
     }
     if let Some(uri) = v["uri"].as_str() {
         return Some(Announcement::Updated {

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use super::super::core::Core;
 use super::super::dispatch::Req;
 use super::super::encode;
-use super::super::listen::{Filter, Listener, Tagged};
+use super::super::listen::{Filter, Listener, Tagged, LISTEN_TASKS_MAX};
 use super::super::session::{Inflight, Session};
 use super::super::{watch, Answer, Handled, Pending, PendingAnswer, SharedNotifier};
 use crate::metrics::MethodKind;
@@ -43,6 +43,10 @@ pub(crate) fn listen(
     filter
         .resource_uris
         .retain(|u| core.registry.resource_exists(u));
+    if !crate::server::dispatch::modern_caps(req).tasks_extension {
+        filter.task_ids.clear();
+    }
+    filter.task_ids.truncate(LISTEN_TASKS_MAX);
     let id_json = req.id.to_owned_bytes();
     let sink: SharedNotifier = Rc::new(Tagged {
         inner: related.clone(),

@@ -7,6 +7,8 @@
 //! on its shard.
 
 use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use super::super::clock::now_ms;
@@ -244,41 +246,46 @@ fn modern(
         Ok(id) => id.to_owned(),
         Err(e) => return fail(KIND, req, out, &e),
     };
-    let Some(owner) = owner_of(&id, core.shard_count) else {
+    let node = core.tasks.borrow().node();
+    let Some(owner) = owner_of(&id, core.shard_count, node.as_deref()) else {
         return fail(KIND, req, out, &unknown_task(&id));
     };
     let op = op(id);
     let era = req.era;
-    if owner == core.id {
-        let r = tasks::execute(core, op);
-        return Handled::done(KIND, write_modern(out, &req.id, r, era));
-    }
-    let timeout_ms = core.limits.mesh_timeout_ms;
-    match core.call(owner, Msg::Task(op)) {
-        Err(e) => fail(KIND, req, out, &hop_error(e, owner, timeout_ms)),
-        Ok(call) => {
-            let fut = Box::pin(async move {
-                let reply = call.await.map_err(|e| hop_error(e, owner, timeout_ms))?;
-                msg::expect(
-                    reply,
-                    |r| match r {
-                        Reply::Task(t) => Some(t),
-                        _ => None,
-                    },
-                    "task",
-                )
-            });
-            pend(
-                core,
-                req,
-                KIND,
-                fut,
-                &session.inflight,
-                Rc::new(Cell::new(false)),
-                move |_, out, id, r| write_modern(out, id, r, era),
-            )
+    let fut: Pin<Box<dyn Future<Output = Result<String, RpcError>>>> = if owner == core.id {
+        match tasks::run(core, op) {
+            tasks::Run::Now(r) => {
+                return Handled::done(KIND, write_modern(out, &req.id, r, era));
+            }
+            tasks::Run::Later(fut) => fut,
         }
-    }
+    } else {
+        let timeout_ms = core.limits.mesh_timeout_ms;
+        let call = match core.call(owner, Msg::Task(op)) {
+            Err(e) => return fail(KIND, req, out, &hop_error(e, owner, timeout_ms)),
+            Ok(call) => call,
+        };
+        Box::pin(async move {
+            let reply = call.await.map_err(|e| hop_error(e, owner, timeout_ms))?;
+            msg::expect(
+                reply,
+                |r| match r {
+                    Reply::Task(t) => Some(t),
+                    _ => None,
+                },
+                "task",
+            )
+        })
+    };
+    pend(
+        core,
+        req,
+        KIND,
+        fut,
+        &session.inflight,
+        Rc::new(Cell::new(false)),
+        move |_, out, id, r| write_modern(out, id, r, era),
+    )
 }
 
 /// A stored result object with

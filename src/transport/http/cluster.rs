@@ -59,6 +59,8 @@ pub(crate) enum Located {
     Adopt {
         record: Vec<u8>,
         events: Vec<(u64, u64, Vec<u8>)>,
+        /// The session's tasks: (task id, record).
+        tasks: Vec<(String, Vec<u8>)>,
     },
 }
 
@@ -74,7 +76,13 @@ pub(crate) trait ClusterLink {
     /// Forgets what `locate` remembered of `id` (the node it named did not
     /// hold it, or could not be reached).
     fn forget(&self, id: &str);
+    /// The live node other than this one that holds modern task `id` (and
+    /// its address), if any; an error when cluster state cannot be read.
+    fn locate_task(&self, id: &str) -> Pin<Box<dyn Future<Output = Result<TaskHolder, String>>>>;
 }
+
+/// The live node holding a task, and its HTTP address; None when none does.
+pub(crate) type TaskHolder = Option<(String, SocketAddr)>;
 
 /// Idle keep-alive connections to one node a shard keeps at most.
 pub(crate) const POOL_IDLE_PER_NODE: usize = 256;
@@ -121,7 +129,7 @@ pub(crate) async fn serve_elsewhere(
     while let Ok(Located::Remote { node, addr }) = &located {
         let (node, addr) = (node.clone(), *addr);
         http.net.core.metrics.borrow_mut().counters.cluster_relays += 1;
-        let outcome = relay_to_node(http, link.as_ref(), addr, &call).await;
+        let outcome = relay_to_node(http, link.as_ref(), addr, &Outgoing::of_call(&call)).await;
         // Retried only when the request cannot have been served: the node
         // did not hold the session, or could not be reached at all.
         let stale = match &outcome {
@@ -141,7 +149,11 @@ pub(crate) async fn serve_elsewhere(
     match located {
         Ok(Located::Remote { .. }) => unreachable!("handled above"),
         Ok(Located::Missing) => super::session::not_found(),
-        Ok(Located::Adopt { record, events }) => {
+        Ok(Located::Adopt {
+            record,
+            events,
+            tasks,
+        }) => {
             let id = call.session_id.clone();
             // Another request may have adopted it meanwhile.
             let held = http.sessions.borrow().get(&id).cloned();
@@ -149,6 +161,11 @@ pub(crate) async fn serve_elsewhere(
                 Some(s) => Some(s),
                 None => super::session::restore_one(http, id.clone(), &record, events),
             };
+            if session.is_some() {
+                for (task, rec) in tasks {
+                    crate::server::tasks::adopt(&http.net.core, &task, &rec);
+                }
+            }
             match session {
                 Some(s) => {
                     http.net
@@ -165,6 +182,61 @@ pub(crate) async fn serve_elsewhere(
         }
         Err(e) => unavailable(&e),
     }
+}
+
+/// A modern `tasks/*` request for task `task`, made by another node: relayed
+/// to the live node that holds it, or None to serve it here (its holders
+/// are dead: the owner shard here claims it, or it is unknown).
+pub(crate) async fn relay_task(
+    http: &Rc<HttpShard>,
+    link: Rc<dyn ClusterLink>,
+    task: &str,
+    headers: &HeaderMap,
+    accepts: Accepts,
+    body: &[u8],
+    principal: Option<&Identity>,
+) -> Option<McpResponse> {
+    let mut retried = false;
+    loop {
+        let (node, addr) = match link.locate_task(task).await {
+            Err(e) => return Some(unavailable(&e)),
+            Ok(None) => return None,
+            Ok(Some(holder)) => holder,
+        };
+        http.net.core.metrics.borrow_mut().counters.cluster_relays += 1;
+        let out = Outgoing {
+            method: HttpMethod::Post,
+            session: "",
+            principal,
+            body,
+            accepts,
+            headers: forwarded(headers),
+        };
+        match relay_to_node(http, link.as_ref(), addr, &out).await {
+            Ok(r) => return Some(r),
+            // Unreachable before the request left: it may have just died.
+            Err(e) if e.unsent && !retried => {
+                retried = true;
+                link.forget(task);
+            }
+            Err(e) => {
+                let why = format!("relaying to node {node} at {addr}: {}", e.why);
+                return Some(unavailable(&why));
+            }
+        }
+    }
+}
+
+/// The headers of a modern request its serving node checks against the
+/// body (version, method, name, tool parameters), passed on as they came.
+fn forwarded(h: &HeaderMap) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for name in ["mcp-protocol-version", "mcp-method", "mcp-name"] {
+        if let Some(v) = h.get(name).and_then(|v| v.to_str().ok()) {
+            out.push((name, v.to_owned()));
+        }
+    }
+    out
 }
 
 /// -31010 / 503: the request needs cluster state that cannot be reached.
@@ -227,20 +299,48 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
 }
 
-/// The relay header for `call`, sent from `from`.
-fn sign(secret: &[u8], from: &str, call: &HttpCall) -> String {
-    let identity = call
+/// A request on its way to another node.
+struct Outgoing<'a> {
+    method: HttpMethod,
+    /// The legacy session it is for; empty for a modern request.
+    session: &'a str,
+    principal: Option<&'a Identity>,
+    body: &'a [u8],
+    accepts: Accepts,
+    /// Headers passed on as they came (besides the session and proof).
+    headers: Vec<(&'static str, String)>,
+}
+
+impl<'a> Outgoing<'a> {
+    fn of_call(call: &'a HttpCall) -> Self {
+        Outgoing {
+            method: call.method,
+            session: &call.session_id,
+            principal: call.principal.as_ref(),
+            body: &call.body,
+            accepts: call.accepts,
+            headers: call
+                .last_event_id
+                .iter()
+                .map(|id| ("last-event-id", id.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The relay header for `out`, sent from `from`.
+fn sign(secret: &[u8], from: &str, out: &Outgoing<'_>) -> String {
+    let identity = out
         .principal
-        .as_ref()
         .map(|i| b64().encode(serde_json::json!([i.principal, i.roles]).to_string()))
         .unwrap_or_default();
     let proof = Proof {
         from,
         ts_ms: now_ms(),
-        method: method_name(call.method),
-        session: &call.session_id,
+        method: method_name(out.method),
+        session: out.session,
         identity,
-        body_sha256: Sha256::digest(&call.body).into(),
+        body_sha256: Sha256::digest(out.body).into(),
     };
     let tag = proof.tag(secret);
     format!(
@@ -352,30 +452,32 @@ impl From<String> for RelayError {
     }
 }
 
-/// Sends `call` to the node at `addr` and turns its answer into ours.
+/// Sends `out` to the node at `addr` and turns its answer into ours.
 async fn relay_to_node(
     http: &Rc<HttpShard>,
     link: &dyn ClusterLink,
     addr: SocketAddr,
-    call: &HttpCall,
+    out: &Outgoing<'_>,
 ) -> Result<McpResponse, RelayError> {
     let deadline = Duration::from_millis(http.net.core.limits.mesh_timeout_ms);
-    let proof = sign(link.secret(), link.node_id(), call);
+    let proof = sign(link.secret(), link.node_id(), out);
     let mut req = hyper::Request::builder()
-        .method(method_name(call.method))
+        .method(method_name(out.method))
         .uri(http.cfg.path.as_str())
         .header("host", addr.to_string())
-        .header("mcp-session-id", &call.session_id)
         .header(RELAY_HEADER, proof)
-        .header("accept", accept_value(call.accepts));
-    if let Some(id) = &call.last_event_id {
-        req = req.header("last-event-id", id);
+        .header("accept", accept_value(out.accepts));
+    if !out.session.is_empty() {
+        req = req.header("mcp-session-id", out.session);
     }
-    if call.method == HttpMethod::Post {
+    for (name, value) in &out.headers {
+        req = req.header(*name, value);
+    }
+    if out.method == HttpMethod::Post {
         req = req.header("content-type", "application/json");
     }
     let req = req
-        .body(Full::new(Bytes::from(call.body.clone())))
+        .body(Full::new(Bytes::from(out.body.to_vec())))
         .map_err(|e| e.to_string())?;
     let mut sender = match http.node_pool.take(addr) {
         Some(s) => s,
@@ -562,7 +664,11 @@ mod tests {
             principal: "alice".into(),
             roles: vec!["admin".into()],
         };
-        let h = sign(secret, "n1", &call(b"{}", Some(who.clone())));
+        let h = sign(
+            secret,
+            "n1",
+            &Outgoing::of_call(&call(b"{}", Some(who.clone()))),
+        );
         let ok = verify(secret, &h, HttpMethod::Post, "abc", b"{}").unwrap();
         assert_eq!(ok.from, "n1");
         assert_eq!(ok.principal, Some(who));
@@ -586,7 +692,7 @@ mod tests {
         assert!(verify(secret, &forged, HttpMethod::Post, "abc", b"{}").is_err());
         assert!(verify(secret, "v1 n1 1 - AAAA", HttpMethod::Post, "abc", b"{}").is_err());
         assert!(verify(secret, "garbage", HttpMethod::Post, "abc", b"{}").is_err());
-        let anon = sign(secret, "n1", &call(b"", None));
+        let anon = sign(secret, "n1", &Outgoing::of_call(&call(b"", None)));
         assert_eq!(
             verify(secret, &anon, HttpMethod::Post, "abc", b"")
                 .unwrap()

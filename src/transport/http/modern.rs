@@ -27,6 +27,7 @@ use crate::protocol::mcp::{self, code, meta};
 use crate::runtime::local::Pipe;
 use crate::server::auth::Identity;
 use crate::server::core::Core;
+use crate::server::placement;
 use crate::server::session::{account, Session};
 use crate::server::{Answer, Notifier, Pending, SharedNotifier};
 
@@ -89,14 +90,21 @@ enum Outcome {
     },
 }
 
-/// A 2026-07-28 POST.
+/// A 2026-07-28 POST (`from_node`: relayed by another node of the cluster,
+/// so served here whatever it names).
 pub(crate) async fn post(
     http: &Rc<HttpShard>,
     headers: &HeaderMap,
     accepts: Accepts,
     body: Vec<u8>,
     principal: Option<&Identity>,
+    from_node: bool,
 ) -> McpResponse {
+    if !from_node {
+        if let Some(r) = at_task_holder(http, headers, accepts, &body, principal).await {
+            return r;
+        }
+    }
     let sse_only = !accepts.json;
     let (pipe, pending, mut now) = match serve(http, headers, accepts, body, principal) {
         Outcome::Done(r) => return r,
@@ -139,6 +147,29 @@ pub(crate) async fn post(
         }
     }
     sse(pipe, Some(task))
+}
+
+/// `--cluster`: a `tasks/*` request (routed by its `Mcp-Name`, the task id,
+/// as SEP-2663 has load balancers do) for a task another node made is
+/// relayed to the live node that holds it; None to serve it here. The
+/// serving node checks the headers against the body as usual.
+async fn at_task_holder(
+    http: &Rc<HttpShard>,
+    headers: &HeaderMap,
+    accepts: Accepts,
+    body: &[u8],
+    principal: Option<&Identity>,
+) -> Option<McpResponse> {
+    let link = http.cluster()?;
+    let method = header(headers, "mcp-method")?;
+    if !matches!(method, "tasks/get" | "tasks/update" | "tasks/cancel") {
+        return None;
+    }
+    let task = decode_header_value(header(headers, "mcp-name")?)?;
+    if placement::node_of(&task).is_none_or(|n| n == link.node_id()) {
+        return None;
+    }
+    super::cluster::relay_task(http, link, &task, headers, accepts, body, principal).await
 }
 
 /// An answer as a JSON response, its status from its error code.

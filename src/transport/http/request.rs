@@ -292,8 +292,13 @@ async fn relayed(http: &Rc<HttpShard>, req: Request<Incoming>) -> McpResponse {
         Method::DELETE => HttpMethod::Delete,
         _ => return refuse("unexpected relay method"),
     };
-    let Some(session_id) = header(&h, "mcp-session-id").map(str::to_owned) else {
-        return refuse("relay without a session");
+    let modern =
+        header(&h, "mcp-protocol-version").is_some_and(|v| mcp::modern_version(v).is_some());
+    let session_id = match header(&h, "mcp-session-id") {
+        Some(s) => s.to_owned(),
+        // A modern request (a task another node made) has no session.
+        None if modern && method == HttpMethod::Post => String::new(),
+        None => return refuse("relay without a session"),
     };
     let body = match read_body(http, req.into_body()).await {
         Ok(b) => b,
@@ -304,6 +309,10 @@ async fn relayed(http: &Rc<HttpShard>, req: Request<Incoming>) -> McpResponse {
         Ok(v) => v,
         Err(why) => return refuse(why),
     };
+    if session_id.is_empty() {
+        let accepts = parse_accept(header(&h, "accept"));
+        return modern::post(http, &h, accepts, body, verified.principal.as_ref(), true).await;
+    }
     let call = HttpCall {
         session_id,
         method,
@@ -359,7 +368,7 @@ async fn post(
     // A version we do not know is answered the modern way (-32022 with the
     // versions we support), echoing the request's id.
     if modern || version.is_some_and(|v| !mcp::is_legacy_version(v)) {
-        return modern::post(http, h, accepts, body, principal.as_ref()).await;
+        return modern::post(http, h, accepts, body, principal.as_ref(), false).await;
     }
     if let Some(session_id) = session_id {
         let call = HttpCall {
@@ -376,7 +385,9 @@ async fn post(
     match peek(http, body) {
         Peeked::Initialize(body) => session::initialize(http, accepts, body, principal).await,
         // A modern request without its version header.
-        Peeked::Modern(body) => modern::post(http, h, accepts, body, principal.as_ref()).await,
+        Peeked::Modern(body) => {
+            modern::post(http, h, accepts, body, principal.as_ref(), false).await
+        }
         Peeked::Other => reject(
             400,
             jsonrpc::INVALID_REQUEST,

@@ -29,6 +29,7 @@ use super::{HttpConfig, HttpShard};
 use crate::protocol::jsonrpc::{self, Id, Message};
 use crate::runtime::local::{Pipe, PushError};
 use crate::server::auth::Identity;
+use crate::server::placement;
 use crate::server::ratelimit::Principal;
 use crate::server::session::{account, Session};
 use crate::server::store::{event_key, Op};
@@ -44,63 +45,31 @@ const SHARD_DIGITS: usize = 4;
 /// Random bytes after the prefix.
 const RANDOM_BYTES: usize = 16;
 
-/// Separates a cluster session id from the node that created it.
-const NODE_SEPARATOR: char = '.';
-/// Longest node id a session id may name (as `--node-id` allows).
-const NODE_ID_BYTES_MAX: usize = 64;
-
 /// A fresh session id owned by `shard` (of `node`, in a cluster).
 pub(crate) fn new_id(shard: usize, node: Option<&str>) -> String {
     let local = format!(
         "{shard:0SHARD_DIGITS$x}{}",
         crate::runtime::random::hex::<RANDOM_BYTES>()
     );
-    match node {
-        Some(n) => format!("{local}{NODE_SEPARATOR}{n}"),
-        None => local,
-    }
+    placement::name(local, node)
 }
 
 /// The node a cluster session id names (the one that created it), if any.
 pub(crate) fn node_of(id: &str) -> Option<&str> {
-    id.split_once(NODE_SEPARATOR).map(|(_, n)| n)
+    placement::node_of(id)
 }
 
 /// The shard of this node (`node`, in a cluster) that owns session `id`, if
-/// the id is well-formed: the shard the id names when this node created it,
-/// else one chosen by a hash of the id, so a session taken over from
-/// another node has an owner that is a pure function of its key.
+/// the id is well-formed (see `server::placement`).
 pub(crate) fn owner_of(id: &str, shard_count: usize, node: Option<&str>) -> Option<usize> {
-    let (local, named) = match id.split_once(NODE_SEPARATOR) {
-        Some((l, n)) => (l, Some(n)),
-        None => (id, None),
-    };
+    let (local, _) = placement::split(id);
     if local.len() != SHARD_DIGITS + 2 * RANDOM_BYTES
         || !local.bytes().all(|b| b.is_ascii_hexdigit())
     {
         return None;
     }
-    if let Some(n) = named {
-        let valid = !n.is_empty()
-            && n.len() <= NODE_ID_BYTES_MAX
-            && n.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-        if !valid || node.is_none() {
-            return None;
-        }
-        if named != node {
-            return Some((fnv1a(id.as_bytes()) % shard_count as u64) as usize);
-        }
-    }
     let shard = usize::from_str_radix(&local[..SHARD_DIGITS], 16).ok()?;
-    (shard < shard_count).then_some(shard)
-}
-
-/// FNV-1a: a stable hash (the same on every node and every build).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    placement::owner(id, shard, shard_count, node)
 }
 
 struct Stored {
@@ -173,6 +142,7 @@ impl HttpSession {
             });
             let mut mcp = Session::new(&http.net.core, Some(standalone));
             mcp.set_label(&id);
+            mcp.set_store_key(&id);
             // What the store keeps of this session changed: write its record
             // at the next flush.
             let (owner, named) = (Rc::downgrade(http), id.clone());
