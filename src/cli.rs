@@ -111,6 +111,13 @@ pub struct ClusterArgs {
     /// across every node, in Redis: one script per request; needs --cluster).
     #[arg(long, value_enum, default_value = "node")]
     pub rate_limit_scope: RateScope,
+    /// Write-through for legacy sessions' SSE events: each is sent to its
+    /// client only after Redis acknowledged it (adds one flush interval and
+    /// a Redis round trip to every event; while Redis is down, events wait).
+    /// Without it events are written behind, and a crash loses the last
+    /// <= 10 ms of them.
+    #[arg(long)]
+    pub cluster_sync_events: bool,
 }
 
 /// `--rate-limit-scope`.
@@ -125,6 +132,9 @@ impl ClusterArgs {
         let Some(url) = &self.cluster else {
             if self.rate_limit_scope == RateScope::Cluster {
                 return Err("--rate-limit-scope cluster needs --cluster".into());
+            }
+            if self.cluster_sync_events {
+                return Err("--cluster-sync-events needs --cluster".into());
             }
             return Ok(None);
         };
@@ -152,6 +162,7 @@ impl ClusterArgs {
         c.reconnect_max_ms = self.cluster_reconnect_max_ms;
         c.command_queue_max = self.cluster_command_queue_max;
         c.rate_limit_cluster = self.rate_limit_scope == RateScope::Cluster;
+        c.sync_events = self.cluster_sync_events;
         Ok(Some(c))
     }
 }

@@ -243,6 +243,10 @@ counters! {
     cluster_tasks_adopted,
     /// Tasks dropped because another node took them over.
     cluster_tasks_fenced,
+    /// `--cluster-sync-events`: SSE events that left a session's event
+    /// store before Redis acknowledged them (Redis out of reach for longer
+    /// than the store keeps events); their readers never get them.
+    sse_events_unacked_dropped,
 }
 
 /// What the mesh reports, as counted here.

@@ -71,6 +71,14 @@ impl ClusterShard {
             Some(RedisShared::new(redis.clone(), sessions.clone()) as Rc<dyn Shared>);
         core.tasks.borrow_mut().set_node(&cfg.node_id);
         let weak: Weak<HttpShard> = Rc::downgrade(web);
+        if cfg.sync_events {
+            let weak = weak.clone();
+            sessions.on_durable(move |id, stream, seq| {
+                if let Some(h) = weak.upgrade() {
+                    http::session::durable(&h, id, stream, seq);
+                }
+            });
+        }
         sessions.on_fenced(move |kind, id| {
             let Some(h) = weak.upgrade() else { return };
             match kind {
@@ -192,6 +200,10 @@ impl ClusterShard {
 impl ClusterLink for ClusterShard {
     fn node_id(&self) -> &str {
         &self.redis.cfg.node_id
+    }
+
+    fn sync_events(&self) -> bool {
+        self.redis.cfg.sync_events
     }
 
     fn secret(&self) -> &[u8] {

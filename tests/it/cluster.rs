@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::valkey::Valkey;
+use crate::valkey::{RedisUrl, Valkey, ValkeyCluster};
 
 /// A cluster secret file, one per test.
 fn secret_file(test: &str) -> PathBuf {
@@ -21,7 +21,7 @@ fn secret_file(test: &str) -> PathBuf {
 }
 
 /// A node of the cluster on `valkey`: HTTP and admin on free ports.
-fn node(valkey: &Valkey, secret: &Path, id: &str, cores: &str, extra: &[&str]) -> Server {
+fn node(valkey: &impl RedisUrl, secret: &Path, id: &str, cores: &str, extra: &[&str]) -> Server {
     let url = valkey.url();
     let mut args = vec![
         "--admin",
@@ -48,7 +48,7 @@ fn node(valkey: &Valkey, secret: &Path, id: &str, cores: &str, extra: &[&str]) -
 /// Nodes `ids` of one cluster, each ready (connected to Redis); with their
 /// admin addresses.
 fn ready_nodes(
-    valkey: &Valkey,
+    valkey: &impl RedisUrl,
     secret: &Path,
     ids: &[&str],
     cores: &str,
@@ -69,7 +69,7 @@ fn ready_nodes(
 }
 
 /// `tessera cluster status --json` against `valkey`.
-fn status(valkey: &Valkey) -> Vec<Value> {
+fn status(valkey: &impl RedisUrl) -> Vec<Value> {
     let out = Command::new(tessera_bin())
         .args(["cluster", "status", "--cluster", &valkey.url(), "--json"])
         .output()
@@ -454,21 +454,7 @@ fn a_session_is_served_from_any_node_and_outlives_its_owner() {
         );
     }
     // Progress over SSE, relayed.
-    let mut c = b.http();
-    let body = json!({"jsonrpc":"2.0","id":200,"method":"tools/call","params":{"name":"sleep","arguments":{"ms":400},"_meta":{"progressToken":"p"}}});
-    c.send(
-        "POST",
-        "/mcp",
-        &[
-            CT,
-            ("accept", "text/event-stream"),
-            V,
-            ("mcp-session-id", &sid),
-        ],
-        Some(body.to_string().as_bytes()),
-    );
-    let (status, _) = c.read_head();
-    assert_eq!(status, 200);
+    let mut c = sleep_stream(&b, &sid, 200, 400);
     let events: Vec<SseEvent> = c
         .events()
         .filter(|e| !e.comment && !e.data.is_empty())
@@ -1149,4 +1135,147 @@ fn open_listen(server: &Server, listen: &Value) -> HttpConn {
     );
     assert_eq!(stream.read_head().0, 200);
     stream
+}
+
+/// With write-through, every event a client saw from a session's owner is
+/// in Redis when the owner dies: a resume through another node replays
+/// each of them. (Written behind, the last events seen are often not.)
+#[test]
+fn with_sync_events_a_resume_after_kill_9_replays_every_event_seen() {
+    let valkey = Valkey::start();
+    let secret = secret_file("sync");
+    let sync = ["--cluster-sync-events"];
+    let (mut nodes, _) = ready_nodes(&valkey, &secret, &["a", "b"], &one_core(), &sync);
+    let (b, mut a) = (nodes.pop().unwrap(), nodes.pop().unwrap());
+    let sid = legacy_session(&a);
+    assert!(stored(&valkey, &sid));
+    // A plain call still answers with JSON.
+    assert_eq!(echoed(&post(&a, Some(&sid), &echo(1, "plain"))), "plain");
+    let mut c = sleep_stream(&a, &sid, 2, 2000);
+    let mut seen = Vec::new();
+    let mut priming = None;
+    for e in c.events() {
+        if e.comment {
+            continue;
+        }
+        if e.data.is_empty() {
+            priming = e.id.clone();
+            continue;
+        }
+        seen.push(e.id.clone().expect("an event id"));
+        if seen.len() == 4 {
+            break;
+        }
+    }
+    // At once, while the owner is still emitting.
+    a.stop_with(libc::SIGKILL);
+    let priming = priming.expect("a priming event");
+    let mut replayed = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let mut r = b.http();
+            r.send(
+                "GET",
+                "/mcp",
+                &[
+                    ("accept", "text/event-stream"),
+                    V,
+                    ("mcp-session-id", &sid),
+                    ("last-event-id", &priming),
+                ],
+                None,
+            );
+            if r.read_head().0 != 200 {
+                return false;
+            }
+            replayed = r
+                .events()
+                .filter(|e| !e.comment && !e.data.is_empty())
+                .filter_map(|e| e.id.clone())
+                .collect();
+            true
+        }),
+        "b took the session over; stderr:\n{}",
+        b.stderr()
+    );
+    for id in &seen {
+        assert!(
+            replayed.contains(id),
+            "event {id} seen but not replayed: {replayed:?}"
+        );
+    }
+}
+
+/// A Redis Cluster (three Valkey primaries) given as a seed list: every
+/// script touches one slot (keys are hash-tagged), so sessions, their
+/// takeover, kv and announcements work as on one server.
+#[test]
+fn a_redis_cluster_seed_list_serves_sessions_kv_and_takeovers() {
+    let rc = ValkeyCluster::start(3);
+    let secret = secret_file("redis-cluster");
+    let (mut nodes, _) = ready_nodes(&rc, &secret, &["a", "b"], &one_core(), &[]);
+    let (b, mut a) = (nodes.pop().unwrap(), nodes.pop().unwrap());
+    let listed = status(&rc);
+    for id in ["a", "b"] {
+        assert_eq!(find(&listed, id).expect(id)["live"], true, "{listed:?}");
+    }
+    let sid = legacy_session(&a);
+    // Its record is on whichever primary owns its slot.
+    assert!(eventually(Duration::from_secs(10), || {
+        rc.nodes.iter().any(|v| {
+            v.command(&["HGET", &format!("tessera:s:{{{sid}}}"), "owner"])
+                .is_some_and(|r| r.starts_with("$1\r\na"))
+        })
+    }));
+    assert_eq!(
+        echoed(&post(&b, Some(&sid), &echo(1, "relayed"))),
+        "relayed"
+    );
+    // kv through one node, watched and read on the other.
+    let mut stream = standalone_stream(&a, &sid);
+    let sub = json!({"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"kv://slots"}});
+    assert_eq!(post(&a, Some(&sid), &sub).status, 200);
+    let writer = legacy_session(&b);
+    let set = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"slots","value":16384}}});
+    assert_eq!(post(&b, Some(&writer), &set).status, 200);
+    let update = next_message(&mut stream, "the kv update");
+    assert_eq!(update["params"]["uri"], "kv://slots", "{update}");
+    let get_it = json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"kv_get","arguments":{"key":"slots"}}});
+    let r = post(&a, Some(&sid), &get_it);
+    assert_eq!(
+        r.json()["result"]["structuredContent"]["value"],
+        16384,
+        "{r:?}"
+    );
+    drop(stream);
+    // The owner dies: b takes the session over.
+    a.stop_with(libc::SIGKILL);
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            post(&b, Some(&sid), &echo(5, "after")).status == 200
+        }),
+        "b took the session over; stderr:\n{}",
+        b.stderr()
+    );
+    assert_eq!(echoed(&post(&b, Some(&sid), &echo(6, "again"))), "again");
+}
+
+/// A `sleep` of `ms` with progress, POSTed in session `sid` on `server`
+/// as request `id`, answered as an SSE stream; the stream after its head.
+fn sleep_stream(server: &Server, sid: &str, id: u64, ms: u64) -> HttpConn {
+    let mut c = server.http();
+    let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"sleep","arguments":{"ms":ms},"_meta":{"progressToken":"p"}}});
+    c.send(
+        "POST",
+        "/mcp",
+        &[
+            CT,
+            ("accept", "text/event-stream"),
+            V,
+            ("mcp-session-id", sid),
+        ],
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!(c.read_head().0, 200);
+    c
 }

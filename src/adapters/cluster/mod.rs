@@ -67,6 +67,10 @@ pub struct ClusterConfig {
     /// `--rate-limit-scope cluster`: sessionless HTTP requests are limited
     /// per principal across every node (one Redis script per request).
     pub rate_limit_cluster: bool,
+    /// `--cluster-sync-events`: a legacy session's SSE event reaches its
+    /// client only once Redis has it (write-through), so a takeover replays
+    /// every event a client may have seen.
+    pub sync_events: bool,
 }
 
 impl ClusterConfig {
@@ -84,6 +88,7 @@ impl ClusterConfig {
             reconnect_max_ms: 2000,
             command_queue_max: 10_000,
             rate_limit_cluster: false,
+            sync_events: false,
         }
     }
 

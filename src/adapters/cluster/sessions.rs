@@ -28,12 +28,20 @@
 //! queues operations (at most `store_pending_ops_max`; past it they are
 //! dropped and counted `store_dropped`) and every flush sends one batch,
 //! concurrently, so fred pipelines it into one round trip; one batch is in
-//! flight at a time, which keeps a session's writes in order.
+//! flight at a time, which keeps a session's writes in order. An SSE event
+//! whose write fails is queued again, ahead of what came after it (a
+//! retried `XADD` may store an event twice; reading the log drops the
+//! copy). With `--cluster-sync-events` (write-through) an event goes out at
+//! the next executor turn instead of the next flush, what queued while a
+//! batch was in flight goes out as soon as it returns, and each
+//! acknowledged event is handed back to its session, which only then sends
+//! it to the reader.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
+use bytes::Bytes;
 use fred::prelude::{HashesInterface, KeysInterface, LuaInterface, StreamsInterface};
 use fred::types::Value;
 use futures::future::join_all;
@@ -43,7 +51,7 @@ use super::{Purpose, Redis};
 use crate::server::clock::now_ms;
 use crate::server::placement;
 use crate::server::shared::Claimed;
-use crate::server::store::{parse_event_key, Op, Store};
+use crate::server::store::{event_key, parse_event_key, Op, Store};
 
 /// A session's or a modern task's record.
 const PUT_RECORD: &str = r"
@@ -148,13 +156,20 @@ pub(crate) struct RedisStore {
     bounds: SessionBounds,
     queue: RefCell<Vec<Op>>,
     in_flight: Cell<bool>,
+    /// Write-through: a flush is scheduled for the next executor turn.
+    kicked: Cell<bool>,
     /// The owner epoch of every session this shard writes.
     epochs: RefCell<HashMap<String, u64>>,
     /// The owner epoch of every modern task this shard writes.
     task_epochs: RefCell<HashMap<String, u64>>,
     /// Called with a session or task another node has taken over.
     on_fenced: RefCell<Option<OnFenced>>,
+    /// Called with each SSE event Redis acknowledged: (session, stream,
+    /// seq).
+    on_durable: RefCell<Option<OnDurable>>,
 }
+
+type OnDurable = Box<dyn Fn(&str, u64, u64)>;
 
 impl RedisStore {
     pub fn new(redis: Rc<Redis>, bounds: SessionBounds) -> Rc<Self> {
@@ -164,15 +179,21 @@ impl RedisStore {
             bounds,
             queue: RefCell::new(Vec::new()),
             in_flight: Cell::new(false),
+            kicked: Cell::new(false),
             epochs: RefCell::new(HashMap::new()),
             task_epochs: RefCell::new(HashMap::new()),
             on_fenced: RefCell::new(None),
+            on_durable: RefCell::new(None),
         })
     }
 
     /// Nothing queued and nothing in flight.
     pub fn flushed(&self) -> bool {
         self.queue.borrow().is_empty() && !self.in_flight.get()
+    }
+
+    pub fn on_durable(&self, f: impl Fn(&str, u64, u64) + 'static) {
+        *self.on_durable.borrow_mut() = Some(Box::new(f));
     }
 
     pub fn on_fenced(&self, f: impl Fn(Kind, &str) + 'static) {
@@ -206,9 +227,14 @@ impl RedisStore {
         let ttl = self.bounds.ttl_ms.to_string();
         let client = self.redis.client();
         let mut calls = Vec::new();
+        // The SSE events of the batch, in order: written again if their
+        // write fails (events only: a record retried after a newer one
+        // was written would overwrite it).
+        let mut events: Vec<Option<(String, u64, u64, Bytes)>> = Vec::new();
         let mut gone = Vec::new();
         let mut tasks_gone = Vec::new();
         for op in batch {
+            let mut event = None;
             let (kind, id, keys, script, args): (Kind, String, Vec<String>, &str, Vec<Value>) =
                 match op {
                     Op::PutSession(id, rec) => {
@@ -228,6 +254,7 @@ impl RedisStore {
                         };
                         let id = id.to_owned();
                         let epoch = self.epoch_of(&id);
+                        event = Some((id.clone(), stream, seq, frame.clone()));
                         let args = vec![
                             node.as_str().into(),
                             epoch.to_string().into(),
@@ -294,6 +321,7 @@ impl RedisStore {
                         }
                     },
                 };
+            events.push(event);
             calls.push(async move {
                 let r: Result<i64, _> = client.eval(script, keys, args).await;
                 (kind, id, r)
@@ -305,18 +333,31 @@ impl RedisStore {
                 .redis
                 .call(Purpose::Background, n, async { Ok(join_all(calls).await) })
                 .await;
+            let mut retry = Vec::new();
             match results {
                 Ok(results) => {
-                    for (kind, id, r) in results {
+                    for ((kind, id, r), event) in results.into_iter().zip(events) {
                         match r {
                             Ok(0) => self.fenced(kind, &id),
-                            Ok(_) => {}
-                            Err(e) => log::warn!("writing session {id} to Redis: {e}"),
+                            Ok(_) => {
+                                if let Some((sid, stream, seq, _)) = event {
+                                    self.durable(&sid, stream, seq);
+                                }
+                            }
+                            Err(e) => {
+                                log::warn!("writing session {id} to Redis: {e}");
+                                retry.extend(event);
+                            }
                         }
                     }
                 }
-                Err(e) => log::warn!("writing sessions to Redis: {e}"),
+                Err(e) => {
+                    log::warn!("writing sessions to Redis: {e}");
+                    retry.extend(events.into_iter().flatten());
+                }
             }
+            retry.retain(|(sid, ..)| !gone.contains(sid));
+            self.write_again(retry);
         }
         for id in gone {
             self.epochs.borrow_mut().remove(&id);
@@ -325,6 +366,39 @@ impl RedisStore {
             self.task_epochs.borrow_mut().remove(&id);
         }
         self.in_flight.set(false);
+        if self.redis.cfg.sync_events {
+            // Group commit: what queued up meanwhile goes out at once.
+            self.flush();
+        }
+    }
+
+    /// Tells the shard that an event is in Redis.
+    fn durable(&self, session: &str, stream: u64, seq: u64) {
+        if let Some(f) = self.on_durable.borrow().as_ref() {
+            f(session, stream, seq);
+        }
+    }
+
+    /// Queues events whose write failed ahead of everything queued since,
+    /// so they go out first once Redis answers again; within
+    /// `pending_ops_max` (past it they are dropped, and logged).
+    fn write_again(&self, events: Vec<(String, u64, u64, Bytes)>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut q = self.queue.borrow_mut();
+        let room = self.bounds.pending_ops_max.saturating_sub(q.len());
+        if events.len() > room {
+            log::warn!(
+                "{} SSE event(s) could not be written to Redis and the write queue is full; dropped",
+                events.len() - room
+            );
+        }
+        let again = events
+            .into_iter()
+            .take(room)
+            .map(|(sid, stream, seq, frame)| Op::PutEvent(event_key(&sid, stream, seq), frame));
+        q.splice(0..0, again);
     }
 
     fn fenced(&self, kind: Kind, id: &str) {
@@ -368,11 +442,25 @@ impl RedisStore {
 
 impl Store for RedisStore {
     fn push(&self, op: Op) -> bool {
-        let mut q = self.queue.borrow_mut();
-        if q.len() >= self.bounds.pending_ops_max {
-            return false;
+        let event = matches!(op, Op::PutEvent(..));
+        {
+            let mut q = self.queue.borrow_mut();
+            if q.len() >= self.bounds.pending_ops_max {
+                return false;
+            }
+            q.push(op);
         }
-        q.push(op);
+        if event && self.redis.cfg.sync_events && !self.kicked.replace(true) {
+            // Write-through: an event's reader waits for its write, so it
+            // goes out at the next turn of the executor (with whatever else
+            // was queued by then), not at the next flush interval.
+            let me = self.me.upgrade().expect("the store is alive while used");
+            glommio::spawn_local(async move {
+                me.kicked.set(false);
+                me.flush();
+            })
+            .detach();
+        }
         true
     }
 
@@ -635,5 +723,7 @@ async fn load_events(redis: &Redis, key: &str) -> Result<Vec<(u64, u64, Vec<u8>)
         })
         .collect();
     events.sort_by_key(|&(stream, seq, _)| (stream, seq));
+    // A write retried after a lost reply may have added an event twice.
+    events.dedup_by_key(|e| (e.0, e.1));
     Ok(events)
 }

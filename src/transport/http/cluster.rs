@@ -68,6 +68,8 @@ pub(crate) enum Located {
 /// Redis adapter.
 pub(crate) trait ClusterLink {
     fn node_id(&self) -> &str;
+    /// `--cluster-sync-events`: legacy SSE events wait for Redis.
+    fn sync_events(&self) -> bool;
     fn secret(&self) -> &[u8];
     /// Where session `id` lives (possibly remembered from a recent
     /// lookup); an error when cluster state cannot be read (Redis down or

@@ -27,7 +27,7 @@ use super::request::padded;
 use super::response::{sse_event, trim_newline, McpBody, McpResponse, SseSource};
 use super::{HttpConfig, HttpShard};
 use crate::protocol::jsonrpc::{self, Id, Message};
-use crate::runtime::local::{Pipe, PushError};
+use crate::runtime::local::{Flag, Pipe, PushError};
 use crate::server::auth::Identity;
 use crate::server::placement;
 use crate::server::ratelimit::Principal;
@@ -54,6 +54,15 @@ pub(crate) fn new_id(shard: usize, node: Option<&str>) -> String {
     placement::name(local, node)
 }
 
+/// Write-through (`--cluster-sync-events`): Redis acknowledged event `seq`
+/// of `stream` of session `id`, held by this shard.
+pub(crate) fn durable(http: &HttpShard, id: &str, stream: u64, seq: u64) {
+    let session = http.sessions.borrow().get(id).cloned();
+    if let Some(s) = session {
+        s.durable(stream, seq);
+    }
+}
+
 /// The node a cluster session id names (the one that created it), if any.
 pub(crate) fn node_of(id: &str) -> Option<&str> {
     placement::node_of(id)
@@ -77,6 +86,9 @@ struct Stored {
     seq: u64,
     at: Instant,
     frame: Bytes,
+    /// In the store for sure (always, unless `--cluster-sync-events` waits
+    /// for Redis to say so).
+    durable: bool,
 }
 
 /// A stream that has not finished.
@@ -84,6 +96,34 @@ struct Live {
     /// The connection currently reading it, if any.
     sink: Option<Rc<Pipe<Bytes>>>,
     next_seq: u64,
+    /// Write-through (`--cluster-sync-events`): the last event handed to a
+    /// reader (events go out in order, once durable).
+    delivered: u64,
+    /// Write-through: the event that ends the stream, once emitted.
+    final_seq: Option<u64>,
+    /// Write-through, POST streams: raised at the first event (or when the
+    /// stream goes away), for the choice between JSON and SSE.
+    first: Option<Rc<Flag>>,
+}
+
+impl Live {
+    fn new(sink: Option<Rc<Pipe<Bytes>>>, next_seq: u64) -> Self {
+        Live {
+            sink,
+            next_seq,
+            delivered: next_seq - 1,
+            final_seq: None,
+            first: None,
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(f) = &self.first {
+            f.raise();
+        }
+    }
 }
 
 struct Streams {
@@ -103,6 +143,8 @@ pub(crate) struct HttpSession {
     store_max_age: Duration,
     queue_events: usize,
     retry_ms: u64,
+    /// `--cluster-sync-events`: events reach readers once durable.
+    sync: bool,
     http: Weak<HttpShard>,
     /// Who created the session (`--auth`); only they may use it.
     principal: RefCell<Option<Identity>>,
@@ -166,6 +208,7 @@ impl HttpSession {
                 store_max_age: Duration::from_millis(cfg.sse_store_max_age_ms),
                 queue_events: cfg.sse_queue_events,
                 retry_ms: cfg.sse_retry_ms,
+                sync: http.cluster().is_some_and(|c| c.sync_events()),
                 http: Rc::downgrade(http),
                 principal: RefCell::new(None),
             }
@@ -206,10 +249,7 @@ impl HttpSession {
         if stream == 0 {
             // The standalone stream exists from the first notification on,
             // whether or not a GET is reading it.
-            st.live.entry(0).or_insert(Live {
-                sink: None,
-                next_seq: 1,
-            });
+            st.live.entry(0).or_insert_with(|| Live::new(None, 1));
         }
         let Some(live) = st.live.get_mut(&stream) else {
             return; // a POST stream that already finished
@@ -217,28 +257,19 @@ impl HttpSession {
         let seq = live.next_seq;
         live.next_seq += 1;
         let frame = sse_event(Some(&format!("{stream}-{seq}")), json);
-        if let Some(sink) = &live.sink {
-            let pushed = if last {
-                sink.push_final(frame.clone())
-            } else {
-                sink.push(frame.clone())
-            };
-            match pushed {
-                Ok(()) => {}
-                Err(PushError::Full) => {
-                    // The reader fell behind: close its connection; it resumes
-                    // from the store with Last-Event-ID.
-                    sink.close();
-                    live.sink = None;
-                    if let Some(http) = self.http.upgrade() {
-                        http.net.core.metrics.borrow_mut().counters.sse_streams_cut += 1;
-                    }
-                }
-                Err(PushError::Closed) => live.sink = None,
+        if self.sync {
+            // Handed to the reader once Redis has it (`durable`).
+            if last {
+                live.final_seq = Some(seq);
             }
-        }
-        if last {
-            st.live.remove(&stream);
+            if let Some(f) = &live.first {
+                f.raise();
+            }
+        } else {
+            self.deliver(live, frame.clone(), last);
+            if last {
+                st.live.remove(&stream);
+            }
         }
         self.persist(Op::PutEvent(
             event_key(&self.id, stream, seq),
@@ -249,8 +280,69 @@ impl HttpSession {
             seq,
             at: Instant::now(),
             frame,
+            durable: !self.sync,
         });
         self.evict(&mut st);
+    }
+
+    /// Hands an event to the stream's reader, if it has one; a reader too
+    /// slow for `sse_queue_events` is cut (it resumes from the store with
+    /// Last-Event-ID).
+    fn deliver(&self, live: &mut Live, frame: Bytes, last: bool) {
+        let Some(sink) = &live.sink else { return };
+        let pushed = if last {
+            sink.push_final(frame)
+        } else {
+            sink.push(frame)
+        };
+        match pushed {
+            Ok(()) => {}
+            Err(PushError::Full) => {
+                sink.close();
+                live.sink = None;
+                if let Some(http) = self.http.upgrade() {
+                    http.net.core.metrics.borrow_mut().counters.sse_streams_cut += 1;
+                }
+            }
+            Err(PushError::Closed) => live.sink = None,
+        }
+    }
+
+    /// Write-through: Redis has event `seq` of `stream`; the stream's
+    /// durable events that follow what its reader got go out, in order.
+    fn durable(&self, stream: u64, seq: u64) {
+        let mut st = self.streams.borrow_mut();
+        let st = &mut *st;
+        if let Some(e) = st
+            .store
+            .iter_mut()
+            .rev()
+            .find(|e| e.stream == stream && e.seq == seq)
+        {
+            e.durable = true;
+        }
+        let Some(live) = st.live.get_mut(&stream) else {
+            return;
+        };
+        loop {
+            // The stream's next event in the store (events are stored in
+            // the order they were emitted).
+            let Some(e) = st
+                .store
+                .iter()
+                .find(|e| e.stream == stream && e.seq > live.delivered)
+                .filter(|e| e.durable)
+            else {
+                return;
+            };
+            let (seq, last) = (e.seq, live.final_seq == Some(e.seq));
+            self.deliver(live, e.frame.clone(), last);
+            live.delivered = seq;
+            if last {
+                st.live.remove(&stream);
+                return;
+            }
+        }
     }
 
     fn evict(&self, st: &mut Streams) {
@@ -260,10 +352,35 @@ impl HttpSession {
                 || now.duration_since(front.at) > self.store_max_age
             {
                 self.persist(Op::DelEvent(event_key(&self.id, front.stream, front.seq)));
-                st.store.pop_front();
+                let gone = st.store.pop_front().expect("the front exists");
+                if !gone.durable {
+                    self.skip_undelivered(st, gone.stream, gone.seq);
+                }
             } else {
                 break;
             }
+        }
+    }
+
+    /// Write-through: an event left the store before Redis acknowledged it
+    /// (Redis was out of reach for longer than the store keeps events): its
+    /// reader never gets it; the stream goes on past it, or ends if it was
+    /// the last. Counted (`sse_events_unacked_dropped`).
+    fn skip_undelivered(&self, st: &mut Streams, stream: u64, seq: u64) {
+        if let Some(http) = self.http.upgrade() {
+            let mut m = http.net.core.metrics.borrow_mut();
+            m.counters.sse_events_unacked_dropped += 1;
+        }
+        let Some(live) = st.live.get_mut(&stream) else {
+            return;
+        };
+        if live.final_seq == Some(seq) {
+            if let Some(s) = live.sink.take() {
+                s.close();
+            }
+            st.live.remove(&stream);
+        } else {
+            live.delivered = live.delivered.max(seq);
         }
     }
 
@@ -283,14 +400,43 @@ impl HttpSession {
         let stream = st.next_stream;
         st.next_stream += 1;
         let sink = Pipe::new(self.queue_events);
-        st.live.insert(
-            stream,
-            Live {
-                sink: Some(sink.clone()),
-                next_seq: 1,
-            },
-        );
+        let mut live = Live::new(Some(sink.clone()), 1);
+        if self.sync {
+            live.first = Some(Rc::default());
+        }
+        st.live.insert(stream, live);
         (stream, sink)
+    }
+
+    /// Whether POST stream `id` has carried an event besides the answer:
+    /// then the answer goes on the stream, not as plain JSON. Waits for the
+    /// first event (or the stream's end).
+    async fn more_than_the_answer(&self, id: u64, sink: &Pipe<Bytes>) -> bool {
+        if !self.sync {
+            sink.ready().await;
+            return !(sink.is_closed() && sink.len() <= 1);
+        }
+        let first = self
+            .streams
+            .borrow()
+            .live
+            .get(&id)
+            .and_then(|l| l.first.clone());
+        if let Some(f) = first {
+            f.wait().await;
+        }
+        let st = self.streams.borrow();
+        match st.live.get(&id) {
+            Some(l) => l.final_seq != Some(1),
+            // Ended already: by an answer after other events, or not at all.
+            None => st.store.iter().any(|e| e.stream == id && e.seq > 1),
+        }
+    }
+
+    /// Whether POST stream `id` has an event yet (sent or waiting for the
+    /// store).
+    fn has_events(&self, id: u64, sink: &Pipe<Bytes>) -> bool {
+        !sink.is_empty() || self.streams.borrow().store.iter().any(|e| e.stream == id)
     }
 
     fn prime(&self, stream: u64, sink: &Pipe<Bytes>) {
@@ -337,11 +483,10 @@ impl HttpSession {
     /// `GET` without `Last-Event-ID`: the standalone stream, from now on.
     fn open_standalone(&self) -> Rc<Pipe<Bytes>> {
         let mut st = self.streams.borrow_mut();
-        let live = st.live.entry(0).or_insert(Live {
-            sink: None,
-            next_seq: 1,
-        });
+        let live = st.live.entry(0).or_insert_with(|| Live::new(None, 1));
         let sink = self.new_sink(&format!("0-{}", live.next_seq - 1));
+        // From now on: what was emitted before is not this reader's.
+        live.delivered = live.next_seq - 1;
         if let Some(old) = live.sink.replace(sink.clone()) {
             // One reader per stream: the newest connection takes over.
             old.close();
@@ -355,28 +500,28 @@ impl HttpSession {
         let mut st = self.streams.borrow_mut();
         self.evict(&mut st);
         let pipe = Pipe::new(self.queue_events);
+        let mut replayed = after;
+        // Write-through: up to the first event Redis does not have yet; the
+        // rest follow as they become durable.
         for e in st
             .store
             .iter()
             .filter(|e| e.stream == stream && e.seq > after)
+            .take_while(|e| e.durable)
         {
             // The store is bounded, so a replay may exceed the live queue.
             pipe.push_replay(e.frame.clone());
+            replayed = e.seq;
         }
         match st.live.get_mut(&stream) {
             Some(live) => {
+                live.delivered = replayed;
                 if let Some(old) = live.sink.replace(pipe.clone()) {
                     old.close();
                 }
             }
             None if stream == 0 => {
-                st.live.insert(
-                    0,
-                    Live {
-                        sink: Some(pipe.clone()),
-                        next_seq: after + 1,
-                    },
-                );
+                st.live.insert(0, Live::new(Some(pipe.clone()), after + 1));
             }
             // Finished: the replay ends with its final response.
             None => pipe.close(),
@@ -388,7 +533,7 @@ impl HttpSession {
     /// cancelled).
     fn end_stream(&self, stream: u64) {
         if let Some(live) = self.streams.borrow_mut().live.remove(&stream) {
-            if let Some(s) = live.sink {
+            if let Some(s) = &live.sink {
                 s.close();
             }
         }
@@ -534,7 +679,7 @@ fn answer_now(
     trim_newline(&mut now.bytes);
     let is_error = now.error.is_some();
     match stream {
-        Some((id, sink)) if sse_only || !sink.is_empty() => {
+        Some((id, sink)) if sse_only || session.has_events(id, &sink) => {
             session.emit(id, &now.bytes, true);
             (session.sse_response(id, sink), is_error)
         }
@@ -589,14 +734,11 @@ async fn answer_later(
             _ => (McpResponse::empty(202), false),
         },
         Some((id, sink)) => {
-            if !sse_only {
-                sink.ready().await;
-                if sink.is_closed() && sink.len() <= 1 {
-                    if let Some(a) = done.next().await.filter(|a| !a.bytes.is_empty()) {
-                        session.drop_stream(id);
-                        let is_error = a.error.is_some();
-                        return (McpResponse::json(200, a.bytes), is_error);
-                    }
+            if !sse_only && !session.more_than_the_answer(id, &sink).await {
+                if let Some(a) = done.next().await.filter(|a| !a.bytes.is_empty()) {
+                    session.drop_stream(id);
+                    let is_error = a.error.is_some();
+                    return (McpResponse::json(200, a.bytes), is_error);
                 }
             }
             (session.sse_response(id, sink), false)

@@ -246,17 +246,12 @@ impl HttpSession {
                 seq,
                 at: now,
                 frame: Bytes::from(frame),
+                durable: true,
             });
         }
         // Stream ids are not stored on every POST: skip past any the stored
         // counter may have missed, so no id is reused.
         st.next_stream = next_stream + STREAM_ID_SKIP;
-        st.live.insert(
-            0,
-            Live {
-                sink: None,
-                next_seq: standalone_next,
-            },
-        );
+        st.live.insert(0, Live::new(None, standalone_next));
     }
 }
