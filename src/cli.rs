@@ -57,6 +57,8 @@ pub enum ClusterCommand {
         cluster: String,
         #[arg(long, value_name = "FILE")]
         cluster_password_file: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        cluster_tls_ca_file: Option<PathBuf>,
         #[arg(long, default_value = "tessera")]
         cluster_key_prefix: String,
         /// Print JSON instead of a table.
@@ -70,13 +72,18 @@ pub enum ClusterCommand {
 pub struct ClusterArgs {
     /// Join a cluster of tessera nodes whose shared state lives in this
     /// Redis/Valkey: `redis://[user@]HOST:PORT[/DB]`, or a Redis Cluster
-    /// seed list `redis-cluster://HOST:PORT?node=HOST:PORT`. Needs --http
-    /// and --cluster-secret-file.
+    /// seed list `redis-cluster://HOST:PORT?node=HOST:PORT`; `rediss://`
+    /// and `rediss-cluster://` for TLS. Needs --http and
+    /// --cluster-secret-file.
     #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,
     /// The Redis password, read from this file.
     #[arg(long, value_name = "FILE")]
     pub cluster_password_file: Option<PathBuf>,
+    /// With a TLS URL (`rediss://`, `rediss-cluster://`): trust these PEM
+    /// certificates for the Redis server instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_tls_ca_file: Option<PathBuf>,
     /// This node's name in the cluster (default: generated and logged).
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
@@ -163,6 +170,10 @@ impl ClusterArgs {
         c.command_queue_max = self.cluster_command_queue_max;
         c.rate_limit_cluster = self.rate_limit_scope == RateScope::Cluster;
         c.sync_events = self.cluster_sync_events;
+        c.tls_ca_pem = match &self.cluster_tls_ca_file {
+            Some(f) => Some(std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?),
+            None => None,
+        };
         Ok(Some(c))
     }
 }

@@ -53,9 +53,16 @@ fn main() -> ExitCode {
         Command::Cluster(ClusterCommand::Status {
             cluster,
             cluster_password_file,
+            cluster_tls_ca_file,
             cluster_key_prefix,
             json,
-        }) => cluster_status(cluster, cluster_password_file, cluster_key_prefix, json),
+        }) => cluster_status(
+            cluster,
+            cluster_password_file,
+            cluster_tls_ca_file,
+            cluster_key_prefix,
+            json,
+        ),
         Command::HashToken { principal, roles } => {
             if principal.is_empty() || principal.chars().any(char::is_whitespace) {
                 eprintln!("tessera: --principal must be one word");
@@ -275,6 +282,7 @@ fn resolve(
 fn cluster_status(
     url: String,
     password_file: Option<std::path::PathBuf>,
+    tls_ca_file: Option<std::path::PathBuf>,
     key_prefix: String,
     json: bool,
 ) -> ExitCode {
@@ -286,6 +294,15 @@ fn cluster_status(
             Ok(p) => cfg.password = Some(String::from_utf8_lossy(&p).into_owned()),
             Err(e) => {
                 eprintln!("tessera: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(f) = tls_ca_file {
+        match std::fs::read(&f) {
+            Ok(pem) => cfg.tls_ca_pem = Some(pem),
+            Err(e) => {
+                eprintln!("tessera: {}: {e}", f.display());
                 return ExitCode::from(2);
             }
         }

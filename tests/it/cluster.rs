@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::valkey::{RedisUrl, Valkey, ValkeyCluster};
+use crate::valkey::{RedisUrl, TlsRedis, Valkey, ValkeyCluster};
 
 /// A cluster secret file, one per test.
 fn secret_file(test: &str) -> PathBuf {
@@ -284,11 +284,26 @@ fn cluster_settings_that_cannot_work_stop_startup_with_the_reason() {
                 "--http",
                 "127.0.0.1:0",
                 "--cluster",
+                "redis://127.0.0.1:1",
+                "--cluster-secret-file",
+                s,
+                "--cluster-tls-ca-file",
+                s,
+            ],
+            "is for a TLS URL",
+        ),
+        (
+            vec![
+                "--http",
+                "127.0.0.1:0",
+                "--cluster",
                 "rediss://127.0.0.1:1",
                 "--cluster-secret-file",
                 s,
+                "--cluster-tls-ca-file",
+                s,
             ],
-            "TLS to Redis is not supported",
+            "holds no certificate",
         ),
         (
             vec![
@@ -1278,4 +1293,52 @@ fn sleep_stream(server: &Server, sid: &str, id: u64, ms: u64) -> HttpConn {
     );
     assert_eq!(c.read_head().0, 200);
     c
+}
+
+/// `rediss://`: the nodes reach Redis over TLS and check its certificate
+/// against `--cluster-tls-ca-file`; a node that does not trust the issuer
+/// never becomes ready.
+#[test]
+fn nodes_reach_redis_over_tls_and_check_its_certificate() {
+    let valkey = Valkey::start();
+    let tls = TlsRedis::start(&valkey);
+    let secret = secret_file("tls");
+    let ca = tls.ca_file.to_str().unwrap().to_owned();
+    let trust = ["--cluster-tls-ca-file", ca.as_str()];
+    let (mut nodes, _) = ready_nodes(&tls, &secret, &["a", "b"], &one_core(), &trust);
+    let (b, a) = (nodes.pop().unwrap(), nodes.pop().unwrap());
+    let sid = legacy_session(&a);
+    // Written through the TLS connection to the server behind it.
+    assert!(stored(&valkey, &sid));
+    assert_eq!(
+        echoed(&post(&b, Some(&sid), &echo(1, "over tls"))),
+        "over tls"
+    );
+    let out = Command::new(tessera_bin())
+        .args(["cluster", "status", "--json", "--cluster", &tls.url()])
+        .args(["--cluster-tls-ca-file", &ca])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = doc["nodes"].as_array().unwrap();
+    for id in ["a", "b"] {
+        assert_eq!(find(listed, id).expect(id)["live"], true, "{doc}");
+    }
+    // The system's roots do not know the test CA.
+    let mut doubting = node(&tls, &secret, "c", &one_core(), &[]);
+    let admin = admin_addr(&mut doubting);
+    assert!(
+        eventually(Duration::from_secs(10), || doubting
+            .stderr()
+            .to_lowercase()
+            .contains("certificate")),
+        "{}",
+        doubting.stderr()
+    );
+    assert_eq!(get(&admin, "GET", "/readyz").0, 503);
 }

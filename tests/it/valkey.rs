@@ -43,6 +43,12 @@ impl RedisUrl for Valkey {
     }
 }
 
+impl RedisUrl for TlsRedis {
+    fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+}
+
 impl RedisUrl for ValkeyCluster {
     fn url(&self) -> String {
         ValkeyCluster::url(self)
@@ -230,6 +236,95 @@ impl Drop for ValkeyCluster {
         for v in &mut self.nodes {
             v.stop();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// TLS in front of a [`Valkey`] (whose wheel is built without TLS): a TLS
+/// terminator in the interop Python (stdlib `ssl`, as stunnel would be),
+/// with a server certificate for 127.0.0.1 signed by a CA made for the test.
+pub struct TlsRedis {
+    child: Child,
+    pub port: u16,
+    /// The CA's certificate (PEM), what a client must trust.
+    pub ca_file: PathBuf,
+    dir: PathBuf,
+}
+
+const TLS_PROXY: &str = r#"
+import asyncio, ssl, sys
+cert, key, upstream = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(cert, key)
+async def pipe(r, w):
+    try:
+        while True:
+            d = await r.read(65536)
+            if not d:
+                break
+            w.write(d)
+            await w.drain()
+    finally:
+        w.close()
+async def handle(r, w):
+    ur, uw = await asyncio.open_connection("127.0.0.1", upstream)
+    await asyncio.gather(pipe(r, uw), pipe(ur, w), return_exceptions=True)
+async def main():
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+    print(srv.sockets[0].getsockname()[1], flush=True)
+    await srv.serve_forever()
+asyncio.run(main())
+"#;
+
+impl TlsRedis {
+    pub fn start(upstream: &Valkey) -> TlsRedis {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!(
+            "tessera-tls-redis-{}-{}",
+            std::process::id(),
+            upstream.port
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "tessera test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+        let mut child = Command::new(interop_python())
+            .args(["-c", TLS_PROXY])
+            .arg(dir.join("server.pem"))
+            .arg(dir.join("server.key"))
+            .arg(upstream.port.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the TLS terminator");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the TLS terminator's port");
+        TlsRedis {
+            child,
+            port,
+            ca_file,
+            dir,
+        }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -20,7 +20,7 @@ pub(crate) mod membership;
 pub(crate) mod sessions;
 pub(crate) mod shared;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -71,6 +71,9 @@ pub struct ClusterConfig {
     /// client only once Redis has it (write-through), so a takeover replays
     /// every event a client may have seen.
     pub sync_events: bool,
+    /// `--cluster-tls-ca-file`: PEM certificates the TLS connection to Redis
+    /// (`rediss://`) trusts; without it, the system's roots.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl ClusterConfig {
@@ -89,20 +92,25 @@ impl ClusterConfig {
             command_queue_max: 10_000,
             rate_limit_cluster: false,
             sync_events: false,
+            tls_ca_pem: None,
         }
     }
 
     /// Why these settings cannot work, if they cannot.
     pub fn check(&self) -> Result<(), ClusterError> {
         let bad = |problem: String| Err(ClusterError::Config(problem));
-        if self.url.starts_with("rediss://") || self.url.starts_with("rediss-cluster://") {
+        let (url, tls) = without_tls(&self.url);
+        if let Err(e) = fred::prelude::Config::from_url(&url) {
+            return bad(format!("{}: {e}", self.url));
+        }
+        if self.tls_ca_pem.is_some() && !tls {
             return bad(format!(
-                "{}: TLS to Redis is not supported by this build (fred's glommio runtime); reach Redis over a private network or a local TLS tunnel",
+                "--cluster-tls-ca-file is for a TLS URL (rediss://, rediss-cluster://), not {}",
                 self.url
             ));
         }
-        if let Err(e) = fred::prelude::Config::from_url(&self.url) {
-            return bad(format!("{}: {e}", self.url));
+        if tls {
+            self.tls_config()?;
         }
         if self.node_id.is_empty()
             || self.node_id.len() > 64
@@ -138,8 +146,12 @@ impl ClusterConfig {
     }
 
     fn fred_config(&self) -> Result<fred::prelude::Config, ClusterError> {
-        let mut c = fred::prelude::Config::from_url(&self.url)
+        let (url, tls) = without_tls(&self.url);
+        let mut c = fred::prelude::Config::from_url(&url)
             .map_err(|e| ClusterError::Config(format!("{}: {e}", self.url)))?;
+        if tls {
+            c.tls = Some(self.tls_config()?);
+        }
         if let Some(p) = &self.password {
             c.password = Some(p.clone());
         }
@@ -148,6 +160,10 @@ impl ClusterConfig {
         // while disconnected are refused here (`Redis::call`), not queued.
         c.fail_fast = false;
         Ok(c)
+    }
+
+    fn tls_config(&self) -> Result<fred::types::config::TlsConfig, ClusterError> {
+        tls_config(self.tls_ca_pem.as_deref())
     }
 
     /// A client for the calling executor thread, not yet connected.
@@ -167,6 +183,54 @@ impl ClusterConfig {
             .build()
             .map_err(|e| ClusterError::Config(e.to_string()))
     }
+}
+
+/// The TLS settings of a `rediss://` URL: the roots of
+/// `--cluster-tls-ca-file`, or the system's. The server name checked is the
+/// URL's host (a name or an IP address).
+fn tls_config(pem: Option<&[u8]>) -> Result<fred::types::config::TlsConfig, ClusterError> {
+    use fred::types::config::TlsConnector;
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let bad = |why: String| ClusterError::Config(why);
+    let Some(pem) = pem else {
+        return TlsConnector::default_rustls()
+            .map(Into::into)
+            .map_err(|e| bad(format!("the system's TLS roots: {e}")));
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| bad(format!("--cluster-tls-ca-file: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("--cluster-tls-ca-file: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("--cluster-tls-ca-file holds no certificate".into()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(TlsConnector::from(config).into())
+}
+
+/// A Redis URL with its TLS scheme made plain (fred would otherwise set up
+/// TLS with its own defaults), and whether it asked for TLS.
+fn without_tls(url: &str) -> (String, bool) {
+    for (tls, plain) in [
+        ("rediss://", "redis://"),
+        ("rediss-cluster://", "redis-cluster://"),
+        ("valkeys://", "redis://"),
+        ("valkeys-cluster://", "redis-cluster://"),
+    ] {
+        if let Some(rest) = url.strip_prefix(tls) {
+            return (format!("{plain}{rest}"), true);
+        }
+    }
+    (url.to_owned(), false)
 }
 
 /// A fresh node id, for a node started without `--node-id`.
@@ -302,10 +366,17 @@ impl Redis {
             async { Ok(()) }
         });
         let down = self.clone();
+        // While down, each new reason is logged once (a reconnect loop that
+        // fails the same way every attempt writes one line).
+        let reason = RefCell::new(String::new());
         self.client.on_error(move |(error, _server)| {
+            let why = error.to_string();
             if down.connected.replace(false) {
-                log::warn!("shard {}: lost Redis: {error}", down.shard());
+                log::warn!("shard {}: lost Redis: {why}", down.shard());
+            } else if *reason.borrow() != why {
+                log::warn!("shard {}: cannot reach Redis: {why}", down.shard());
             }
+            *reason.borrow_mut() = why;
             async { Ok(()) }
         });
         // Detached: the client reconnects on its own until the shard ends.
