@@ -34,7 +34,7 @@ mod transport;
 pub mod internals;
 
 pub use config::{Limits, ServerConfig};
-pub use node::{serve, ServeError};
+pub use node::{serve, serve_reloadable, Reload, ServeError};
 pub use runtime::supervisor::install_panic_hook;
 pub use server::session::log_session;
 

@@ -42,7 +42,22 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match tessera::serve(config, app) {
+            // SIGHUP: the same command line and config file, read again.
+            let reload: tessera::Reload = Box::new(move || {
+                let mut argv: Vec<OsString> = vec!["tessera".into(), "serve".into()];
+                argv.extend(cli_args.iter().cloned());
+                let matches = Cli::command()
+                    .try_get_matches_from(argv)
+                    .map_err(|e| e.to_string())?;
+                let serve_matches = matches
+                    .subcommand_matches("serve")
+                    .expect("the argv names serve");
+                let args = ServeArgs::from_arg_matches(serve_matches).map_err(|e| e.to_string())?;
+                resolve(args, serve_matches, &cli_args)
+                    .map(|(_, config, _)| config)
+                    .map_err(|_| "the configuration has errors (reported above)".to_string())
+            });
+            match tessera::serve_reloadable(config, app, Some(reload)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tessera: {e}");

@@ -243,6 +243,14 @@ counters! {
     cluster_tasks_adopted,
     /// Tasks dropped because another node took them over.
     cluster_tasks_fenced,
+    /// Reloads applied (SIGHUP; counted once, on shard 0).
+    config_reloads,
+    /// Reloads refused because the configuration had errors (nothing
+    /// changed; counted once, on shard 0).
+    config_reload_failures,
+    /// TCP/stdio connections unbound from their principal: the token that
+    /// proved it was revoked by a reload, or expired (JWT `exp`).
+    auth_revoked,
     /// `--cluster-sync-events`: SSE events that left a session's event
     /// store before Redis acknowledged them (Redis out of reach for longer
     /// than the store keeps events); their readers never get them.

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use super::shard::{NodeMsg, NodeReply, NodeShard};
 use crate::metrics::{self, Snapshot};
 use crate::runtime::mesh::Membership;
+use crate::server::auth::AuthConfig;
 use crate::server::session::Resume;
 
 /// How often a shard checks its command queue.
@@ -73,6 +74,14 @@ pub(crate) enum ShardCommand {
     JoinMesh(MeshMembership),
     /// Chaos: let a panic escape the executor, as a bug would.
     Die,
+    /// A reload's `--auth` tables: checked from the next request on.
+    /// `count`: this shard counts the reload (one shard does).
+    Reload {
+        auth: Box<AuthConfig>,
+        count: bool,
+    },
+    /// A reload failed (counted by the one shard that gets this).
+    ReloadFailed,
 }
 
 /// The next mesh plan on the command queue; `None` at the deadline or on
@@ -85,7 +94,9 @@ pub(crate) async fn next_plan(
         match commands.try_recv() {
             Ok(ShardCommand::JoinMesh(m)) => return Some(m),
             Ok(ShardCommand::Shutdown) | Err(TryRecvError::Disconnected) => return None,
-            Ok(ShardCommand::Die) | Err(TryRecvError::Empty) => {}
+            // The plan it builds from already holds a reload's tables.
+            Ok(ShardCommand::Die | ShardCommand::Reload { .. } | ShardCommand::ReloadFailed)
+            | Err(TryRecvError::Empty) => {}
         }
         if Instant::now() >= deadline {
             return None;
@@ -134,6 +145,21 @@ pub(crate) async fn control_loop(
                 Ok(ShardCommand::Shutdown) | Err(TryRecvError::Disconnected) => return,
                 Ok(ShardCommand::JoinMesh(membership)) => {
                     drop(joining.replace(rejoin(shard, membership)));
+                }
+                Ok(ShardCommand::Reload { auth, count }) => {
+                    shard.core.set_auth(*auth);
+                    if count {
+                        shard.core.metrics.borrow_mut().counters.config_reloads += 1;
+                    }
+                    log::info!("shard {}: reloaded the --auth tables", shard.id);
+                }
+                Ok(ShardCommand::ReloadFailed) => {
+                    shard
+                        .core
+                        .metrics
+                        .borrow_mut()
+                        .counters
+                        .config_reload_failures += 1;
                 }
                 Ok(ShardCommand::Die) => {
                     // Escapes every catch: ends this executor like a real bug.

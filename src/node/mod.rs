@@ -73,7 +73,22 @@ const EXECUTOR_IO_MEMORY_BYTES: usize = 64 * 1024;
 /// Runs the server until SIGINT/SIGTERM (or, with stdio, until stdin closes),
 /// then prints the merged latency summary. Errors are startup failures or a
 /// shard that kept dying.
-pub fn serve(mut config: ServerConfig, app: App) -> Result<(), ServeError> {
+pub fn serve(config: ServerConfig, app: App) -> Result<(), ServeError> {
+    serve_reloadable(config, app, None)
+}
+
+/// What a reload (SIGHUP) reads again: the configuration as `serve` would
+/// get it now (the config file re-read), or why it cannot be used (already
+/// reported, with the file and line where there is one).
+pub type Reload = Box<dyn Fn() -> Result<ServerConfig, String>>;
+
+/// [`serve`], re-reading the configuration with `reload` on SIGHUP. What a
+/// reload applies today: the `--auth` tables (tokens, JWT keys, roles).
+pub fn serve_reloadable(
+    mut config: ServerConfig,
+    app: App,
+    reload: Option<Reload>,
+) -> Result<(), ServeError> {
     config.validate().map_err(ServeError::Settings)?;
     let setup = prepare_process(&mut config, &app)?;
     let plan = Arc::new(plan(&config, app, setup.timer.as_ref()));
@@ -81,7 +96,10 @@ pub fn serve(mut config: ServerConfig, app: App) -> Result<(), ServeError> {
     let mut sup = Supervisor::start(config.shard_count(), launcher, setup.admin)?;
     drop(setup.reservations);
     announce(&config);
-    let outcome = sup.run(config.chaos.kill_shard_every_ms.map(Duration::from_millis));
+    let outcome = sup.run(
+        config.chaos.kill_shard_every_ms.map(Duration::from_millis),
+        reload.as_deref(),
+    );
     let result = sup.shutdown(outcome, setup.stdout_pump, setup.audit_writer);
     // Only now: the shards' Redis clients may close under its timer.
     drop(setup.timer);
@@ -289,7 +307,7 @@ fn plan(config: &ServerConfig, app: App, timer: Option<&TimerRuntime>) -> Plan {
         },
         http: config.http.clone(),
         tcp: config.tcp,
-        auth: config.auth.clone(),
+        auth: std::sync::Mutex::new(config.auth.clone()),
         audit: config.audit.clone(),
         store: config.store.clone(),
         cluster: config.cluster.clone(),

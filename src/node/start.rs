@@ -45,7 +45,10 @@ pub(crate) struct Plan {
     pub faults: FaultRates,
     pub http: Option<HttpConfig>,
     pub tcp: Option<SocketAddr>,
-    pub auth: Option<AuthConfig>,
+    /// The `--auth` tables a shard starts with: replaced by a reload, so a
+    /// shard restarted later starts with the reloaded ones (read only when
+    /// a shard is built, never on a request path).
+    pub auth: std::sync::Mutex<Option<AuthConfig>>,
     pub audit: Option<AuditConfig>,
     pub store: Option<StoreConfig>,
     pub cluster: Option<ClusterConfig>,
@@ -257,7 +260,11 @@ fn build(plan: &Plan, index: usize, cpu: usize, registry: Registry) -> Result<No
         limits: plan.server_limits.clone(),
         registry,
         state_key: plan.state_key.clone(),
-        auth: plan.auth.clone(),
+        auth: plan
+            .auth
+            .lock()
+            .expect("the auth tables' lock is never held across a panic")
+            .clone(),
         faults: plan.faults,
         shutdown: Rc::new(Flag::default()),
     }));

@@ -265,12 +265,21 @@ impl Supervisor {
     /// Serves until a stop signal, stdin's end (stdio), or a shard that
     /// cannot be kept running; restarts dead shards and kills one every
     /// `kill_every` (chaos).
-    pub fn run(&mut self, kill_every: Option<Duration>) -> Outcome {
+    pub fn run(
+        &mut self,
+        kill_every: Option<Duration>,
+        reload: Option<&dyn Fn() -> Result<ServerConfig, String>>,
+    ) -> Outcome {
         let mut next_kill = kill_every.map(|d| Instant::now() + d);
         let mut kills = 0usize;
         loop {
-            let mut reason =
-                process::wait_stop_signal(MAIN_POLL).map(|sig| format!("signal {sig}"));
+            let mut reason = match process::wait_stop_signal(MAIN_POLL) {
+                Some(libc::SIGHUP) => {
+                    self.reload(reload);
+                    None
+                }
+                sig => sig.map(|sig| format!("signal {sig}")),
+            };
             let (dead, stdin_closed, failure) = self.take_events();
             if stdin_closed {
                 reason = Some("stdin closed".into());
@@ -293,6 +302,77 @@ impl Supervisor {
                 return Outcome { reason, failure };
             }
         }
+    }
+
+    /// SIGHUP: reads the configuration again and hands what a reload
+    /// changes to every shard; a configuration with errors changes
+    /// nothing (the errors are already reported) and is counted.
+    fn reload(&mut self, reload: Option<&dyn Fn() -> Result<ServerConfig, String>>) {
+        let Some(reload) = reload else {
+            log::warn!(
+                "SIGHUP: this server has nothing to reload from (no --config, no command line)"
+            );
+            return;
+        };
+        log::info!("SIGHUP: reloading the configuration");
+        let refused = match reload() {
+            Err(why) => Some(why),
+            Ok(new) => match (new.auth, self.auth_on()) {
+                (Some(auth), true) => {
+                    self.hand_out_auth(auth);
+                    None
+                }
+                (None, false) => {
+                    log::info!("reloaded: nothing a reload applies changed (no --auth)");
+                    return;
+                }
+                _ => Some("turning --auth on or off needs a restart".to_string()),
+            },
+        };
+        if let Some(why) = refused {
+            log::error!("reload refused, the running configuration stays: {why}");
+            if let Some(t) = self.threads.first() {
+                let _ = t
+                    .commands
+                    .send_timeout(ShardCommand::ReloadFailed, Duration::from_secs(1));
+            }
+        }
+    }
+
+    fn auth_on(&self) -> bool {
+        self.launcher
+            .plan
+            .auth
+            .lock()
+            .expect("the auth tables' lock is never held across a panic")
+            .is_some()
+    }
+
+    /// A reload's `--auth` tables to every shard, and to the plan that
+    /// restarted shards start from.
+    fn hand_out_auth(&mut self, auth: crate::server::auth::AuthConfig) {
+        *self
+            .launcher
+            .plan
+            .auth
+            .lock()
+            .expect("the auth tables' lock is never held across a panic") = Some(auth.clone());
+        for (i, t) in self.threads.iter().enumerate() {
+            let cmd = ShardCommand::Reload {
+                auth: Box::new(auth.clone()),
+                count: i == 0,
+            };
+            if t.commands
+                .send_timeout(cmd, Duration::from_secs(1))
+                .is_err()
+            {
+                log::warn!(
+                    "shard on core {}: could not send the reloaded tables",
+                    t.core
+                );
+            }
+        }
+        log::info!("reloaded the --auth tables (tokens, keys, roles) on every shard");
     }
 
     /// Reads every queued event; returns the shards that died, whether
@@ -478,7 +558,7 @@ impl Supervisor {
         let n = self.threads.len();
         let mut stopped = self.threads.iter().filter(|t| t.stopped).count();
         while stopped < n {
-            if process::wait_stop_signal(Duration::ZERO).is_some() {
+            if process::wait_stop_signal(Duration::ZERO).is_some_and(|s| s != libc::SIGHUP) {
                 eprintln!("tessera: second stop signal, exiting without draining");
                 std::process::exit(130);
             }

@@ -67,7 +67,8 @@ pub fn ensure_memlock(executors: usize) -> Result<(), ProcessError> {
     )))
 }
 
-/// The signals that ask the server to stop.
+/// The signals the main thread takes: SIGINT and SIGTERM ask the server to
+/// stop, SIGHUP to reload its configuration.
 fn stop_signals() -> libc::sigset_t {
     let mut set = MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set before sigaddset and
@@ -76,6 +77,7 @@ fn stop_signals() -> libc::sigset_t {
         libc::sigemptyset(set.as_mut_ptr());
         libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
         libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGHUP);
         set.assume_init()
     }
 }
@@ -92,7 +94,8 @@ pub fn block_stop_signals() {
     }
 }
 
-/// Waits up to `timeout` for SIGINT or SIGTERM; returns the signal number.
+/// Waits up to `timeout` for SIGINT, SIGTERM or SIGHUP; returns the signal
+/// number.
 pub fn wait_stop_signal(timeout: Duration) -> Option<i32> {
     let set = stop_signals();
     let ts = libc::timespec {

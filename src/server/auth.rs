@@ -275,6 +275,14 @@ impl AuthConfig {
         }
     }
 
+    /// When an accepted `token` expires (Unix seconds), if it does: JWTs.
+    pub fn expires_at_s(&self, token: &str) -> Option<u64> {
+        match &self.verifier {
+            Verifier::Tokens(_) => None,
+            Verifier::Jwt(j) => j.expires_at_s(token),
+        }
+    }
+
     /// The access of `who` (None: unrestricted, because no roles are
     /// configured).
     pub fn access(&self, who: &Identity) -> Option<Access> {

@@ -91,8 +91,12 @@ pub(crate) struct Core {
     /// Signs cursors and multi-round request state; the same key on every
     /// shard, so a later round may land on any of them.
     pub state_key: StateKey,
-    /// `--auth`: this shard's own copy of the token and role tables.
-    pub auth: Option<AuthConfig>,
+    /// `--auth`: this shard's own copy of the token and role tables;
+    /// replaced whole by a reload ([`Core::set_auth`]).
+    auth: RefCell<Option<Rc<AuthConfig>>>,
+    /// Counts replacements of `auth`: a session that checked its caller
+    /// under an older generation checks again.
+    auth_generation: Cell<u64>,
     /// Watchers of the resource URIs this shard owns (`watch::owner`).
     pub watches: RefCell<WatchTable>,
     /// Sessions and listen streams that subscribed to something, by id.
@@ -139,7 +143,8 @@ impl Core {
             limits: p.limits,
             registry: p.registry,
             state_key: p.state_key,
-            auth: p.auth,
+            auth: RefCell::new(p.auth.map(Rc::new)),
+            auth_generation: Cell::new(0),
             subscribers: RefCell::new(HashMap::new()),
             legacy_sessions: RefCell::new(HashMap::new()),
             listeners: RefCell::new(HashMap::new()),
@@ -225,6 +230,28 @@ impl Core {
                 Err(wait)
             }
         }
+    }
+
+    /// The token and role tables in force (`--auth`), if any.
+    pub fn auth(&self) -> Option<Rc<AuthConfig>> {
+        self.auth.borrow().clone()
+    }
+
+    /// Whether `--auth` is on (a reload never turns it on or off).
+    pub fn auth_on(&self) -> bool {
+        self.auth.borrow().is_some()
+    }
+
+    pub fn auth_generation(&self) -> u64 {
+        self.auth_generation.get()
+    }
+
+    /// A reload's tables: from now on every request and every session is
+    /// checked against them.
+    pub fn set_auth(&self, auth: AuthConfig) {
+        assert!(self.auth_on(), "a reload does not turn --auth on");
+        *self.auth.borrow_mut() = Some(Rc::new(auth));
+        self.auth_generation.set(self.auth_generation.get() + 1);
     }
 
     /// A fresh id naming a legacy session (it scopes the session's tasks).

@@ -483,6 +483,10 @@ fn serve(
         Ok(era) => era,
         Err(code) => return Handled::err(req.kind(), code),
     };
+    if let Some(why) = session.recheck_identity(core) {
+        core.metrics.borrow_mut().counters.auth_revoked += 1;
+        log::info!("connection unbound from its principal: {why}");
+    }
     if session.requires_token {
         if let Some(code) = check_token(session, core, &req, out) {
             return Handled::err(req.kind(), code);
@@ -549,8 +553,7 @@ fn check_token(
     out: &mut Vec<u8>,
 ) -> Option<i32> {
     let auth = core
-        .auth
-        .as_ref()
+        .auth()
         .expect("a session requires a token only under --auth");
     let presented = req.meta.as_ref().and_then(|m| m.get(meta::AUTHORIZATION));
     let refused = match presented {
@@ -568,9 +571,15 @@ fn check_token(
                         None => {
                             log::info!("authenticated as {} ({})", who.principal, req.name);
                             session.set_identity(core, who);
+                            session.bind_token(token, auth.expires_at_s(token));
                             return None;
                         }
-                        Some(me) if me.principal == who.principal => return None,
+                        Some(me) if me.principal == who.principal => {
+                            // A fresh token of the same caller replaces the
+                            // one the connection was bound to.
+                            session.bind_token(token, auth.expires_at_s(token));
+                            return None;
+                        }
                         Some(me) => format!(
                             "this connection is authenticated as {:?}, not {:?}",
                             me.principal, who.principal

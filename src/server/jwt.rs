@@ -211,6 +211,19 @@ impl JwtVerifier {
         self.keys.len()
     }
 
+    /// When a token [`Self::verify`] accepted stops being accepted (Unix
+    /// seconds: its `exp` plus the leeway).
+    pub fn expires_at_s(&self, token: &str) -> Option<u64> {
+        use base64::Engine;
+        let payload = token.split('.').nth(1)?;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?;
+        let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+        let exp = claims.get("exp")?.as_u64()?;
+        Some(exp.saturating_add(self.leeway_s))
+    }
+
     /// The identity in `token`, or why it is refused.
     pub fn verify(&self, token: &str) -> Result<Identity, JwtError> {
         if token.len() > TOKEN_BYTES_MAX {

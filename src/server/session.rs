@@ -215,6 +215,11 @@ pub(crate) struct Session {
     /// The key the session is stored under (HTTP sessions): its tasks are
     /// stored with it.
     pub(super) store_key: Option<Rc<str>>,
+    /// TCP/stdio: the token that authenticated the connection, checked
+    /// again after a reload, and when it expires (JWT `exp`, Unix s).
+    token: Option<(Rc<str>, Option<u64>)>,
+    /// The `Core::auth_generation` the identity was last checked under.
+    auth_generation: u64,
 }
 
 impl Session {
@@ -242,6 +247,8 @@ impl Session {
             requires_token: false,
             on_change: None,
             store_key: None,
+            token: None,
+            auth_generation: core.auth_generation(),
         }
     }
 
@@ -289,13 +296,61 @@ impl Session {
     /// Binds this session to `who` and restricts it to what its roles allow
     /// under this shard's role table (`--auth`).
     pub fn set_identity(&mut self, core: &Core, who: Identity) {
-        let auth = core
-            .auth
-            .as_ref()
-            .expect("identities exist only with --auth");
+        let auth = core.auth().expect("identities exist only with --auth");
         self.access = auth.access(&who).map(Rc::new);
         self.principal = Some(who.principal.as_str().into());
         self.identity = Some(who);
+    }
+
+    /// Binds a TCP/stdio connection's identity to the token that proved it
+    /// (checked again after a reload; refused once it expires).
+    pub(super) fn bind_token(&mut self, token: &str, expires_at_s: Option<u64>) {
+        self.token = Some((token.into(), expires_at_s));
+    }
+
+    /// Checks the caller again when the tables changed (a reload) or its
+    /// token expired: a token that no longer authenticates the same
+    /// principal, or an expired one, unbinds the connection (its next
+    /// request must bring a valid token); roles are re-read either way.
+    /// Returns why the identity was dropped.
+    pub(super) fn recheck_identity(&mut self, core: &Core) -> Option<&'static str> {
+        self.identity.as_ref()?;
+        let expired = self
+            .token
+            .as_ref()
+            .and_then(|(_, exp)| *exp)
+            .is_some_and(|e| super::clock::now_ms() / 1000 >= e);
+        let generation = core.auth_generation();
+        if generation == self.auth_generation && !expired {
+            return None;
+        }
+        self.auth_generation = generation;
+        let who = self.identity.clone().expect("checked above");
+        let auth = core.auth().expect("identities exist only with --auth");
+        let why = match &self.token {
+            None => {
+                // HTTP: every request is authenticated by the transport;
+                // only the roles' meaning may have changed.
+                self.set_identity(core, who);
+                return None;
+            }
+            Some(_) if expired => "its token expired",
+            Some((token, _)) => match auth.authenticate(token) {
+                Ok(again) if again.principal == who.principal => {
+                    let exp = auth.expires_at_s(token);
+                    let token = token.clone();
+                    self.set_identity(core, again);
+                    self.token = Some((token, exp));
+                    return None;
+                }
+                _ => "its token is no longer accepted (the server's tokens or keys changed)",
+            },
+        };
+        self.identity = None;
+        self.principal = None;
+        self.access = None;
+        self.token = None;
+        Some(why)
     }
 
     /// Who this session authenticated as (`--auth`).

@@ -108,7 +108,7 @@ where
     core.metrics.borrow_mut().counters.connections_opened += 1;
     let mut session = Session::new(&core, Some(notifier.clone()));
     session.limit_rate(&core);
-    if core.auth.is_some() {
+    if core.auth_on() {
         session.require_token();
     }
     match kind {

@@ -87,20 +87,6 @@ fn find<'a>(nodes: &'a [Value], id: &str) -> Option<&'a Value> {
     nodes.iter().find(|n| n["id"] == id)
 }
 
-/// Polls `check` every 50 ms for up to `within`; true once it holds.
-fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn one_core() -> String {
     allowed_cores()[0].to_string()
 }

@@ -168,6 +168,11 @@ impl Server {
         Client::connect(self.addr())
     }
 
+    /// The server process's id (for signals that do not stop it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal and waits (bounded) for the exit status.
     pub fn stop_with(&mut self, signal: i32) -> ExitStatus {
         // SAFETY: plain kill(2) on our own child.
@@ -725,4 +730,18 @@ pub fn modern_call(server: &Server, token: Option<&str>, tool: &str, body: &str)
     server
         .http()
         .request("POST", "/mcp", &headers, Some(body.as_bytes()))
+}
+
+/// Polls `check` every 50 ms for up to `within`; true once it holds.
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

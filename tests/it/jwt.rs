@@ -331,3 +331,41 @@ fn stdio_authenticates_with_a_meta_token() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A TCP connection authenticated by a JWT is refused once that token's
+/// `exp` passes (until it brings a fresh token), not served for ever.
+#[test]
+fn a_tcp_connection_is_refused_once_its_jwt_expires() {
+    let args = jwt_args(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&args);
+    let mut short = claims("alice");
+    short["exp"] = json!(now() + 2);
+    let mut c = server.connect();
+    let r = c.request(
+        "initialize",
+        meta_init(Some(&sign(Algorithm::HS256, None, &short))),
+    );
+    assert!(r["result"]["protocolVersion"].is_string(), "{r}");
+    assert_eq!(
+        result_text(&c.call_tool("echo", json!({"text":"in time"}))),
+        "in time"
+    );
+    // Lower bound only: the token is past its exp after 3 s, however
+    // loaded the machine is.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let r = c.call_tool("echo", json!({"text":"late"}));
+    assert_eq!(error_code(&r), -31014, "{r}");
+    // A fresh token of the same principal binds the connection again.
+    let fresh = sign(Algorithm::HS256, None, &claims("alice"));
+    let r = c.request(
+        "tools/call",
+        json!({"name":"echo","arguments":{"text":"renewed"},"_meta":{"authorization":format!("Bearer {fresh}")}}),
+    );
+    assert_eq!(result_text(&r), "renewed", "{r}");
+    assert!(
+        server.stderr_shows("its token expired", IO_TIMEOUT),
+        "{}",
+        server.stderr()
+    );
+}

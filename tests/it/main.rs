@@ -38,6 +38,7 @@ mod loadgen;
 mod nginx;
 mod persistence;
 mod pipeline;
+mod reload;
 mod stdio;
 mod supervision;
 mod tools;

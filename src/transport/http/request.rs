@@ -141,9 +141,9 @@ async fn route(http: &Rc<HttpShard>, req: Request<Incoming>, peer: Option<IpAddr
     if let Some(r) = check_target(http, &req) {
         return r;
     }
-    if let Some(auth) = &core.auth {
+    if let Some(auth) = core.auth() {
         if req.uri().path().starts_with(auth::METADATA_PATH) && req.method() == Method::GET {
-            return protected_resource_metadata(auth, cfg, req.headers());
+            return protected_resource_metadata(&auth, cfg, req.headers());
         }
     }
     if req.uri().path() != cfg.path {
@@ -156,9 +156,9 @@ async fn route(http: &Rc<HttpShard>, req: Request<Incoming>, peer: Option<IpAddr
     if let Some(r) = check_origin_and_host(cfg, req.headers()) {
         return r;
     }
-    let principal = match &core.auth {
+    let principal = match core.auth() {
         None => None,
-        Some(auth) => match authenticate(auth, cfg, req.headers()) {
+        Some(auth) => match authenticate(&auth, cfg, req.headers()) {
             Ok(p) => Some(p),
             Err(r) => {
                 core.metrics.borrow_mut().counters.auth_failures += 1;

@@ -225,7 +225,7 @@ impl HttpSession {
                     },
                     client_initialized: rec.initialized,
                     log_level: rec.log_level.as_deref().and_then(LogLevel::parse),
-                    identity: identity.clone().filter(|_| core.auth.is_some()),
+                    identity: identity.clone().filter(|_| core.auth_on()),
                 },
             );
             mcp.set_scope(rec.scope);

@@ -1,0 +1,163 @@
+//! SIGHUP against the real binary: the config file (and the tokens file it
+//! names) read again; the `--auth` tables change on every transport without
+//! a reconnect; a file with errors changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::{json, Value};
+
+const ALICE: &str = "alice-reload-token-0123456789";
+const BOB: &str = "bob-reload-token-0123456789";
+const CAROL: &str = "carol-reload-token-0123456789";
+
+/// The config file: tokens from `tokens`, two roles.
+fn write_config(dir: &Path, tokens: &Path) -> PathBuf {
+    let config = dir.join("tessera.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cores = \"0\"\nauth = \"token\"\nauth_tokens = {:?}\n\n[[role]]\nname = \"echoer\"\ntools = [\"echo\"]\nresources = []\nprompts = []\n\n[[role]]\nname = \"adder\"\ntools = [\"echo\", \"add\"]\nresources = []\nprompts = []\n",
+            tokens.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn tcp_session(server: &Server, token: &str) -> Client {
+    let mut c = server.connect();
+    let r = c.request(
+        "initialize",
+        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"r","version":"1"},
+               "_meta":{"authorization":format!("Bearer {token}")}}),
+    );
+    assert!(r["result"]["protocolVersion"].is_string(), "{r}");
+    c
+}
+
+fn add(c: &mut Client) -> Value {
+    c.call_tool("add", json!({"a": 2, "b": 3}))
+}
+
+/// An HTTP `initialize` with `token`; its status.
+fn http_init(server: &Server, token: &str) -> u16 {
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"r","version":"1"}}}).to_string();
+    let auth = format!("Bearer {token}");
+    server
+        .http()
+        .request(
+            "POST",
+            "/mcp",
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("authorization", &auth),
+            ],
+            Some(body.as_bytes()),
+        )
+        .status
+}
+
+fn hup(server: &Server) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(server.pid() as i32, libc::SIGHUP);
+    }
+}
+
+/// Writes the tokens file: (token, principal, roles) each.
+fn write_tokens(path: &Path, entries: &[(&str, &str, &str)]) {
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|(t, who, roles)| hash_token(t, who, roles))
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn sighup_reloads_tokens_and_roles_on_live_connections_and_a_broken_file_changes_nothing() {
+    let dir = std::env::temp_dir().join(format!("tessera-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens");
+    write_tokens(
+        &tokens,
+        &[(ALICE, "alice", "echoer"), (BOB, "bob", "echoer")],
+    );
+    let config = write_config(&dir, &tokens);
+    let mut server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = admin_addr(&mut server);
+    assert!(eventually(Duration::from_secs(10), || server
+        .stderr()
+        .contains("listening on http://")));
+    let text = server.stderr();
+    let http = text
+        .split("listening on http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("the HTTP listener line");
+    server.http_addr = Some(http.parse().unwrap());
+
+    let mut alice = tcp_session(&server, ALICE);
+    let mut bob = tcp_session(&server, BOB);
+    assert_eq!(error_code(&add(&mut alice)), -31013, "alice may only echo");
+    assert_eq!(
+        result_text(&bob.call_tool("echo", json!({"text":"b"}))),
+        "b"
+    );
+    assert_eq!(http_init(&server, BOB), 200);
+    assert_eq!(http_init(&server, CAROL), 401);
+
+    // Alice becomes an adder, bob's token is revoked, carol's is new.
+    write_tokens(
+        &tokens,
+        &[(ALICE, "alice", "adder"), (CAROL, "carol", "echoer")],
+    );
+    hup(&server);
+    assert!(
+        eventually(Duration::from_secs(10), || http_init(&server, CAROL) == 200),
+        "{}",
+        server.stderr()
+    );
+    // The same connections, no reconnect.
+    assert_eq!(result_text(&add(&mut alice)), "5");
+    let r = bob.call_tool("echo", json!({"text":"revoked"}));
+    assert_eq!(error_code(&r), -31014, "{r}");
+    assert_eq!(http_init(&server, BOB), 401);
+
+    // A file with an error: the error names the file and line, nothing
+    // changes.
+    std::fs::write(&config, "cores = \"0\"\nauth = \"token\"\nauth_tokens = \n").unwrap();
+    write_tokens(&tokens, &[(BOB, "bob", "echoer")]);
+    hup(&server);
+    assert!(
+        eventually(Duration::from_secs(10), || server
+            .stderr()
+            .contains("reload refused")),
+        "{}",
+        server.stderr()
+    );
+    assert!(
+        server.stderr().contains(&format!("{}:3", config.display())),
+        "the error names the line: {}",
+        server.stderr()
+    );
+    assert_eq!(result_text(&add(&mut alice)), "5");
+    assert_eq!(http_init(&server, CAROL), 200);
+    assert_eq!(http_init(&server, BOB), 401);
+    assert!(eventually(Duration::from_secs(10), || {
+        let s = scrape(&admin);
+        value(&s, "tessera_config_reloads_total", &[]) == 1.0
+            && value(&s, "tessera_config_reload_failures_total", &[]) == 1.0
+            && value(&s, "tessera_auth_revoked_total", &[]) >= 1.0
+    }));
+    let _ = std::fs::remove_dir_all(&dir);
+}
