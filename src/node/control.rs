@@ -74,14 +74,23 @@ pub(crate) enum ShardCommand {
     JoinMesh(MeshMembership),
     /// Chaos: let a panic escape the executor, as a bug would.
     Die,
-    /// A reload's `--auth` tables: checked from the next request on.
+    /// What a reload changes, in force from the next request on.
     /// `count`: this shard counts the reload (one shard does).
     Reload {
-        auth: Box<AuthConfig>,
+        reloaded: Box<Reloaded>,
         count: bool,
     },
     /// A reload failed (counted by the one shard that gets this).
     ReloadFailed,
+}
+
+/// What a reload hands every shard.
+#[derive(Clone)]
+pub(crate) struct Reloaded {
+    /// The `--auth` tables (None: `--auth` is off, as before).
+    pub auth: Option<AuthConfig>,
+    /// `--rate-limit-per-sec` and its burst.
+    pub rate_limit: (u32, u32),
 }
 
 /// The next mesh plan on the command queue; `None` at the deadline or on
@@ -146,12 +155,16 @@ pub(crate) async fn control_loop(
                 Ok(ShardCommand::JoinMesh(membership)) => {
                     drop(joining.replace(rejoin(shard, membership)));
                 }
-                Ok(ShardCommand::Reload { auth, count }) => {
-                    shard.core.set_auth(*auth);
+                Ok(ShardCommand::Reload { reloaded, count }) => {
+                    let Reloaded { auth, rate_limit } = *reloaded;
+                    if let Some(a) = auth {
+                        shard.core.set_auth(a);
+                    }
+                    shard.core.set_rate_limit(rate_limit.0, rate_limit.1);
                     if count {
                         shard.core.metrics.borrow_mut().counters.config_reloads += 1;
                     }
-                    log::info!("shard {}: reloaded the --auth tables", shard.id);
+                    log::info!("shard {}: reloaded", shard.id);
                 }
                 Ok(ShardCommand::ReloadFailed) => {
                     shard

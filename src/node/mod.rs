@@ -294,7 +294,7 @@ fn plan(config: &ServerConfig, app: App, timer: Option<&TimerRuntime>) -> Plan {
     let l = &config.limits;
     Plan {
         shard_count: config.shard_count(),
-        server_limits: server_limits(l),
+        server_limits: std::sync::Mutex::new(server_limits(l)),
         net_limits: net_limits(l, config.chaos.conn_panic_rate),
         mesh: MeshSettings {
             queue_depth: l.mesh_queue_depth,

@@ -39,7 +39,10 @@ pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// What every shard is built from; shared by all executor threads.
 pub(crate) struct Plan {
     pub shard_count: usize,
-    pub server_limits: ServerLimits,
+    /// The MCP layer's limits a shard starts with; a reload updates the
+    /// ones it changes (the rate limit), so a shard restarted later starts
+    /// with them (read only when a shard is built).
+    pub server_limits: std::sync::Mutex<ServerLimits>,
     pub net_limits: NetLimits,
     pub mesh: MeshSettings,
     pub faults: FaultRates,
@@ -257,7 +260,11 @@ fn build(plan: &Plan, index: usize, cpu: usize, registry: Registry) -> Result<No
     let core = Rc::new(Core::new(CoreParts {
         id: index,
         shard_count: plan.shard_count,
-        limits: plan.server_limits.clone(),
+        limits: plan
+            .server_limits
+            .lock()
+            .expect("the limits' lock is never held across a panic")
+            .clone(),
         registry,
         state_key: plan.state_key.clone(),
         auth: plan

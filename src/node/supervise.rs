@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use super::control::{
-    ShardCommand, ShardEvent, StatsPrinter, COMMAND_QUEUE_DEPTH, EVENT_QUEUE_DEPTH,
+    Reloaded, ShardCommand, ShardEvent, StatsPrinter, COMMAND_QUEUE_DEPTH, EVENT_QUEUE_DEPTH,
 };
 use super::shard::NodeShard;
 use super::start::{self, Plan, ShardStart, STARTUP_TIMEOUT};
@@ -316,26 +316,23 @@ impl Supervisor {
         };
         log::info!("SIGHUP: reloading the configuration");
         let refused = match reload() {
-            Err(why) => Some(why),
-            Ok(new) => match (new.auth, self.auth_on()) {
-                (Some(auth), true) => {
-                    self.hand_out_auth(auth);
-                    None
-                }
-                (None, false) => {
-                    log::info!("reloaded: nothing a reload applies changed (no --auth)");
-                    return;
-                }
-                _ => Some("turning --auth on or off needs a restart".to_string()),
-            },
-        };
-        if let Some(why) = refused {
-            log::error!("reload refused, the running configuration stays: {why}");
-            if let Some(t) = self.threads.first() {
-                let _ = t
-                    .commands
-                    .send_timeout(ShardCommand::ReloadFailed, Duration::from_secs(1));
+            Err(why) => why,
+            Ok(new) if new.auth.is_some() != self.auth_on() => {
+                "turning --auth on or off needs a restart".to_string()
             }
+            Ok(new) => {
+                self.hand_out(Reloaded {
+                    auth: new.auth,
+                    rate_limit: (new.limits.rate_limit_per_sec, new.limits.rate_burst()),
+                });
+                return;
+            }
+        };
+        log::error!("reload refused, the running configuration stays: {refused}");
+        if let Some(t) = self.threads.first() {
+            let _ = t
+                .commands
+                .send_timeout(ShardCommand::ReloadFailed, Duration::from_secs(1));
         }
     }
 
@@ -348,31 +345,38 @@ impl Supervisor {
             .is_some()
     }
 
-    /// A reload's `--auth` tables to every shard, and to the plan that
-    /// restarted shards start from.
-    fn hand_out_auth(&mut self, auth: crate::server::auth::AuthConfig) {
-        *self
-            .launcher
-            .plan
+    /// A reload to every shard, and to the plan that restarted shards start
+    /// from.
+    fn hand_out(&mut self, r: Reloaded) {
+        let plan = &self.launcher.plan;
+        *plan
             .auth
             .lock()
-            .expect("the auth tables' lock is never held across a panic") = Some(auth.clone());
+            .expect("the auth tables' lock is never held across a panic") = r.auth.clone();
+        {
+            let mut l = plan
+                .server_limits
+                .lock()
+                .expect("the limits' lock is never held across a panic");
+            (l.rate_limit_per_sec, l.rate_limit_burst) = r.rate_limit;
+        }
         for (i, t) in self.threads.iter().enumerate() {
             let cmd = ShardCommand::Reload {
-                auth: Box::new(auth.clone()),
+                reloaded: Box::new(r.clone()),
                 count: i == 0,
             };
             if t.commands
                 .send_timeout(cmd, Duration::from_secs(1))
                 .is_err()
             {
-                log::warn!(
-                    "shard on core {}: could not send the reloaded tables",
-                    t.core
-                );
+                log::warn!("shard on core {}: could not send the reload", t.core);
             }
         }
-        log::info!("reloaded the --auth tables (tokens, keys, roles) on every shard");
+        log::info!(
+            "reloaded on every shard: --auth tables (tokens, keys, roles), rate limit {}/s burst {}",
+            r.rate_limit.0,
+            r.rate_limit.1
+        );
     }
 
     /// Reads every queued event; returns the shards that died, whether

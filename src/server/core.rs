@@ -94,6 +94,9 @@ pub(crate) struct Core {
     /// `--auth`: this shard's own copy of the token and role tables;
     /// replaced whole by a reload ([`Core::set_auth`]).
     auth: RefCell<Option<Rc<AuthConfig>>>,
+    /// `--rate-limit-per-sec` and its burst, in force (a reload changes
+    /// them; `limits` keeps the values the shard started with).
+    rate_limit: Cell<(u32, u32)>,
     /// Counts replacements of `auth`: a session that checked its caller
     /// under an older generation checks again.
     auth_generation: Cell<u64>,
@@ -140,6 +143,7 @@ impl Core {
             watches: RefCell::new(WatchTable::new(l.max_watchers_per_key)),
             tasks: RefCell::new(TaskTable::new(p.id, l.max_tasks_per_shard, l.task_ttl_ms)),
             rate: RefCell::new(RateTable::new(l.rate_limit_max_principals)),
+            rate_limit: Cell::new((l.rate_limit_per_sec, l.rate_limit_burst)),
             limits: p.limits,
             registry: p.registry,
             state_key: p.state_key,
@@ -210,14 +214,11 @@ impl Core {
     /// Checks the rate limit of an HTTP principal; `Err(retry_after)` when
     /// over it. Always `Ok` with rate limiting off.
     pub fn rate_check(&self, who: &Principal, now: Instant) -> Result<(), std::time::Duration> {
-        let rate = self.limits.rate_limit_per_sec;
+        let (rate, burst) = self.rate_limit();
         if rate == 0 {
             return Ok(());
         }
-        let verdict = self
-            .rate
-            .borrow_mut()
-            .check(who, now, rate, self.limits.rate_limit_burst);
+        let verdict = self.rate.borrow_mut().check(who, now, rate, burst);
         let mut m = self.metrics.borrow_mut();
         match verdict {
             Verdict::Allow => Ok(()),
@@ -240,6 +241,16 @@ impl Core {
     /// Whether `--auth` is on (a reload never turns it on or off).
     pub fn auth_on(&self) -> bool {
         self.auth.borrow().is_some()
+    }
+
+    /// The rate limit in force: (requests per second, burst); 0: off.
+    pub fn rate_limit(&self) -> (u32, u32) {
+        self.rate_limit.get()
+    }
+
+    /// A reload's rate limit: buckets refill at the new rate from now on.
+    pub fn set_rate_limit(&self, per_sec: u32, burst: u32) {
+        self.rate_limit.set((per_sec, burst));
     }
 
     pub fn auth_generation(&self) -> u64 {

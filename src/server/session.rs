@@ -198,6 +198,8 @@ pub(crate) struct Session {
     /// This session's own rate limit (TCP/stdio connections; HTTP limits
     /// requests before they reach the session).
     rate: Option<TokenBucket>,
+    /// The session is its own principal for the rate limit (TCP/stdio).
+    rate_applies: bool,
     /// Who is calling (`--auth`), for the audit log and the session binding.
     identity: Option<Identity>,
     /// `identity.principal`, shared cheaply with audit lines written later.
@@ -240,6 +242,7 @@ impl Session {
             listens: Rc::new(RefCell::new(HashSet::new())),
             scope: core.next_session_scope(),
             rate: None,
+            rate_applies: false,
             identity: None,
             principal: None,
             access: None,
@@ -370,13 +373,8 @@ impl Session {
 
     /// Applies `--rate-limit-per-sec` to this session's requests (the
     /// session is the principal: a TCP or stdio connection).
-    pub fn limit_rate(&mut self, core: &Core) {
-        if core.limits.rate_limit_per_sec > 0 {
-            self.rate = Some(TokenBucket::full(
-                core.limits.rate_limit_burst,
-                Instant::now(),
-            ));
-        }
+    pub fn limit_rate(&mut self) {
+        self.rate_applies = true;
     }
 
     /// Takes one token of this session's rate limit; `Err(wait)` when over.
@@ -385,13 +383,19 @@ impl Session {
         core: &Core,
         now: Instant,
     ) -> Result<(), std::time::Duration> {
-        match self.rate.as_mut() {
-            None => Ok(()),
-            Some(bucket) => {
-                let l = &core.limits;
-                bucket.take(now, l.rate_limit_per_sec, l.rate_limit_burst)
-            }
+        if !self.rate_applies {
+            return Ok(());
         }
+        let (rate, burst) = core.rate_limit();
+        if rate == 0 {
+            return Ok(());
+        }
+        // Made full at the first request under a limit (a reload may turn
+        // the limit on for a connection that started without one).
+        let bucket = self
+            .rate
+            .get_or_insert_with(|| TokenBucket::full(burst, now));
+        bucket.take(now, rate, burst)
     }
 
     /// What a restart would need to carry this session on; none before

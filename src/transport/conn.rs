@@ -107,7 +107,7 @@ where
     let slot = net.conns.register(handle.clone());
     core.metrics.borrow_mut().counters.connections_opened += 1;
     let mut session = Session::new(&core, Some(notifier.clone()));
-    session.limit_rate(&core);
+    session.limit_rate();
     if core.auth_on() {
         session.require_token();
     }

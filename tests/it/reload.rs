@@ -1,6 +1,6 @@
 //! SIGHUP against the real binary: the config file (and the tokens file it
-//! names) read again; the `--auth` tables change on every transport without
-//! a reconnect; a file with errors changes nothing.
+//! names) read again; the `--auth` tables and the rate limit change on every
+//! transport without a reconnect; a file with errors changes nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,13 +12,14 @@ const ALICE: &str = "alice-reload-token-0123456789";
 const BOB: &str = "bob-reload-token-0123456789";
 const CAROL: &str = "carol-reload-token-0123456789";
 
-/// The config file: tokens from `tokens`, two roles.
-fn write_config(dir: &Path, tokens: &Path) -> PathBuf {
+/// The config file: tokens from `tokens`, `extra` top-level keys, two
+/// roles.
+fn write_config(dir: &Path, tokens: &Path, extra: &str) -> PathBuf {
     let config = dir.join("tessera.toml");
     std::fs::write(
         &config,
         format!(
-            "cores = \"0\"\nauth = \"token\"\nauth_tokens = {:?}\n\n[[role]]\nname = \"echoer\"\ntools = [\"echo\"]\nresources = []\nprompts = []\n\n[[role]]\nname = \"adder\"\ntools = [\"echo\", \"add\"]\nresources = []\nprompts = []\n",
+            "cores = \"0\"\nauth = \"token\"\nauth_tokens = {:?}\n{extra}\n[[role]]\nname = \"echoer\"\ntools = [\"echo\"]\nresources = []\nprompts = []\n\n[[role]]\nname = \"adder\"\ntools = [\"echo\", \"add\"]\nresources = []\nprompts = []\n",
             tokens.to_str().unwrap()
         ),
     )
@@ -85,7 +86,7 @@ fn sighup_reloads_tokens_and_roles_on_live_connections_and_a_broken_file_changes
         &tokens,
         &[(ALICE, "alice", "echoer"), (BOB, "bob", "echoer")],
     );
-    let config = write_config(&dir, &tokens);
+    let config = write_config(&dir, &tokens, "");
     let mut server = Server::start(&[
         "--config",
         config.to_str().unwrap(),
@@ -120,6 +121,12 @@ fn sighup_reloads_tokens_and_roles_on_live_connections_and_a_broken_file_changes
     write_tokens(
         &tokens,
         &[(ALICE, "alice", "adder"), (CAROL, "carol", "echoer")],
+    );
+    // And requests are limited from now on (burst 50, then 1/s).
+    write_config(
+        &dir,
+        &tokens,
+        "rate_limit_per_sec = 1\nrate_limit_burst = 50\n",
     );
     hup(&server);
     assert!(
@@ -159,5 +166,12 @@ fn sighup_reloads_tokens_and_roles_on_live_connections_and_a_broken_file_changes
             && value(&s, "tessera_config_reload_failures_total", &[]) == 1.0
             && value(&s, "tessera_auth_revoked_total", &[]) >= 1.0
     }));
+    // The reloaded rate limit holds on a connection that started without
+    // one (and survived the refused reload).
+    let refused = (0..60)
+        .map(|i| alice.call_tool("echo", json!({ "text": i.to_string() })))
+        .filter(|r| r["error"]["code"] == -31012)
+        .count();
+    assert!(refused >= 5, "{refused} of 60 refused");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -415,16 +415,13 @@ async fn rate_limit(
     };
     let core = &http.net.core;
     let shared = core.shared.borrow().clone();
-    let rate = core.limits.rate_limit_per_sec;
+    let (rate, burst) = core.rate_limit();
     match shared.filter(|s| s.shares_rate_limits() && rate > 0) {
         None => core
             .rate_check(&who, std::time::Instant::now())
             .err()
             .map(McpResponse::rate_limited),
-        Some(s) => match s
-            .rate_check(who.key(), rate, core.limits.rate_limit_burst)
-            .await
-        {
+        Some(s) => match s.rate_check(who.key(), rate, burst).await {
             Ok(None) => None,
             Ok(Some(wait)) => {
                 core.metrics.borrow_mut().counters.rate_limited += 1;
