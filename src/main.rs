@@ -53,9 +53,10 @@ fn main() -> ExitCode {
                     .subcommand_matches("serve")
                     .expect("the argv names serve");
                 let args = ServeArgs::from_arg_matches(serve_matches).map_err(|e| e.to_string())?;
-                resolve(args, serve_matches, &cli_args)
-                    .map(|(_, config, _)| config)
-                    .map_err(|_| "the configuration has errors (reported above)".to_string())
+                let (args, config, declared) = resolve(args, serve_matches, &cli_args)
+                    .map_err(|_| "the configuration has errors (reported above)".to_string())?;
+                let reloaded = self::app(&args, &config, &declared)?;
+                Ok((config, reloaded))
             });
             match tessera::serve_reloadable(config, app, Some(reload)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,7 @@ use super::shard::{NodeMsg, NodeReply, NodeShard};
 use crate::metrics::{self, Snapshot};
 use crate::runtime::mesh::Membership;
 use crate::server::auth::AuthConfig;
+use crate::server::registry::App;
 use crate::server::session::Resume;
 
 /// How often a shard checks its command queue.
@@ -91,6 +92,8 @@ pub(crate) struct Reloaded {
     pub auth: Option<AuthConfig>,
     /// `--rate-limit-per-sec` and its burst.
     pub rate_limit: (u32, u32),
+    /// Tools, prompts and resources (each shard builds its registry).
+    pub app: App,
 }
 
 /// The next mesh plan on the command queue; `None` at the deadline or on
@@ -156,11 +159,23 @@ pub(crate) async fn control_loop(
                     drop(joining.replace(rejoin(shard, membership)));
                 }
                 Ok(ShardCommand::Reload { reloaded, count }) => {
-                    let Reloaded { auth, rate_limit } = *reloaded;
+                    let Reloaded {
+                        auth,
+                        rate_limit,
+                        app,
+                    } = *reloaded;
                     if let Some(a) = auth {
                         shard.core.set_auth(a);
                     }
                     shard.core.set_rate_limit(rate_limit.0, rate_limit.1);
+                    match crate::server::registry::reload(&shard.core, &app) {
+                        Ok(changed) if !changed.is_empty() => {
+                            log::info!("shard {}: offered lists changed: {changed:?}", shard.id)
+                        }
+                        Ok(_) => {}
+                        // Checked on the main thread first: only a bug gets here.
+                        Err(e) => log::error!("shard {}: the reloaded registry: {e}", shard.id),
+                    }
                     if count {
                         shard.core.metrics.borrow_mut().counters.config_reloads += 1;
                     }

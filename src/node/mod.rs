@@ -77,13 +77,14 @@ pub fn serve(config: ServerConfig, app: App) -> Result<(), ServeError> {
     serve_reloadable(config, app, None)
 }
 
-/// What a reload (SIGHUP) reads again: the configuration as `serve` would
-/// get it now (the config file re-read), or why it cannot be used (already
-/// reported, with the file and line where there is one).
-pub type Reload = Box<dyn Fn() -> Result<ServerConfig, String>>;
+/// What a reload (SIGHUP) reads again: the configuration and the app as
+/// `serve` would get them now (the config file re-read), or why they cannot
+/// be used (already reported, with the file and line where there is one).
+pub type Reload = Box<dyn Fn() -> Result<(ServerConfig, App), String>>;
 
 /// [`serve`], re-reading the configuration with `reload` on SIGHUP. What a
-/// reload applies today: the `--auth` tables (tokens, JWT keys, roles).
+/// reload applies: the `--auth` tables (tokens, JWT keys, roles), the rate
+/// limit, and the tools, prompts and resources (not `[[resources.dir]]`).
 pub fn serve_reloadable(
     mut config: ServerConfig,
     app: App,
@@ -312,7 +313,7 @@ fn plan(config: &ServerConfig, app: App, timer: Option<&TimerRuntime>) -> Plan {
         store: config.store.clone(),
         cluster: config.cluster.clone(),
         redis_timer: timer.map(TimerRuntime::handle),
-        app,
+        app: std::sync::Mutex::new(app),
         state_key: StateKey::random(),
         // Metrics go to the main thread for --stats-interval, or every
         // second for the admin endpoint.

@@ -58,7 +58,10 @@ pub(crate) struct Plan {
     /// Entered on every shard thread while `cluster` is on (see
     /// `adapters::cluster::TimerRuntime`).
     pub redis_timer: Option<tokio::runtime::Handle>,
-    pub app: App,
+    /// What a shard's registry is built from; a reload replaces it, so a
+    /// shard restarted later builds the reloaded one (read only when a
+    /// shard is built).
+    pub app: std::sync::Mutex<App>,
     pub state_key: StateKey,
     /// Send metrics to the main thread this often.
     pub report_every: Option<Duration>,
@@ -91,7 +94,13 @@ struct Prepared {
 }
 
 fn prepare(start: &ShardStart) -> Result<Prepared, String> {
-    let registry = start.plan.app.build().map_err(|e| e.to_string())?;
+    let app = start
+        .plan
+        .app
+        .lock()
+        .expect("the app's lock is never held across a panic")
+        .clone();
+    let registry = app.build().map_err(|e| e.to_string())?;
     let store = match (&start.db, &start.plan.store) {
         (Some(db), Some(cfg)) => {
             let loaded = store::load(db).map_err(|e| {
@@ -388,7 +397,7 @@ async fn flush_audit(core: Rc<Core>) {
 
 /// Starts following every resource source that changes at run time.
 fn follow_sources(core: &Rc<Core>) {
-    for source in &core.registry.sources {
+    for source in &core.registry().sources {
         let weak = Rc::downgrade(core);
         let on_change = Rc::new(move |change| {
             if let Some(core) = weak.upgrade() {

@@ -24,6 +24,7 @@ use crate::runtime::executor::{self, ExecutorSpec};
 use crate::runtime::mesh;
 use crate::runtime::process;
 use crate::runtime::supervisor::RestartIntensity;
+use crate::server::registry::App;
 use crate::server::session::Resume;
 use crate::transport::admin::AdminView;
 
@@ -268,7 +269,7 @@ impl Supervisor {
     pub fn run(
         &mut self,
         kill_every: Option<Duration>,
-        reload: Option<&dyn Fn() -> Result<ServerConfig, String>>,
+        reload: Option<&dyn Fn() -> Result<(ServerConfig, App), String>>,
     ) -> Outcome {
         let mut next_kill = kill_every.map(|d| Instant::now() + d);
         let mut kills = 0usize;
@@ -307,7 +308,7 @@ impl Supervisor {
     /// SIGHUP: reads the configuration again and hands what a reload
     /// changes to every shard; a configuration with errors changes
     /// nothing (the errors are already reported) and is counted.
-    fn reload(&mut self, reload: Option<&dyn Fn() -> Result<ServerConfig, String>>) {
+    fn reload(&mut self, reload: Option<&dyn Fn() -> Result<(ServerConfig, App), String>>) {
         let Some(reload) = reload else {
             log::warn!(
                 "SIGHUP: this server has nothing to reload from (no --config, no command line)"
@@ -317,16 +318,20 @@ impl Supervisor {
         log::info!("SIGHUP: reloading the configuration");
         let refused = match reload() {
             Err(why) => why,
-            Ok(new) if new.auth.is_some() != self.auth_on() => {
+            Ok((new, _)) if new.auth.is_some() != self.auth_on() => {
                 "turning --auth on or off needs a restart".to_string()
             }
-            Ok(new) => {
-                self.hand_out(Reloaded {
-                    auth: new.auth,
-                    rate_limit: (new.limits.rate_limit_per_sec, new.limits.rate_burst()),
-                });
-                return;
-            }
+            Ok((new, app)) => match app.validate() {
+                Err(e) => format!("the tools, prompts and resources: {e}"),
+                Ok(()) => {
+                    self.hand_out(Reloaded {
+                        auth: new.auth,
+                        rate_limit: (new.limits.rate_limit_per_sec, new.limits.rate_burst()),
+                        app,
+                    });
+                    return;
+                }
+            },
         };
         log::error!("reload refused, the running configuration stays: {refused}");
         if let Some(t) = self.threads.first() {
@@ -360,6 +365,10 @@ impl Supervisor {
                 .expect("the limits' lock is never held across a panic");
             (l.rate_limit_per_sec, l.rate_limit_burst) = r.rate_limit;
         }
+        *plan
+            .app
+            .lock()
+            .expect("the app's lock is never held across a panic") = r.app.clone();
         for (i, t) in self.threads.iter().enumerate() {
             let cmd = ShardCommand::Reload {
                 reloaded: Box::new(r.clone()),
@@ -373,7 +382,7 @@ impl Supervisor {
             }
         }
         log::info!(
-            "reloaded on every shard: --auth tables (tokens, keys, roles), rate limit {}/s burst {}",
+            "reloaded on every shard: tools, prompts, resources, --auth tables (tokens, keys, roles), rate limit {}/s burst {}",
             r.rate_limit.0,
             r.rate_limit.1
         );

@@ -674,7 +674,7 @@ impl McpServer {
     /// The server every shard builds.
     pub fn build(self) -> App {
         let me = Arc::new(self);
-        App::new(move || {
+        App::new(move |with_sources| {
             let mut b = RegistryBuilder::new();
             for (t, enabled) in &me.tools {
                 if *enabled {
@@ -703,8 +703,10 @@ impl McpServer {
                 b.extension(k, v);
             }
             b.kv_resources(me.kv_resources);
-            for s in &me.sources {
-                b.source(s());
+            if with_sources {
+                for s in &me.sources {
+                    b.source(s());
+                }
             }
             for s in &me.skills {
                 b.skill(s.clone());
@@ -723,7 +725,7 @@ pub fn set_enabled(ctx: &Ctx, kind: ListKind, name: &str, on: bool) {
 /// Whether an entry is offered right now (on this shard; every shard
 /// converges on the same set).
 pub fn is_enabled(ctx: &Ctx, kind: ListKind, name: &str) -> bool {
-    let r = &ctx.core().registry;
+    let r = ctx.core().registry();
     match kind {
         ListKind::Tools => r.tool(name).is_some(),
         ListKind::Prompts => r.prompt(name).is_some(),

@@ -86,8 +86,8 @@ pub(crate) struct Core {
     pub shard_count: usize,
     pub limits: Limits,
     /// Tools, resources and prompts: the same definitions on every shard,
-    /// each shard with its own copy.
-    pub registry: Registry,
+    /// each shard with its own copy; replaced whole by a reload.
+    registry: RefCell<Rc<Registry>>,
     /// Signs cursors and multi-round request state; the same key on every
     /// shard, so a later round may land on any of them.
     pub state_key: StateKey,
@@ -145,7 +145,7 @@ impl Core {
             rate: RefCell::new(RateTable::new(l.rate_limit_max_principals)),
             rate_limit: Cell::new((l.rate_limit_per_sec, l.rate_limit_burst)),
             limits: p.limits,
-            registry: p.registry,
+            registry: RefCell::new(Rc::new(p.registry)),
             state_key: p.state_key,
             auth: RefCell::new(p.auth.map(Rc::new)),
             auth_generation: Cell::new(0),
@@ -231,6 +231,16 @@ impl Core {
                 Err(wait)
             }
         }
+    }
+
+    /// The tools, resources and prompts offered now.
+    pub fn registry(&self) -> Rc<Registry> {
+        self.registry.borrow().clone()
+    }
+
+    /// A reload's registry, in place of the current one.
+    pub fn set_registry(&self, registry: Registry) {
+        *self.registry.borrow_mut() = Rc::new(registry);
     }
 
     /// The token and role tables in force (`--auth`), if any.

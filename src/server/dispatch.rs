@@ -503,7 +503,8 @@ fn serve(
     }
     match route {
         Some(r)
-            if r.eras.serves(req.era) && (!r.needs_skills || !core.registry.skills.is_empty()) =>
+            if r.eras.serves(req.era)
+                && (!r.needs_skills || !core.registry().skills.is_empty()) =>
         {
             (r.handler)(session, core, &req, out)
         }

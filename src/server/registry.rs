@@ -583,7 +583,9 @@ impl RegistryBuilder {
 /// all executor threads). Made by `McpServer::build`.
 #[derive(Clone)]
 pub struct App {
-    factory: Arc<dyn Fn() -> RegistryBuilder + Send + Sync>,
+    /// Makes one shard's builder; `false`: without the run-time resource
+    /// sets (whose making scans directories), for a reload.
+    factory: Arc<dyn Fn(bool) -> RegistryBuilder + Send + Sync>,
 }
 
 impl std::fmt::Debug for App {
@@ -593,7 +595,7 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    pub(crate) fn new(factory: impl Fn() -> RegistryBuilder + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(factory: impl Fn(bool) -> RegistryBuilder + Send + Sync + 'static) -> Self {
         Self {
             factory: Arc::new(factory),
         }
@@ -601,7 +603,14 @@ impl App {
 
     /// The registry for one shard.
     pub(crate) fn build(&self) -> Result<Registry, RegistryError> {
-        (self.factory)().build()
+        (self.factory)(true).build()
+    }
+
+    /// The registry for one shard without its run-time resource sets (a
+    /// reload keeps the shard's own; making them scans directories, which
+    /// an executor must not do).
+    pub(crate) fn build_without_sources(&self) -> Result<Registry, RegistryError> {
+        (self.factory)(false).build()
     }
 
     /// Checks the definition as a shard would build it (duplicate names,
@@ -754,6 +763,74 @@ pub(crate) fn set_enabled_here(core: &Rc<Core>, kind: ListKind, name: &str, on: 
     }
 }
 
+/// A reload's definitions on this shard (tools, prompts, resources): the
+/// registry built from `app` replaces the current one, keeping the shard's
+/// run-time resource sets (`[[resources.dir]]`, which a reload does not
+/// change) and, for every entry kept, whether it is offered now
+/// (`set_enabled`). Every list whose offered entries changed is announced
+/// (`list_changed`) to this shard's sessions and listen streams. Returns the
+/// lists that changed.
+pub(crate) fn reload(core: &Rc<Core>, app: &App) -> Result<Vec<ListKind>, RegistryError> {
+    let old = core.registry();
+    let mut new = app.build_without_sources()?;
+    new.sources = old.sources.clone();
+    for t in &new.tools {
+        if let Some(&i) = old.tool_index.get(&t.tool.descriptor().name) {
+            t.enabled.set(old.tools[i].enabled.get());
+        }
+    }
+    for p in &new.prompts {
+        if let Some(&i) = old.prompt_index.get(&p.prompt.descriptor().name) {
+            p.enabled.set(old.prompts[i].enabled.get());
+        }
+    }
+    for r in &new.resources {
+        if let Some(&i) = old.resource_index.get(&r.resource.descriptor().uri) {
+            r.enabled.set(old.resources[i].enabled.get());
+        }
+    }
+    let kinds = [ListKind::Tools, ListKind::Prompts, ListKind::Resources];
+    let changed: Vec<ListKind> = kinds
+        .into_iter()
+        .filter(|&k| offered(&old, k) != offered(&new, k))
+        .collect();
+    core.set_registry(new);
+    for &k in &changed {
+        super::listen::list_changed(core, k);
+    }
+    Ok(changed)
+}
+
+/// What a list offers, as a client would see it (descriptors of the
+/// enabled entries).
+fn offered(r: &Registry, kind: ListKind) -> Vec<String> {
+    match kind {
+        ListKind::Tools => r
+            .tools
+            .iter()
+            .filter(|t| t.enabled.get())
+            .map(|t| format!("{:?}", t.tool.descriptor()))
+            .collect(),
+        ListKind::Prompts => r
+            .prompts
+            .iter()
+            .filter(|p| p.enabled.get())
+            .map(|p| format!("{:?}", p.prompt.descriptor()))
+            .collect(),
+        ListKind::Resources => r
+            .resources
+            .iter()
+            .filter(|x| x.enabled.get())
+            .map(|x| format!("{:?}", x.resource.descriptor()))
+            .chain(
+                r.templates
+                    .iter()
+                    .map(|(t, _)| format!("{:?}", t.descriptor())),
+            )
+            .collect(),
+    }
+}
+
 /// Applies a change here (and, on shard 0, forwards it to every other shard).
 pub(crate) fn apply_enabled(
     core: &Rc<Core>,
@@ -779,7 +856,7 @@ pub(crate) fn apply_enabled(
             );
         }
     }
-    if core.registry.set_enabled(kind, name, on) {
+    if core.registry().set_enabled(kind, name, on) {
         super::listen::list_changed(core, kind);
     }
 }

@@ -175,3 +175,81 @@ fn sighup_reloads_tokens_and_roles_on_live_connections_and_a_broken_file_changes
     assert!(refused >= 5, "{refused} of 60 refused");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The config file of the registry test: `[[tool]]`s and `[[prompt]]`s.
+fn write_registry_config(dir: &Path, tools: &[&str], prompts: &[&str]) -> PathBuf {
+    let prompt_file = dir.join("prompt.txt");
+    std::fs::write(&prompt_file, "Say hello.\n").unwrap();
+    let mut text = String::from("cores = \"0\"\n");
+    for t in tools {
+        text.push_str(&format!(
+            "\n[[tool]]\nname = \"{t}\"\ndescription = \"says {t}\"\ncommand = [\"/bin/echo\", \"-n\", \"{t}\"]\n"
+        ));
+    }
+    for p in prompts {
+        text.push_str(&format!(
+            "\n[[prompt]]\nname = \"{p}\"\ndescription = \"the {p} prompt\"\nfile = {prompt_file:?}\n"
+        ));
+    }
+    let config = dir.join("tessera.toml");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn names(list: &Value, key: &str) -> Vec<String> {
+    list["result"][key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn sighup_adds_a_tool_and_removes_a_prompt_and_connected_clients_hear_list_changed() {
+    let dir = std::env::temp_dir().join(format!("tessera-reload-reg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_registry_config(&dir, &["first"], &["greeting"]);
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let mut c = server.connect();
+    c.initialize();
+    assert!(names(&c.request("tools/list", json!({})), "tools").contains(&"first".to_owned()));
+    assert_eq!(
+        names(&c.request("prompts/list", json!({})), "prompts"),
+        ["greeting"]
+    );
+
+    write_registry_config(&dir, &["first", "second"], &[]);
+    hup(&server);
+    let mut heard = Vec::new();
+    while heard.len() < 2 {
+        let n = c.recv();
+        heard.push(n["method"].as_str().unwrap_or_default().to_owned());
+    }
+    heard.sort();
+    assert_eq!(
+        heard,
+        [
+            "notifications/prompts/list_changed",
+            "notifications/tools/list_changed"
+        ]
+    );
+    let tools = names(&c.request("tools/list", json!({})), "tools");
+    assert!(tools.contains(&"second".to_owned()), "{tools:?}");
+    assert_eq!(result_text(&c.call_tool("second", json!({}))), "second");
+    let r = c.request("prompts/get", json!({"name": "greeting"}));
+    assert!(r["error"].is_object(), "{r}");
+    assert!(names(&c.request("prompts/list", json!({})), "prompts").is_empty());
+
+    // A definition that cannot be built (two tools of one name) changes
+    // nothing.
+    write_registry_config(&dir, &["first", "first"], &[]);
+    hup(&server);
+    assert!(
+        server.stderr_shows("reload refused", Duration::from_secs(10)),
+        "{}",
+        server.stderr()
+    );
+    assert_eq!(result_text(&c.call_tool("second", json!({}))), "second");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -47,16 +47,16 @@ pub(crate) fn complete(
     let values = match r.get("type").and_then(|t| t.into_string()) {
         Some("ref/prompt") => {
             let name = r.get("name").and_then(|n| n.into_string()).unwrap_or("");
-            match core.registry.prompt(name) {
+            match core.registry().prompt(name) {
                 Some(e) => e.prompt.complete(arg_name, prefix),
                 None => return invalid(out, &format!("Unknown prompt: {name}")),
             }
         }
         Some("ref/resource") => {
             let uri = r.get("uri").and_then(|n| n.into_string()).unwrap_or("");
-            match core.registry.template_named(uri) {
+            match core.registry().template_named(uri) {
                 Some(t) => t.complete(arg_name, prefix),
-                None if core.registry.resource(uri).is_some() => Vec::new(),
+                None if core.registry().resource(uri).is_some() => Vec::new(),
                 None => return fail(kind, req, out, &resource_not_found(req.era, uri)),
             }
         }

@@ -55,7 +55,7 @@ pub(crate) fn initialize(
     out.extend_from_slice(b",\"serverInfo\":");
     out.extend_from_slice(mcp::SERVER_INFO_JSON.as_bytes());
     out.extend_from_slice(b",\"instructions\":");
-    json::write_str(out, instructions(core));
+    write_instructions(core, out);
     out.push(b'}');
     jsonrpc::end_response(out);
     Handled::ok(kind)
@@ -80,7 +80,7 @@ pub(crate) fn discover(
     out.extend_from_slice(b",\"capabilities\":");
     write_capabilities(core, out, req.era);
     out.extend_from_slice(b",\"instructions\":");
-    json::write_str(out, instructions(core));
+    write_instructions(core, out);
     encode::close_object(
         out,
         req.era,
@@ -93,16 +93,18 @@ pub(crate) fn discover(
     Handled::ok(MethodKind::Discover)
 }
 
-fn instructions(core: &Core) -> &str {
-    core.registry
+fn write_instructions(core: &Core, out: &mut Vec<u8>) {
+    let registry = core.registry();
+    let text = registry
         .instructions
         .as_deref()
-        .unwrap_or(mcp::INSTRUCTIONS)
+        .unwrap_or(mcp::INSTRUCTIONS);
+    json::write_str(out, text)
 }
 
 /// The capabilities this server implements, per era.
 fn write_capabilities(core: &Core, out: &mut Vec<u8>, era: Era) {
-    let r = &core.registry;
+    let r = core.registry();
     out.extend_from_slice(b"{\"tools\":{\"listChanged\":true}");
     if r.has_resources() {
         out.extend_from_slice(b",\"resources\":{\"subscribe\":true,\"listChanged\":true}");

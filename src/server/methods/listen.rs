@@ -38,11 +38,11 @@ pub(crate) fn listen(
         );
     };
     // Honour only what this server can send.
-    filter.prompts &= core.registry.has_prompts();
-    filter.resources &= core.registry.has_resources();
+    filter.prompts &= core.registry().has_prompts();
+    filter.resources &= core.registry().has_resources();
     filter
         .resource_uris
-        .retain(|u| core.registry.resource_exists(u));
+        .retain(|u| core.registry().resource_exists(u));
     if !crate::server::dispatch::modern_caps(req).tasks_extension {
         filter.task_ids.clear();
     }

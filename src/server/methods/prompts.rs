@@ -22,8 +22,8 @@ pub(crate) fn list(
     out: &mut Vec<u8>,
 ) -> Handled {
     let access = session.access.as_deref();
-    let enabled: Vec<&PromptEntry> = core
-        .registry
+    let registry = core.registry();
+    let enabled: Vec<&PromptEntry> = registry
         .prompts
         .iter()
         .filter(|e| e.enabled.get())
@@ -58,7 +58,8 @@ pub(crate) fn get(
     let Some(name) = req.str_param("name") else {
         return invalid(out, "prompts/get needs params.name (a string)");
     };
-    let Some(entry) = core.registry.prompt(name) else {
+    let registry = core.registry();
+    let Some(entry) = registry.prompt(name) else {
         return invalid(out, &format!("Unknown prompt: {name}"));
     };
     let mut args: Vec<(String, String)> = Vec::new();

@@ -26,14 +26,14 @@ pub(crate) fn list(
     out: &mut Vec<u8>,
 ) -> Handled {
     let access = session.access.as_deref();
-    let from_sources: Vec<ResourceDescriptor> = core
-        .registry
+    let registry = core.registry();
+    let from_sources: Vec<ResourceDescriptor> = registry
         .sources
         .iter()
         .flat_map(|s| s.descriptors())
         .collect();
-    let enabled: Vec<&ResourceDescriptor> = core
-        .registry
+    let registry = core.registry();
+    let enabled: Vec<&ResourceDescriptor> = registry
         .resources
         .iter()
         .filter(|e| e.enabled.get())
@@ -60,8 +60,8 @@ pub(crate) fn list_templates(
     out: &mut Vec<u8>,
 ) -> Handled {
     let access = session.access.as_deref();
-    let all: Vec<&TemplateDescriptor> = core
-        .registry
+    let registry = core.registry();
+    let all: Vec<&TemplateDescriptor> = registry
         .templates
         .iter()
         .map(|(t, _)| t.descriptor())
@@ -104,7 +104,7 @@ pub(crate) fn read(
         CACHE_TTL_MS
     };
     let u = uri.as_str();
-    let r = &core.registry;
+    let r = core.registry();
     let reader: Option<(u64, Reader<'_>)> = if let Some(entry) = r.resource(u) {
         let res = entry.resource.clone();
         Some((ttl, Box::new(move |cx: &CallCtx<'_>| res.read(cx, u))))
@@ -207,7 +207,7 @@ pub(crate) fn unsubscribe(
 /// `params.uri` of a resource this server serves right now.
 fn existing_uri(core: &Core, req: &Req<'_, '_>) -> Result<String, super::super::tools::RpcError> {
     let uri = uri_param(req)?;
-    if !core.registry.resource_exists(uri) {
+    if !core.registry().resource_exists(uri) {
         return Err(resource_not_found(Era::Legacy, uri));
     }
     Ok(uri.to_owned())

@@ -23,8 +23,8 @@ pub(crate) fn list(
     out: &mut Vec<u8>,
 ) -> Handled {
     let access = session.access.as_deref();
-    let visible: Vec<&Skill> = core
-        .registry
+    let registry = core.registry();
+    let visible: Vec<&Skill> = registry
         .skills
         .iter()
         .filter(|s| access.is_none_or(|a| a.resource(&s.manifest_uri)))
@@ -47,7 +47,7 @@ pub(crate) fn get(
     req: &Req<'_, '_>,
     out: &mut Vec<u8>,
 ) -> Handled {
-    match skills::get(&core.registry.skills, &req.params) {
+    match skills::get(&core.registry().skills, &req.params) {
         Ok(r) => {
             jsonrpc_result(out, req, &r);
             Handled::ok(KIND)
@@ -78,7 +78,8 @@ pub(crate) fn directory(
         Ok(u) => u,
         Err(e) => return fail(KIND, req, out, &e),
     };
-    let children = match skills::directory(&core.registry.skills, uri) {
+    let registry = core.registry();
+    let children = match skills::directory(&registry.skills, uri) {
         Ok(c) => c,
         Err(e) => return fail(KIND, req, out, &e),
     };

@@ -27,8 +27,8 @@ pub(crate) fn list(
     out: &mut Vec<u8>,
 ) -> Handled {
     let access = session.access.as_deref();
-    let enabled: Vec<&ToolEntry> = core
-        .registry
+    let registry = core.registry();
+    let enabled: Vec<&ToolEntry> = registry
         .tools
         .iter()
         .filter(|e| e.enabled.get())
@@ -71,7 +71,8 @@ pub(crate) fn call(
         Some(a) if a.is_null() => TapeValue::null(),
         Some(_) => return invalid(out, "params.arguments must be an object"),
     };
-    let Some(entry) = core.registry.tool(name) else {
+    let registry = core.registry();
+    let Some(entry) = registry.tool(name) else {
         return invalid(out, &format!("Unknown tool: {name}"));
     };
     let era = req.era;

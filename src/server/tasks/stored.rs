@@ -162,7 +162,8 @@ fn revive(core: &Core, id: String, bytes: &[u8], lost: &str) -> bool {
             return false;
         }
     };
-    let tool = core.registry.tool(&rec.tool).map(|e| e.tool.clone());
+    let registry = core.registry();
+    let tool = registry.tool(&rec.tool).map(|e| e.tool.clone());
     let era = match rec.era.as_deref() {
         None => Some(Era::Legacy),
         Some(v) => crate::protocol::mcp::modern_version(v).map(Era::Modern),

@@ -370,7 +370,8 @@ fn check_param_headers(
     else {
         return Ok(());
     };
-    let Some(entry) = core.registry.tool(name) else {
+    let registry = core.registry();
+    let Some(entry) = registry.tool(name) else {
         return Ok(());
     };
     let args = params.as_ref().and_then(|p| p.get("arguments"));
