@@ -220,6 +220,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stats_interval: Option<Duration>,
 
+    /// The most detailed log lines written: off, error, warn, info, debug or
+    /// trace (default: info, or what RUST_LOG allows). A reload (SIGHUP)
+    /// applies a new value.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<log::LevelFilter>,
+
     /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` over plain HTTP
     /// on this address (keep it private: no authentication). Port 0 picks one.
     #[arg(long, value_name = "ADDR")]
@@ -661,6 +667,7 @@ impl ServeArgs {
             stdio: self.stdio,
             spin_before_park: self.spin_before_park.map(Duration::from_micros),
             stats_interval: self.stats_interval,
+            log_level: self.log_level,
             admin: self.admin,
             auth: self.http_opts.auth_config()?,
             audit: self.audit_log.as_ref().map(|path| AuditConfig {

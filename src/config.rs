@@ -320,6 +320,8 @@ pub struct ServerConfig {
     pub spin_before_park: Option<Duration>,
     /// Print a stats line this often while running.
     pub stats_interval: Option<Duration>,
+    /// `--log-level`: caps the log lines written (a reload changes it).
+    pub log_level: Option<log::LevelFilter>,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
     pub admin: Option<SocketAddr>,
     /// `--auth`: every transport's callers must present a valid token. Each
@@ -346,6 +348,7 @@ impl ServerConfig {
             stdio: false,
             spin_before_park: None,
             stats_interval: None,
+            log_level: None,
             admin: None,
             auth: None,
             audit: None,

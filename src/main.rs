@@ -16,10 +16,17 @@ use cli::{Cli, ClusterCommand, Command, FixtureSet, ServeArgs};
 use config_file::ConfigFile;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    // Without RUST_LOG the logger lets everything through and the level is
+    // the global cap (info, or --log-level), which a reload can raise or
+    // lower; with RUST_LOG its per-module filter applies as well.
+    let rust_log = std::env::var_os("RUST_LOG").is_some();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace"))
         .target(env_logger::Target::Stderr)
         .format(log_line)
         .init();
+    if !rust_log {
+        log::set_max_level(log::LevelFilter::Info);
+    }
     tessera::install_panic_hook();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

@@ -91,6 +91,9 @@ pub fn serve_reloadable(
     reload: Option<Reload>,
 ) -> Result<(), ServeError> {
     config.validate().map_err(ServeError::Settings)?;
+    if let Some(level) = config.log_level {
+        log::set_max_level(level);
+    }
     let setup = prepare_process(&mut config, &app)?;
     let plan = Arc::new(plan(&config, app, setup.timer.as_ref()));
     let launcher = Launcher::new(&config, plan, setup.stdio_end, setup.audit_tx, setup.dbs);

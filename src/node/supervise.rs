@@ -324,6 +324,10 @@ impl Supervisor {
             Ok((new, app)) => match app.validate() {
                 Err(e) => format!("the tools, prompts and resources: {e}"),
                 Ok(()) => {
+                    if let Some(level) = new.log_level {
+                        log::set_max_level(level);
+                        log::warn!("log level now {level}");
+                    }
                     self.hand_out(Reloaded {
                         auth: new.auth,
                         rate_limit: (new.limits.rate_limit_per_sec, new.limits.rate_burst()),

@@ -253,3 +253,37 @@ fn sighup_adds_a_tool_and_removes_a_prompt_and_connected_clients_hear_list_chang
     assert_eq!(result_text(&c.call_tool("second", json!({}))), "second");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `log_level` in the config file, changed by reloads.
+#[test]
+fn sighup_changes_the_log_level() {
+    let dir = std::env::temp_dir().join(format!("tessera-reload-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tessera.toml");
+    let write = |level: &str| {
+        std::fs::write(&config, format!("cores = \"0\"\nlog_level = \"{level}\"\n")).unwrap()
+    };
+    write("info");
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let count = |needle: &str| server.stderr().matches(needle).count();
+    let reloading = "SIGHUP: reloading the configuration";
+    let reload_and_wait = |level_lines: usize| {
+        hup(&server);
+        assert!(
+            eventually(Duration::from_secs(10), || count("log level now")
+                == level_lines),
+            "{}",
+            server.stderr()
+        );
+    };
+    write("warn");
+    reload_and_wait(1);
+    assert_eq!(count(reloading), 1, "logged at info, before warn applied");
+    reload_and_wait(2);
+    assert_eq!(count(reloading), 1, "info lines are not written at warn");
+    write("info");
+    reload_and_wait(3);
+    reload_and_wait(4);
+    assert_eq!(count(reloading), 2, "info lines again: {}", server.stderr());
+    let _ = std::fs::remove_dir_all(&dir);
+}
