@@ -80,6 +80,13 @@ pub(crate) struct CoreParts {
     pub shutdown: Rc<Flag>,
 }
 
+/// Where a subscriber's notifications go, and what it still wants.
+#[derive(Clone)]
+pub(crate) struct Subscriber {
+    pub notifier: SharedNotifier,
+    pub wants: Option<Rc<RefCell<std::collections::HashSet<Box<str>>>>>,
+}
+
 pub(crate) struct Core {
     /// This shard's id: its index in the mesh, what `kv::owner` returns.
     pub id: usize,
@@ -103,7 +110,7 @@ pub(crate) struct Core {
     /// Watchers of the resource URIs this shard owns (`watch::owner`).
     pub watches: RefCell<WatchTable>,
     /// Sessions and listen streams that subscribed to something, by id.
-    pub subscribers: RefCell<HashMap<u64, SharedNotifier>>,
+    pub subscribers: RefCell<HashMap<u64, Subscriber>>,
     /// Legacy sessions on this shard that hear list changes, by subscriber id.
     pub legacy_sessions: RefCell<HashMap<u64, SharedNotifier>>,
     /// Modern `subscriptions/listen` streams on this shard, by subscriber id.
@@ -282,11 +289,20 @@ impl Core {
         id
     }
 
-    /// Adds a session that receives server-initiated notifications.
-    pub fn register_subscriber(&self, notifier: SharedNotifier) -> u64 {
+    /// Adds a session that receives server-initiated notifications;
+    /// `wants`: the URIs it is subscribed to right now (a change of one it
+    /// has since unsubscribed from is not sent, even while the watch's owner
+    /// has not yet heard of the unsubscribe).
+    pub fn register_subscriber(
+        &self,
+        notifier: SharedNotifier,
+        wants: Option<Rc<RefCell<std::collections::HashSet<Box<str>>>>>,
+    ) -> u64 {
         let id = self.next_subscriber.get();
         self.next_subscriber.set(id + 1);
-        self.subscribers.borrow_mut().insert(id, notifier);
+        self.subscribers
+            .borrow_mut()
+            .insert(id, Subscriber { notifier, wants });
         id
     }
 

@@ -594,7 +594,7 @@ impl Session {
     fn subscriber_id(&mut self, core: &Core) -> Option<u64> {
         if self.subscriber.is_none() {
             let n = self.unrelated.clone()?;
-            self.subscriber = Some(core.register_subscriber(n));
+            self.subscriber = Some(core.register_subscriber(n, Some(self.subscriptions.clone())));
         }
         self.subscriber
     }

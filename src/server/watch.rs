@@ -216,10 +216,12 @@ pub(crate) fn deliver(core: &Rc<Core>, uri: &str, subs: &[u64]) {
     json::write_str(&mut msg, uri);
     msg.extend_from_slice(b"}}");
     for &sub in subs {
-        let notifier = core.subscribers.borrow().get(&sub).cloned();
-        match notifier {
-            Some(n) => {
-                n.notify(&msg);
+        let subscriber = core.subscribers.borrow().get(&sub).cloned();
+        match subscriber {
+            // Unsubscribed since: its unwatch is on its way to the owner.
+            Some(s) if s.wants.as_ref().is_some_and(|w| !w.borrow().contains(uri)) => {}
+            Some(s) => {
+                s.notifier.notify(&msg);
                 core.metrics.borrow_mut().counters.notifications_sent += 1;
             }
             None => unwatch(core, uri, sub),

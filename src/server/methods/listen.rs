@@ -58,7 +58,7 @@ pub(crate) fn listen(
     ack.extend_from_slice(b"}}");
     sink.notify(&ack);
 
-    let lid = core.register_subscriber(sink.clone());
+    let lid = core.register_subscriber(sink.clone(), None);
     let uris = filter.resource_uris.clone();
     for u in &uris {
         if let watch::WatchOp::Remote(f) = watch::watch(core, u.clone(), lid) {
