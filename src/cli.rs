@@ -32,6 +32,13 @@ pub enum Command {
         /// The TOML file, as for `serve --config`.
         file: PathBuf,
     },
+    /// Ask a running server to reload its configuration (as SIGHUP does)
+    /// through its `--upgrade-socket`; prints the outcome, exit 1 if the
+    /// reload was refused.
+    Reload {
+        #[arg(long, value_name = "PATH")]
+        upgrade_socket: PathBuf,
+    },
     /// Cluster operations (`--cluster`).
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -225,6 +232,12 @@ pub struct ServeArgs {
     /// applies a new value.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<log::LevelFilter>,
+
+    /// A Unix socket (created mode 0600) on which `tessera reload
+    /// --upgrade-socket PATH` asks this server to reload its configuration,
+    /// as SIGHUP does, and hears the outcome.
+    #[arg(long, value_name = "PATH")]
+    pub upgrade_socket: Option<PathBuf>,
 
     /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` over plain HTTP
     /// on this address (keep it private: no authentication). Port 0 picks one.
@@ -668,6 +681,7 @@ impl ServeArgs {
             spin_before_park: self.spin_before_park.map(Duration::from_micros),
             stats_interval: self.stats_interval,
             log_level: self.log_level,
+            upgrade_socket: self.upgrade_socket.clone(),
             admin: self.admin,
             auth: self.http_opts.auth_config()?,
             audit: self.audit_log.as_ref().map(|path| AuditConfig {

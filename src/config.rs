@@ -322,6 +322,8 @@ pub struct ServerConfig {
     pub stats_interval: Option<Duration>,
     /// `--log-level`: caps the log lines written (a reload changes it).
     pub log_level: Option<log::LevelFilter>,
+    /// `--upgrade-socket`: the operator's control socket (`tessera reload`).
+    pub upgrade_socket: Option<std::path::PathBuf>,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
     pub admin: Option<SocketAddr>,
     /// `--auth`: every transport's callers must present a valid token. Each
@@ -349,6 +351,7 @@ impl ServerConfig {
             spin_before_park: None,
             stats_interval: None,
             log_level: None,
+            upgrade_socket: None,
             admin: None,
             auth: None,
             audit: None,

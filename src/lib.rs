@@ -37,6 +37,7 @@ pub use config::{Limits, ServerConfig};
 pub use node::{serve, serve_reloadable, Reload, ServeError};
 pub use runtime::supervisor::install_panic_hook;
 pub use server::session::log_session;
+pub use transport::control_socket;
 
 pub use schemars;
 pub use serde;

@@ -73,6 +73,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Reload { upgrade_socket } => {
+            match tessera::control_socket::ask(&upgrade_socket, "reload") {
+                Ok(done) => {
+                    println!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    eprintln!("tessera: {why}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Cluster(ClusterCommand::Status {
             cluster,
             cluster_password_file,

@@ -97,13 +97,24 @@ pub fn serve_reloadable(
     let setup = prepare_process(&mut config, &app)?;
     let plan = Arc::new(plan(&config, app, setup.timer.as_ref()));
     let launcher = Launcher::new(&config, plan, setup.stdio_end, setup.audit_tx, setup.dbs);
+    // Before any shard starts: a socket that cannot be opened (another
+    // server on it) stops startup cleanly.
+    let control = match &config.upgrade_socket {
+        None => None,
+        Some(p) => Some(
+            crate::transport::control_socket::ControlSocket::start(p)
+                .map_err(|e| ServeError::Settings(e.into()))?,
+        ),
+    };
     let mut sup = Supervisor::start(config.shard_count(), launcher, setup.admin)?;
     drop(setup.reservations);
     announce(&config);
     let outcome = sup.run(
         config.chaos.kill_shard_every_ms.map(Duration::from_millis),
         reload.as_deref(),
+        control.as_ref(),
     );
+    drop(control);
     let result = sup.shutdown(outcome, setup.stdout_pump, setup.audit_writer);
     // Only now: the shards' Redis clients may close under its timer.
     drop(setup.timer);

@@ -27,6 +27,7 @@ use crate::runtime::supervisor::RestartIntensity;
 use crate::server::registry::App;
 use crate::server::session::Resume;
 use crate::transport::admin::AdminView;
+use crate::transport::control_socket::ControlSocket;
 
 /// How often the main thread looks for signals and events.
 const MAIN_POLL: Duration = Duration::from_millis(10);
@@ -270,17 +271,25 @@ impl Supervisor {
         &mut self,
         kill_every: Option<Duration>,
         reload: Option<&dyn Fn() -> Result<(ServerConfig, App), String>>,
+        control: Option<&ControlSocket>,
     ) -> Outcome {
         let mut next_kill = kill_every.map(|d| Instant::now() + d);
         let mut kills = 0usize;
         loop {
             let mut reason = match process::wait_stop_signal(MAIN_POLL) {
                 Some(libc::SIGHUP) => {
-                    self.reload(reload);
+                    let _ = self.reload(reload);
                     None
                 }
                 sig => sig.map(|sig| format!("signal {sig}")),
             };
+            while let Some(req) = control.and_then(|c| c.requests.try_recv().ok()) {
+                let answer = match req.command.as_str() {
+                    "reload" => self.reload(reload),
+                    other => Err(format!("unknown command {other:?} (known: reload)")),
+                };
+                let _ = req.reply.send(answer);
+            }
             let (dead, stdin_closed, failure) = self.take_events();
             if stdin_closed {
                 reason = Some("stdin closed".into());
@@ -308,14 +317,17 @@ impl Supervisor {
     /// SIGHUP: reads the configuration again and hands what a reload
     /// changes to every shard; a configuration with errors changes
     /// nothing (the errors are already reported) and is counted.
-    fn reload(&mut self, reload: Option<&dyn Fn() -> Result<(ServerConfig, App), String>>) {
+    /// Returns what was done, or why nothing was.
+    fn reload(
+        &mut self,
+        reload: Option<&dyn Fn() -> Result<(ServerConfig, App), String>>,
+    ) -> Result<String, String> {
         let Some(reload) = reload else {
-            log::warn!(
-                "SIGHUP: this server has nothing to reload from (no --config, no command line)"
-            );
-            return;
+            let why = "this server has nothing to reload from (embedded without a reload)";
+            log::warn!("reload: {why}");
+            return Err(why.into());
         };
-        log::info!("SIGHUP: reloading the configuration");
+        log::info!("reload: reading the configuration again");
         let refused = match reload() {
             Err(why) => why,
             Ok((new, _)) if new.auth.is_some() != self.auth_on() => {
@@ -328,12 +340,11 @@ impl Supervisor {
                         log::set_max_level(level);
                         log::warn!("log level now {level}");
                     }
-                    self.hand_out(Reloaded {
+                    return Ok(self.hand_out(Reloaded {
                         auth: new.auth,
                         rate_limit: (new.limits.rate_limit_per_sec, new.limits.rate_burst()),
                         app,
-                    });
-                    return;
+                    }));
                 }
             },
         };
@@ -343,6 +354,9 @@ impl Supervisor {
                 .commands
                 .send_timeout(ShardCommand::ReloadFailed, Duration::from_secs(1));
         }
+        Err(format!(
+            "reload refused, the running configuration stays: {refused}"
+        ))
     }
 
     fn auth_on(&self) -> bool {
@@ -356,7 +370,7 @@ impl Supervisor {
 
     /// A reload to every shard, and to the plan that restarted shards start
     /// from.
-    fn hand_out(&mut self, r: Reloaded) {
+    fn hand_out(&mut self, r: Reloaded) -> String {
         let plan = &self.launcher.plan;
         *plan
             .auth
@@ -385,11 +399,12 @@ impl Supervisor {
                 log::warn!("shard on core {}: could not send the reload", t.core);
             }
         }
-        log::info!(
+        let done = format!(
             "reloaded on every shard: tools, prompts, resources, --auth tables (tokens, keys, roles), rate limit {}/s burst {}",
-            r.rate_limit.0,
-            r.rate_limit.1
+            r.rate_limit.0, r.rate_limit.1
         );
+        log::info!("{done}");
+        done
     }
 
     /// Reads every queued event; returns the shards that died, whether

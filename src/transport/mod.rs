@@ -10,6 +10,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod conn;
+pub mod control_socket;
 pub(crate) mod http;
 pub(crate) mod stdio;
 pub(crate) mod tcp;

@@ -266,7 +266,7 @@ fn sighup_changes_the_log_level() {
     write("info");
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     let count = |needle: &str| server.stderr().matches(needle).count();
-    let reloading = "SIGHUP: reloading the configuration";
+    let reloading = "reload: reading the configuration again";
     let reload_and_wait = |level_lines: usize| {
         hup(&server);
         assert!(
@@ -285,5 +285,62 @@ fn sighup_changes_the_log_level() {
     reload_and_wait(3);
     reload_and_wait(4);
     assert_eq!(count(reloading), 2, "info lines again: {}", server.stderr());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tessera reload --upgrade-socket PATH`: the same reload, asked over the
+/// owner-only control socket, with its outcome.
+#[test]
+fn tessera_reload_asks_over_the_control_socket_and_reports_the_outcome() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("tessera-reload-ctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_registry_config(&dir, &["first"], &[]);
+    let socket = dir.join("control.sock");
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--upgrade-socket",
+        socket.to_str().unwrap(),
+    ]);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let reload = || {
+        std::process::Command::new(tessera_bin())
+            .args(["reload", "--upgrade-socket", socket.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    write_registry_config(&dir, &["first", "second"], &[]);
+    let out = reload();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reloaded on every shard"));
+    let mut c = server.connect();
+    c.initialize();
+    assert_eq!(result_text(&c.call_tool("second", json!({}))), "second");
+    // A definition that cannot be built: refused, said so, nothing changes.
+    write_registry_config(&dir, &["first", "first"], &[]);
+    let out = reload();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reload refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(result_text(&c.call_tool("second", json!({}))), "second");
+    // The socket is this server's: a second one cannot take it.
+    write_registry_config(&dir, &["first"], &[]);
+    let second = std::process::Command::new(tessera_bin())
+        .args(["serve", "--tcp", "127.0.0.1:0", "--cores", "0"])
+        .args(["--upgrade-socket", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another server is listening"));
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
