@@ -76,10 +76,12 @@ pub(crate) enum ShardCommand {
     /// Chaos: let a panic escape the executor, as a bug would.
     Die,
     /// What a reload changes, in force from the next request on.
-    /// `count`: this shard counts the reload (one shard does).
+    /// `count`: this shard counts the reload (one shard does); `done` is
+    /// told once it is applied.
     Reload {
         reloaded: Box<Reloaded>,
         count: bool,
+        done: Sender<()>,
     },
     /// A reload failed (counted by the one shard that gets this).
     ReloadFailed,
@@ -158,7 +160,11 @@ pub(crate) async fn control_loop(
                 Ok(ShardCommand::JoinMesh(membership)) => {
                     drop(joining.replace(rejoin(shard, membership)));
                 }
-                Ok(ShardCommand::Reload { reloaded, count }) => {
+                Ok(ShardCommand::Reload {
+                    reloaded,
+                    count,
+                    done,
+                }) => {
                     let Reloaded {
                         auth,
                         rate_limit,
@@ -180,6 +186,7 @@ pub(crate) async fn control_loop(
                         shard.core.metrics.borrow_mut().counters.config_reloads += 1;
                     }
                     log::info!("shard {}: reloaded", shard.id);
+                    let _ = done.try_send(());
                 }
                 Ok(ShardCommand::ReloadFailed) => {
                     shard

@@ -31,6 +31,8 @@ use crate::transport::control_socket::ControlSocket;
 
 /// How often the main thread looks for signals and events.
 const MAIN_POLL: Duration = Duration::from_millis(10);
+/// How long a reload waits for every shard to apply it before answering.
+const RELOAD_APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One shard's thread, as the main thread tracks it.
 struct ShardThread {
@@ -387,10 +389,13 @@ impl Supervisor {
             .app
             .lock()
             .expect("the app's lock is never held across a panic") = r.app.clone();
+        let n = self.threads.len();
+        let (applied_tx, applied) = bounded(n);
         for (i, t) in self.threads.iter().enumerate() {
             let cmd = ShardCommand::Reload {
                 reloaded: Box::new(r.clone()),
                 count: i == 0,
+                done: applied_tx.clone(),
             };
             if t.commands
                 .send_timeout(cmd, Duration::from_secs(1))
@@ -399,8 +404,27 @@ impl Supervisor {
                 log::warn!("shard on core {}: could not send the reload", t.core);
             }
         }
+        // Answered once every shard applied it (a shard restarting
+        // meanwhile starts from the updated plan instead).
+        let deadline = Instant::now() + RELOAD_APPLY_TIMEOUT;
+        let mut count = 0;
+        while count < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if applied.recv_timeout(left).is_err() {
+                break;
+            }
+            count += 1;
+        }
+        let on = if count == n {
+            "every shard".to_string()
+        } else {
+            format!(
+                "{count} of {n} shards (the others did not answer within {} ms)",
+                RELOAD_APPLY_TIMEOUT.as_millis()
+            )
+        };
         let done = format!(
-            "reloaded on every shard: tools, prompts, resources, --auth tables (tokens, keys, roles), rate limit {}/s burst {}",
+            "reloaded on {on}: tools, prompts, resources, --auth tables (tokens, keys, roles), rate limit {}/s burst {}",
             r.rate_limit.0, r.rate_limit.1
         );
         log::info!("{done}");
