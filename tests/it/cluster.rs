@@ -501,27 +501,13 @@ fn a_session_is_served_from_any_node_and_outlives_its_owner() {
     let mut replayed = Vec::new();
     assert!(
         eventually(Duration::from_secs(15), || {
-            let mut c = b.http();
-            c.send(
-                "GET",
-                "/mcp",
-                &[
-                    ("accept", "text/event-stream"),
-                    V,
-                    ("mcp-session-id", &sid),
-                    ("last-event-id", resume_after),
-                ],
-                None,
-            );
-            let (status, _) = c.read_head();
-            if status != 200 {
-                return false;
+            match resume(&b, &sid, resume_after) {
+                Some(events) => {
+                    replayed = events;
+                    true
+                }
+                None => false,
             }
-            replayed = c
-                .events()
-                .filter(|e| !e.comment && !e.data.is_empty())
-                .collect();
-            true
         }),
         "b took the session over; stderr:\n{}",
         b.stderr()
@@ -1174,27 +1160,13 @@ fn with_sync_events_a_resume_after_kill_9_replays_every_event_seen() {
     let mut replayed = Vec::new();
     assert!(
         eventually(Duration::from_secs(15), || {
-            let mut r = b.http();
-            r.send(
-                "GET",
-                "/mcp",
-                &[
-                    ("accept", "text/event-stream"),
-                    V,
-                    ("mcp-session-id", &sid),
-                    ("last-event-id", &priming),
-                ],
-                None,
-            );
-            if r.read_head().0 != 200 {
-                return false;
+            match resume(&b, &sid, &priming) {
+                Some(events) => {
+                    replayed = events.into_iter().filter_map(|e| e.id).collect();
+                    true
+                }
+                None => false,
             }
-            replayed = r
-                .events()
-                .filter(|e| !e.comment && !e.data.is_empty())
-                .filter_map(|e| e.id.clone())
-                .collect();
-            true
         }),
         "b took the session over; stderr:\n{}",
         b.stderr()
@@ -1327,4 +1299,29 @@ fn nodes_reach_redis_over_tls_and_check_its_certificate() {
         doubting.stderr()
     );
     assert_eq!(get(&admin, "GET", "/readyz").0, 503);
+}
+
+/// `GET` with `Last-Event-ID: last` for session `sid` on `server`: the
+/// replayed events, or None when it was not answered 200.
+fn resume(server: &Server, sid: &str, last: &str) -> Option<Vec<SseEvent>> {
+    let mut c = server.http();
+    c.send(
+        "GET",
+        "/mcp",
+        &[
+            ("accept", "text/event-stream"),
+            V,
+            ("mcp-session-id", sid),
+            ("last-event-id", last),
+        ],
+        None,
+    );
+    if c.read_head().0 != 200 {
+        return None;
+    }
+    Some(
+        c.events()
+            .filter(|e| !e.comment && !e.data.is_empty())
+            .collect(),
+    )
 }
