@@ -235,9 +235,17 @@ pub struct ServeArgs {
 
     /// A Unix socket (created mode 0600) on which `tessera reload
     /// --upgrade-socket PATH` asks this server to reload its configuration,
-    /// as SIGHUP does, and hears the outcome.
+    /// as SIGHUP does, and hears the outcome; and on which a new process
+    /// started with `--upgrade` takes its listening sockets over.
     #[arg(long, value_name = "PATH")]
     pub upgrade_socket: Option<PathBuf>,
+
+    /// Binary upgrade: take every listening socket (and then the store)
+    /// over from the server running on --upgrade-socket; it drains and
+    /// exits once this process is prepared. Same or new binary, same or
+    /// changed configuration (README, "Upgrade without downtime").
+    #[arg(long, requires = "upgrade_socket")]
+    pub upgrade: bool,
 
     /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` over plain HTTP
     /// on this address (keep it private: no authentication). Port 0 picks one.
@@ -538,6 +546,11 @@ pub struct LimitArgs {
     /// Milliseconds connections get to finish in-flight requests at shutdown.
     #[arg(long, default_value_t = Limits::default().drain_timeout_ms)]
     pub drain_timeout_ms: u64,
+    /// Binary upgrade: milliseconds the running server waits for the new
+    /// process to be prepared (then it keeps serving), and the new one for
+    /// the old to release its store.
+    #[arg(long, default_value_t = Limits::default().upgrade_timeout_ms)]
+    pub upgrade_timeout_ms: u64,
     /// Server-to-client requests (sampling, elicitation, roots) a session
     /// may have awaiting the client's answer.
     #[arg(long, default_value_t = Limits::default().max_client_requests)]
@@ -627,6 +640,7 @@ impl From<&LimitArgs> for Limits {
             drain_timeout_ms: a
                 .drain_timeout
                 .map_or(a.drain_timeout_ms, |d| d.as_millis() as u64),
+            upgrade_timeout_ms: a.upgrade_timeout_ms,
             max_client_requests: a.max_client_requests,
             client_request_timeout_ms: a.client_request_timeout_ms,
             page_size: a.page_size,
@@ -682,6 +696,7 @@ impl ServeArgs {
             stats_interval: self.stats_interval,
             log_level: self.log_level,
             upgrade_socket: self.upgrade_socket.clone(),
+            upgrade: self.upgrade,
             admin: self.admin,
             auth: self.http_opts.auth_config()?,
             audit: self.audit_log.as_ref().map(|path| AuditConfig {

@@ -94,6 +94,10 @@ pub struct Limits {
     /// On shutdown, how long connections get to finish requests already
     /// read before the shard stops anyway.
     pub drain_timeout_ms: u64,
+    /// Binary upgrade: how long the running server waits for the new
+    /// process to say it is prepared (then it keeps serving and logs why),
+    /// and how long the new one waits for the old to release its store.
+    pub upgrade_timeout_ms: u64,
     /// Connections (TCP, HTTP) one shard serves at once. One more is accepted
     /// and closed at once (HTTP: answered 503 with `Retry-After` first) and
     /// counted in `connections_refused`. stdio is never refused.
@@ -204,6 +208,7 @@ impl Default for Limits {
             max_subscriptions_per_session: 1_000,
             max_watchers_per_key: 100_000,
             drain_timeout_ms: 5_000,
+            upgrade_timeout_ms: 60_000,
             max_client_requests: 64,
             client_request_timeout_ms: 60_000,
             page_size: 100,
@@ -298,6 +303,7 @@ impl Limits {
             ("task-ttl-ms", self.task_ttl_ms),
             ("idle-timeout-ms", self.idle_timeout_ms),
             ("restart-period", self.restart_period_ms),
+            ("upgrade-timeout-ms", self.upgrade_timeout_ms),
         ] {
             if v == 0 {
                 return Err(out_of_range(name, "must be at least 1".into()));
@@ -322,8 +328,12 @@ pub struct ServerConfig {
     pub stats_interval: Option<Duration>,
     /// `--log-level`: caps the log lines written (a reload changes it).
     pub log_level: Option<log::LevelFilter>,
-    /// `--upgrade-socket`: the operator's control socket (`tessera reload`).
+    /// `--upgrade-socket`: the operator's control socket (`tessera reload`,
+    /// and the binary upgrade's hand-over).
     pub upgrade_socket: Option<std::path::PathBuf>,
+    /// `--upgrade`: take the listening sockets (and then the store) over
+    /// from the server on `upgrade_socket`.
+    pub upgrade: bool,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
     pub admin: Option<SocketAddr>,
     /// `--auth`: every transport's callers must present a valid token. Each
@@ -352,6 +362,7 @@ impl ServerConfig {
             stats_interval: None,
             log_level: None,
             upgrade_socket: None,
+            upgrade: false,
             admin: None,
             auth: None,
             audit: None,
@@ -399,6 +410,18 @@ impl ServerConfig {
         }
         self.limits.validate()?;
         self.chaos.validate()?;
+        if self.upgrade && self.upgrade_socket.is_none() {
+            return Err(Box::new(out_of_range(
+                "upgrade",
+                "needs --upgrade-socket PATH: the running server's socket".into(),
+            )));
+        }
+        if self.upgrade && self.stdio {
+            return Err(Box::new(out_of_range(
+                "upgrade",
+                "a stdio server cannot be upgraded in place (its client owns the pipes)".into(),
+            )));
+        }
         if let Some(h) = &self.http {
             h.validate()?;
         }

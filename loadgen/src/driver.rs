@@ -42,9 +42,16 @@ pub struct Plan {
     /// A connection with requests outstanding that receives nothing for this
     /// long gives up and counts them as missing.
     pub response_timeout: Duration,
+    /// `--reconnect`: a connection the server closes is opened again and
+    /// its unanswered requests are sent again.
+    pub reconnect: bool,
 }
 
+/// Opens a new connection to the same server (`--reconnect`).
+pub type Dial<S> = Pin<Box<dyn Future<Output = Result<S, std::io::Error>>>>;
+
 const READ_BUFFER_BYTES: usize = 256 * 1024;
+const CLOSED_DURING_SETUP: &str = "the server closed the connection during setup";
 const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Keys of each kind (local, remote) a connection prepares for `{key}`.
 const KEYS_PER_POOL: usize = 64;
@@ -136,7 +143,7 @@ where
         }
         match reader.fill(stream, deadline).await? {
             None => return Err(format!("no answer during setup for {timeout:?}")),
-            Some(0) => return Err("the server closed the connection during setup".into()),
+            Some(0) => return Err(CLOSED_DURING_SETUP.into()),
             Some(_) => {}
         }
     }
@@ -291,10 +298,12 @@ where
 /// `stats`. With `others` (a cluster's other nodes), the conversation is
 /// opened on `stream` and its requests are then sent on every socket at
 /// once, each with its own pipeline: one session, many nodes.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<S>(
     mut stream: S,
     others: Vec<S>,
     init: Option<S>,
+    redial: Option<&dyn Fn() -> Dial<S>>,
     plan: &Plan,
     conn: usize,
     stats: &RefCell<Stats>,
@@ -331,7 +340,7 @@ where
     lanes.extend(others.into_iter().map(|s| (s, Reader::new(), wire.clone())));
     let runs = lanes.iter_mut().map(|(s, r, w)| {
         let keys = keys.clone();
-        Box::pin(steady(s, r, w, plan, conn, keys, stats))
+        Box::pin(steady(s, r, w, redial, plan, conn, keys, stats))
     });
     let mut first_error = None;
     for r in join_all(runs.collect()).await {
@@ -374,6 +383,79 @@ struct Slots {
     since: Vec<Instant>,
     free: Vec<usize>,
     outstanding: usize,
+    /// `--reconnect`: each busy slot's encoded request, to send again.
+    bytes: Option<Vec<Vec<u8>>>,
+}
+
+/// Whether an I/O error means the peer reset the connection.
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Connects again (refused attempts are retried every 10 ms, counted,
+/// for at most the response timeout), initializes an NDJSON connection, and
+/// queues every unanswered request again, oldest id first.
+#[allow(clippy::too_many_arguments)]
+async fn reconnect<S>(
+    redial: &dyn Fn() -> Dial<S>,
+    reader: &mut Reader,
+    wire: &mut Wire,
+    plan: &Plan,
+    slots: &Slots,
+    wbuf: &mut Vec<u8>,
+    order: &mut VecDeque<u64>,
+    stats: &RefCell<Stats>,
+) -> Result<S, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let give_up = Instant::now() + plan.response_timeout;
+    let stream = loop {
+        let mut stream = match redial().await {
+            Ok(s) => s,
+            Err(e) if Instant::now() < give_up => {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    stats.borrow_mut().total.refused += 1;
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Err(e) => return Err(format!("reconnect: {e}")),
+        };
+        *reader = Reader::new();
+        if !matches!(wire, Wire::Ndjson) {
+            break stream;
+        }
+        // A server that is draining may close a connection it accepted
+        // before answering anything: that is a close, not a failure.
+        match initialize(&mut stream, reader, wire, plan.response_timeout).await {
+            Ok(()) => break stream,
+            Err(e) if e.contains(CLOSED_DURING_SETUP) && Instant::now() < give_up => {
+                stats.borrow_mut().total.reconnects += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let bytes = slots.bytes.as_ref().expect("kept with --reconnect");
+    let mut busy: Vec<usize> = (0..slots.busy.len()).filter(|&i| slots.busy[i]).collect();
+    busy.sort_by_key(|&i| slots.id[i]);
+    order.clear();
+    wbuf.clear();
+    let mut st = stats.borrow_mut();
+    st.total.reconnects += 1;
+    for i in busy {
+        wbuf.extend_from_slice(&bytes[i]);
+        if matches!(wire, Wire::Http(_)) {
+            order.push_back(slots.id[i]);
+        }
+        st.total.resent += 1;
+    }
+    Ok(stream)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -381,6 +463,7 @@ async fn steady<S>(
     stream: &mut S,
     reader: &mut Reader,
     wire: &mut Wire,
+    redial: Option<&dyn Fn() -> Dial<S>>,
     plan: &Plan,
     conn: usize,
     keys: Option<Keys>,
@@ -397,6 +480,7 @@ where
         since: vec![now; d],
         free: (0..d).rev().collect(),
         outstanding: 0,
+        bytes: redial.map(|_| vec![Vec::new(); d]),
     };
     let http = matches!(wire, Wire::Http(_));
     let mut order: VecDeque<u64> = VecDeque::new();
@@ -439,12 +523,14 @@ where
                 }
             }
         }
+        // Why the connection broke (ECONNRESET, EPIPE), when it did.
+        let mut lost: Option<String> = None;
         if !wbuf.is_empty() {
-            stream
-                .write_all(&wbuf)
-                .await
-                .map_err(|e| (format!("write: {e}"), slots.outstanding))?;
-            wbuf.clear();
+            match stream.write_all(&wbuf).await {
+                Ok(()) => wbuf.clear(),
+                Err(e) if is_reset(&e) => lost = Some(format!("write: {e}")),
+                Err(e) => return Err((format!("write: {e}"), slots.outstanding)),
+            }
         }
         let sending_done = match next_due {
             Some(due) => due >= plan.end || now >= plan.end,
@@ -466,15 +552,42 @@ where
                 None => now,
             };
         }
-        match reader.fill(stream, deadline).await {
+        let filled = match lost {
+            Some(_) => Ok(Some(0)),
+            None => reader.fill(stream, deadline).await,
+        };
+        let filled = match filled {
+            Err(e) if e.contains("reset") || e.contains("Broken pipe") => {
+                lost = Some(e);
+                Ok(Some(0))
+            }
+            other => other,
+        };
+        match filled {
             Ok(Some(0)) => {
-                return Err((
-                    format!(
-                        "server closed the connection with {} request(s) outstanding",
-                        slots.outstanding
-                    ),
-                    slots.outstanding,
-                ))
+                let reset = lost.take();
+                if reset.is_some() {
+                    stats.borrow_mut().total.resets += 1;
+                }
+                let again = redial.filter(|_| !sending_done || slots.outstanding > 0);
+                let Some(redial) = again else {
+                    return Err((
+                        reset.unwrap_or_else(|| {
+                            format!(
+                                "server closed the connection with {} request(s) outstanding",
+                                slots.outstanding
+                            )
+                        }),
+                        slots.outstanding,
+                    ));
+                };
+                *stream = reconnect(
+                    redial, reader, wire, plan, &slots, &mut wbuf, &mut order, stats,
+                )
+                .await
+                .map_err(|e| (e, slots.outstanding))?;
+                last_progress = Instant::now();
+                continue;
             }
             Ok(Some(_)) => last_progress = Instant::now(),
             Ok(None) => {
@@ -504,13 +617,13 @@ where
                     return Err((e, n));
                 }
             };
-            let (id, failed) = match frame {
-                Frame::Json(j) => match scanner.scan(&j) {
+            let (id, failed) = match &frame {
+                Frame::Json(j) => match scanner.scan(j) {
                     Verdict::Ok(id) => (id, false),
                     Verdict::RpcError(id) | Verdict::ToolError(id) => (id, true),
                     Verdict::Unrelated if !http => continue,
                     Verdict::Unrelated | Verdict::Garbage => {
-                        st.total.wrong += 1;
+                        st.total.note_wrong("not a response", j);
                         if http {
                             // The response took this request's place.
                             if let Some(id) = order.pop_front() {
@@ -525,18 +638,23 @@ where
                     // request (HTTP/1.1 answers in order).
                     Some(&id) => (id, true),
                     None => {
-                        st.total.wrong += 1;
+                        st.total
+                            .note_wrong("a status with nothing outstanding", &describe(&frame));
                         continue;
                     }
                 },
             };
             let slot = (id % d as u64) as usize;
-            if http && order.pop_front() != Some(id) {
-                st.total.wrong += 1;
+            if http && order.front() != Some(&id) {
+                let expected = format!("answers id {id}, expected {:?}: ", order.front());
+                st.total.note_wrong(&expected, &describe(&frame));
+                order.pop_front();
                 continue;
             }
+            order.pop_front();
             if !slots.busy[slot] || slots.id[slot] != id {
-                st.total.wrong += 1;
+                st.total
+                    .note_wrong(&format!("id {id} is not outstanding"), &describe(&frame));
                 continue;
             }
             st.answered(
@@ -546,6 +664,14 @@ where
             );
             release(&mut slots, id, d);
         }
+    }
+}
+
+/// A frame's bytes for a wrong-response sample.
+fn describe(frame: &Frame) -> Vec<u8> {
+    match frame {
+        Frame::Json(j) => j.clone(),
+        Frame::Status(code) => format!("HTTP {code}").into_bytes(),
     }
 }
 
@@ -585,6 +711,7 @@ impl Maker {
         };
         let id = slots.id[slot];
         let mut idbuf = itoa::Buffer::new();
+        let from = wbuf.len();
         wire.encode(
             wbuf,
             &mut self.scratch,
@@ -592,6 +719,10 @@ impl Maker {
             idbuf.format(id).as_bytes(),
             key,
         );
+        if let Some(kept) = slots.bytes.as_mut() {
+            kept[slot].clear();
+            kept[slot].extend_from_slice(&wbuf[from..]);
+        }
         slots.busy[slot] = true;
         slots.since[slot] = at;
         slots.outstanding += 1;

@@ -170,6 +170,12 @@ struct LoadArgs {
     /// (wrong or missing responses still fail it).
     #[arg(long)]
     allow_errors: bool,
+    /// When the server closes a connection (a drain, `Connection: close`),
+    /// connect again (NDJSON: initialize again; legacy HTTP: same session)
+    /// and send the requests it left unanswered again; counted as
+    /// reconnects and resent. Refused connects are retried and counted.
+    #[arg(long)]
+    reconnect: bool,
 }
 
 fn main() -> ExitCode {
@@ -319,6 +325,7 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
             warm_end,
             end,
             response_timeout: a.response_timeout,
+            reconnect: a.reconnect,
         };
         let fd = stdio_fd.take();
         let ticks = tick_tx.clone();
@@ -405,6 +412,19 @@ async fn connect_and_run(
                 streams.push(s);
             }
             let first = streams.remove(0);
+            let redial_to = addrs[conn % addrs.len()];
+            let redial = move || -> driver::Dial<glommio::net::TcpStream> {
+                Box::pin(async move {
+                    let s = glommio::net::TcpStream::connect(redial_to)
+                        .await
+                        .map_err(std::io::Error::from)?;
+                    let _ = s.set_nodelay(true);
+                    Ok(s)
+                })
+            };
+            let redial: Option<&dyn Fn() -> driver::Dial<glommio::net::TcpStream>> =
+                (plan.reconnect && streams.is_empty() && init_addr.is_none())
+                    .then_some(&redial as _);
             let init = match init_addr {
                 Some(a) => Some(
                     glommio::net::TcpStream::connect(a)
@@ -413,7 +433,7 @@ async fn connect_and_run(
                 ),
                 None => None,
             };
-            driver::run(first, streams, init, plan, conn, stats).await
+            driver::run(first, streams, init, redial, plan, conn, stats).await
         }
         (true, Some(fd)) => {
             // SAFETY: the descriptor is a live socket we own and hand over.
@@ -422,7 +442,7 @@ async fn connect_and_run(
                     std::os::fd::IntoRawFd::into_raw_fd(fd),
                 )
             };
-            driver::run(s, Vec::new(), None, plan, conn, stats).await
+            driver::run(s, Vec::new(), None, None, plan, conn, stats).await
         }
         (true, None) => Err("no transport".into()),
     }
@@ -499,7 +519,12 @@ fn report(
             "responses_measured": total.measured,
             "errors": total.errors,
             "wrong": total.wrong,
+            "wrong_samples": total.wrong_samples,
             "missing": total.missing,
+            "reconnects": total.reconnects,
+            "resent": total.resent,
+            "refused": total.refused,
+            "resets": total.resets,
             "throughput_msg_per_s": throughput,
             "latency_us": {
                 "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99_9": q(0.999),
@@ -514,6 +539,12 @@ fn report(
             "requests: {} sent | responses: {} measured, {} total, {} errors, {} wrong, {} missing",
             total.sent, total.measured, total.answered, total.errors, total.wrong, total.missing
         );
+        if a.reconnect || total.refused + total.resets > 0 {
+            println!(
+                "connections: {} reconnects, {} requests resent, {} refused, {} reset",
+                total.reconnects, total.resent, total.refused, total.resets
+            );
+        }
         println!("throughput: {throughput:.0} msg/s");
         println!(
             "latency (us): p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}",
@@ -538,6 +569,9 @@ pub fn verdict(total: &Outcome, allow_errors: bool) -> ExitCode {
     for f in dedup_failures(&total.failures) {
         eprintln!("tessera-loadgen: {f}");
         failed = true;
+    }
+    for w in &total.wrong_samples {
+        eprintln!("tessera-loadgen: wrong response: {w}");
     }
     if total.wrong > 0 || total.missing > 0 {
         eprintln!(

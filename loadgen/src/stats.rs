@@ -26,12 +26,40 @@ pub struct Outcome {
     /// Responses with an id we had not sent or had already seen, or
     /// messages that are not JSON-RPC.
     pub wrong: u64,
+    /// What the first [`WRONG_SAMPLES`] wrong responses were, for the
+    /// report.
+    pub wrong_samples: Vec<String>,
     /// Requests never answered.
     pub missing: u64,
+    /// `--reconnect`: connections opened again after the server closed one.
+    pub reconnects: u64,
+    /// `--reconnect`: unanswered requests sent again on the new connection.
+    pub resent: u64,
+    /// Connection attempts the server refused (ECONNREFUSED).
+    pub refused: u64,
+    /// Connections the server reset (ECONNRESET, EPIPE) instead of closing.
+    pub resets: u64,
     pub failures: Vec<String>,
 }
 
+/// How many wrong responses a run describes (the rest are only counted).
+pub const WRONG_SAMPLES: usize = 8;
+
+/// How much of a wrong response a sample keeps, in bytes.
+const WRONG_SAMPLE_BYTES: usize = 200;
+
 impl Outcome {
+    /// Counts a wrong response and, among the first few, says why and
+    /// what it was.
+    pub fn note_wrong(&mut self, why: &str, frame: &[u8]) {
+        self.wrong += 1;
+        if self.wrong_samples.len() < WRONG_SAMPLES {
+            let shown = &frame[..frame.len().min(WRONG_SAMPLE_BYTES)];
+            self.wrong_samples
+                .push(format!("{why}: {}", String::from_utf8_lossy(shown)));
+        }
+    }
+
     pub fn new() -> Self {
         Self {
             hist: new_histogram(),
@@ -40,7 +68,12 @@ impl Outcome {
             answered: 0,
             errors: 0,
             wrong: 0,
+            wrong_samples: Vec::new(),
             missing: 0,
+            reconnects: 0,
+            resent: 0,
+            refused: 0,
+            resets: 0,
             failures: Vec::new(),
         }
     }
@@ -52,7 +85,14 @@ impl Outcome {
         self.answered += o.answered;
         self.errors += o.errors;
         self.wrong += o.wrong;
+        let room = WRONG_SAMPLES.saturating_sub(self.wrong_samples.len());
+        self.wrong_samples
+            .extend(o.wrong_samples.into_iter().take(room));
         self.missing += o.missing;
+        self.reconnects += o.reconnects;
+        self.resent += o.resent;
+        self.refused += o.refused;
+        self.resets += o.resets;
         self.failures.extend(o.failures);
     }
 }

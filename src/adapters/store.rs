@@ -84,12 +84,14 @@ fn db_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
-/// Opens (creating) every shard's file under `dir`.
+/// Opens (creating) every shard's file under `dir`, after folding the
+/// files of shards this process does not have into the ones it does.
 pub(crate) fn open_all(cfg: &StoreConfig, shards: usize) -> Result<Vec<Arc<Database>>, StoreError> {
     std::fs::create_dir_all(&cfg.dir).map_err(|source| StoreError::Dir {
         dir: cfg.dir.clone(),
         source,
     })?;
+    fold_orphans(&cfg.dir, shards)?;
     (0..shards)
         .map(|i| {
             let path = file_of(&cfg.dir, i);
@@ -294,6 +296,58 @@ fn write_loop(db: &Database, rx: Receiver<Vec<Op>>, policy: FsyncPolicy, interva
     }
 }
 
+/// The files of shards `shards` and up (a previous process ran more: an
+/// upgrade or restart with fewer `--cores`): every row of shard k's file
+/// moves into shard `k mod shards`'s file, which owns those ids from now on
+/// (`server::placement::owner`), in one transaction, and then the file is
+/// removed. Returns how many files were folded.
+pub(crate) fn fold_orphans(dir: &Path, shards: usize) -> Result<usize, StoreError> {
+    assert!(shards > 0, "a server has at least one shard");
+    let mut folded = 0;
+    let mut k = shards;
+    // Shard files are numbered without gaps; stop at the first missing one.
+    while file_of(dir, k).exists() {
+        let from_path = file_of(dir, k);
+        let into_path = file_of(dir, k % shards);
+        let file_error = |file: &Path| {
+            let file = file.to_path_buf();
+            move |e: redb::DatabaseError| StoreError::File {
+                file,
+                message: e.to_string(),
+            }
+        };
+        let from = Database::open(&from_path).map_err(file_error(&from_path))?;
+        let into = Database::create(&into_path).map_err(file_error(&into_path))?;
+        let rows = load(&from)?;
+        let moved = rows.sessions.len() + rows.events.len() + rows.tasks.len();
+        let txn = into.begin_write().map_err(db_error)?;
+        for (table, set) in [
+            (SESSIONS, &rows.sessions),
+            (EVENTS, &rows.events),
+            (TASKS, &rows.tasks),
+        ] {
+            let mut t = txn.open_table(table).map_err(db_error)?;
+            for (key, value) in set {
+                t.insert(key.as_str(), value.as_slice()).map_err(db_error)?;
+            }
+        }
+        txn.commit().map_err(db_error)?;
+        drop((from, into));
+        std::fs::remove_file(&from_path).map_err(|source| StoreError::Dir {
+            dir: from_path.clone(),
+            source,
+        })?;
+        log::info!(
+            "store: folded {} ({moved} row(s)) into {}: this process runs {shards} shard(s)",
+            from_path.display(),
+            into_path.display()
+        );
+        folded += 1;
+        k += 1;
+    }
+    Ok(folded)
+}
+
 /// Where shard `index`'s file is.
 pub(crate) fn file_of(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("shard-{index}.redb"))
@@ -303,6 +357,39 @@ pub(crate) fn file_of(dir: &Path, index: usize) -> PathBuf {
 mod tests {
     use super::*;
     use crate::server::store::{event_key, parse_event_key};
+
+    #[test]
+    fn files_of_shards_gone_are_folded_into_their_new_owners() {
+        let dir = std::env::temp_dir().join(format!("tessera-fold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = StoreConfig {
+            dir: dir.clone(),
+            fsync: FsyncPolicy::Always,
+            fsync_interval_ms: 100,
+            pending_ops_max: 100,
+        };
+        {
+            let dbs = open_all(&cfg, 3).unwrap();
+            for (i, db) in dbs.iter().enumerate() {
+                let txn = db.begin_write().unwrap();
+                txn.open_table(SESSIONS)
+                    .unwrap()
+                    .insert(format!("000{i}s").as_str(), b"{}".as_slice())
+                    .unwrap();
+                txn.commit().unwrap();
+            }
+        }
+        let dbs = open_all(&cfg, 2).unwrap();
+        assert!(!file_of(&dir, 2).exists());
+        let zero = load(&dbs[0]).unwrap();
+        let mut ids: Vec<_> = zero.sessions.iter().map(|(k, _)| k.clone()).collect();
+        ids.sort();
+        assert_eq!(ids, ["0000s", "0002s"]);
+        assert_eq!(load(&dbs[1]).unwrap().sessions.len(), 1);
+        drop(dbs);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn batches_survive_reopening_and_sessions_take_their_events_along() {

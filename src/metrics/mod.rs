@@ -194,6 +194,9 @@ counters! {
     tasks_expired,
     /// Connections accepted and closed at once at `max_connections_per_shard`.
     connections_refused,
+    /// Connections a binary upgrade's old process accepted as its shards
+    /// stopped and handed over unserved (served here instead).
+    connections_adopted,
     /// `accept` failures, such as `EMFILE` at `RLIMIT_NOFILE`; the listener
     /// pauses 20 ms after each and the connection waits in the backlog.
     accept_errors,

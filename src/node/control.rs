@@ -6,6 +6,7 @@
 //! never a request's latency. Request traffic never uses this path.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use crate::runtime::mesh::Membership;
 use crate::server::auth::AuthConfig;
 use crate::server::registry::App;
 use crate::server::session::Resume;
+use crate::transport::listeners::Kind;
 
 /// How often a shard checks its command queue.
 pub(crate) const CONTROL_POLL: Duration = Duration::from_millis(20);
@@ -50,6 +52,11 @@ pub(crate) enum ShardEvent {
     /// The stdio session's negotiated state changed; a restarted shard 0
     /// resumes from the latest.
     StdioSession(Resume),
+    /// Shutting down: every connection of this shard is closed; it still
+    /// answers its peers' cross-core messages until told to leave.
+    Drained {
+        index: usize,
+    },
     Stopped {
         index: usize,
         core: usize,
@@ -70,6 +77,9 @@ pub(crate) enum ShardEvent {
 /// Main thread -> shard.
 pub(crate) enum ShardCommand {
     Shutdown,
+    /// Every shard has drained: leave the mesh and stop (a shard that left
+    /// earlier would time out its peers' last cross-core requests).
+    Leave,
     /// Join a freshly built mesh (this shard's ends of it). Sent at startup
     /// and whenever a shard was restarted.
     JoinMesh(MeshMembership),
@@ -85,6 +95,11 @@ pub(crate) enum ShardCommand {
     },
     /// A reload failed (counted by the one shard that gets this).
     ReloadFailed,
+    /// Serve a connection another process accepted (a binary upgrade).
+    Adopt {
+        kind: Kind,
+        fd: OwnedFd,
+    },
 }
 
 /// What a reload hands every shard.
@@ -107,9 +122,16 @@ pub(crate) async fn next_plan(
     loop {
         match commands.try_recv() {
             Ok(ShardCommand::JoinMesh(m)) => return Some(m),
-            Ok(ShardCommand::Shutdown) | Err(TryRecvError::Disconnected) => return None,
+            Ok(ShardCommand::Shutdown | ShardCommand::Leave) | Err(TryRecvError::Disconnected) => {
+                return None
+            }
             // The plan it builds from already holds a reload's tables.
-            Ok(ShardCommand::Die | ShardCommand::Reload { .. } | ShardCommand::ReloadFailed)
+            Ok(
+                ShardCommand::Die
+                | ShardCommand::Reload { .. }
+                | ShardCommand::ReloadFailed
+                | ShardCommand::Adopt { .. },
+            )
             | Err(TryRecvError::Empty) => {}
         }
         if Instant::now() >= deadline {
@@ -117,6 +139,38 @@ pub(crate) async fn next_plan(
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// After draining: waits (serving peers meanwhile) until the main thread
+/// says every shard has drained, it is gone, or `limit` passed (then the
+/// shard leaves anyway; a peer's request still in flight to it fails).
+pub(crate) async fn await_leave(commands: &Receiver<ShardCommand>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match commands.try_recv() {
+            Ok(ShardCommand::Leave) | Err(TryRecvError::Disconnected) => return,
+            // Nothing else applies to a shard that is stopping; a handed
+            // connection is closed (dropped) like any other at shutdown.
+            Ok(_) | Err(TryRecvError::Empty) => {
+                glommio::timer::sleep(CONTROL_POLL).await;
+            }
+        }
+    }
+    log::warn!("no word that every shard drained within {limit:?}; leaving the mesh anyway");
+}
+
+/// Serves a connection another process accepted, as if accepted here.
+fn adopt(shard: &Rc<NodeShard>, kind: Kind, fd: OwnedFd) {
+    // SAFETY: `into_raw_fd` gives up the only owner of `fd`, a connected
+    // TCP socket the main thread received for this shard; the stream
+    // takes it over.
+    let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    match (kind, &shard.http) {
+        (Kind::Http, Some(h)) => crate::transport::http::serve_accepted(h.clone(), stream),
+        (Kind::Tcp, _) => crate::transport::tcp::serve_accepted(shard.net.clone(), stream),
+        _ => return,
+    }
+    shard.core.metrics.borrow_mut().counters.connections_adopted += 1;
 }
 
 /// Joins a rebuilt mesh in the background (the shard's work goes on).
@@ -156,10 +210,12 @@ pub(crate) async fn control_loop(
         glommio::timer::sleep(CONTROL_POLL).await;
         loop {
             match commands.try_recv() {
-                Ok(ShardCommand::Shutdown) | Err(TryRecvError::Disconnected) => return,
+                Ok(ShardCommand::Shutdown | ShardCommand::Leave)
+                | Err(TryRecvError::Disconnected) => return,
                 Ok(ShardCommand::JoinMesh(membership)) => {
                     drop(joining.replace(rejoin(shard, membership)));
                 }
+                Ok(ShardCommand::Adopt { kind, fd }) => adopt(shard, kind, fd),
                 Ok(ShardCommand::Reload {
                     reloaded,
                     count,

@@ -12,6 +12,7 @@ mod control;
 mod shard;
 mod start;
 mod supervise;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,11 +24,13 @@ use crate::adapters::store::{self, FsyncPolicy, StoreError};
 use crate::config::{ConfigError, Limits, ServerConfig};
 use crate::runtime::executor::LaunchError;
 use crate::runtime::mesh::MeshSettings;
-use crate::runtime::process::{self, PortReservation, ProcessError};
+use crate::runtime::process::{self, ProcessError};
 use crate::server::core::{FaultRates, Limits as ServerLimits};
 use crate::server::mrtr::StateKey;
 use crate::server::registry::{App, RegistryError};
-use crate::transport::admin::{self, AdminError, AdminView};
+use crate::transport::admin::{self, AdminError, AdminStop, AdminView};
+use crate::transport::control_socket::ControlSocket;
+use crate::transport::listeners::{Kind, Listeners};
 use crate::transport::{stdio, Limits as NetLimits};
 use start::Plan;
 use supervise::{Launcher, Supervisor};
@@ -85,6 +88,7 @@ pub type Reload = Box<dyn Fn() -> Result<(ServerConfig, App), String>>;
 /// [`serve`], re-reading the configuration with `reload` on SIGHUP. What a
 /// reload applies: the `--auth` tables (tokens, JWT keys, roles), the rate
 /// limit, and the tools, prompts and resources (not `[[resources.dir]]`).
+/// With `--upgrade` it first takes the running server's sockets over.
 pub fn serve_reloadable(
     mut config: ServerConfig,
     app: App,
@@ -94,51 +98,148 @@ pub fn serve_reloadable(
     if let Some(level) = config.log_level {
         log::set_max_level(level);
     }
-    let setup = prepare_process(&mut config, &app)?;
-    let plan = Arc::new(plan(&config, app, setup.timer.as_ref()));
-    let launcher = Launcher::new(&config, plan, setup.stdio_end, setup.audit_tx, setup.dbs);
+    let mut upgrade = match (&config.upgrade_socket, config.upgrade) {
+        (Some(path), true) => Some(upgrade::Upgrade::ask(
+            path,
+            Duration::from_millis(config.limits.upgrade_timeout_ms),
+        )?),
+        _ => None,
+    };
+    let served = serve_on(&mut config, app, reload, upgrade.as_mut());
+    if let (Err(e), Some(u)) = (&served, &upgrade) {
+        u.failed(&e.to_string());
+    }
+    served
+}
+
+fn serve_on(
+    config: &mut ServerConfig,
+    app: App,
+    reload: Option<Reload>,
+    mut upgrade: Option<&mut upgrade::Upgrade>,
+) -> Result<(), ServeError> {
+    let mut setup = prepare_process(config, &app, upgrade.as_deref_mut())?;
+    let state_key = upgrade
+        .as_ref()
+        .and_then(|u| StateKey::from_bytes(&u.state_key))
+        .unwrap_or_else(StateKey::random);
+    let plan = Arc::new(plan(config, app, setup.timer.as_ref(), state_key));
     // Before any shard starts: a socket that cannot be opened (another
     // server on it) stops startup cleanly.
     let control = match &config.upgrade_socket {
         None => None,
-        Some(p) => Some(
-            crate::transport::control_socket::ControlSocket::start(p)
-                .map_err(|e| ServeError::Settings(e.into()))?,
-        ),
+        Some(p) => {
+            let handed = upgrade
+                .as_deref_mut()
+                .and_then(|u| u.take_single(Kind::Control, None));
+            let c = match handed {
+                Some(fd) => ControlSocket::adopt(p, fd),
+                None => ControlSocket::start(p),
+            }
+            .map_err(|e| ServeError::Settings(e.into()))?;
+            let dup = c.listener().map_err(|e| ServeError::Settings(e.into()))?;
+            setup.listeners.keep(Kind::Control, None, dup);
+            Some(c)
+        }
     };
-    let mut sup = Supervisor::start(config.shard_count(), launcher, setup.admin)?;
-    drop(setup.reservations);
-    announce(&config);
-    let outcome = sup.run(
+    // A store is one writer's: the old process closes it before this one
+    // opens it, so the old stops first. Without one, this process serves
+    // before the old one stops accepting.
+    let takes_store = config.store.is_some() || config.cluster.is_some();
+    let mut orphans = Vec::new();
+    if let Some(u) = upgrade.as_deref_mut().filter(|_| takes_store) {
+        u.prepared()?;
+        orphans = u.wait_released()?;
+    }
+    let dbs = open_store(config)?;
+    let launcher = Launcher::new(
+        config,
+        plan,
+        setup.stdio_end.take(),
+        setup.audit_tx.take(),
+        dbs,
+        std::mem::take(&mut setup.listeners),
+    );
+    let mut sup = Supervisor::start(config.shard_count(), launcher, setup.admin.clone())?;
+    sup.adopt(orphans);
+    let mut release = None;
+    if let Some(u) = upgrade.filter(|_| !takes_store) {
+        u.prepared()?;
+        release = Some(u.watch_release()?);
+    }
+    process::notify_systemd("READY=1");
+    announce(config);
+    let mut outcome = sup.run(
         config.chaos.kill_shard_every_ms.map(Duration::from_millis),
         reload.as_deref(),
         control.as_ref(),
+        &setup.admin_stop,
+        release.as_ref(),
     );
+    let handed_to = outcome.handover.take();
+    if handed_to.is_some() {
+        if let Some(c) = &control {
+            c.handed_over();
+        }
+    }
     drop(control);
-    let result = sup.shutdown(outcome, setup.stdout_pump, setup.audit_writer);
+    let result = sup.shutdown(outcome, setup.stdout_pump.take(), setup.audit_writer.take());
     // Only now: the shards' Redis clients may close under its timer.
-    drop(setup.timer);
+    drop(setup.timer.take());
+    if let Some(conn) = handed_to {
+        // Every shard has stopped and its store is closed.
+        hand_over_orphans_and_release(config, &conn);
+    }
     result
+}
+
+/// A binary upgrade's last step on the old side: connections io_uring
+/// accepted as the shards stopped (no one serves them) go to the new
+/// process, then `released`.
+fn hand_over_orphans_and_release(config: &ServerConfig, conn: &std::os::unix::net::UnixStream) {
+    let http = config.http.as_ref().map(|h| h.addr);
+    let mut addrs: Vec<SocketAddr> = config.tcp.into_iter().collect();
+    addrs.extend(http);
+    let orphans = crate::transport::listeners::orphaned_connections(&addrs);
+    let kinds = orphans.iter().map(|(local, fd)| {
+        let kind = if Some(*local) == http {
+            Kind::Http
+        } else {
+            Kind::Tcp
+        };
+        (kind, std::os::fd::AsFd::as_fd(fd))
+    });
+    match crate::transport::handover::release(conn, kinds) {
+        Ok(()) => log::info!(
+            "upgrade: store released ({} connection(s) accepted as the shards stopped handed over); the new process serves now",
+            orphans.len()
+        ),
+        Err(e) => log::warn!("upgrade: telling the new process the store is released: {e} (it sees this process exit)"),
+    }
 }
 
 /// What the main thread set up before any shard starts.
 struct Setup {
-    /// Holds the listen ports until every shard is listening.
-    reservations: Vec<PortReservation>,
+    /// Every listening socket (shards get duplicates).
+    listeners: Listeners,
     stdio_end: Option<std::os::unix::net::UnixStream>,
     stdout_pump: Option<std::thread::JoinHandle<()>>,
     admin: Option<Arc<Mutex<AdminView>>>,
+    admin_stop: AdminStop,
     audit_writer: Option<AuditWriter>,
     audit_tx: Option<crossbeam_channel::Sender<Vec<u8>>>,
-    dbs: Option<Vec<Arc<redb::Database>>>,
     /// `--cluster`: drives the one tokio timer fred arms (adapters/cluster).
     timer: Option<TimerRuntime>,
 }
 
 /// Everything that must happen on the main thread before any executor
-/// exists: rlimits, signal routing, port reservations, the stdio bridge,
-/// the admin endpoint, the audit writer, the store's files.
-fn prepare_process(config: &mut ServerConfig, app: &App) -> Result<Setup, ServeError> {
+/// exists: rlimits, signal routing, the listening sockets, the stdio
+/// bridge, the admin endpoint, the audit writer.
+fn prepare_process(
+    config: &mut ServerConfig,
+    app: &App,
+    mut upgrade: Option<&mut upgrade::Upgrade>,
+) -> Result<Setup, ServeError> {
     let n = config.shard_count();
     process::ensure_memlock(n)?;
     let nofile = process::raise_nofile();
@@ -149,12 +250,21 @@ fn prepare_process(config: &mut ServerConfig, app: &App) -> Result<Setup, ServeE
         );
     }
     process::block_stop_signals();
-    let mut reservations = Vec::new();
+    let mut listeners = Listeners::default();
+    let mut listen = |kind, addr: SocketAddr| match upgrade.as_deref_mut() {
+        Some(u) => u.listen_shards(&mut listeners, kind, addr, n),
+        None => {
+            process::check_port_free(addr)?;
+            listeners
+                .bind_shards(kind, addr, n)
+                .map_err(|source| ProcessError::Listen { addr, source }.into())
+        }
+    };
     if let Some(addr) = config.tcp.as_mut() {
-        *addr = reserve(*addr, &mut reservations)?;
+        *addr = listen(Kind::Tcp, *addr)?;
     }
     if let Some(h) = config.http.as_mut() {
-        h.addr = reserve(h.addr, &mut reservations)?;
+        h.addr = listen(Kind::Http, h.addr)?;
     }
     let (stdio_end, stdout_pump) = if config.stdio {
         let b = stdio::start().map_err(ServeError::Stdio)?;
@@ -170,10 +280,18 @@ fn prepare_process(config: &mut ServerConfig, app: &App) -> Result<Setup, ServeE
             config.chaos
         );
     }
+    let admin_stop = AdminStop::default();
     let admin = match config.admin {
         Some(addr) => {
             let view = Arc::new(Mutex::new(AdminView::new(&config.cores)));
-            let bound = admin::start(addr, view.clone())?;
+            let handed = upgrade.and_then(|u| u.take_single(Kind::Admin, Some(addr)));
+            let socket = match handed {
+                Some(fd) => std::net::TcpListener::from(fd),
+                None => admin::bind(addr)?,
+            };
+            let dup = socket.try_clone().map_err(AdminError::Thread)?;
+            let bound = admin::start(socket, view.clone(), admin_stop.clone())?;
+            listeners.keep(Kind::Admin, Some(bound), dup.into());
             log::info!("admin endpoint on http://{bound} (/metrics, /healthz, /readyz)");
             Some(view)
         }
@@ -192,7 +310,6 @@ fn prepare_process(config: &mut ServerConfig, app: &App) -> Result<Setup, ServeE
         }
         None => (None, None),
     };
-    let dbs = open_store(config)?;
     let timer = match &mut config.cluster {
         Some(c) => {
             // Port 0 is resolved by now.
@@ -218,13 +335,13 @@ fn prepare_process(config: &mut ServerConfig, app: &App) -> Result<Setup, ServeE
             .require_cluster(config.cluster.is_some());
     }
     Ok(Setup {
-        reservations,
+        listeners,
         stdio_end,
         stdout_pump,
         admin,
+        admin_stop,
         audit_writer,
         audit_tx,
-        dbs,
         timer,
     })
 }
@@ -237,14 +354,6 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-/// Resolves a listen address every shard will bind (port 0 becomes one
-/// free port), holding it until they do.
-fn reserve(addr: SocketAddr, held: &mut Vec<PortReservation>) -> Result<SocketAddr, ServeError> {
-    let (addr, hold) = process::reserve_listen_addr(addr)?;
-    held.push(hold);
-    Ok(addr)
 }
 
 /// Opens every shard's file under `--data-dir`, once, so a restarted shard
@@ -305,7 +414,12 @@ pub(crate) fn net_limits(l: &Limits, chaos_conn_panic_rate: f64) -> NetLimits {
 }
 
 /// Each layer's settings, from the public configuration.
-fn plan(config: &ServerConfig, app: App, timer: Option<&TimerRuntime>) -> Plan {
+fn plan(
+    config: &ServerConfig,
+    app: App,
+    timer: Option<&TimerRuntime>,
+    state_key: StateKey,
+) -> Plan {
     let l = &config.limits;
     Plan {
         shard_count: config.shard_count(),
@@ -321,14 +435,13 @@ fn plan(config: &ServerConfig, app: App, timer: Option<&TimerRuntime>) -> Plan {
             auth_panic: config.chaos.auth_panic_rate,
         },
         http: config.http.clone(),
-        tcp: config.tcp,
         auth: std::sync::Mutex::new(config.auth.clone()),
         audit: config.audit.clone(),
         store: config.store.clone(),
         cluster: config.cluster.clone(),
         redis_timer: timer.map(TimerRuntime::handle),
         app: std::sync::Mutex::new(app),
-        state_key: StateKey::random(),
+        state_key,
         // Metrics go to the main thread for --stats-interval, or every
         // second for the admin endpoint.
         report_every: config

@@ -1,10 +1,9 @@
 //! What one executor thread runs: it builds its shard (the MCP service, its
 //! transports, its store and audit ends), joins the mesh, restores what the
-//! store held, starts listening, serves until told to stop, drains, and
-//! reports. A shard restarted after a crash runs the same steps.
+//! store held, starts accepting on the sockets the main thread gave it,
+//! serves until told to stop, drains, and reports. A shard restarted after a crash runs the same steps.
 
-use std::net::SocketAddr;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -47,7 +46,6 @@ pub(crate) struct Plan {
     pub mesh: MeshSettings,
     pub faults: FaultRates,
     pub http: Option<HttpConfig>,
-    pub tcp: Option<SocketAddr>,
     /// The `--auth` tables a shard starts with: replaced by a reload, so a
     /// shard restarted later starts with the reloaded ones (read only when
     /// a shard is built, never on a request path).
@@ -83,6 +81,10 @@ pub(crate) struct ShardStart {
     pub audit: Option<Sender<Vec<u8>>>,
     /// This shard's file (`--data-dir`).
     pub db: Option<Arc<redb::Database>>,
+    /// The sockets it accepts TCP and HTTP connections on (more than one
+    /// each after an upgrade to fewer shards).
+    pub tcp_listeners: Vec<OwnedFd>,
+    pub http_listeners: Vec<OwnedFd>,
 }
 
 /// What the thread prepares before its executor serves anything: the file
@@ -161,6 +163,8 @@ async fn shard_main(
         events,
         commands,
         audit,
+        tcp_listeners,
+        http_listeners,
         ..
     } = start;
     let fail = |error: String| {
@@ -184,22 +188,6 @@ async fn shard_main(
         // Sessions live in Redis; they are loaded when asked for.
         restore(&shard, c.sessions.clone(), Loaded::default());
     }
-    let tcp = match plan.tcp.map(|a| (a, tcp::bind(a))) {
-        Some((addr, Err(e))) => {
-            shard.leave_mesh();
-            return fail(format!("binding {addr}: {e}"));
-        }
-        Some((_, Ok(l))) => Some(l),
-        None => None,
-    };
-    let web = match plan.http.as_ref().map(|h| (h.addr, http::bind(h.addr))) {
-        Some((addr, Err(e))) => {
-            shard.leave_mesh();
-            return fail(format!("binding {addr}: {e}"));
-        }
-        Some((_, Ok(l))) => Some(l),
-        None => None,
-    };
     if events.send(ShardEvent::Ready { index, core: cpu }).is_err() {
         shard.leave_mesh();
         return;
@@ -210,12 +198,17 @@ async fn shard_main(
             Some(Box::new(AuditBuffer::new(tx, cfg.buffer_bytes, index)));
         glommio::spawn_local(flush_audit(shard.core.clone())).detach();
     }
-    if let Some(l) = tcp {
-        glommio::spawn_local(tcp::accept_loop(shard.net.clone(), l)).detach();
+    if !tcp_listeners.is_empty() {
         glommio::spawn_local(conn::idle_sweep(shard.net.clone())).detach();
     }
-    if let (Some(l), Some(h)) = (web, &shard.http) {
-        glommio::spawn_local(http::accept_loop(h.clone(), l)).detach();
+    for fd in tcp_listeners {
+        glommio::spawn_local(tcp::accept_loop(shard.net.clone(), tcp::listen_on(fd))).detach();
+    }
+    if let Some(h) = &shard.http {
+        glommio::spawn_local(http::session::sweep_loop(h.clone())).detach();
+        for fd in http_listeners {
+            glommio::spawn_local(http::accept_loop(h.clone(), tcp::listen_on(fd))).detach();
+        }
     }
     follow_sources(&shard.core);
     start_cluster(&shard, &plan);
@@ -224,6 +217,9 @@ async fn shard_main(
     }
     control::control_loop(&shard, &commands, &events, plan.report_every, plan.epoch).await;
     drain(&shard, plan.drain_timeout).await;
+    if plan.shard_count > 1 && events.send(ShardEvent::Drained { index }).is_ok() {
+        control::await_leave(&commands, plan.drain_timeout).await;
+    }
     if let Some(c) = &shard.cluster {
         c.leave().await;
     }

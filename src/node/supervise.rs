@@ -4,6 +4,7 @@
 //! and the orderly shutdown with the merged summary.
 
 use std::cell::RefCell;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -16,6 +17,7 @@ use super::control::{
 };
 use super::shard::NodeShard;
 use super::start::{self, Plan, ShardStart, STARTUP_TIMEOUT};
+use super::upgrade::Orphans;
 use super::{ServeError, EXECUTOR_IO_MEMORY_BYTES};
 use crate::adapters::audit::AuditWriter;
 use crate::config::{Limits, ServerConfig};
@@ -26,11 +28,16 @@ use crate::runtime::process;
 use crate::runtime::supervisor::RestartIntensity;
 use crate::server::registry::App;
 use crate::server::session::Resume;
-use crate::transport::admin::AdminView;
+use crate::transport::admin::{AdminStop, AdminView};
 use crate::transport::control_socket::ControlSocket;
+use crate::transport::handover;
+use crate::transport::listeners::{Kind, Listeners};
 
 /// How often the main thread looks for signals and events.
 const MAIN_POLL: Duration = Duration::from_millis(10);
+/// How long the shutdown waits for every shard thread to end (its store
+/// writer commits what it was given and closes the file).
+const JOIN_WAIT: Duration = Duration::from_secs(6);
 /// How long a reload waits for every shard to apply it before answering.
 const RELOAD_APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -40,6 +47,8 @@ struct ShardThread {
     commands: Sender<ShardCommand>,
     join: Option<JoinHandle<()>>,
     stopped: bool,
+    /// Shutting down: its connections are closed (it still serves peers).
+    drained: bool,
     /// Set while a restart waits for the new executor to be serving.
     restarting_since: Option<Instant>,
     /// When chaos killed it, for the restart log line.
@@ -64,6 +73,8 @@ pub(super) struct Launcher {
     audit: Option<Sender<Vec<u8>>>,
     /// Every shard's file, opened once so a restarted shard reuses it.
     dbs: Option<Vec<Arc<redb::Database>>>,
+    /// Every listening socket (the originals; shards get duplicates).
+    pub(super) listeners: RefCell<Listeners>,
 }
 
 impl Launcher {
@@ -73,6 +84,7 @@ impl Launcher {
         stdio: Option<UnixStream>,
         audit: Option<Sender<Vec<u8>>>,
         dbs: Option<Vec<Arc<redb::Database>>>,
+        listeners: Listeners,
     ) -> Self {
         let (events_tx, events) = bounded(EVENT_QUEUE_DEPTH);
         Self {
@@ -86,7 +98,15 @@ impl Launcher {
             events,
             audit,
             dbs,
+            listeners: RefCell::new(listeners),
         }
+    }
+
+    fn shard_sockets(&self, kind: Kind, index: usize) -> Result<Vec<OwnedFd>, ServeError> {
+        self.listeners
+            .borrow()
+            .for_shard(kind, index)
+            .map_err(|e| ServeError::Failed(format!("duplicating a listening socket: {e}")))
     }
 
     /// Starts the thread for shard `index` and waits for its executor.
@@ -106,6 +126,8 @@ impl Launcher {
             commands: cmd_rx,
             audit: self.audit.clone(),
             db: self.dbs.as_ref().map(|d| d[index].clone()),
+            tcp_listeners: self.shard_sockets(Kind::Tcp, index)?,
+            http_listeners: self.shard_sockets(Kind::Http, index)?,
         };
         let events = self.events_tx.clone();
         let spec = ExecutorSpec {
@@ -132,6 +154,7 @@ impl Launcher {
             commands: cmd_tx,
             join: Some(launched.join),
             stopped: false,
+            drained: false,
             restarting_since: None,
             killed_at: None,
             crashes: RestartIntensity::default(),
@@ -178,6 +201,9 @@ fn post_mortem(
 pub(super) struct Outcome {
     reason: String,
     failure: Option<String>,
+    /// A binary upgrade: the new process, told `released` once the store
+    /// is closed.
+    pub handover: Option<UnixStream>,
 }
 
 /// The main thread's view of the shards.
@@ -274,6 +300,8 @@ impl Supervisor {
         kill_every: Option<Duration>,
         reload: Option<&dyn Fn() -> Result<(ServerConfig, App), String>>,
         control: Option<&ControlSocket>,
+        admin_stop: &AdminStop,
+        release: Option<&crossbeam_channel::Receiver<Orphans>>,
     ) -> Outcome {
         let mut next_kill = kill_every.map(|d| Instant::now() + d);
         let mut kills = 0usize;
@@ -286,11 +314,30 @@ impl Supervisor {
                 sig => sig.map(|sig| format!("signal {sig}")),
             };
             while let Some(req) = control.and_then(|c| c.requests.try_recv().ok()) {
-                let answer = match req.command.as_str() {
-                    "reload" => self.reload(reload),
-                    other => Err(format!("unknown command {other:?} (known: reload)")),
+                let answer = match (req.command.as_str(), req.conn) {
+                    ("reload", _) => self.reload(reload),
+                    ("upgrade", Some(conn)) => match self.offer_upgrade(&conn) {
+                        Ok(()) => {
+                            admin_stop.stop();
+                            let _ = req.reply.send(Ok("upgraded".into()));
+                            return Outcome {
+                                reason: "upgrade: the new process took the sockets over".into(),
+                                failure: None,
+                                handover: Some(conn),
+                            };
+                        }
+                        Err(why) => {
+                            log::error!("upgrade failed; still serving as before: {why}");
+                            let _ = handover::send_line(&conn, &format!("error: {why}"));
+                            Err(why)
+                        }
+                    },
+                    (other, _) => Err(format!("unknown command {other:?} (known: reload)")),
                 };
                 let _ = req.reply.send(answer);
+            }
+            if let Some(orphans) = release.and_then(|r| r.try_recv().ok()) {
+                self.adopt(orphans);
             }
             let (dead, stdin_closed, failure) = self.take_events();
             if stdin_closed {
@@ -311,8 +358,69 @@ impl Supervisor {
                 reason.get_or_insert_with(|| "a shard could not be kept running".into());
             }
             if let Some(reason) = reason {
-                return Outcome { reason, failure };
+                return Outcome {
+                    reason,
+                    failure,
+                    handover: None,
+                };
             }
+        }
+    }
+
+    /// Serves connections another process accepted (a binary upgrade's
+    /// old process, as its shards stopped), spread over the shards.
+    pub fn adopt(&self, orphans: Orphans) {
+        for (i, (kind, fd)) in orphans.into_iter().enumerate() {
+            let t = &self.threads[i % self.threads.len()];
+            if t.commands
+                .send_timeout(ShardCommand::Adopt { kind, fd }, Duration::from_secs(1))
+                .is_err()
+            {
+                log::warn!("shard on core {}: could not hand it a connection", t.core);
+            }
+        }
+    }
+
+    /// A binary upgrade, the old side: hands every listening socket to the
+    /// new process on `conn` and waits (still supervising) until it is
+    /// prepared. Any failure changes nothing here: the caller keeps serving.
+    fn offer_upgrade(&mut self, conn: &UnixStream) -> Result<(), String> {
+        if self.launcher.stdio.is_some() {
+            return Err("a stdio server cannot be upgraded in place".into());
+        }
+        let count = {
+            let listeners = self.launcher.listeners.borrow();
+            handover::offer(conn, self.launcher.plan.state_key.bytes(), listeners.all())
+                .map_err(|e| format!("sending the listening sockets: {e}"))?;
+            log::debug!("upgrade: offered {}", listeners.describe());
+            listeners.len()
+        };
+        log::info!("upgrade: sent {count} listening socket(s); waiting for the new process");
+        let limit = Duration::from_millis(self.launcher.limits.upgrade_timeout_ms);
+        let deadline = Instant::now() + limit;
+        while !handover::readable(conn, MAIN_POLL) {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the new process was not prepared within {} ms",
+                    limit.as_millis()
+                ));
+            }
+            // Keep supervising while the new process sets itself up.
+            let (dead, _, _) = self.take_events();
+            if !dead.is_empty() {
+                self.restart_all(&dead)?;
+            }
+        }
+        conn.set_read_timeout(Some(handover::LINE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        match handover::read_line(conn) {
+            Ok(Some(l)) if l == "prepared" => Ok(()),
+            Ok(Some(l)) => Err(match l.strip_prefix("error: ") {
+                Some(why) => format!("the new process failed: {why}"),
+                None => format!("unexpected {l:?} from the new process"),
+            }),
+            Ok(None) => Err("the new process ended before it was prepared".into()),
+            Err(e) => Err(format!("reading from the new process: {e}")),
         }
     }
 
@@ -457,6 +565,7 @@ impl Supervisor {
                     *self.launcher.stdio_resume.borrow_mut() = Some(r)
                 }
                 Ok(ShardEvent::Stopped { index, .. }) => self.threads[index].stopped = true,
+                Ok(ShardEvent::Drained { index }) => self.threads[index].drained = true,
                 Ok(ShardEvent::Died {
                     index,
                     core,
@@ -543,6 +652,12 @@ impl Supervisor {
         self.stats.forget(index);
         let crashes = std::mem::take(&mut self.threads[index].crashes);
         let killed_at = self.threads[index].killed_at;
+        // Its sockets were shut down with it.
+        self.launcher
+            .listeners
+            .borrow_mut()
+            .rebind(index)
+            .map_err(|e| format!("listening again for shard {index}: {e}"))?;
         let mut fresh = self.launcher.launch(index).map_err(|e| e.to_string())?;
         fresh.crashes = crashes;
         fresh.killed_at = killed_at;
@@ -613,7 +728,16 @@ impl Supervisor {
         let deadline = Instant::now() + limit;
         let n = self.threads.len();
         let mut stopped = self.threads.iter().filter(|t| t.stopped).count();
+        let mut told_to_leave = false;
         while stopped < n {
+            if !told_to_leave && self.threads.iter().all(|t| t.drained || t.stopped) {
+                // Shards leave the mesh together, once none has a client
+                // left whose request could still cross to a peer.
+                for t in self.threads.iter().filter(|t| !t.stopped) {
+                    let _ = t.commands.try_send(ShardCommand::Leave);
+                }
+                told_to_leave = true;
+            }
             if process::wait_stop_signal(Duration::ZERO).is_some_and(|s| s != libc::SIGHUP) {
                 eprintln!("tessera: second stop signal, exiting without draining");
                 std::process::exit(130);
@@ -641,6 +765,7 @@ impl Supervisor {
                     self.total.merge(&snapshot);
                     stopped += 1;
                 }
+                Ok(ShardEvent::Drained { index }) => self.threads[index].drained = true,
                 Ok(ShardEvent::Died {
                     index, snapshot, ..
                 }) => {
@@ -665,11 +790,19 @@ impl Supervisor {
         }
     }
 
-    /// Joins the threads that finished; a panic that escaped one is a failure.
+    /// Joins the threads (each gets [`JOIN_WAIT`] to finish closing its
+    /// store); a panic that escaped one is a failure. One still running
+    /// after that is left behind and logged.
     fn join_threads(&mut self, failure: &mut Option<String>) {
+        let deadline = Instant::now() + JOIN_WAIT;
         for t in &mut self.threads {
             let Some(j) = t.join.take() else { continue };
+            // A shard that never reported stopping is wedged: not waited for.
+            while t.stopped && !j.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
             if !j.is_finished() {
+                log::warn!("the shard thread on core {} did not end in time", t.core);
                 continue;
             }
             if let Err(panic) = j.join() {

@@ -1,5 +1,6 @@
 //! Process-wide setup done on the main thread before any shard starts:
-//! resource limits, signal routing, and reserving the listen port.
+//! resource limits, signal routing, the listen port check, and telling
+//! systemd how the service is doing.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -108,43 +109,53 @@ pub fn wait_stop_signal(timeout: Duration) -> Option<i32> {
     (sig > 0).then_some(sig)
 }
 
-/// A socket that holds the listen port while the shards bind it.
-pub struct PortReservation(#[allow(dead_code)] socket2::Socket);
-
-/// Resolves the address every shard binds. Port 0 becomes one concrete free
-/// port shared by all shards: a bound, non-listening SO_REUSEPORT socket holds
-/// it (it takes no connections) until the shards are listening. A fixed port
-/// already served by another process is refused up front, because with
+/// Refuses a fixed port another process is already serving: with
 /// SO_REUSEPORT a second server of the same user would silently share it.
-pub fn reserve_listen_addr(
-    addr: SocketAddr,
-) -> Result<(SocketAddr, PortReservation), ProcessError> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    if addr.port() != 0 {
-        let probe = match addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => {
-                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
-            }
-            IpAddr::V6(ip) if ip.is_unspecified() => {
-                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
-            }
-            _ => addr,
-        };
-        if TcpStream::connect_timeout(&probe, Duration::from_millis(250)).is_ok() {
-            return Err(ProcessError::PortTaken { addr });
-        }
+/// Port 0 (any free port) needs no check.
+pub fn check_port_free(addr: SocketAddr) -> Result<(), ProcessError> {
+    if addr.port() == 0 {
+        return Ok(());
     }
-    let listen = |source| ProcessError::Listen { addr, source };
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(listen)?;
-    sock.set_reuse_port(true).map_err(listen)?;
-    sock.bind(&addr.into()).map_err(listen)?;
-    let bound = sock
-        .local_addr()
-        .map_err(listen)?
-        .as_socket()
-        .ok_or_else(|| listen(io::Error::other("no IP address after bind")))?;
-    Ok((bound, PortReservation(sock)))
+    let probe = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    if TcpStream::connect_timeout(&probe, Duration::from_millis(250)).is_ok() {
+        return Err(ProcessError::PortTaken { addr });
+    }
+    Ok(())
+}
+
+/// Tells systemd (`Type=notify`, `$NOTIFY_SOCKET`) about the service:
+/// `READY=1`, `MAINPID=<pid>` (a binary upgrade's new process takes the
+/// service over before the old one exits). Nothing without the variable;
+/// a failure to send is logged, never fatal.
+pub fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> io::Result<()> {
+        use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+        let sock = UnixDatagram::unbound()?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        let addr = match bytes.strip_prefix(b"@") {
+            // An abstract socket name.
+            Some(name) => {
+                <UnixAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name)?
+            }
+            None => UnixAddr::from_pathname(std::path::Path::new(&path))?,
+        };
+        sock.send_to_addr(state.as_bytes(), &addr)?;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        log::warn!("telling systemd {state:?}: {e}");
+    }
 }
 
 /// Raises the RLIMIT_NOFILE soft limit to the hard limit: every connection
@@ -177,15 +188,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn port_zero_becomes_a_concrete_port() {
-        let (addr, _hold) = reserve_listen_addr("127.0.0.1:0".parse().unwrap()).unwrap();
-        assert_ne!(addr.port(), 0);
+    fn port_zero_needs_no_check() {
+        check_port_free("127.0.0.1:0".parse().unwrap()).unwrap();
     }
 
     #[test]
     fn a_port_in_use_is_refused() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let e = match reserve_listen_addr(l.local_addr().unwrap()) {
+        let e = match check_port_free(l.local_addr().unwrap()) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("a served port must be refused"),
         };

@@ -35,6 +35,18 @@ impl StateKey {
         StateKey(k)
     }
 
+    /// The key a previous process used (a binary upgrade hands it over, so
+    /// requestState and cursors it issued stay valid); None unless it is
+    /// [`KEY_BYTES`] long.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(StateKey)
+    }
+
+    /// The key's bytes, for the next process.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     fn mac(&self, payload: &[u8]) -> Vec<u8> {
         let mut m =
             <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length");

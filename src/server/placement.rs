@@ -47,8 +47,11 @@ pub(crate) fn valid_node(n: &str) -> bool {
 
 /// The shard of this node (`me`, in a cluster) that owns `id`, given the
 /// shard its local part names: that shard when this node made it (or
-/// outside a cluster), else a hash of the whole id. None for an id naming a
-/// node outside a cluster, a malformed node, or a shard this node lacks.
+/// outside a cluster), else a hash of the whole id. A shard this node no
+/// longer has (it runs fewer since an upgrade or restart) is taken by
+/// `named mod shard_count`, where its file was folded
+/// (`adapters::store::fold_orphans`). None for an id naming a node outside a
+/// cluster, or a malformed node.
 pub(crate) fn owner(
     id: &str,
     named_shard: usize,
@@ -59,7 +62,7 @@ pub(crate) fn owner(
     match node_of(id) {
         Some(n) if !valid_node(n) || me.is_none() => None,
         Some(n) if Some(n) != me => Some((fnv1a(id.as_bytes()) % shard_count as u64) as usize),
-        _ => (named_shard < shard_count).then_some(named_shard),
+        _ => Some(named_shard % shard_count),
     }
 }
 
@@ -70,7 +73,8 @@ mod tests {
     #[test]
     fn an_id_is_owned_by_its_shard_at_home_and_by_a_hash_elsewhere() {
         assert_eq!(owner("0003x", 3, 4, None), Some(3));
-        assert_eq!(owner("0003x", 3, 3, None), None);
+        assert_eq!(owner("0003x", 3, 3, None), Some(0));
+        assert_eq!(owner("0005x", 5, 2, None), Some(1));
         assert_eq!(owner("0003x.a", 3, 4, None), None);
         assert_eq!(owner("0003x.a", 3, 4, Some("a")), Some(3));
         let elsewhere = owner("0003x.a", 3, 4, Some("b")).unwrap();

@@ -8,12 +8,17 @@
 //! [`AdminView`] behind a mutex that only the main thread and this thread
 //! touch — nothing on the request path does.
 //!
+//! Its socket is one of the process's listeners (`transport::listeners`),
+//! handed to the next process by a binary upgrade; then [`AdminStop`]
+//! ends this thread's accepting.
+//!
 //! Bounds: one connection at a time (a scraper that stalls holds the
 //! endpoint for at most `ADMIN_IO_TIMEOUT`), a request head of at most
 //! `ADMIN_REQUEST_BYTES_MAX`, one request per connection.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -133,34 +138,65 @@ pub enum AdminError {
     Thread(std::io::Error),
 }
 
-/// Binds `addr` (so a bad address fails startup) and serves it from a new
-/// thread; returns the bound address.
+/// Binds `addr` (so a bad address fails startup).
+pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
+    TcpListener::bind(addr).map_err(|source| AdminError::Bind { addr, source })
+}
+
+/// Tells the admin thread to stop accepting (the next process took its
+/// socket over); the socket itself stays open for that process.
+#[derive(Clone, Default)]
+pub(crate) struct AdminStop(Arc<AtomicBool>);
+
+impl AdminStop {
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How often the admin thread looks at its stop flag while idle.
+const ADMIN_STOP_POLL: Duration = Duration::from_millis(100);
+
+/// Serves `listener` from a new thread until `stop`; returns its address.
 pub(crate) fn start(
-    addr: SocketAddr,
+    listener: TcpListener,
     view: Arc<Mutex<AdminView>>,
+    stop: AdminStop,
 ) -> Result<SocketAddr, AdminError> {
-    let bind = |source| AdminError::Bind { addr, source };
-    let listener = TcpListener::bind(addr).map_err(bind)?;
-    let bound = listener.local_addr().map_err(bind)?;
+    let addr = listener.local_addr().map_err(AdminError::Thread)?;
+    // Non-blocking: the thread polls with a timeout so it sees `stop`, and
+    // a connection another process accepted first is no error.
+    listener.set_nonblocking(true).map_err(AdminError::Thread)?;
     std::thread::Builder::new()
         .name("tessera-admin".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => {
-                        if let Err(e) = serve_one(s, &view) {
-                            log::debug!("admin: {e}");
-                        }
-                    }
-                    Err(e) => {
-                        log::warn!("admin: accept failed: {e}");
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
+        .spawn(move || accept_loop(listener, &view, &stop))
+        .map_err(AdminError::Thread)?;
+    Ok(addr)
+}
+
+fn accept_loop(listener: TcpListener, view: &Mutex<AdminView>, stop: &AdminStop) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let wait = PollTimeout::try_from(ADMIN_STOP_POLL.as_millis() as i32).expect("fits");
+    while !stop.0.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, wait), Ok(n) if n > 0) {
+            continue;
+        }
+        match listener.accept() {
+            Ok((s, _)) => {
+                let _ = s.set_nonblocking(false);
+                if let Err(e) = serve_one(s, view) {
+                    log::debug!("admin: {e}");
                 }
             }
-        })
-        .map_err(AdminError::Thread)?;
-    Ok(bound)
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                log::warn!("admin: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 fn serve_one(mut s: TcpStream, view: &Mutex<AdminView>) -> std::io::Result<()> {

@@ -53,10 +53,7 @@ const READS_PER_POLL: usize = 16;
 /// A buffer grown past this by a burst is freed once empty, not kept.
 const KEEP_BUFFER_BYTES: usize = 64 * 1024;
 
-/// After a shutdown-initiated close, how long unread client bytes are
-/// drained so closing with them queued does not turn into a TCP reset that
-/// could destroy responses the client has not read yet.
-const LINGER: Duration = Duration::from_millis(200);
+use super::LINGER;
 
 /// Which transport a connection came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

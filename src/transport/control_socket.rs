@@ -4,9 +4,13 @@
 //! plain thread accepts one connection at a time; a request is one line
 //! (at most [`REQUEST_BYTES_MAX`] bytes, read within [`IO_TIMEOUT`]) and is
 //! handed to the main thread, which answers one line: `ok: ...` or
-//! `error: ...`. Nothing here touches a shard.
+//! `error: ...`. `upgrade` is the exception: the connection itself goes to
+//! the main thread, which holds the binary upgrade's conversation on it
+//! (`transport::handover`). Nothing here touches a shard.
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -24,12 +28,18 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ControlRequest {
     pub command: String,
     pub reply: Sender<Result<String, String>>,
+    /// `upgrade`: the connection, for the main thread to converse on.
+    pub conn: Option<UnixStream>,
 }
 
-/// The listening socket; the file is removed when this drops.
+/// The listening socket; the file is removed when this drops, unless
+/// another process took it over ([`ControlSocket::handed_over`]).
 pub struct ControlSocket {
     path: PathBuf,
     pub requests: Receiver<ControlRequest>,
+    /// A duplicate of the listening socket, for a hand-over.
+    listener: OwnedFd,
+    handed_over: Cell<bool>,
 }
 
 impl ControlSocket {
@@ -48,23 +58,51 @@ impl ControlSocket {
         }
         let listener = UnixListener::bind(path).map_err(what)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(what)?;
+        log::info!("control socket on {} (mode 0600)", path.display());
+        Self::serve(path, listener)
+    }
+
+    /// Serves the socket a previous process listened on at `path` (a
+    /// binary upgrade handed it over): the file stays where it is.
+    pub(crate) fn adopt(path: &Path, fd: OwnedFd) -> Result<ControlSocket, String> {
+        let listener = UnixListener::from(fd);
+        log::info!("control socket on {} (taken over)", path.display());
+        Self::serve(path, listener)
+    }
+
+    fn serve(path: &Path, listener: UnixListener) -> Result<ControlSocket, String> {
+        let what = |e: std::io::Error| format!("--upgrade-socket {}: {e}", path.display());
+        let dup = OwnedFd::from(listener.try_clone().map_err(what)?);
         // One request waits at a time; the accept thread blocks on it.
         let (tx, requests) = bounded(1);
         std::thread::Builder::new()
             .name("tessera-control".into())
             .spawn(move || accept_loop(listener, tx))
             .map_err(what)?;
-        log::info!("control socket on {} (mode 0600)", path.display());
         Ok(ControlSocket {
             path: path.to_owned(),
             requests,
+            listener: dup,
+            handed_over: Cell::new(false),
         })
+    }
+
+    /// A duplicate of the listening socket.
+    pub(crate) fn listener(&self) -> std::io::Result<OwnedFd> {
+        self.listener.try_clone()
+    }
+
+    /// The next process serves the socket now: leave its file in place.
+    pub(crate) fn handed_over(&self) {
+        self.handed_over.set(true);
     }
 }
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if !self.handed_over.get() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -87,11 +125,19 @@ fn serve_one(mut conn: UnixStream, tx: &Sender<ControlRequest>) -> Result<(), ()
         return Ok(());
     }
     let (reply, answer) = bounded(1);
+    let command = line.trim().to_owned();
+    let upgrade = command == "upgrade";
     let request = ControlRequest {
-        command: line.trim().to_owned(),
+        conn: if upgrade { conn.try_clone().ok() } else { None },
+        command,
         reply,
     };
     tx.send(request).map_err(drop)?;
+    if upgrade {
+        // The main thread conversed on the connection itself.
+        let _ = answer.recv();
+        return Ok(());
+    }
     let text = match answer.recv() {
         Ok(Ok(done)) => format!("ok: {done}\n"),
         Ok(Err(why)) => format!("error: {why}\n"),

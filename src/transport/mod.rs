@@ -11,7 +11,9 @@
 pub(crate) mod admin;
 pub(crate) mod conn;
 pub mod control_socket;
+pub(crate) mod handover;
 pub(crate) mod http;
+pub(crate) mod listeners;
 pub(crate) mod stdio;
 pub(crate) mod tcp;
 
@@ -27,6 +29,13 @@ use crate::runtime::local::Flag;
 use crate::runtime::supervisor::Dice;
 use crate::server::core::Core;
 use crate::server::Notifier;
+
+/// After a shutdown-initiated close (a drain: shutdown or upgrade), how
+/// long unread client bytes are read and dropped after our FIN, so closing
+/// with them queued does not turn into a TCP reset that could destroy
+/// responses the client has not read yet. The client sees the end of the
+/// stream and knows that whatever it sent unanswered was never handled.
+pub(crate) const LINGER: Duration = Duration::from_millis(200);
 
 /// Bytes read from a socket in one call. Every connection on the core reads
 /// into the same scratch buffer of this size, so an idle connection holds no

@@ -1,27 +1,21 @@
 //! TCP transport: newline-delimited JSON-RPC, the framing erlmcp uses on TCP.
 //!
-//! Every shard binds the same address with SO_REUSEPORT (glommio sets it), so
-//! the kernel spreads new connections across cores and each connection lives
+//! Every shard listens on its own SO_REUSEPORT socket of the same address
+//! (`transport::listeners`), so the kernel spreads new connections across cores and each connection lives
 //! its whole life on the core that accepted it. At `max_connections_per_shard`
 //! a new connection is accepted and closed at once (`connections_refused`).
 
-use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, TcpStream};
 
 use super::{conn, Net};
 
 /// Pause after an accept error (such as running out of file descriptors) so
 /// the loop backs off instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
-
-/// Pending connections the kernel queues per listener (the kernel caps it
-/// at `net.core.somaxconn`).
-const LISTEN_BACKLOG: i32 = 4096;
 
 /// A listener and its descriptor (glommio's listener does not expose it; the
 /// shard needs it to shut the socket down if its executor dies).
@@ -30,24 +24,33 @@ pub(crate) struct Bound {
     pub fd: RawFd,
 }
 
-/// Binds `addr` with SO_REUSEPORT so every shard can listen on it.
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<Bound> {
-    let domain = if addr.is_ipv6() {
-        socket2::Domain::IPV6
-    } else {
-        socket2::Domain::IPV4
-    };
-    let sk = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    sk.set_reuse_port(true)?;
-    sk.set_reuse_address(true)?;
-    sk.bind(&addr.into())?;
-    sk.listen(LISTEN_BACKLOG)?;
-    let fd = sk.into_raw_fd();
-    // SAFETY: `into_raw_fd` just gave up ownership of `fd`, a bound and
-    // listening socket nothing else holds; the listener takes it over and is
-    // the only owner from here on.
+/// Accepts on `fd`, a listening socket (`transport::listeners`).
+pub(crate) fn listen_on(fd: OwnedFd) -> Bound {
+    let fd = fd.into_raw_fd();
+    // SAFETY: `into_raw_fd` just gave up ownership of `fd`, a listening
+    // socket nothing else in this process holds by that number; the
+    // listener takes it over and is its only owner from here on.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
-    Ok(Bound { listener, fd })
+    Bound { listener, fd }
+}
+
+/// Serves one accepted connection in its own task.
+pub(crate) fn serve_accepted(net: Rc<Net>, stream: TcpStream) {
+    let id = net.core.id;
+    // Responses are written once per batch, so Nagle would only add delay.
+    if let Err(e) = stream.set_nodelay(true) {
+        log::debug!("shard {id}: TCP_NODELAY: {e}");
+    }
+    glommio::spawn_local(async move {
+        let peer = stream.peer_addr().ok();
+        let fd = stream.as_raw_fd();
+        net.track_socket(fd);
+        if let Err(e) = conn::serve(stream, net.clone(), conn::Kind::Tcp).await {
+            log::debug!("shard {id}: connection {peer:?} ended: {e}");
+        }
+        net.untrack_socket(fd);
+    })
+    .detach();
 }
 
 /// Accepts connections until the shard starts draining.
@@ -78,21 +81,7 @@ pub(crate) async fn accept_loop(net: Rc<Net>, bound: Bound) {
             drop(stream);
             continue;
         }
-        // Responses are written once per batch, so Nagle would only add delay.
-        if let Err(e) = stream.set_nodelay(true) {
-            log::debug!("shard {id}: TCP_NODELAY: {e}");
-        }
-        let net = net.clone();
-        glommio::spawn_local(async move {
-            let peer = stream.peer_addr().ok();
-            let fd = stream.as_raw_fd();
-            net.track_socket(fd);
-            if let Err(e) = conn::serve(stream, net.clone(), conn::Kind::Tcp).await {
-                log::debug!("shard {id}: connection {peer:?} ended: {e}");
-            }
-            net.untrack_socket(fd);
-        })
-        .detach();
+        serve_accepted(net.clone(), stream);
     }
     net.untrack_socket(fd);
     log::debug!("shard {id}: stopped accepting");

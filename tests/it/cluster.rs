@@ -357,25 +357,16 @@ const CT: (&str, &str) = ("content-type", "application/json");
 const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
 const V: (&str, &str) = ("mcp-protocol-version", "2025-11-25");
 
-fn post(server: &Server, sid: Option<&str>, body: &Value) -> HttpResp {
-    let b = serde_json::to_vec(body).unwrap();
-    let mut h = vec![CT, ACCEPT, V];
-    if let Some(s) = sid {
-        h.push(("mcp-session-id", s));
-    }
-    server.http().request("POST", "/mcp", &h, Some(&b))
-}
-
 /// A legacy session made on `server`; its id.
 fn legacy_session(server: &Server) -> String {
-    let r = post(
+    let r = legacy_post(
         server,
         None,
         &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"elicitation":{}},"clientInfo":{"name":"t","version":"1"}}}),
     );
     assert_eq!(r.status, 200, "{r:?}");
     let sid = r.header("mcp-session-id").expect("session id").to_owned();
-    let r = post(
+    let r = legacy_post(
         server,
         Some(&sid),
         &json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
@@ -442,7 +433,7 @@ fn a_session_is_served_from_any_node_and_outlives_its_owner() {
     // The owner serves it with no Redis command on the request path.
     for i in 0..20 {
         assert_eq!(
-            echoed(&post(&a, Some(&sid), &echo(i, &format!("a{i}")))),
+            echoed(&legacy_post(&a, Some(&sid), &echo(i, &format!("a{i}")))),
             format!("a{i}")
         );
     }
@@ -450,7 +441,11 @@ fn a_session_is_served_from_any_node_and_outlives_its_owner() {
     // Node b holds nothing of it: it relays to a.
     for i in 0..5 {
         assert_eq!(
-            echoed(&post(&b, Some(&sid), &echo(100 + i, &format!("b{i}")))),
+            echoed(&legacy_post(
+                &b,
+                Some(&sid),
+                &echo(100 + i, &format!("b{i}"))
+            )),
             format!("b{i}")
         );
     }
@@ -485,7 +480,7 @@ fn a_session_is_served_from_any_node_and_outlives_its_owner() {
 
     // A subscription made at the owner (written behind with its record).
     let sub = json!({"jsonrpc":"2.0","id":250,"method":"resources/subscribe","params":{"uri":"kv://survives"}});
-    assert_eq!(post(&a, Some(&sid), &sub).status, 200);
+    assert_eq!(legacy_post(&a, Some(&sid), &sub).status, 200);
     assert!(eventually(Duration::from_secs(10), || {
         valkey
             .command(&["HGET", &format!("tessera:s:{{{sid}}}"), "rec"])
@@ -516,13 +511,16 @@ fn a_session_is_served_from_any_node_and_outlives_its_owner() {
     let replayed_ids: Vec<String> = replayed.iter().filter_map(|e| e.id.clone()).collect();
     assert_eq!(replayed_ids, ids[2..].to_vec(), "exactly the missed events");
     assert!(taken_ms < 2 * 1500 + 2000, "takeover took {taken_ms} ms");
-    assert_eq!(echoed(&post(&b, Some(&sid), &echo(300, "after"))), "after");
+    assert_eq!(
+        echoed(&legacy_post(&b, Some(&sid), &echo(300, "after"))),
+        "after"
+    );
     // The subscription came along: a change made by another client reaches
     // the session's stream on its new owner.
     let mut stream = standalone_stream(&b, &sid);
     let other = legacy_session(&b);
     let set = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"survives","value":1}}});
-    assert_eq!(post(&b, Some(&other), &set).status, 200);
+    assert_eq!(legacy_post(&b, Some(&other), &set).status, 200);
     let update = next_message(&mut stream, "an update on the new owner");
     assert_eq!(update["params"]["uri"], "kv://survives", "{update}");
     assert!(eventually(Duration::from_secs(10), || {
@@ -544,7 +542,7 @@ fn an_unknown_session_is_not_found_on_every_node_and_a_forged_relay_is_refused()
     assert!(stored(&valkey, &sid));
     let unknown = format!("{}.a", "0".repeat(36));
     for n in [&a, &b] {
-        let r = post(n, Some(&unknown), &echo(1, "x"));
+        let r = legacy_post(n, Some(&unknown), &echo(1, "x"));
         assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
     }
     // Node-to-node requests without a valid proof are refused, even for a
@@ -576,7 +574,7 @@ fn an_unknown_session_is_not_found_on_every_node_and_a_forged_relay_is_refused()
         .request("DELETE", "/mcp", &[V, ("mcp-session-id", &sid)], None);
     assert_eq!(r.status, 200);
     for n in [&a, &b] {
-        let r = post(n, Some(&sid), &echo(3, "gone"));
+        let r = legacy_post(n, Some(&sid), &echo(3, "gone"));
         if r.status != 404 {
             eprintln!("A:\n{}\nB:\n{}", a.stderr(), b.stderr());
         }
@@ -688,11 +686,11 @@ fn kv_is_shared_and_updates_reach_subscribers_on_every_node() {
     // The watcher's standalone stream, on its own node.
     let mut stream = standalone_stream(a, &watcher);
     let sub = json!({"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"kv://shared"}});
-    assert_eq!(post(a, Some(&watcher), &sub).status, 200);
+    assert_eq!(legacy_post(a, Some(&watcher), &sub).status, 200);
     // Another client sets it on a third node.
     let writer = legacy_session(c);
     let set = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"shared","value":{"n":7}}}});
-    let r = post(c, Some(&writer), &set);
+    let r = legacy_post(c, Some(&writer), &set);
     assert_eq!(
         r.json()["result"]["structuredContent"]["created"],
         true,
@@ -705,7 +703,7 @@ fn kv_is_shared_and_updates_reach_subscribers_on_every_node() {
     let reader = legacy_session(b);
     let get_it = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"kv_get","arguments":{"key":"shared"}}});
     for (n, sid) in [(a, &watcher), (b, &reader), (c, &writer)] {
-        let r = post(n, Some(sid), &get_it);
+        let r = legacy_post(n, Some(sid), &get_it);
         assert_eq!(
             r.json()["result"]["structuredContent"]["value"],
             json!({"n":7}),
@@ -714,7 +712,7 @@ fn kv_is_shared_and_updates_reach_subscribers_on_every_node() {
     }
     let read =
         json!({"jsonrpc":"2.0","id":4,"method":"resources/read","params":{"uri":"kv://shared"}});
-    let r = post(b, Some(&reader), &read);
+    let r = legacy_post(b, Some(&reader), &read);
     assert_eq!(
         r.json()["result"]["contents"][0]["text"],
         "{\"n\":7}",
@@ -788,7 +786,7 @@ fn a_tool_enabled_on_one_node_is_offered_and_announced_on_every_node() {
     let mut stream = standalone_stream(a, &listener);
     let list = json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}});
     let offered = |sid: &str, n: &Server| {
-        post(n, Some(sid), &list).json()["result"]["tools"]
+        legacy_post(n, Some(sid), &list).json()["result"]["tools"]
             .as_array()
             .unwrap()
             .iter()
@@ -797,7 +795,7 @@ fn a_tool_enabled_on_one_node_is_offered_and_announced_on_every_node() {
     assert!(!offered(&listener, a));
     let other = legacy_session(b);
     let trigger = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"test_trigger_tool_change","arguments":{}}});
-    let r = post(b, Some(&other), &trigger);
+    let r = legacy_post(b, Some(&other), &trigger);
     assert_eq!(echoed(&r), "test_dynamic_tool enabled=true");
     let n = next_message(&mut stream, "an event on the listener's stream");
     assert_eq!(n["method"], "notifications/tools/list_changed", "{n}");
@@ -897,7 +895,7 @@ fn modern_status(server: &Server, task: &str) -> Value {
 
 /// A legacy task of `slow_compute` made in session `sid`; its id.
 fn legacy_task(server: &Server, sid: &str, id: u64, seconds: f64) -> String {
-    let r = post(
+    let r = legacy_post(
         server,
         Some(sid),
         &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"slow_compute","arguments":{"seconds":seconds,"label":"l"},"task":{"ttl":60000}}}),
@@ -910,7 +908,7 @@ fn legacy_task(server: &Server, sid: &str, id: u64, seconds: f64) -> String {
 }
 
 fn legacy_rpc(server: &Server, sid: &str, method: &str, params: Value) -> Value {
-    let r = post(
+    let r = legacy_post(
         server,
         Some(sid),
         &json!({"jsonrpc":"2.0","id":9,"method":method,"params":params}),
@@ -1137,7 +1135,10 @@ fn with_sync_events_a_resume_after_kill_9_replays_every_event_seen() {
     let sid = legacy_session(&a);
     assert!(stored(&valkey, &sid));
     // A plain call still answers with JSON.
-    assert_eq!(echoed(&post(&a, Some(&sid), &echo(1, "plain"))), "plain");
+    assert_eq!(
+        echoed(&legacy_post(&a, Some(&sid), &echo(1, "plain"))),
+        "plain"
+    );
     let mut c = sleep_stream(&a, &sid, 2, 2000);
     let mut seen = Vec::new();
     let mut priming = None;
@@ -1201,20 +1202,20 @@ fn a_redis_cluster_seed_list_serves_sessions_kv_and_takeovers() {
         })
     }));
     assert_eq!(
-        echoed(&post(&b, Some(&sid), &echo(1, "relayed"))),
+        echoed(&legacy_post(&b, Some(&sid), &echo(1, "relayed"))),
         "relayed"
     );
     // kv through one node, watched and read on the other.
     let mut stream = standalone_stream(&a, &sid);
     let sub = json!({"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"kv://slots"}});
-    assert_eq!(post(&a, Some(&sid), &sub).status, 200);
+    assert_eq!(legacy_post(&a, Some(&sid), &sub).status, 200);
     let writer = legacy_session(&b);
     let set = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"slots","value":16384}}});
-    assert_eq!(post(&b, Some(&writer), &set).status, 200);
+    assert_eq!(legacy_post(&b, Some(&writer), &set).status, 200);
     let update = next_message(&mut stream, "the kv update");
     assert_eq!(update["params"]["uri"], "kv://slots", "{update}");
     let get_it = json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"kv_get","arguments":{"key":"slots"}}});
-    let r = post(&a, Some(&sid), &get_it);
+    let r = legacy_post(&a, Some(&sid), &get_it);
     assert_eq!(
         r.json()["result"]["structuredContent"]["value"],
         16384,
@@ -1225,12 +1226,15 @@ fn a_redis_cluster_seed_list_serves_sessions_kv_and_takeovers() {
     a.stop_with(libc::SIGKILL);
     assert!(
         eventually(Duration::from_secs(15), || {
-            post(&b, Some(&sid), &echo(5, "after")).status == 200
+            legacy_post(&b, Some(&sid), &echo(5, "after")).status == 200
         }),
         "b took the session over; stderr:\n{}",
         b.stderr()
     );
-    assert_eq!(echoed(&post(&b, Some(&sid), &echo(6, "again"))), "again");
+    assert_eq!(
+        echoed(&legacy_post(&b, Some(&sid), &echo(6, "again"))),
+        "again"
+    );
 }
 
 /// A `sleep` of `ms` with progress, POSTed in session `sid` on `server`
@@ -1269,7 +1273,7 @@ fn nodes_reach_redis_over_tls_and_check_its_certificate() {
     // Written through the TLS connection to the server behind it.
     assert!(stored(&valkey, &sid));
     assert_eq!(
-        echoed(&post(&b, Some(&sid), &echo(1, "over tls"))),
+        echoed(&legacy_post(&b, Some(&sid), &echo(1, "over tls"))),
         "over tls"
     );
     let out = Command::new(tessera_bin())

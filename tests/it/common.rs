@@ -96,10 +96,16 @@ impl Server {
 
     /// Spawns the binary with `args` and collects stderr in the background.
     pub fn spawn(args: &[&str], stdin: Stdio) -> Server {
-        let mut child = Command::new(tessera_bin())
-            .args(args)
+        let mut cmd = Command::new(tessera_bin());
+        cmd.args(args).stdin(stdin);
+        Server::spawn_command(cmd)
+    }
+
+    /// Spawns `cmd` (the binary, set up by the caller: arguments,
+    /// environment, limits) and collects stderr in the background.
+    pub fn spawn_command(mut cmd: Command) -> Server {
+        let mut child = cmd
             .env("RUST_LOG", "info")
-            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -711,6 +717,32 @@ pub fn interop_python() -> &'static PathBuf {
         }
         py
     })
+}
+
+/// POSTs `body` to a legacy (2025-11-25) endpoint on `server`, inside
+/// session `sid` when given.
+pub fn legacy_post(server: &Server, sid: Option<&str>, body: &Value) -> HttpResp {
+    let b = serde_json::to_vec(body).unwrap();
+    let mut h = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ];
+    if let Some(s) = sid {
+        h.push(("Mcp-Session-Id", s));
+    }
+    server.http().request("POST", "/mcp", &h, Some(&b))
+}
+
+/// The JSON-RPC answer in `r`'s body, whether sent as JSON or as SSE.
+pub fn rpc_message(r: &HttpResp) -> Value {
+    let text = String::from_utf8_lossy(&r.body);
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("id").is_some())
+        .or_else(|| serde_json::from_str(text.trim()).ok())
+        .unwrap_or_else(|| panic!("no JSON-RPC message in {text}"))
 }
 
 /// POSTs a stateless (2026-07-28) tools/call of `tool` with `body`,

@@ -42,4 +42,5 @@ mod reload;
 mod stdio;
 mod supervision;
 mod tools;
+mod upgrade;
 mod valkey;

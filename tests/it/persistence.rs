@@ -39,25 +39,6 @@ fn start(dir: &Path, fsync: &str) -> Server {
     ])
 }
 
-fn post(server: &Server, sid: Option<&str>, body: &Value) -> HttpResp {
-    let b = serde_json::to_vec(body).unwrap();
-    let mut h = vec![CT, ACCEPT, V];
-    if let Some(s) = sid {
-        h.push(("Mcp-Session-Id", s));
-    }
-    server.http().request("POST", "/mcp", &h, Some(&b))
-}
-
-fn message(r: &HttpResp) -> Value {
-    let text = String::from_utf8_lossy(&r.body);
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .find(|v| v.get("id").is_some())
-        .or_else(|| serde_json::from_str(text.trim()).ok())
-        .unwrap_or_else(|| panic!("no JSON-RPC message in {text}"))
-}
-
 fn kill_9(server: &mut Server) {
     server.child().kill().unwrap(); // SIGKILL
     server.child().wait().unwrap();
@@ -94,11 +75,11 @@ fn sessions_and_event_stores_survive_kill_9() {
         server.stderr()
     );
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"t","version":"1"}}});
-    let r = post(&server, None, &init);
+    let r = legacy_post(&server, None, &init);
     assert_eq!(r.status, 200);
     let sid = r.header("mcp-session-id").unwrap().to_owned();
     assert_eq!(
-        post(
+        legacy_post(
             &server,
             Some(&sid),
             &json!({"jsonrpc":"2.0","method":"notifications/initialized"})
@@ -107,20 +88,20 @@ fn sessions_and_event_stores_survive_kill_9() {
         202
     );
     let set = |server: &Server, v: i64| {
-        let r = post(
+        let r = legacy_post(
             server,
             Some(&sid),
             &json!({"jsonrpc":"2.0","id":v,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"watched","value":v}}}),
         );
-        assert!(message(&r)["result"].is_object(), "{r:?}");
+        assert!(rpc_message(&r)["result"].is_object(), "{r:?}");
     };
     set(&server, 1);
-    let sub = post(
+    let sub = legacy_post(
         &server,
         Some(&sid),
         &json!({"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"kv://watched"}}),
     );
-    assert!(message(&sub)["result"].is_object(), "{sub:?}");
+    assert!(rpc_message(&sub)["result"].is_object(), "{sub:?}");
     // Two updates land on the standalone stream (0-1, 0-2) with no reader.
     set(&server, 3);
     set(&server, 4);
@@ -138,13 +119,13 @@ fn sessions_and_event_stores_survive_kill_9() {
         server.stderr()
     );
     // The old session id continues.
-    let echo = post(
+    let echo = legacy_post(
         &server,
         Some(&sid),
         &json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{"text":"again"}}}),
     );
     assert_eq!(echo.status, 200, "{echo:?}");
-    assert_eq!(message(&echo)["result"]["content"][0]["text"], "again");
+    assert_eq!(rpc_message(&echo)["result"]["content"][0]["text"], "again");
     // Last-Event-ID replays what the store held.
     let replay = events_after(&server, &sid, "0-0", 2);
     let ids: Vec<&str> = replay.iter().map(|e| e.id.as_deref().unwrap()).collect();
@@ -166,7 +147,7 @@ fn sessions_and_event_stores_survive_kill_9() {
     std::thread::sleep(Duration::from_millis(1000));
     kill_9(&mut server);
     let server = start(&dir, "always");
-    let gone = post(
+    let gone = legacy_post(
         &server,
         Some(&sid),
         &json!({"jsonrpc":"2.0","id":7,"method":"ping"}),
@@ -204,27 +185,27 @@ fn task_records_and_results_survive_kill_9() {
     let a = args(&dir);
     let mut server = Server::start_http(&a.iter().map(String::as_str).collect::<Vec<_>>());
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
-    let r = post(&server, None, &init);
+    let r = legacy_post(&server, None, &init);
     let sid = r.header("mcp-session-id").unwrap().to_owned();
     let task = |server: &Server, id: u64, seconds: f64| {
-        let r = post(
+        let r = legacy_post(
             server,
             Some(&sid),
             &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"slow_compute","arguments":{"seconds":seconds,"label":"p"},"task":{"ttl":60000}}}),
         );
-        message(&r)["result"]["task"]["taskId"]
+        rpc_message(&r)["result"]["task"]["taskId"]
             .as_str()
             .unwrap_or_else(|| panic!("{r:?}"))
             .to_owned()
     };
     let done = task(&server, 1, 0.1);
     let running = task(&server, 2, 30.0);
-    let result = post(
+    let result = legacy_post(
         &server,
         Some(&sid),
         &json!({"jsonrpc":"2.0","id":3,"method":"tasks/result","params":{"taskId":done}}),
     );
-    let text = message(&result)["result"]["content"][0]["text"]
+    let text = rpc_message(&result)["result"]["content"][0]["text"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -239,7 +220,7 @@ fn task_records_and_results_survive_kill_9() {
         server.stderr()
     );
     let get = |id: &str| {
-        message(&post(
+        rpc_message(&legacy_post(
             &server,
             Some(&sid),
             &json!({"jsonrpc":"2.0","id":4,"method":"tasks/get","params":{"taskId":id}}),
@@ -252,17 +233,17 @@ fn task_records_and_results_survive_kill_9() {
         .as_str()
         .unwrap()
         .contains("restarted"));
-    let again = post(
+    let again = legacy_post(
         &server,
         Some(&sid),
         &json!({"jsonrpc":"2.0","id":5,"method":"tasks/result","params":{"taskId":done}}),
     );
     assert_eq!(
-        message(&again)["result"]["content"][0]["text"],
+        rpc_message(&again)["result"]["content"][0]["text"],
         text.as_str()
     );
     // Still this session's tasks.
-    let list = message(&post(
+    let list = rpc_message(&legacy_post(
         &server,
         Some(&sid),
         &json!({"jsonrpc":"2.0","id":6,"method":"tasks/list","params":{}}),
@@ -279,21 +260,21 @@ fn task_records_and_results_survive_kill_9() {
 /// A legacy session on `server`, initialized.
 fn session(server: &Server) -> String {
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
-    let r = post(server, None, &init);
+    let r = legacy_post(server, None, &init);
     assert_eq!(r.status, 200, "{r:?}");
     let sid = r.header("mcp-session-id").unwrap().to_owned();
     let ack = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
-    assert_eq!(post(server, Some(&sid), &ack).status, 202);
+    assert_eq!(legacy_post(server, Some(&sid), &ack).status, 202);
     sid
 }
 
 fn rpc(server: &Server, sid: &str, id: u64, method: &str, params: Value) -> Value {
-    let r = post(
+    let r = legacy_post(
         server,
         Some(sid),
         &json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}),
     );
-    message(&r)
+    rpc_message(&r)
 }
 
 #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use hyper::rt::ReadBufCursor;
 
-use super::super::{Net, READ_CHUNK_BYTES};
+use super::super::{Net, LINGER, READ_CHUNK_BYTES};
 use crate::runtime::local::ThreadBound;
 
 /// A glommio stream as hyper I/O. Reads go through the shard's scratch buffer
@@ -29,6 +29,8 @@ pub(super) struct HyperIo<S> {
     stream: S,
     net: Rc<Net>,
     clock: Rc<ConnClock>,
+    /// Closing while the shard drains: the end of [`LINGER`].
+    linger: Option<glommio::timer::Timer>,
 }
 
 /// What a connection's timers need to know about its traffic.
@@ -51,7 +53,12 @@ impl ConnClock {
 
 impl<S> HyperIo<S> {
     pub fn new(stream: S, net: Rc<Net>, clock: Rc<ConnClock>) -> Self {
-        Self { stream, net, clock }
+        Self {
+            stream,
+            net,
+            clock,
+            linger: None,
+        }
     }
 }
 
@@ -83,7 +90,7 @@ impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -101,8 +108,32 @@ impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
+    /// Half-closes. While the shard drains, the connection then lingers:
+    /// what the client sent after its last answer (a request racing the
+    /// close of a keep-alive connection) is read and dropped until it
+    /// closes too or [`LINGER`] passes, so it sees the end of the stream,
+    /// not a reset, and sends that request again elsewhere.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_close(cx)
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            match Pin::new(&mut this.stream).poll_close(cx) {
+                Poll::Ready(Ok(())) if this.net.shutdown.is_raised() => {
+                    this.linger = Some(glommio::timer::Timer::new(LINGER));
+                }
+                other => return other,
+            }
+        }
+        let net = this.net.clone();
+        let mut scratch = net.scratch.borrow_mut();
+        loop {
+            match Pin::new(&mut this.stream).poll_read(cx, &mut scratch.read[..READ_CHUNK_BYTES]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => break,
+            }
+        }
+        let timer = this.linger.as_mut().expect("set above");
+        Pin::new(timer).poll(cx).map(|_| Ok(()))
     }
 }
 

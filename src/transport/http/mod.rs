@@ -240,12 +240,21 @@ impl HttpShard {
     }
 }
 
-/// Binds `addr` with SO_REUSEPORT so every shard can listen on it.
-pub(crate) use super::tcp::bind;
+/// Serves one accepted connection in its own task.
+pub(crate) fn serve_accepted(http: Rc<HttpShard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let fd = stream.as_raw_fd();
+    glommio::spawn_local(async move {
+        http.net.track_socket(fd);
+        serve_connection(http.clone(), stream, peer).await;
+        http.net.untrack_socket(fd);
+    })
+    .detach();
+}
 
 /// Accepts HTTP connections until the shard starts draining.
 pub(crate) async fn accept_loop(http: Rc<HttpShard>, bound: Bound) {
-    glommio::spawn_local(session::sweep_loop(http.clone())).detach();
     let net = http.net.clone();
     let Bound {
         listener,
@@ -268,21 +277,12 @@ pub(crate) async fn accept_loop(http: Rc<HttpShard>, bound: Bound) {
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         if net.conns.live() >= net.limits.max_connections_per_shard {
             net.core.metrics.borrow_mut().counters.connections_refused += 1;
             glommio::spawn_local(refuse(stream)).detach();
             continue;
         }
-        let peer = stream.peer_addr().ok().map(|a| a.ip());
-        let fd = stream.as_raw_fd();
-        let http = http.clone();
-        glommio::spawn_local(async move {
-            http.net.track_socket(fd);
-            serve_connection(http.clone(), stream, peer).await;
-            http.net.untrack_socket(fd);
-        })
-        .detach();
+        serve_accepted(http.clone(), stream);
     }
     net.untrack_socket(listen_fd);
 }

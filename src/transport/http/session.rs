@@ -959,7 +959,7 @@ mod tests {
         assert_eq!(a.len(), 36);
         assert!(a.bytes().all(|c| c.is_ascii_graphic()));
         assert_eq!(owner_of(&a, 4, None), Some(3));
-        assert_eq!(owner_of(&a, 3, None), None);
+        assert_eq!(owner_of(&a, 3, None), Some(0));
         assert_eq!(owner_of("zz", 4, None), None);
         assert_eq!(owner_of(&a.replace('0', "g"), 4, None), None);
         assert_eq!(parse_event_id("3-17"), Some((3, 17)));
