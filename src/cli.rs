@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand};
 
 use tessera::config::{
     generated_node_id, parse_duration, read_secret_file, select_cores, AuditConfig, AuthConfig,
-    Chaos, ClusterConfig, FsyncPolicy, HttpConfig, JwtSettings, Limits, ServerConfig, StoreConfig,
+    Chaos, ClusterConfig, FsyncPolicy, HttpConfig, JwtSettings, Limits, OtelConfig, ServerConfig,
+    StoreConfig,
 };
 
 #[derive(Parser, Debug)]
@@ -266,6 +267,26 @@ pub struct ServeArgs {
     /// are dropped and counted (audit_dropped).
     #[arg(long, default_value_t = 1024 * 1024)]
     pub audit_buffer_bytes: usize,
+
+    /// Send OpenTelemetry traces and the mcp.server.operation.duration metric
+    /// to this collector (its base URL, http://HOST:PORT; OTLP/HTTP
+    /// protobuf to /v1/traces and /v1/metrics). Absent: tracing is off.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Requests without a sampled W3C traceparent are traced with this
+    /// probability (0 to 1); a sampled parent is always followed.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio)]
+    pub trace_sample_ratio: f64,
+    /// Spans and duration batches queued for the OTLP exporter; past it they
+    /// are dropped and counted (trace_dropped).
+    #[arg(long, default_value_t = 65_536)]
+    pub otlp_queue_max: usize,
+    /// Spans and metrics are exported at least this often.
+    #[arg(long, default_value_t = 1000)]
+    pub otlp_export_interval_ms: u64,
+    /// One OTLP export request may take this long.
+    #[arg(long, default_value_t = 5000)]
+    pub otlp_timeout_ms: u64,
 
     /// Keep legacy HTTP sessions and their SSE event stores in one file per
     /// shard under this directory, so they survive restarts (even kill -9).
@@ -705,6 +726,13 @@ impl ServeArgs {
                 keep: self.audit_log_keep,
                 buffer_bytes: self.audit_buffer_bytes,
             }),
+            otel: self.otlp_endpoint.as_ref().map(|endpoint| OtelConfig {
+                endpoint: endpoint.clone(),
+                sample_ratio: self.trace_sample_ratio,
+                queue_max: self.otlp_queue_max,
+                export_interval_ms: self.otlp_export_interval_ms,
+                timeout_ms: self.otlp_timeout_ms,
+            }),
             store: self.data_dir.as_ref().map(|dir| StoreConfig {
                 dir: dir.clone(),
                 fsync: self.fsync.into(),
@@ -725,5 +753,13 @@ impl ServeArgs {
         };
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
+    }
+}
+
+/// A probability: a number from 0 to 1.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio from 0 to 1")),
     }
 }

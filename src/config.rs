@@ -16,6 +16,7 @@ pub use crate::adapters::cluster::{
 };
 pub use crate::adapters::command::{CommandToolConfig, CommandToolError};
 pub use crate::adapters::files::{FileDirConfig, FileDirError};
+pub use crate::adapters::otel::{OtelConfig, OtelError};
 pub use crate::adapters::prompt_files::{PromptArgConfig, PromptFileConfig, PromptFileError};
 pub use crate::adapters::secrets::{JwtSettings, SecretsError};
 pub use crate::adapters::store::{FsyncPolicy, StoreConfig};
@@ -341,6 +342,8 @@ pub struct ServerConfig {
     pub auth: Option<AuthConfig>,
     /// `--audit-log`: one JSON line per request.
     pub audit: Option<AuditConfig>,
+    /// `--otlp-endpoint`: OpenTelemetry traces and metrics.
+    pub otel: Option<OtelConfig>,
     /// `--data-dir`: sessions, SSE event stores and tasks survive restarts.
     pub store: Option<StoreConfig>,
     /// `--cluster`: membership (and, as it grows, shared state) on Redis.
@@ -366,6 +369,7 @@ impl ServerConfig {
             admin: None,
             auth: None,
             audit: None,
+            otel: None,
             store: None,
             cluster: None,
             limits: Limits::default(),
@@ -427,6 +431,18 @@ impl ServerConfig {
         }
         if let Some(a) = &self.audit {
             a.validate()?;
+        }
+        if let Some(o) = &self.otel {
+            o.validate()?;
+            for (key, v) in [
+                ("otlp_queue_max", o.queue_max as u64),
+                ("otlp_export_interval_ms", o.export_interval_ms),
+                ("otlp_timeout_ms", o.timeout_ms),
+            ] {
+                if v == 0 {
+                    return Err(Box::new(out_of_range(key, "must be at least 1".into())));
+                }
+            }
         }
         if let Some(c) = &self.cluster {
             c.check()?;

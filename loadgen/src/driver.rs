@@ -581,6 +581,9 @@ where
                         slots.outstanding,
                     ));
                 };
+                // As a client would: close our half at once, so a server
+                // lingering on this connection sees it done.
+                let _ = stream.close().await;
                 *stream = reconnect(
                     redial, reader, wire, plan, &slots, &mut wbuf, &mut order, stats,
                 )

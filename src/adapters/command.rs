@@ -29,6 +29,7 @@ use crate::protocol::jsonrpc::SERVER_OVERLOADED;
 use crate::server::api::{
     CallToolResult, Ctx, McpServer, RpcError, ToolError, ToolResponse, ToolSpec,
 };
+use crate::server::trace::AttrValue;
 
 /// Stderr kept for the `isError` message: the end of it, where the error is.
 pub const STDERR_EXCERPT_BYTES: usize = 2048;
@@ -250,7 +251,34 @@ impl Drop for Slot {
 }
 
 /// One call: refused at the bound, else the program run to its outcome.
+/// One call, as a child span of the request when it is traced.
 async fn run(
+    cfg: &CommandToolConfig,
+    ctx: &Ctx,
+    args: serde_json::Value,
+    max_children: usize,
+) -> ToolResponse {
+    let span = ctx.core().tracer().and_then(|t| {
+        let program = cfg.command.first().map_or("", String::as_str);
+        let attrs = vec![
+            ("gen_ai.tool.name", AttrValue::Str(cfg.name.as_str().into())),
+            ("process.executable.path", AttrValue::Str(program.into())),
+        ];
+        t.child(format!("command {}", cfg.name), attrs)
+    });
+    let result = run_untraced(cfg, ctx, args, max_children).await;
+    if let Some(span) = span {
+        let error = match &result {
+            Ok(r) if r.is_error => Some("tool_error".to_string()),
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        span.end(error);
+    }
+    result
+}
+
+async fn run_untraced(
     cfg: &CommandToolConfig,
     ctx: &Ctx,
     args: serde_json::Value,

@@ -18,6 +18,7 @@ pub(crate) mod audit;
 pub(crate) mod cluster;
 pub(crate) mod command;
 pub(crate) mod files;
+pub(crate) mod otel;
 pub(crate) mod prompt_files;
 pub(crate) mod secrets;
 pub(crate) mod store;

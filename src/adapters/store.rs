@@ -30,6 +30,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
 use crate::server::store::{Loaded, Op, Store};
+use crate::server::trace::{AttrValue, DetachedSpan, SpanOut};
 
 /// Sessions by id: their record (JSON).
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -128,11 +129,19 @@ pub(crate) fn load(db: &Database) -> Result<Loaded, StoreError> {
     Ok(out)
 }
 
+/// What a shard hands its writer: operations, and the spans of traced
+/// requests' writes among them (finished once the batch is committed).
+#[derive(Default)]
+struct Batch {
+    ops: Vec<Op>,
+    traced: Vec<DetachedSpan>,
+}
+
 /// One shard's end: buffered operations and the writer thread.
 pub(crate) struct ShardStore {
-    pending: RefCell<Vec<Op>>,
+    pending: RefCell<Batch>,
     pending_max: usize,
-    tx: Sender<Vec<Op>>,
+    tx: Sender<Batch>,
 }
 
 /// The writer thread of one shard's file; [`Writer::finish`] waits for it.
@@ -142,20 +151,22 @@ pub(crate) struct Writer {
 
 impl ShardStore {
     /// Starts shard `index`'s writer on `db`.
+    /// `spans`: where traced writes' spans go (`--otlp-endpoint`).
     pub fn start(
         cfg: &StoreConfig,
         db: Arc<Database>,
         index: usize,
+        spans: Option<SpanOut>,
     ) -> Result<(Self, Writer), StoreError> {
         let (tx, rx) = bounded(QUEUE_BATCHES);
         let policy = cfg.fsync;
         let interval = Duration::from_millis(cfg.fsync_interval_ms.max(1));
         let join = std::thread::Builder::new()
             .name(format!("tessera-store-{index}"))
-            .spawn(move || write_loop(&db, rx, policy, interval))
+            .spawn(move || write_loop(&db, rx, policy, interval, spans))
             .map_err(StoreError::Thread)?;
         let store = Self {
-            pending: RefCell::new(Vec::new()),
+            pending: RefCell::new(Batch::default()),
             pending_max: cfg.pending_ops_max,
             tx,
         };
@@ -166,16 +177,26 @@ impl ShardStore {
 impl Store for ShardStore {
     fn push(&self, op: Op) -> bool {
         let mut pending = self.pending.borrow_mut();
-        if pending.len() >= self.pending_max {
+        if pending.ops.len() >= self.pending_max {
             return false;
         }
-        pending.push(op);
+        pending.ops.push(op);
+        true
+    }
+
+    fn push_traced(&self, op: Op, span: DetachedSpan) -> bool {
+        let mut pending = self.pending.borrow_mut();
+        if pending.ops.len() >= self.pending_max {
+            return false;
+        }
+        pending.ops.push(op);
+        pending.traced.push(span);
         true
     }
 
     fn flush(&self) -> bool {
         let mut pending = self.pending.borrow_mut();
-        if pending.is_empty() {
+        if pending.ops.is_empty() {
             return true;
         }
         let batch = std::mem::take(&mut *pending);
@@ -249,7 +270,13 @@ fn apply(db: &Database, batch: Vec<Op>, durability: Durability) -> Result<(), St
     txn.commit().map_err(db_error)
 }
 
-fn write_loop(db: &Database, rx: Receiver<Vec<Op>>, policy: FsyncPolicy, interval: Duration) {
+fn write_loop(
+    db: &Database,
+    rx: Receiver<Batch>,
+    policy: FsyncPolicy,
+    interval: Duration,
+    spans: Option<SpanOut>,
+) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     loop {
@@ -261,11 +288,12 @@ fn write_loop(db: &Database, rx: Receiver<Vec<Op>>, policy: FsyncPolicy, interva
             Ok(mut b) => {
                 // Whatever else is queued goes into the same transaction.
                 while let Ok(more) = rx.try_recv() {
-                    b.extend(more);
+                    b.ops.extend(more.ops);
+                    b.traced.extend(more.traced);
                 }
                 b
             }
-            Err(RecvTimeoutError::Timeout) => Vec::new(),
+            Err(RecvTimeoutError::Timeout) => Batch::default(),
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let sync_now = match policy {
@@ -273,7 +301,7 @@ fn write_loop(db: &Database, rx: Receiver<Vec<Op>>, policy: FsyncPolicy, interva
             FsyncPolicy::Interval => last_sync.elapsed() >= interval,
             FsyncPolicy::Never => false,
         };
-        if batch.is_empty() && !(sync_now && unsynced) {
+        if batch.ops.is_empty() && !(sync_now && unsynced) {
             continue;
         }
         let durability = match (sync_now, policy) {
@@ -281,8 +309,21 @@ fn write_loop(db: &Database, rx: Receiver<Vec<Op>>, policy: FsyncPolicy, interva
             (false, FsyncPolicy::Never) => Durability::Eventual,
             (false, _) => Durability::None,
         };
-        if let Err(e) = apply(db, batch, durability) {
+        let ops = batch.ops.len();
+        let written = apply(db, batch.ops, durability);
+        if let Err(e) = &written {
             log::error!("store: a batch was not written: {e}");
+        }
+        if let Some(out) = &spans {
+            for span in batch.traced {
+                let attrs = vec![
+                    ("db.system.name", AttrValue::Str("redb".into())),
+                    ("tessera.store.batch_ops", AttrValue::Int(ops as i64)),
+                    ("tessera.store.durable", AttrValue::Int(i64::from(sync_now))),
+                ];
+                let error = written.as_ref().err().map(|e| e.to_string());
+                let _ = out(span.finish(attrs, error));
+            }
         }
         if sync_now {
             last_sync = Instant::now();
@@ -403,7 +444,7 @@ mod tests {
         };
         {
             let dbs = open_all(&cfg, 1).unwrap();
-            let (s, writer) = ShardStore::start(&cfg, dbs[0].clone(), 0).unwrap();
+            let (s, writer) = ShardStore::start(&cfg, dbs[0].clone(), 0, None).unwrap();
             assert!(s.push(Op::PutSession("a".into(), b"{}".to_vec())));
             assert!(s.push(Op::PutSession("b".into(), b"{}".to_vec())));
             for seq in 1..=3 {
@@ -435,7 +476,7 @@ mod tests {
             pending_ops_max: 1,
             ..cfg
         };
-        let (s, writer) = ShardStore::start(&bounded, dbs[0].clone(), 0).unwrap();
+        let (s, writer) = ShardStore::start(&bounded, dbs[0].clone(), 0, None).unwrap();
         assert!(s.push(Op::DelSession("a".into())));
         assert!(!s.push(Op::DelSession("a".into())), "bounded");
         drop(s);

@@ -166,6 +166,10 @@ counters! {
     /// Audit lines dropped because the shard's buffer was full (the writer
     /// fell behind).
     audit_dropped,
+    /// Spans and duration batches dropped because the OTLP exporter's queue
+    /// was full (`--otlp-queue-max`; the collector or the exporter fell
+    /// behind).
+    trace_dropped,
     /// Command-tool programs started.
     commands_started,
     /// Command-tool calls that failed: non-zero exit, killed, timed out, or

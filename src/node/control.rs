@@ -262,6 +262,10 @@ pub(crate) async fn control_loop(
                 Err(TryRecvError::Empty) => break,
             }
         }
+        if let Some(t) = shard.core.tracer() {
+            t.flush_samples();
+            shard.core.metrics.borrow_mut().counters.trace_dropped = t.dropped();
+        }
         let Some(every) = stats_interval else {
             continue;
         };

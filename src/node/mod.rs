@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::adapters::audit::{AuditError, AuditWriter};
 use crate::adapters::cluster::TimerRuntime;
+use crate::adapters::otel;
 use crate::adapters::store::{self, FsyncPolicy, StoreError};
 use crate::config::{ConfigError, Limits, ServerConfig};
 use crate::runtime::executor::LaunchError;
@@ -157,6 +158,7 @@ fn serve_on(
         plan,
         setup.stdio_end.take(),
         setup.audit_tx.take(),
+        setup.otel_queue.take(),
         dbs,
         std::mem::take(&mut setup.listeners),
     );
@@ -183,7 +185,12 @@ fn serve_on(
         }
     }
     drop(control);
-    let result = sup.shutdown(outcome, setup.stdout_pump.take(), setup.audit_writer.take());
+    let result = sup.shutdown(
+        outcome,
+        setup.stdout_pump.take(),
+        setup.audit_writer.take(),
+        setup.otel.take(),
+    );
     // Only now: the shards' Redis clients may close under its timer.
     drop(setup.timer.take());
     if let Some(conn) = handed_to {
@@ -228,6 +235,8 @@ struct Setup {
     admin_stop: AdminStop,
     audit_writer: Option<AuditWriter>,
     audit_tx: Option<crossbeam_channel::Sender<Vec<u8>>>,
+    otel: Option<otel::Exporter>,
+    otel_queue: Option<otel::Queue>,
     /// `--cluster`: drives the one tokio timer fred arms (adapters/cluster).
     timer: Option<TimerRuntime>,
 }
@@ -310,6 +319,18 @@ fn prepare_process(
         }
         None => (None, None),
     };
+    let (otel, otel_queue) = match &config.otel {
+        Some(o) => {
+            let (e, q) = otel::Exporter::start(o).map_err(|e| ServeError::Settings(Box::new(e)))?;
+            log::info!(
+                "tracing: OTLP to {} (sampling {} of requests without a sampled parent)",
+                o.endpoint,
+                o.sample_ratio
+            );
+            (Some(e), Some(q))
+        }
+        None => (None, None),
+    };
     let timer = match &mut config.cluster {
         Some(c) => {
             // Port 0 is resolved by now.
@@ -342,6 +363,8 @@ fn prepare_process(
         admin_stop,
         audit_writer,
         audit_tx,
+        otel,
+        otel_queue,
         timer,
     })
 }
@@ -437,6 +460,7 @@ fn plan(
         http: config.http.clone(),
         auth: std::sync::Mutex::new(config.auth.clone()),
         audit: config.audit.clone(),
+        trace_sample_ratio: config.otel.as_ref().map(|o| o.sample_ratio),
         store: config.store.clone(),
         cluster: config.cluster.clone(),
         redis_timer: timer.map(TimerRuntime::handle),

@@ -18,6 +18,7 @@ use super::shard::NodeShard;
 use crate::adapters::audit::{AuditBuffer, AuditConfig, FLUSH_INTERVAL_MS};
 use crate::adapters::cluster::membership::{started_now_ms, Beat};
 use crate::adapters::cluster::ClusterConfig;
+use crate::adapters::otel;
 use crate::adapters::store::{self, ShardStore, StoreConfig, Writer, FLUSH_MS};
 use crate::runtime::executor::Slot;
 use crate::runtime::local::Flag;
@@ -28,6 +29,7 @@ use crate::server::mrtr::StateKey;
 use crate::server::registry::{self, App, Registry};
 use crate::server::session::Resume;
 use crate::server::store::{Loaded, Store};
+use crate::server::trace::Tracer;
 use crate::transport::http::{self, HttpConfig, HttpShard};
 use crate::transport::{conn, tcp, Limits as NetLimits, Net};
 
@@ -51,6 +53,8 @@ pub(crate) struct Plan {
     /// a shard is built, never on a request path).
     pub auth: std::sync::Mutex<Option<AuthConfig>>,
     pub audit: Option<AuditConfig>,
+    /// `--trace-sample-ratio` when `--otlp-endpoint` is set.
+    pub trace_sample_ratio: Option<f64>,
     pub store: Option<StoreConfig>,
     pub cluster: Option<ClusterConfig>,
     /// Entered on every shard thread while `cluster` is on (see
@@ -79,6 +83,8 @@ pub(crate) struct ShardStart {
     pub commands: Receiver<ShardCommand>,
     /// The audit writer's queue (`--audit-log`).
     pub audit: Option<Sender<Vec<u8>>>,
+    /// `--otlp-endpoint`: the exporter's queue.
+    pub otel: Option<otel::Queue>,
     /// This shard's file (`--data-dir`).
     pub db: Option<Arc<redb::Database>>,
     /// The sockets it accepts TCP and HTTP connections on (more than one
@@ -111,8 +117,13 @@ fn prepare(start: &ShardStart) -> Result<Prepared, String> {
                     store::file_of(&cfg.dir, start.index).display()
                 )
             })?;
-            let (s, writer) =
-                ShardStore::start(cfg, db.clone(), start.index).map_err(|e| e.to_string())?;
+            let (s, writer) = ShardStore::start(
+                cfg,
+                db.clone(),
+                start.index,
+                start.otel.as_ref().map(otel::Queue::span_out),
+            )
+            .map_err(|e| e.to_string())?;
             Some((s, writer, loaded))
         }
         _ => None,
@@ -165,6 +176,7 @@ async fn shard_main(
         audit,
         tcp_listeners,
         http_listeners,
+        otel,
         ..
     } = start;
     let fail = |error: String| {
@@ -175,6 +187,12 @@ async fn shard_main(
         Err(e) => return fail(e),
     };
     *slot.borrow_mut() = Some(shard.clone());
+    if let (Some(queue), Some(ratio)) = (&otel, plan.trace_sample_ratio) {
+        let mut seed = [0u8; 8];
+        crate::runtime::random::fill(&mut seed);
+        let tracer = Tracer::new(queue.sink(), ratio, u64::from_ne_bytes(seed));
+        shard.core.set_tracer(tracer);
+    }
     if plan.shard_count > 1 {
         if let Err(e) = join_first_mesh(&shard, &commands).await {
             return fail(e);

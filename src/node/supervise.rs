@@ -20,6 +20,7 @@ use super::start::{self, Plan, ShardStart, STARTUP_TIMEOUT};
 use super::upgrade::Orphans;
 use super::{ServeError, EXECUTOR_IO_MEMORY_BYTES};
 use crate::adapters::audit::AuditWriter;
+use crate::adapters::otel;
 use crate::config::{Limits, ServerConfig};
 use crate::metrics::Snapshot;
 use crate::runtime::executor::{self, ExecutorSpec};
@@ -71,6 +72,8 @@ pub(super) struct Launcher {
     events_tx: Sender<ShardEvent>,
     events: Receiver<ShardEvent>,
     audit: Option<Sender<Vec<u8>>>,
+    /// `--otlp-endpoint`: the exporter's queue.
+    otel: Option<otel::Queue>,
     /// Every shard's file, opened once so a restarted shard reuses it.
     dbs: Option<Vec<Arc<redb::Database>>>,
     /// Every listening socket (the originals; shards get duplicates).
@@ -83,6 +86,7 @@ impl Launcher {
         plan: Arc<Plan>,
         stdio: Option<UnixStream>,
         audit: Option<Sender<Vec<u8>>>,
+        otel: Option<otel::Queue>,
         dbs: Option<Vec<Arc<redb::Database>>>,
         listeners: Listeners,
     ) -> Self {
@@ -97,6 +101,7 @@ impl Launcher {
             events_tx,
             events,
             audit,
+            otel,
             dbs,
             listeners: RefCell::new(listeners),
         }
@@ -125,6 +130,7 @@ impl Launcher {
             events: self.events_tx.clone(),
             commands: cmd_rx,
             audit: self.audit.clone(),
+            otel: self.otel.clone(),
             db: self.dbs.as_ref().map(|d| d[index].clone()),
             tcp_listeners: self.shard_sockets(Kind::Tcp, index)?,
             http_listeners: self.shard_sockets(Kind::Http, index)?,
@@ -684,6 +690,7 @@ impl Supervisor {
         outcome: Outcome,
         stdout_pump: Option<JoinHandle<()>>,
         audit: Option<AuditWriter>,
+        otel: Option<otel::Exporter>,
     ) -> Result<(), ServeError> {
         let elapsed = self.started.elapsed();
         self.publish(|v| v.stopping());
@@ -715,6 +722,11 @@ impl Supervisor {
         drop(self.launcher.audit.take());
         if let Some(w) = audit {
             w.finish_within(Duration::from_secs(2));
+        }
+        // Likewise: the last spans and the metrics go out before the exit.
+        drop(self.launcher.otel.take());
+        if let Some(e) = otel {
+            e.finish();
         }
         eprint!("{}", self.total.summary(elapsed));
         match failure {

@@ -57,6 +57,9 @@ pub mod meta {
     pub const LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
     pub const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
     pub const PROGRESS_TOKEN: &str = "progressToken";
+    /// W3C trace context (SEP-414): root keys of `params._meta`.
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
     /// tessera: the bearer token of a TCP or stdio request, valued like the
     /// HTTP header (`"Bearer <token>"`).
     pub const AUTHORIZATION: &str = "authorization";

@@ -93,7 +93,6 @@ impl Method {
     }
 
     /// The method's name on the wire.
-    #[cfg(test)]
     pub fn name(self) -> &'static str {
         match self {
             Method::Initialize => "initialize",

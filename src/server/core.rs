@@ -21,6 +21,7 @@ use super::ratelimit::{Principal, RateTable, Verdict};
 use super::registry::Registry;
 use super::store::Store;
 use super::tasks::TaskTable;
+use super::trace::AttrValue;
 use super::watch::{self, WatchTable};
 use super::SharedNotifier;
 use crate::metrics::ShardMetrics;
@@ -138,6 +139,8 @@ pub(crate) struct Core {
     next_scope: Cell<u64>,
     /// Raised when the shard stops accepting and drains.
     pub shutdown: Rc<Flag>,
+    /// `--otlp-endpoint`: this shard's tracer (set once, at start).
+    tracer: std::cell::OnceCell<super::trace::Tracer>,
 }
 
 impl Core {
@@ -176,7 +179,19 @@ impl Core {
                     .map_or(1, |d| (d.as_millis() as u64) << 10),
             ),
             shutdown: p.shutdown,
+            tracer: std::cell::OnceCell::new(),
         }
+    }
+
+    /// The tracer, when `--otlp-endpoint` is set.
+    #[inline]
+    pub fn tracer(&self) -> Option<&super::trace::Tracer> {
+        self.tracer.get()
+    }
+
+    /// Installs the tracer (once, before the shard serves).
+    pub fn set_tracer(&self, tracer: super::trace::Tracer) {
+        assert!(self.tracer.set(tracer).is_ok(), "a shard has one tracer");
     }
 
     /// Connects this shard to the others (`None`: they are out of reach,
@@ -194,7 +209,20 @@ impl Core {
     pub fn call(&self, to: usize, msg: Msg) -> Result<LinkCall, MeshError> {
         assert_ne!(to, self.id, "local work must not cross the mesh");
         let link = self.link.borrow().clone().ok_or(MeshError::PeerGone)?;
-        link.call(to, msg)
+        let span = self.tracer().and_then(|t| {
+            let attrs = vec![
+                ("tessera.shard.from", AttrValue::Int(self.id as i64)),
+                ("tessera.shard.to", AttrValue::Int(to as i64)),
+            ];
+            t.child(format!("hop {} shard {to}", msg.kind()), attrs)
+        });
+        let call = link.call(to, msg)?;
+        let Some(span) = span else { return Ok(call) };
+        Ok(Box::pin(async move {
+            let reply = call.await;
+            span.end(reply.as_ref().err().map(|e| format!("{e:?}")));
+            reply
+        }))
     }
 
     /// Sends `msg` to shard `to` without a reply. A full queue drops it
@@ -329,7 +357,12 @@ impl Core {
     pub fn persist(&self, op: super::store::Op) {
         let store = self.store.borrow();
         if let Some(s) = store.as_ref() {
-            if !s.push(op) {
+            let span = self.tracer().and_then(|t| t.detached(op.span_name()));
+            let queued = match span {
+                None => s.push(op),
+                Some(span) => s.push_traced(op, span),
+            };
+            if !queued {
                 self.metrics.borrow_mut().counters.store_dropped += 1;
             }
         }

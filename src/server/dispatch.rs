@@ -392,13 +392,22 @@ pub(crate) fn target_of(method: Method) -> Target {
     route(method).target
 }
 
-/// Serves one request and audits it (`--audit-log`).
+/// Serves one request; traces it (`--otlp-endpoint`) and audits it
+/// (`--audit-log`) when those are on.
 pub(crate) fn request(
     session: &mut Session,
     core: &Rc<Core>,
     req: Req<'_, '_>,
     out: &mut Vec<u8>,
 ) -> Handled {
+    match core.tracer() {
+        None => audited(session, core, req, out),
+        Some(_) => traced::request(session, core, req, out),
+    }
+}
+
+/// Serves one request and audits it (`--audit-log`).
+fn audited(session: &mut Session, core: &Rc<Core>, req: Req<'_, '_>, out: &mut Vec<u8>) -> Handled {
     if core.audit.borrow().is_none() {
         return serve(session, core, req, out);
     }
@@ -716,6 +725,8 @@ fn progress_for(
     json::write_value(&mut encoded, token);
     Some(Progress::new(encoded.into_boxed_slice(), related?.clone()))
 }
+
+mod traced;
 
 #[cfg(test)]
 mod tests;

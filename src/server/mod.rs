@@ -51,6 +51,7 @@ pub(crate) mod skills;
 pub(crate) mod store;
 pub(crate) mod tasks;
 pub(crate) mod tools;
+pub(crate) mod trace;
 pub(crate) mod watch;
 
 use std::future::Future;

@@ -47,6 +47,22 @@ pub(crate) enum Msg {
     TaskStatus { id: String, params: String },
 }
 
+impl Msg {
+    /// What the message asks, for a hop's span name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Kv(_) => "kv",
+            Msg::Notify { .. } => "notify",
+            Msg::Watch { .. } => "watch",
+            Msg::Unwatch { .. } => "unwatch",
+            Msg::Updated { .. } => "updated",
+            Msg::Task(_) => "task",
+            Msg::SetEnabled { .. } => "set_enabled",
+            Msg::TaskStatus { .. } => "task_status",
+        }
+    }
+}
+
 /// The receiver's answer to a [`Msg`] that wants one.
 #[derive(Debug)]
 pub(crate) enum Reply {

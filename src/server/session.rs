@@ -217,6 +217,9 @@ pub(crate) struct Session {
     /// The key the session is stored under (HTTP sessions): its tasks are
     /// stored with it.
     pub(super) store_key: Option<Rc<str>>,
+    /// The HTTP `traceparent` header of the request being handled (HTTP
+    /// transports set it, tracing takes it; `params._meta` wins).
+    trace_header: Option<super::trace::TraceParent>,
     /// TCP/stdio: the token that authenticated the connection, checked
     /// again after a reload, and when it expires (JWT `exp`, Unix s).
     token: Option<(Rc<str>, Option<u64>)>,
@@ -250,9 +253,25 @@ impl Session {
             requires_token: false,
             on_change: None,
             store_key: None,
+            trace_header: None,
             token: None,
             auth_generation: core.auth_generation(),
         }
+    }
+
+    /// The trace context an HTTP request carried in its headers, for the
+    /// request handled next.
+    pub fn set_trace_header(&mut self, parent: Option<super::trace::TraceParent>) {
+        self.trace_header = parent;
+    }
+
+    pub(super) fn take_trace_header(&mut self) -> Option<super::trace::TraceParent> {
+        self.trace_header.take()
+    }
+
+    /// The HTTP session id of a legacy HTTP session.
+    pub(super) fn http_session_id(&self) -> Option<&Rc<str>> {
+        self.store_key.as_ref()
     }
 
     /// Names this session on log and audit lines.

@@ -31,10 +31,31 @@ pub(crate) struct TaskWrite {
     pub record: Vec<u8>,
 }
 
+impl Op {
+    /// The write's span name (a traced request's store write).
+    pub fn span_name(&self) -> &'static str {
+        match self {
+            Op::PutSession(..) => "store put_session",
+            Op::DelSession(_) => "store delete_session",
+            Op::PutEvent(..) => "store put_event",
+            Op::DelEvent(_) => "store delete_event",
+            Op::PutTask(_) => "store put_task",
+            Op::DelTask { .. } => "store delete_task",
+        }
+    }
+}
+
 /// Where a shard's changes go. Never blocks: a full buffer refuses.
 pub(crate) trait Store {
     /// Queues `op`; false when it was dropped at the buffer's bound.
     fn push(&self, op: Op) -> bool;
+    /// Queues `op` of a traced request; `span` is finished once the write
+    /// is committed. A store that cannot report its commits (Redis, where
+    /// the shard's own client writes) records no span.
+    fn push_traced(&self, op: Op, span: super::trace::DetachedSpan) -> bool {
+        let _ = span;
+        self.push(op)
+    }
     /// Hands what is queued to the writer, if it has room; true when
     /// nothing is left.
     fn flush(&self) -> bool;

@@ -749,6 +749,17 @@ pub fn rpc_message(r: &HttpResp) -> Value {
 /// with `token` as the bearer when given.
 pub fn modern_call(server: &Server, token: Option<&str>, tool: &str, body: &str) -> HttpResp {
     let auth = token.map(|t| format!("Bearer {t}"));
+    let extra: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    modern_call_with(server, &extra, tool, body)
+}
+
+/// A modern `tools/call` of `tool` with `extra` headers.
+pub fn modern_call_with(
+    server: &Server,
+    extra: &[(&str, &str)],
+    tool: &str,
+    body: &str,
+) -> HttpResp {
     let mut headers = vec![
         ("content-type", "application/json"),
         ("accept", "application/json"),
@@ -756,9 +767,7 @@ pub fn modern_call(server: &Server, token: Option<&str>, tool: &str, body: &str)
         ("mcp-method", "tools/call"),
         ("mcp-name", tool),
     ];
-    if let Some(a) = &auth {
-        headers.push(("authorization", a.as_str()));
-    }
+    headers.extend_from_slice(extra);
     server
         .http()
         .request("POST", "/mcp", &headers, Some(body.as_bytes()))

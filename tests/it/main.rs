@@ -42,5 +42,6 @@ mod reload;
 mod stdio;
 mod supervision;
 mod tools;
+mod tracing;
 mod upgrade;
 mod valkey;

@@ -656,6 +656,7 @@ mod tests {
             body: body.to_vec(),
             principal: who,
             from_node: false,
+            trace: None,
         }
     }
 

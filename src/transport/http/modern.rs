@@ -253,6 +253,7 @@ fn serve(
             }) as SharedNotifier
         });
         let mut out = Vec::with_capacity(256);
+        session.set_trace_header(super::request::trace_header(core, headers));
         let h = session.handle_parsed(core, msg, &mut out, started, related.as_ref());
         account(core, &h, started);
         Outcome::Answer {

@@ -12,6 +12,7 @@
 //! This module owns these messages; the composition root carries them over
 //! the mesh behind [`RelayLink`].
 
+use crate::server::trace::TraceParent;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -54,6 +55,9 @@ pub(crate) struct HttpCall {
     /// Relayed from another node (`--cluster`): served here or not found,
     /// never relayed again.
     pub from_node: bool,
+    /// The W3C `traceparent`/`tracestate` headers (only parsed when
+    /// tracing is on).
+    pub trace: Option<TraceParent>,
 }
 
 /// What one shard's HTTP transport asks another's.

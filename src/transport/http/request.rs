@@ -5,6 +5,8 @@
 //! legacy requests belong to a session and are served by the shard that owns
 //! it ([`super::session`], over [`super::relay`] when that is another shard).
 
+use crate::server::core::Core;
+use crate::server::trace::TraceParent;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -43,6 +45,17 @@ pub(crate) async fn handle(
 
 pub(super) fn header<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+/// The request's W3C trace context headers, when tracing is on (a server
+/// without `--otlp-endpoint` never reads them).
+pub(super) fn trace_header(core: &Core, h: &HeaderMap) -> Option<TraceParent> {
+    core.tracer()?;
+    let mut p = TraceParent::parse(header(h, "traceparent")?)?;
+    p.state = header(h, "tracestate")
+        .filter(|s| !s.is_empty())
+        .map(Into::into);
+    Some(p)
 }
 
 fn reject(status: u16, code: i32, message: &str) -> McpResponse {
@@ -264,6 +277,7 @@ async fn get_or_delete(
         body: Vec::new(),
         principal,
         from_node: false,
+        trace: trace_header(&http.net.core, h),
     };
     to_owner(http, call).await
 }
@@ -321,6 +335,7 @@ async fn relayed(http: &Rc<HttpShard>, req: Request<Incoming>) -> McpResponse {
         body,
         principal: verified.principal,
         from_node: true,
+        trace: trace_header(&http.net.core, &h),
     };
     to_owner(http, call).await
 }
@@ -379,11 +394,15 @@ async fn post(
             body,
             principal,
             from_node: false,
+            trace: trace_header(&http.net.core, h),
         };
         return to_owner(http, call).await;
     }
     match peek(http, body) {
-        Peeked::Initialize(body) => session::initialize(http, accepts, body, principal).await,
+        Peeked::Initialize(body) => {
+            let trace = trace_header(&http.net.core, h);
+            session::initialize(http, accepts, body, principal, trace).await
+        }
         // A modern request without its version header.
         Peeked::Modern(body) => {
             modern::post(http, h, accepts, body, principal.as_ref(), false).await

@@ -15,6 +15,7 @@
 //! slowly), the handler keeps running, its events keep landing in the store,
 //! and `GET` with `Last-Event-ID` picks the stream up where it broke.
 
+use crate::server::trace::TraceParent;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
@@ -585,7 +586,11 @@ async fn post(
     session: &Rc<HttpSession>,
     accepts: Accepts,
     body: Vec<u8>,
+    trace: Option<TraceParent>,
 ) -> (McpResponse, bool) {
+    if trace.is_some() {
+        session.mcp.borrow_mut().set_trace_header(trace);
+    }
     let (stream, pending, now) = match serve_message(http, session, accepts, body) {
         PostOutcome::Accepted => return (McpResponse::empty(202), false),
         PostOutcome::Error(r) => return (r, true),
@@ -774,6 +779,7 @@ pub(crate) async fn initialize(
     accepts: Accepts,
     body: Vec<u8>,
     principal: Option<Identity>,
+    trace: Option<TraceParent>,
 ) -> McpResponse {
     let core = &http.net.core;
     let max = http.cfg.max_sessions_per_shard;
@@ -790,7 +796,7 @@ pub(crate) async fn initialize(
         session.mcp.borrow_mut().set_identity(core, who.clone());
     }
     *session.principal.borrow_mut() = principal;
-    let (resp, failed) = post(http, &session, accepts, body).await;
+    let (resp, failed) = post(http, &session, accepts, body, trace).await;
     if failed || session.mcp.borrow().negotiated_version().is_none() {
         session.end(http);
         return resp;
@@ -852,7 +858,9 @@ pub(crate) async fn serve_held(
             if let Err(wait) = core.rate_check(&who, Instant::now()) {
                 return McpResponse::rate_limited(wait);
             }
-            post(http, &session, call.accepts, call.body).await.0
+            post(http, &session, call.accepts, call.body, call.trace)
+                .await
+                .0
         }
         HttpMethod::Delete => {
             http.sessions.borrow_mut().remove(&session.id);
