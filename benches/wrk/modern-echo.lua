@@ -8,28 +8,4 @@ wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
 wrk.headers["Mcp-Method"] = "tools/call"
 wrk.headers["Mcp-Name"] = "echo"
 
--- Every response is checked; wrk runs done() in another Lua state, so the
--- per-thread counts are collected through setup().
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-end
-
-function init(args)
-  bad = 0
-end
-
-function response(status, headers, body)
-  if status ~= 200 or not string.find(body, '"text":"hello"', 1, true) then
-    bad = bad + 1
-  end
-end
-
-function done(summary, latency, requests)
-  local total = 0
-  for _, t in ipairs(threads) do
-    total = total + t:get("bad")
-  end
-  io.write(string.format("wrong responses: %d\n", total))
-end
+dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "check.lua")

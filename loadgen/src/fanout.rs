@@ -7,7 +7,7 @@
 //! notification is matched to the latest update of its key unambiguously as
 //! long as delivery takes less than that.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -24,6 +24,7 @@ use tessera::config::parse_duration;
 use tessera::config::{format_core_list, select_cores};
 use tessera::internals::{ensure_memlock, raise_nofile};
 
+use crate::cpu::ThreadCpu;
 use crate::driver::{initialize, Reader};
 use crate::stats::{self, Outcome, Stats, Tick};
 use crate::wire::{Frame, Wire};
@@ -126,6 +127,7 @@ pub fn run(a: FanoutArgs) -> Result<ExitCode, String> {
             .spawn(move || async move {
                 let stats = Rc::new(RefCell::new(Stats::new()));
                 glommio::spawn_local(ticker(stats.clone(), shared.clone(), ticks)).detach();
+                let cpu = watch_cpu(core, shared.clone(), a.clone());
                 let publisher = (t == 0).then(|| {
                     let (shared, a) = (shared.clone(), a.clone());
                     glommio::spawn_local(async move { publish(&a, &shared).await })
@@ -152,6 +154,9 @@ pub fn run(a: FanoutArgs) -> Result<ExitCode, String> {
                 }
                 let mut total = std::mem::replace(&mut stats.borrow_mut().total, Outcome::new());
                 total.failures = failures;
+                if let Some((_, end)) = cpu.1.get() {
+                    total.cpu.extend(crate::cpu::collect(&cpu.0, end).await);
+                }
                 total
             })
             .map_err(|e| format!("starting a thread on core {core}: {e}"))?;
@@ -185,6 +190,7 @@ pub fn run(a: FanoutArgs) -> Result<ExitCode, String> {
             "latency_us": {"p50": us(0.5), "p90": us(0.9), "p99": us(0.99),
                 "p99_9": us(0.999), "max": h.max() as f64 / 1000.0},
             "failures": total.failures,
+            "loadgen_cpu": crate::cpu::json(&total.cpu),
         });
         println!("{v}");
     } else {
@@ -212,6 +218,10 @@ pub fn run(a: FanoutArgs) -> Result<ExitCode, String> {
             us(0.999),
             h.max() as f64 / 1000.0
         );
+        println!("loadgen cpu: {}", crate::cpu::describe(&total.cpu));
+    }
+    for w in crate::cpu::warnings(&total.cpu) {
+        eprintln!("tessera-loadgen: WARNING: {w}");
     }
     if let Some(path) = &a.hgrm {
         std::fs::write(path, crate::hgrm::percentile_distribution(h))
@@ -245,6 +255,38 @@ async fn ticker(
             return;
         }
     }
+}
+
+/// This thread's CPU use over the measured window, which starts `--warmup`
+/// after publishing does (the cell's second half holds the window once known).
+#[allow(clippy::type_complexity)]
+fn watch_cpu(
+    core: usize,
+    shared: Arc<Shared>,
+    a: Arc<FanoutArgs>,
+) -> (
+    Rc<Cell<Option<ThreadCpu>>>,
+    Rc<Cell<Option<(Instant, Instant)>>>,
+) {
+    let (out, window) = (Rc::new(Cell::new(None)), Rc::new(Cell::new(None)));
+    let (cell, win) = (out.clone(), window.clone());
+    glommio::spawn_local(async move {
+        while shared.started_ns.load(Ordering::Relaxed) == 0 {
+            if shared.failed.load(Ordering::Relaxed)
+                || shared.stopped_ns.load(Ordering::Relaxed) > 0
+            {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        let start = shared.epoch + Duration::from_nanos(shared.started_ns.load(Ordering::Relaxed));
+        let (from, to) = (start + a.warmup, start + a.warmup + a.duration);
+        win.set(Some((from, to)));
+        let busy = crate::cpu::busy_between(from, to).await;
+        cell.set(Some(ThreadCpu { core, busy }));
+    })
+    .detach();
+    (out, window)
 }
 
 async fn connect(a: &FanoutArgs) -> Result<(TcpStream, Reader, Wire), String> {

@@ -8,6 +8,7 @@
 //! the connections. Every response is checked against the request it answers;
 //! a wrong or missing response makes the run fail (exit 1).
 
+mod cpu;
 mod driver;
 mod fanout;
 mod hgrm;
@@ -335,6 +336,7 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
             .io_memory(64 * 1024)
             .spawn(move || async move {
                 let plan = Rc::new(plan);
+                let cpu = cpu::watch(core, warm_end, end);
                 let stats = Rc::new(RefCell::new(Stats::new()));
                 let done = Rc::new(Cell::new(false));
                 glommio::spawn_local(report_ticks(stats.clone(), done.clone(), start, ticks))
@@ -358,7 +360,8 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
                     task.await;
                 }
                 done.set(true);
-                let total = std::mem::replace(&mut stats.borrow_mut().total, Outcome::new());
+                let mut total = std::mem::replace(&mut stats.borrow_mut().total, Outcome::new());
+                total.cpu.extend(cpu::collect(&cpu, end).await);
                 total
             })
             .map_err(|e| format!("starting a thread on core {core}: {e}"))?;
@@ -531,6 +534,7 @@ fn report(
                 "max": h.max() as f64 / 1000.0, "mean": h.mean() / 1000.0,
             },
             "failures": total.failures,
+            "loadgen_cpu": cpu::json(&total.cpu),
         });
         println!("{v}");
     } else {
@@ -555,6 +559,10 @@ fn report(
             h.max() as f64 / 1000.0,
             h.mean() / 1000.0
         );
+        println!("loadgen cpu: {}", cpu::describe(&total.cpu));
+    }
+    for w in cpu::warnings(&total.cpu) {
+        eprintln!("tessera-loadgen: WARNING: {w}");
     }
     if let Some(path) = &a.hgrm {
         std::fs::write(path, hgrm::percentile_distribution(h))

@@ -40,6 +40,8 @@ pub struct Outcome {
     /// Connections the server reset (ECONNRESET, EPIPE) instead of closing.
     pub resets: u64,
     pub failures: Vec<String>,
+    /// Each loadgen thread's CPU use over the measured window.
+    pub cpu: Vec<crate::cpu::ThreadCpu>,
 }
 
 /// How many wrong responses a run describes (the rest are only counted).
@@ -75,6 +77,7 @@ impl Outcome {
             refused: 0,
             resets: 0,
             failures: Vec::new(),
+            cpu: Vec::new(),
         }
     }
 
@@ -94,6 +97,7 @@ impl Outcome {
         self.refused += o.refused;
         self.resets += o.resets;
         self.failures.extend(o.failures);
+        self.cpu.extend(o.cpu);
     }
 }
 
