@@ -55,20 +55,8 @@ if [ "$RMCP" = 1 ]; then
   RMCP_BIN=bench/peers/rmcp-echo/target/release/rmcp-echo
 fi
 
-OUT=$(mktemp -d)
-SERVER_PID=
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$OUT"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "server on port $1 did not start" >&2; return 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 # run_once NAME RUN SERVER-COMMAND-WITH-@PORT@ LOADGEN-ARGS-WITH-@ADDR@
 run_once() {
@@ -164,6 +152,11 @@ echo
 
 run_case bare-ndjson-16x64 "$BARE ndjson 127.0.0.1:@PORT@ $SC" "tcp --addr @ADDR@ --connections 16 --pipeline 64 $CLOSED"
 tessera_case tessera-tcp-16x64 "--tcp 127.0.0.1:@PORT@" "tcp --addr @ADDR@ --connections 16 --pipeline 64 $CLOSED"
+# The same with a spinning loadgen: a parked client costs the server a
+# wake-up per response batch (an IPI; on a VM a vCPU kick), which a client
+# saturated by the bare echo never needs; spinning takes that cost off both.
+run_case bare-ndjson-16x64-spin "$BARE ndjson 127.0.0.1:@PORT@ $SC" "tcp --addr @ADDR@ --connections 16 --pipeline 64 --spin-before-park 200 $CLOSED"
+tessera_case tessera-tcp-16x64-spin "--tcp 127.0.0.1:@PORT@" "tcp --addr @ADDR@ --connections 16 --pipeline 64 --spin-before-park 200 $CLOSED"
 run_case bare-ndjson-1x1 "$BARE ndjson 127.0.0.1:@PORT@ $SC" "tcp --addr @ADDR@ --connections 1 --pipeline 1 $CLOSED"
 tessera_case tessera-tcp-1x1 "--tcp 127.0.0.1:@PORT@" "tcp --addr @ADDR@ --connections 1 --pipeline 1 $CLOSED"
 run_case bare-http-64 "$BARE http 127.0.0.1:@PORT@ $SC" "http --era modern --addr @ADDR@ --connections 64 --pipeline 1 $CLOSED"
@@ -171,7 +164,7 @@ tessera_case tessera-http-modern-64 "--http 127.0.0.1:@PORT@" "http --era modern
 tessera_case tessera-http-legacy-64 "--http 127.0.0.1:@PORT@" "http --era legacy --addr @ADDR@ --connections 64 --pipeline 1 $CLOSED"
 if [ "$RMCP" = 1 ]; then
   run_case rmcp-http-modern-64 "taskset -c $SC $RMCP_BIN 127.0.0.1:@PORT@" "http --era modern --addr @ADDR@ --connections 64 --pipeline 1 $CLOSED"
-  run_case rmcp-http-legacy-64 "taskset -c $SC $RMCP_BIN 127.0.0.1:@PORT@" "http --era legacy --addr @ADDR@ --connections 64 --pipeline 1 $CLOSED"
+  run_case rmcp-http-legacy-64 "taskset -c $SC $RMCP_BIN 127.0.0.1:@PORT@ --sessions" "http --era legacy --addr @ADDR@ --connections 64 --pipeline 1 $CLOSED"
 fi
 if command -v wrk >/dev/null; then
   run_wrk_case bare-http-64-wrk modern "$BARE http 127.0.0.1:@PORT@ $SC"
@@ -258,6 +251,7 @@ print()
 for c in [c for c in res if c.endswith("@B")]:
     print(f"{'A/B: ' + c[:-2] + ' this build / B':52} {ratio(c[:-2], c):9.2f}")
 for a, b, what in [
+    ("tessera-tcp-16x64-spin", "bare-ndjson-16x64-spin", "tessera TCP 16x64 / bare, spinning loadgen"),
     ("tessera-http-modern-64", "bare-http-64", "tessera HTTP modern 64 / bare HTTP (loadgen)"),
     ("tessera-http-modern-64-wrk", "bare-http-64-wrk", "tessera HTTP modern 64 / bare HTTP (wrk)"),
     ("tessera-http-modern-64", "rmcp-http-modern-64", "tessera HTTP modern 64 / rmcp HTTP modern 64"),

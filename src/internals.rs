@@ -136,6 +136,15 @@ pub fn mesh_round_trips(iters: u64) -> Duration {
     crate::runtime::mesh::bench_round_trips(iters)
 }
 
+pub use crate::runtime::cores::thread_cpu_time;
+pub use crate::runtime::mesh::HopRun;
+
+/// `iters` timed mesh round trips between two pinned executors, both
+/// spinning `spin` before they park when given (examples/mesh_hop.rs).
+pub fn mesh_hop_round_trips(iters: u64, spin: Option<Duration>) -> HopRun {
+    crate::runtime::mesh::hop_round_trips(iters, spin)
+}
+
 /// The server's signed cursors and request state, for fuzzing their
 /// decoding.
 pub struct Signer(StateKey);

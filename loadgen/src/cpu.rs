@@ -20,20 +20,7 @@ pub struct ThreadCpu {
     pub busy: f64,
 }
 
-/// CPU time this thread has used so far.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a pointer to a timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(
-        rc, 0,
-        "CLOCK_THREAD_CPUTIME_ID is always available on Linux"
-    );
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
+use tessera::internals::thread_cpu_time;
 
 /// Waits until `from`, then until `to`, and returns this thread's busy
 /// fraction between the two. Run it as a task on the thread to measure.

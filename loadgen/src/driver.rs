@@ -97,12 +97,19 @@ impl Reader {
     ) -> Result<Option<usize>, String> {
         self.make_room()?;
         let buf = &mut self.buf[self.filled..];
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let read = futures_lite::future::or(async { Some(stream.read(buf).await) }, async {
-            glommio::timer::sleep(wait).await;
-            None
-        })
-        .await;
+        // Most reads find data or arm the socket's poll at once; only a read
+        // that must wait pays for a timer.
+        let read = match futures_lite::future::poll_once(stream.read(&mut *buf)).await {
+            Some(r) => Some(r),
+            None => {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                futures_lite::future::or(async { Some(stream.read(buf).await) }, async {
+                    glommio::timer::sleep(wait).await;
+                    None
+                })
+                .await
+            }
+        };
         match read {
             None => Ok(None),
             Some(Err(e)) => Err(format!("read: {e}")),

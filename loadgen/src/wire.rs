@@ -167,40 +167,55 @@ struct Response {
 /// Largest response head accepted.
 const HEAD_BYTES_MAX: usize = 64 * 1024;
 
+/// The end of a response head.
+static HEAD_END: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
+
 /// Parses one HTTP/1.1 response from the start of `buf`, if it is complete.
 fn parse_response(buf: &[u8]) -> Result<Option<Response>, String> {
-    let Some(head_end) = memmem::find(buf, b"\r\n\r\n") else {
+    let Some(head_end) = HEAD_END.find(buf) else {
         if buf.len() > HEAD_BYTES_MAX {
             return Err("an HTTP response head exceeded 64 KiB".into());
         }
         return Ok(None);
     };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "response head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
+    let head = &buf[..head_end];
+    let line_end = memchr::memchr(b'\n', head).unwrap_or(head.len());
+    let status_line = head[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&head[..line_end]);
     let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .filter(|_| status_line.starts_with("HTTP/1."))
-        .ok_or_else(|| format!("not an HTTP response: {status_line:?}"))?;
+        .strip_prefix(b"HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| std::str::from_utf8(code).ok()?.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP response: {:?}",
+                String::from_utf8_lossy(status_line)
+            )
+        })?;
     let (mut length, mut chunked, mut sse, mut session) = (None, false, false, None);
-    for l in lines {
-        let Some((k, v)) = l.split_once(':') else {
+    for l in head[line_end.min(head.len())..].split(|&b| b == b'\n') {
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        let Some(colon) = memchr::memchr(b':', l) else {
             continue;
         };
-        let v = v.trim();
-        if k.eq_ignore_ascii_case("content-length") {
+        let (k, v) = (&l[..colon], l[colon + 1..].trim_ascii());
+        if k.eq_ignore_ascii_case(b"content-length") {
             length = Some(
-                v.parse::<usize>()
-                    .map_err(|_| format!("bad content-length {v:?}"))?,
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        format!("bad content-length {:?}", String::from_utf8_lossy(v))
+                    })?,
             );
-        } else if k.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = v.eq_ignore_ascii_case("chunked");
-        } else if k.eq_ignore_ascii_case("content-type") {
-            sse = v.starts_with("text/event-stream");
-        } else if k.eq_ignore_ascii_case("mcp-session-id") {
-            session = Some(v.to_owned());
+        } else if k.eq_ignore_ascii_case(b"transfer-encoding") {
+            chunked = v.eq_ignore_ascii_case(b"chunked");
+        } else if k.eq_ignore_ascii_case(b"content-type") {
+            sse = v.starts_with(b"text/event-stream");
+        } else if k.eq_ignore_ascii_case(b"mcp-session-id") {
+            session = Some(String::from_utf8_lossy(v).into_owned());
         }
     }
     let body_start = head_end + 4;

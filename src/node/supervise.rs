@@ -15,7 +15,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use super::control::{
     Reloaded, ShardCommand, ShardEvent, StatsPrinter, COMMAND_QUEUE_DEPTH, EVENT_QUEUE_DEPTH,
 };
-use super::shard::NodeShard;
+use super::shard::{NodeMsg, NodeReply, NodeShard};
 use super::start::{self, Plan, ShardStart, STARTUP_TIMEOUT};
 use super::upgrade::Orphans;
 use super::{ServeError, EXECUTOR_IO_MEMORY_BYTES};
@@ -287,7 +287,14 @@ impl Supervisor {
         if n < 2 {
             return;
         }
-        let memberships = mesh::build(n, self.launcher.plan.mesh.queue_depth);
+        let depth = self.launcher.plan.mesh.queue_depth;
+        let (req, rep) = mesh::slot_bytes::<NodeMsg, NodeReply>();
+        log::info!(
+            "mesh: {n} shards, {} queues of {depth} slots ({req} B per request slot, {rep} B per reply slot): {:.1} MiB preallocated",
+            2 * n * (n - 1),
+            mesh::queue_bytes::<NodeMsg, NodeReply>(n, depth) as f64 / (1024.0 * 1024.0)
+        );
+        let memberships = mesh::build(n, depth);
         for (t, m) in self.threads.iter().zip(memberships) {
             if t.commands
                 .send_timeout(ShardCommand::JoinMesh(m), Duration::from_secs(1))

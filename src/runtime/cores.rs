@@ -1,7 +1,24 @@
 //! Which CPUs shards may run on: parsing `--cores` lists and checking them
 //! against the CPUs this process is allowed to use (its affinity mask, as
 //! core_affinity reports it), so a bad selection is a startup error instead
-//! of a panic inside an executor thread.
+//! of a panic inside an executor thread. Also how much CPU a thread used.
+
+/// CPU time the calling thread has used so far (user and system,
+/// `CLOCK_THREAD_CPUTIME_ID`): how busy an executor's thread was, for the
+/// mesh hop benchmark and the loadgen's self-check.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(
+        rc, 0,
+        "CLOCK_THREAD_CPUTIME_ID is always available on Linux"
+    );
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
 
 /// Upper bound on a core number we will even try; real machines are far below.
 const MAX_CORE_ID: usize = 4096;

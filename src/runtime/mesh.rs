@@ -197,6 +197,26 @@ pub fn build<Req: Send + 'static, Rep: Send + 'static>(
         .collect()
 }
 
+/// Bytes one request queue slot and one reply queue slot take (a glommio
+/// shared channel preallocates every slot: the message and a flag).
+pub fn slot_bytes<Req: Send + 'static, Rep: Send + 'static>() -> (usize, usize) {
+    (
+        std::mem::size_of::<(RequestMsg<Req>, std::sync::atomic::AtomicBool)>(),
+        std::mem::size_of::<(ReplyMsg<Rep>, std::sync::atomic::AtomicBool)>(),
+    )
+}
+
+/// Memory the mesh of `members` executors preallocates for its queues: a
+/// request and a reply queue of `queue_depth` slots per ordered pair, so
+/// it grows with members² (see docs/PERFORMANCE.md, "Scaling").
+pub fn queue_bytes<Req: Send + 'static, Rep: Send + 'static>(
+    members: usize,
+    queue_depth: usize,
+) -> usize {
+    let (req, rep) = slot_bytes::<Req, Rep>();
+    members * members.saturating_sub(1) * queue_depth * (req + rep)
+}
+
 /// Starts connecting every end of `ends` (each connection waits for its
 /// other end, so all of a member's ends must be under way before any is
 /// awaited).
@@ -606,6 +626,25 @@ impl<Req: Send + 'static, Rep: Send + StreamEnd + 'static> Drop for Call<Req, Re
 /// the latency of a hop there and back (the hot-path benchmark's driver).
 #[cfg(feature = "internals")]
 pub(crate) fn bench_round_trips(iters: u64) -> Duration {
+    hop_round_trips(iters, None).wall
+}
+
+/// What [`hop_round_trips`] measured.
+#[cfg(feature = "internals")]
+pub struct HopRun {
+    /// Each round trip, in call order.
+    pub round_trips: Vec<Duration>,
+    /// All of them, back to back.
+    pub wall: Duration,
+    /// CPU time both executors' threads used meanwhile (spinning included).
+    pub cpu: Duration,
+}
+
+/// `iters` round trips from one pinned executor to another (the first and
+/// last allowed CPUs), each timed; with `spin`, both executors busy-poll
+/// that long before parking (`--spin-before-park`).
+#[cfg(feature = "internals")]
+pub(crate) fn hop_round_trips(iters: u64, spin: Option<Duration>) -> HopRun {
     use glommio::{LocalExecutorBuilder, Placement};
     use std::sync::mpsc;
 
@@ -620,6 +659,14 @@ pub(crate) fn bench_round_trips(iters: u64) -> Duration {
         pending_max: 1024,
         timeout_ms: 5_000,
     };
+    use super::cores::thread_cpu_time as thread_cpu;
+    let builder = |core: usize| {
+        let b = LocalExecutorBuilder::new(Placement::Fixed(core));
+        match spin {
+            Some(d) => b.spin_before_park(d),
+            None => b,
+        }
+    };
     let cores = super::cores::allowed_cores().expect("CPU affinity");
     let mut members = build::<u64, u64>(2, SETTINGS.queue_depth).into_iter();
     let (caller, server) = (
@@ -627,7 +674,7 @@ pub(crate) fn bench_round_trips(iters: u64) -> Duration {
         members.next().expect("shard 1"),
     );
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    let server = LocalExecutorBuilder::new(Placement::Fixed(cores[cores.len() - 1]))
+    let server = builder(cores[cores.len() - 1])
         .spawn(move || async move {
             let (_mesh, _serving) = Mesh::start(
                 server.join().await,
@@ -635,13 +682,15 @@ pub(crate) fn bench_round_trips(iters: u64) -> Duration {
                 Rc::new(Echo),
                 Rc::new(|_| {}),
             );
+            let cpu0 = thread_cpu();
             // Serves until the caller is done.
             while done_rx.try_recv().is_err() {
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
+            thread_cpu() - cpu0
         })
         .expect("server executor");
-    let caller = LocalExecutorBuilder::new(Placement::Fixed(cores[0]))
+    let caller = builder(cores[0])
         .spawn(move || async move {
             let (mesh, _serving) = Mesh::start(
                 caller.join().await,
@@ -649,19 +698,28 @@ pub(crate) fn bench_round_trips(iters: u64) -> Duration {
                 Rc::new(Echo),
                 Rc::new(|_| {}),
             );
+            let mut round_trips = Vec::with_capacity(iters as usize);
+            let cpu0 = thread_cpu();
             let start = std::time::Instant::now();
             for i in 0..iters {
+                let sent = std::time::Instant::now();
                 let r = mesh.call(1, i).expect("queued").await.expect("reply");
+                round_trips.push(sent.elapsed());
                 assert_eq!(r, i);
             }
-            let took = start.elapsed();
+            let wall = start.elapsed();
+            let cpu = thread_cpu() - cpu0;
             done_tx.send(()).expect("the server waits");
-            took
+            (round_trips, wall, cpu)
         })
         .expect("caller executor");
-    let took = caller.join().expect("caller");
-    server.join().expect("server");
-    took
+    let (round_trips, wall, caller_cpu) = caller.join().expect("caller");
+    let server_cpu = server.join().expect("server");
+    HopRun {
+        round_trips,
+        wall,
+        cpu: caller_cpu + server_cpu,
+    }
 }
 
 #[cfg(feature = "internals")]

@@ -249,6 +249,20 @@ fn open_loop_holds_the_requested_rate_and_times_from_the_schedule() {
     assert!((1500.0..=2500.0).contains(&got), "{v}");
     assert_eq!(v["config"]["rate"], 2000.0, "{v}");
     assert_eq!(v["requests_sent"], v["responses_total"], "{v}");
+    // The self-check: every loadgen thread measured, and at 2,000 req/s
+    // none busy enough to warn.
+    let threads = v["loadgen_cpu"]["threads"].as_array().expect("loadgen_cpu");
+    assert_eq!(threads.len(), allowed_cores().len().min(4), "{v}");
+    for t in threads {
+        let busy = t["busy"].as_f64().unwrap();
+        assert!(busy > 0.0 && busy < 0.9, "{v}");
+    }
+    assert_eq!(
+        v["loadgen_cpu"]["warnings"].as_array().unwrap().len(),
+        0,
+        "{v}"
+    );
+    assert!(!err.contains("may be the bound"), "{err}");
 }
 
 #[test]
