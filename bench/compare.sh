@@ -13,7 +13,8 @@
 # row shows how busy the loadgen's own core was). When nginx is installed,
 # one pinned nginx process answering a fixed 200 (bench/nginx_static.sh) is
 # the real-world HTTP limit. The run ends with the issue-18 targets, each
-# with PASS or FAIL, then bench/idle_conns.py measures RSS per idle connection.
+# with PASS or FAIL, then bench/idle_conns.py measures RSS per idle connection
+# and bench/session_mem.py per legacy session and per listen stream.
 #
 # Usage: bench/compare.sh [--runs N] [--duration 5s] [--no-rmcp] [--no-fanout] [--no-idle]
 #                         [--ab OTHER-TESSERA-BINARY]
@@ -267,4 +268,15 @@ if [ "$IDLE" = 1 ]; then
   echo
   echo "idle connections (bench/idle_conns.py):"
   python3 bench/idle_conns.py --server "$T/tessera" --core "$SC"
+  echo
+  echo "sessions and listen streams (bench/session_mem.py):"
+  python3 bench/session_mem.py --server "$T/tessera" --core "$SC" | tee "$OUT/mem.txt"
+  tail -1 "$OUT/mem.txt" | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+for what, v in [("memory per legacy session (bytes)", m["bytes_per_session"]),
+                ("memory per modern listen stream (bytes)", m["bytes_per_listen_stream"])]:
+    verdict = "PASS" if v <= 4096 else "FAIL"
+    print(f"{what:52} {v:9,.0f} <=   4096  {verdict}")
+'
 fi
