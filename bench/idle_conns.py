@@ -30,6 +30,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import free_port, settled_rss_kib, wait_listening  # noqa: E402
+
 INIT = (
     b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
     b'"capabilities":{},"clientInfo":{"name":"idle","version":"1"}}}\n'
@@ -41,27 +44,6 @@ def die_with_parent():
     """The server and clients end when this script does, however it ends."""
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def settled_rss_kib(pid, seconds=2.0):
-    """RSS once it stops moving (the server may still be accepting)."""
-    last = rss_kib(pid)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        time.sleep(seconds)
-        now = rss_kib(pid)
-        if abs(now - last) < 64:
-            return now
-        last = now
-    return last
 
 
 def client(port, count, source, ready_fd):
@@ -144,10 +126,7 @@ def main():
         capped = True
     per_process = min(args.per_process, hard - 100)
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     server = subprocess.Popen(
         [args.server, "serve", "--cores", args.core, "--tcp", f"127.0.0.1:{port}",
          "--max-connections-per-shard", str(total + 100),
@@ -157,12 +136,7 @@ def main():
     )
     clients = []
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port)).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_listening(port)
         base = settled_rss_kib(server.pid, 0.5)
         source = [1]
         held_open = []

@@ -33,7 +33,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from idle_conns import settled_rss_kib  # noqa: E402  (one RSS reader for both scripts)
+from benchlib import free_port, settled_rss_kib, wait_listening  # noqa: E402
 
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 LEGACY = "2025-11-25"
@@ -104,10 +104,7 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     streams = min(a.streams, hard - 200)
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     server = subprocess.Popen(
         [a.server, "serve", "--cores", a.core, "--http", f"127.0.0.1:{port}",
          "--max-sessions-per-shard", str(a.sessions + 1000),
@@ -115,12 +112,7 @@ def main():
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     held = []
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port)).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_listening(port)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         r, _ = post(conn, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "mem", "version": "1"}}},

@@ -74,6 +74,22 @@ async def exercise(session, era, transport):
     check(templates.resource_templates[0].uri_template == "kv://{key}", "resource template")
 
 
+async def trigger_until_delivered(updates, trigger):
+    """Runs `trigger(n)` until an update reaches `updates`; returns its URI.
+
+    The SDK opens its standalone GET stream in the background, and a GET
+    without Last-Event-ID receives only what is emitted after it (Streamable
+    HTTP), so on a loaded machine the first update can come before the
+    stream is open. Each retry emits a new update."""
+    for n in range(1, STEP_TIMEOUT // 2 + 1):
+        await trigger(n)
+        try:
+            return await asyncio.wait_for(updates.get(), 1.0)
+        except asyncio.TimeoutError:
+            continue
+    return None
+
+
 async def subscribe_and_watch(make_session, era):
     """Legacy only: resources/subscribe, then an update arrives unprompted."""
     updates = asyncio.Queue()
@@ -86,8 +102,9 @@ async def subscribe_and_watch(make_session, era):
     async with make_session(handler) as session:
         await session.initialize()
         await session.subscribe_resource("kv://watched-by-python")
-        await session.call_tool("kv_set", {"key": "watched-by-python", "value": 1})
-        uri = await asyncio.wait_for(updates.get(), STEP_TIMEOUT)
+        uri = await trigger_until_delivered(
+            updates, lambda n: session.call_tool("kv_set", {"key": "watched-by-python", "value": n})
+        )
         check(uri == "kv://watched-by-python", "notifications/resources/updated delivered")
         await session.unsubscribe_resource("kv://watched-by-python")
 
@@ -184,8 +201,9 @@ async def watch_fixture(make, era):
         async with make(handler) as session:
             await session.initialize()
             await session.subscribe_resource("test://watched-resource")
-            await session.call_tool("test_trigger_resource_update", {})
-            uri = await asyncio.wait_for(updates.get(), STEP_TIMEOUT)
+            uri = await trigger_until_delivered(
+                updates, lambda n: session.call_tool("test_trigger_resource_update", {})
+            )
             check(uri == "test://watched-resource", "legacy: notifications/resources/updated delivered")
         return
     from mcp.client.subscriptions import listen
