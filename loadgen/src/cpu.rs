@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Above this busy fraction a loadgen thread is reported as a possible bound.
@@ -22,6 +23,8 @@ pub struct ThreadCpu {
 
 use tessera::internals::thread_cpu_time;
 
+use crate::gate::Gate;
+
 /// Waits until `from`, then until `to`, and returns this thread's busy
 /// fraction between the two. Run it as a task on the thread to measure.
 pub async fn busy_between(from: Instant, to: Instant) -> f64 {
@@ -34,25 +37,31 @@ pub async fn busy_between(from: Instant, to: Instant) -> f64 {
     (cpu1 - cpu0).as_secs_f64() / wall.max(1e-9)
 }
 
-/// Spawns a detached task that measures this thread over `[from, to]` and
+/// Spawns a detached task that measures this thread over the run's measured
+/// window (after warm-up, once the gate opens) and
 /// leaves the result in the returned cell (None if the run ended first).
-pub fn watch(core: usize, from: Instant, to: Instant) -> Rc<Cell<Option<ThreadCpu>>> {
+pub fn watch(core: usize, gate: Arc<Gate>) -> Rc<Cell<Option<ThreadCpu>>> {
     let out = Rc::new(Cell::new(None));
     let cell = out.clone();
     glommio::spawn_local(async move {
-        let busy = busy_between(from, to).await;
+        let w = gate.opened().await;
+        let busy = busy_between(w.warm_end, w.end).await;
         cell.set(Some(ThreadCpu { core, busy }));
     })
     .detach();
     out
 }
 
-/// The measurement [`watch`] left, once the run is over: a run that reached
-/// `to` waits briefly for the sampling task to take its last sample; a run
-/// that ended early (a failure) has none.
+/// The measurement [`watch`] left, once the run is over. A run that ended
+/// near `to` (an open-loop connection may finish its last exchange a little
+/// before it) waits for the sampling task's last sample, at most `GRACE`
+/// past `to`; a run that ended well before (a failure) has none.
 pub async fn collect(cell: &Cell<Option<ThreadCpu>>, to: Instant) -> Option<ThreadCpu> {
     const GRACE: Duration = Duration::from_millis(200);
-    while cell.get().is_none() && Instant::now() >= to && to.elapsed() < GRACE {
+    if Instant::now() + GRACE < to {
+        return cell.get();
+    }
+    while cell.get().is_none() && Instant::now() < to + GRACE {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
     cell.get()

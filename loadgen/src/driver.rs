@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use simd_json::prelude::*;
 
+use crate::gate::{Ticket, Window};
 use crate::scan::{Scanner, Verdict};
 use crate::stats::Stats;
 use crate::wire::{Frame, Wire};
@@ -37,8 +38,6 @@ pub struct Plan {
     pub pipeline: usize,
     /// Open loop: requests per second for each connection.
     pub rate_per_conn: Option<f64>,
-    pub warm_end: Instant,
-    pub end: Instant,
     /// A connection with requests outstanding that receives nothing for this
     /// long gives up and counts them as missing.
     pub response_timeout: Duration,
@@ -313,6 +312,7 @@ pub async fn run<S>(
     redial: Option<&dyn Fn() -> Dial<S>>,
     plan: &Plan,
     conn: usize,
+    ticket: Ticket,
     stats: &RefCell<Stats>,
 ) -> Result<(), String>
 where
@@ -343,11 +343,12 @@ where
     } else {
         None
     };
+    let window = ticket.enter().await;
     let mut lanes = vec![(stream, reader, wire.clone())];
     lanes.extend(others.into_iter().map(|s| (s, Reader::new(), wire.clone())));
     let runs = lanes.iter_mut().map(|(s, r, w)| {
         let keys = keys.clone();
-        Box::pin(steady(s, r, w, redial, plan, conn, keys, stats))
+        Box::pin(steady(s, r, w, redial, plan, window, conn, keys, stats))
     });
     let mut first_error = None;
     for r in join_all(runs.collect()).await {
@@ -472,6 +473,7 @@ async fn steady<S>(
     wire: &mut Wire,
     redial: Option<&dyn Fn() -> Dial<S>>,
     plan: &Plan,
+    window: Window,
     conn: usize,
     keys: Option<Keys>,
     stats: &RefCell<Stats>,
@@ -512,7 +514,7 @@ where
             let mut st = stats.borrow_mut();
             match (&mut next_due, interval) {
                 (Some(due), Some(iv)) => {
-                    while *due <= now && *due < plan.end {
+                    while *due <= now && *due < window.end {
                         if !maker.send(wire, plan, &mut slots, &mut wbuf, &mut order, *due, &mut st)
                         {
                             break;
@@ -521,7 +523,7 @@ where
                     }
                 }
                 _ => {
-                    if now < plan.end {
+                    if now < window.end {
                         while maker
                             .send(wire, plan, &mut slots, &mut wbuf, &mut order, now, &mut st)
                         {
@@ -540,8 +542,8 @@ where
             }
         }
         let sending_done = match next_due {
-            Some(due) => due >= plan.end || now >= plan.end,
-            None => now >= plan.end,
+            Some(due) => due >= window.end || now >= window.end,
+            None => now >= window.end,
         };
         if sending_done && slots.outstanding == 0 {
             return Ok(());
@@ -549,7 +551,7 @@ where
         // Wake for the next due request (open loop, a slot free) or data.
         let mut deadline = last_progress + plan.response_timeout;
         if let Some(due) = next_due {
-            if !slots.free.is_empty() && due < plan.end {
+            if !slots.free.is_empty() && due < window.end {
                 deadline = deadline.min(due);
             }
         }
@@ -616,7 +618,7 @@ where
             Err(e) => return Err((e, slots.outstanding)),
         }
         let now = Instant::now();
-        let measuring = now >= plan.warm_end && now <= plan.end;
+        let measuring = now >= window.warm_end && now <= window.end;
         let mut st = stats.borrow_mut();
         loop {
             let frame = match reader.next_frame(wire) {

@@ -162,8 +162,7 @@ pub fn run(a: FanoutArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("starting a thread on core {core}: {e}"))?;
         handles.push(h);
     }
-    let now = Instant::now();
-    let printer = stats::spawn_printer(tick_rx, threads, now, now, a.quiet, "notif/s");
+    let printer = stats::spawn_printer(tick_rx, threads, Duration::ZERO, a.quiet, "notif/s");
     let mut total = stats::join_all(handles, &tick_tx, printer);
     let updates = shared.updates.load(Ordering::Relaxed);
     let expected = updates * a.subscribers as u64;

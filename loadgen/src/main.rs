@@ -11,6 +11,7 @@
 mod cpu;
 mod driver;
 mod fanout;
+mod gate;
 mod hgrm;
 mod scan;
 mod stats;
@@ -304,9 +305,7 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
     };
     let mut stdio_fd = stdio_fd;
 
-    let start = Instant::now();
-    let warm_end = start + a.warmup;
-    let end = warm_end + a.duration;
+    let gate = gate::Gate::new(connections, a.warmup, a.duration);
     let wire = match &target {
         Target::Http { wire, .. } => Wire::Http(wire.clone()),
         _ => Wire::Ndjson,
@@ -321,7 +320,7 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
         Target::Stdio(_) => Vec::new(),
     });
     let (tick_tx, tick_rx) = std::sync::mpsc::channel::<Tick>();
-    let printer = stats::spawn_printer(tick_rx, threads, start, warm_end, a.quiet, "msg/s");
+    let printer = stats::spawn_printer(tick_rx, threads, a.warmup, a.quiet, "msg/s");
     let mut handles = Vec::with_capacity(threads);
     for (t, &core) in cores.iter().take(threads).enumerate() {
         let conns: Vec<usize> = (t..connections).step_by(threads).collect();
@@ -330,14 +329,13 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
             workload: workload.clone(),
             pipeline: a.pipeline,
             rate_per_conn: a.rate.map(|r| r / connections as f64),
-            warm_end,
-            end,
             response_timeout: a.response_timeout,
             reconnect: a.reconnect,
         };
         let fd = stdio_fd.take();
         let ticks = tick_tx.clone();
         let addrs: Vec<SocketAddr> = addrs.to_vec();
+        let gate = gate.clone();
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("loadgen-{t}"))
             .io_memory(64 * 1024);
@@ -347,11 +345,16 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
         let handle = builder
             .spawn(move || async move {
                 let plan = Rc::new(plan);
-                let cpu = cpu::watch(core, warm_end, end);
+                let cpu = cpu::watch(core, gate.clone());
                 let stats = Rc::new(RefCell::new(Stats::new()));
                 let done = Rc::new(Cell::new(false));
-                glommio::spawn_local(report_ticks(stats.clone(), done.clone(), start, ticks))
-                    .detach();
+                glommio::spawn_local(report_ticks(
+                    stats.clone(),
+                    done.clone(),
+                    gate.clone(),
+                    ticks,
+                ))
+                .detach();
                 let mut fd = fd;
                 let tasks: Vec<_> = conns
                     .into_iter()
@@ -359,8 +362,11 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
                         let (plan, stats) = (plan.clone(), stats.clone());
                         let fd = if c == 0 { fd.take() } else { None };
                         let addrs = addrs.clone();
+                        let ticket = gate.ticket();
                         glommio::spawn_local(async move {
-                            let r = connect_and_run(&addrs, init_addr, fd, &plan, c, &stats).await;
+                            let r =
+                                connect_and_run(&addrs, init_addr, fd, &plan, c, ticket, &stats)
+                                    .await;
                             if let Err(e) = r {
                                 stats.borrow_mut().total.failures.push(e);
                             }
@@ -372,7 +378,9 @@ fn run(target: Target, a: LoadArgs) -> Result<ExitCode, String> {
                 }
                 done.set(true);
                 let mut total = std::mem::replace(&mut stats.borrow_mut().total, Outcome::new());
-                total.cpu.extend(cpu::collect(&cpu, end).await);
+                if let Some(w) = gate.window() {
+                    total.cpu.extend(cpu::collect(&cpu, w.end).await);
+                }
                 total
             })
             .map_err(|e| format!("starting a thread on core {core}: {e}"))?;
@@ -411,6 +419,7 @@ async fn connect_and_run(
     fd: Option<std::os::unix::net::UnixStream>,
     plan: &Plan,
     conn: usize,
+    ticket: gate::Ticket,
     stats: &RefCell<Stats>,
 ) -> Result<(), String> {
     match (addrs.is_empty(), fd) {
@@ -447,7 +456,7 @@ async fn connect_and_run(
                 ),
                 None => None,
             };
-            driver::run(first, streams, init, redial, plan, conn, stats).await
+            driver::run(first, streams, init, redial, plan, conn, ticket, stats).await
         }
         (true, Some(fd)) => {
             // SAFETY: the descriptor is a live socket we own and hand over.
@@ -456,19 +465,21 @@ async fn connect_and_run(
                     std::os::fd::IntoRawFd::into_raw_fd(fd),
                 )
             };
-            driver::run(s, Vec::new(), None, None, plan, conn, stats).await
+            driver::run(s, Vec::new(), None, None, plan, conn, ticket, stats).await
         }
         (true, None) => Err("no transport".into()),
     }
 }
 
-/// Ships this thread's tick every second, aligned on the run's start.
+/// Ships this thread's tick every second, aligned on the run's start (when
+/// the gate opens).
 async fn report_ticks(
     stats: Rc<RefCell<Stats>>,
     done: Rc<Cell<bool>>,
-    start: Instant,
+    gate: std::sync::Arc<gate::Gate>,
     ticks: std::sync::mpsc::Sender<Tick>,
 ) {
+    let start = gate.opened().await.start;
     for index in 0u64.. {
         let at = start + Duration::from_secs(index + 1);
         glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;

@@ -3,7 +3,7 @@
 //! connections (single-threaded, no atomics); a per-thread task ships a tick
 //! to the main thread every second.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
@@ -171,17 +171,16 @@ impl Stats {
 pub struct Progress {
     threads: usize,
     pending: Vec<(u64, usize, Tick)>,
-    pub warm_end: Instant,
-    pub start: Instant,
+    /// Seconds inside the warm-up are labelled so.
+    pub warmup: Duration,
 }
 
 impl Progress {
-    pub fn new(threads: usize, start: Instant, warm_end: Instant) -> Self {
+    pub fn new(threads: usize, warmup: Duration) -> Self {
         Self {
             threads,
             pending: Vec::new(),
-            warm_end,
-            start,
+            warmup,
         }
     }
 
@@ -203,8 +202,7 @@ impl Progress {
             .iter()
             .position(|(i, n, _)| *i == index && *n == self.threads)?;
         let (_, _, m) = self.pending.remove(pos);
-        let at = self.start + Duration::from_secs(index + 1);
-        let phase = if at <= self.warm_end {
+        let phase = if Duration::from_secs(index + 1) <= self.warmup {
             " (warm-up)"
         } else {
             ""
@@ -226,13 +224,12 @@ impl Progress {
 pub fn spawn_printer(
     ticks: std::sync::mpsc::Receiver<Tick>,
     threads: usize,
-    start: Instant,
-    warm_end: Instant,
+    warmup: Duration,
     quiet: bool,
     unit: &'static str,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut p = Progress::new(threads, start, warm_end);
+        let mut p = Progress::new(threads, warmup);
         for t in ticks {
             if t.index == u64::MAX {
                 break;
