@@ -148,6 +148,9 @@ counters! {
     /// `--http-max-headers` (431, connection closed) or targets over
     /// `--http-max-uri-bytes` (414).
     http_heads_refused,
+    /// HTTP connections handed from the lean path to hyper, at a request of
+    /// an unusual shape (HTTP/1.0, a chunked or large body, `Expect`, ...).
+    http_hyper_handovers,
     /// Handler panics caught by the supervisor (each cost one request).
     handler_panics,
     /// Requests refused for want of a valid token: HTTP 401, TCP/stdio

@@ -28,6 +28,7 @@ mod file_resources;
 mod http_heads;
 mod http_legacy;
 mod http_modern;
+mod http_paths;
 mod interop_python;
 mod jwt;
 mod kv_mesh;

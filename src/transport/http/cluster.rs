@@ -31,7 +31,6 @@ use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
-use hyper::header::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use super::io::{ConnClock, HyperIo};
@@ -193,7 +192,7 @@ pub(crate) async fn relay_task(
     http: &Rc<HttpShard>,
     link: Rc<dyn ClusterLink>,
     task: &str,
-    headers: &HeaderMap,
+    headers: &super::head::Headers,
     accepts: Accepts,
     body: &[u8],
     principal: Option<&Identity>,
@@ -231,10 +230,10 @@ pub(crate) async fn relay_task(
 
 /// The headers of a modern request its serving node checks against the
 /// body (version, method, name, tool parameters), passed on as they came.
-fn forwarded(h: &HeaderMap) -> Vec<(&'static str, String)> {
+fn forwarded(h: &super::head::Headers) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     for name in ["mcp-protocol-version", "mcp-method", "mcp-name"] {
-        if let Some(v) = h.get(name).and_then(|v| v.to_str().ok()) {
+        if let Some(v) = h.get(name) {
             out.push((name, v.to_owned()));
         }
     }
@@ -421,8 +420,8 @@ pub(crate) fn verify(
 }
 
 /// Whether a request carries the relay header at all.
-pub(crate) fn is_relay(h: &HeaderMap) -> bool {
-    h.contains_key(RELAY_HEADER)
+pub(crate) fn is_relay(h: &super::head::Headers) -> bool {
+    h.contains(RELAY_HEADER)
 }
 
 /// Response headers the relay passes back (the rest are the local

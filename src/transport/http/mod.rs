@@ -2,8 +2,10 @@
 //! 2026-07-28 stateless), on hyper's HTTP/1.1 over glommio.
 //!
 //! Every shard binds the HTTP address itself (SO_REUSEPORT) and serves the
-//! connections the kernel gives it; each connection is one task running
-//! hyper's HTTP/1 state machine through the private [`io`] adapter. Bounds:
+//! connections the kernel gives it; each connection is one task, on the lean
+//! path ([`lean`]: httparse, one write per response) while its requests have
+//! the common shape, then on hyper's HTTP/1 state machine through the private
+//! [`io`] adapter. Bounds (the same on both paths):
 //! a request head may be at most `max_head_bytes` with `max_headers` headers
 //! (431 beyond) and a URI of `max_uri_bytes` (414 beyond), and must arrive
 //! within `header_timeout_ms`; bodies within `body_timeout_ms` and
@@ -15,7 +17,9 @@
 //! sessions.
 
 pub(crate) mod cluster;
+pub(crate) mod head;
 mod io;
+mod lean;
 pub(crate) mod modern;
 pub(crate) mod relay;
 pub(crate) mod request;
@@ -320,16 +324,17 @@ async fn refuse(mut stream: TcpStream) {
 /// `Connection: close`.
 async fn supervised(
     http: Rc<HttpShard>,
-    req: hyper::Request<hyper::body::Incoming>,
+    head: head::Head,
+    body: request::Body,
     peer: Option<IpAddr>,
     restarts: Rc<RefCell<RestartIntensity>>,
-) -> hyper::Response<response::OutBody> {
+) -> McpResponse {
     let net = &http.net;
     let handled = AssertUnwindSafe(async {
         if net.chaos_conn_panic() {
             panic!("chaos: HTTP handler panic (--chaos-conn-panic-rate)");
         }
-        request::handle(&http, req, peer).await
+        request::handle(&http, head, body, peer).await
     })
     .catch_unwind()
     .await;
@@ -366,12 +371,13 @@ async fn supervised(
         );
         resp.with_header("connection", "close")
     };
-    resp.into_hyper(&http)
+    resp
 }
 
 /// Serves one HTTP/1.1 connection on any byte stream (a TCP socket in the
-/// server; an in-memory stream in the fuzz targets). `peer` keys the rate
-/// limiter for requests without a session.
+/// server; an in-memory stream in the fuzz targets): on the lean path
+/// ([`lean`]) while requests have the common shape, then on hyper. `peer`
+/// keys the rate limiter for requests without a session.
 pub(crate) async fn serve_connection<S>(http: Rc<HttpShard>, stream: S, peer: Option<IpAddr>)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -380,17 +386,48 @@ where
     let handle = Rc::new(ConnHandle::new(&net));
     let slot = net.conns.register(handle.clone());
     net.core.metrics.borrow_mut().counters.connections_opened += 1;
+    let restarts = Rc::new(RefCell::new(RestartIntensity::default()));
+    match lean::serve(&http, stream, &handle, peer, &restarts).await {
+        lean::Ended::Closed => {}
+        lean::Ended::Handover(stream) => {
+            net.core.metrics.borrow_mut().counters.http_hyper_handovers += 1;
+            serve_hyper(&http, stream, &handle, peer, restarts).await;
+        }
+    }
+    net.conns.unregister(slot);
+    net.core.metrics.borrow_mut().counters.connections_closed += 1;
+}
 
+/// Serves the rest of a connection with hyper's HTTP/1 state machine.
+async fn serve_hyper<S>(
+    http: &Rc<HttpShard>,
+    stream: S,
+    handle: &ConnHandle,
+    peer: Option<IpAddr>,
+    restarts: Rc<RefCell<RestartIntensity>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let net = http.net.clone();
     let clock = io::ConnClock::new();
     let inflight = Rc::new(Cell::new(0usize));
-    let restarts = Rc::new(RefCell::new(RestartIntensity::default()));
     let svc_http = http.clone();
     let svc_inflight = inflight.clone();
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let (http, inflight, restarts) = (svc_http.clone(), svc_inflight.clone(), restarts.clone());
         inflight.set(inflight.get() + 1);
         async move {
-            let resp = supervised(http, req, peer, restarts).await;
+            let (parts, body) = req.into_parts();
+            let head = head::Head::from_hyper(&parts);
+            let resp = supervised(
+                http.clone(),
+                head,
+                request::Body::Hyper(body),
+                peer,
+                restarts,
+            )
+            .await
+            .into_hyper(&http);
             inflight.set(inflight.get() - 1);
             Ok::<_, std::convert::Infallible>(resp)
         }
@@ -413,7 +450,7 @@ where
         io::HyperIo::new(stream, net.clone(), clock.clone()),
         service,
     );
-    let result = drive(&net, conn, &handle, &clock, &inflight, cfg.idle_timeout_ms).await;
+    let result = drive(&net, conn, handle, &clock, &inflight, cfg.idle_timeout_ms).await;
     if let Err(e) = result {
         if e.is_parse_too_large() {
             // hyper answered 431 and closed (head over --http-max-head-bytes
@@ -422,8 +459,6 @@ where
         }
         log::debug!("shard {}: HTTP connection ended: {e}", net.core.id);
     }
-    net.conns.unregister(slot);
-    net.core.metrics.borrow_mut().counters.connections_closed += 1;
 }
 
 /// Polls hyper's connection until it ends, the shard drains (the request in

@@ -12,9 +12,9 @@ use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::time::Instant;
 
+use super::head::Headers;
 use base64::Engine;
 use bytes::Bytes;
-use hyper::header::HeaderMap;
 use simd_json::prelude::*;
 
 use super::relay::Accepts;
@@ -94,7 +94,7 @@ enum Outcome {
 /// so served here whatever it names).
 pub(crate) async fn post(
     http: &Rc<HttpShard>,
-    headers: &HeaderMap,
+    headers: &Headers,
     accepts: Accepts,
     body: Vec<u8>,
     principal: Option<&Identity>,
@@ -155,7 +155,7 @@ pub(crate) async fn post(
 /// serving node checks the headers against the body as usual.
 async fn at_task_holder(
     http: &Rc<HttpShard>,
-    headers: &HeaderMap,
+    headers: &Headers,
     accepts: Accepts,
     body: &[u8],
     principal: Option<&Identity>,
@@ -193,7 +193,7 @@ fn sse(pipe: Rc<Pipe<Bytes>>, task: Option<glommio::Task<()>>) -> McpResponse {
 /// Parses, checks the headers against the body, and serves the message.
 fn serve(
     http: &Rc<HttpShard>,
-    headers: &HeaderMap,
+    headers: &Headers,
     accepts: Accepts,
     body: Vec<u8>,
     principal: Option<&Identity>,
@@ -271,7 +271,7 @@ fn serve(
 /// (Streamable HTTP 2026-07-28 §Server Validation).
 fn check_headers(
     core: &Core,
-    headers: &HeaderMap,
+    headers: &Headers,
     method: &str,
     params: &Option<simd_json::tape::Value<'_, '_>>,
 ) -> Result<(), (u16, i32, String)> {
@@ -360,7 +360,7 @@ fn check_headers(
 /// strictly padded) must equal the argument's string form.
 fn check_param_headers(
     core: &Core,
-    headers: &HeaderMap,
+    headers: &Headers,
     params: &Option<simd_json::tape::Value<'_, '_>>,
 ) -> Result<(), (u16, i32, String)> {
     let mismatch = |m: String| Err((400, code::HEADER_MISMATCH, m));
@@ -419,7 +419,7 @@ fn check_param_headers(
 /// The 2026-07-28 header/body agreement on any headers and body (the fuzz
 /// target's entry), against a shard with the built-in tools.
 #[cfg(feature = "internals")]
-pub(crate) fn fuzz_check_headers(headers: &HeaderMap, body: &[u8]) {
+pub(crate) fn fuzz_check_headers(headers: &Headers, body: &[u8]) {
     use crate::server::core::{CoreParts, FaultRates, Limits};
     thread_local! {
         static CORE: Rc<Core> = Rc::new(Core::new(CoreParts {

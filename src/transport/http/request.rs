@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::HeaderMap;
-use hyper::{Method, Request, Response};
+use hyper::Method;
 use simd_json::prelude::*;
 
+use super::head::{Head, Headers};
 use super::relay::{self, Accepts, HttpCall, HttpMethod};
-use super::response::{McpResponse, OutBody};
+use super::response::McpResponse;
 use super::{cluster, modern, session, HttpConfig, HttpShard};
 use crate::protocol::jsonrpc::{self, Id, Message};
 use crate::protocol::mcp::{self, meta};
@@ -29,27 +29,35 @@ use crate::server::auth::{self, AuthConfig, Identity};
 use crate::server::msg::hop_error;
 use crate::server::ratelimit::Principal;
 
+/// A request's body: still arriving through hyper, or already read by the
+/// lean path (within `max_message_bytes`).
+pub(crate) enum Body {
+    Hyper(Incoming),
+    Read(Vec<u8>),
+}
+
 /// Serves one HTTP request; `peer` is the client's address (the rate-limit
 /// principal of requests without a session).
 pub(crate) async fn handle(
     http: &Rc<HttpShard>,
-    req: Request<Incoming>,
+    head: Head,
+    body: Body,
     peer: Option<IpAddr>,
-) -> Response<OutBody> {
-    let resp = route(http, req, peer).await;
+) -> McpResponse {
+    let resp = route(http, head, body, peer).await;
     if resp.status >= 400 && resp.status != 404 && resp.status != 503 {
         http.net.core.metrics.borrow_mut().counters.http_rejected += 1;
     }
-    resp.into_hyper(http)
+    resp
 }
 
-pub(super) fn header<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+pub(super) fn header<'h>(h: &'h Headers, name: &str) -> Option<&'h str> {
+    h.get(name)
 }
 
 /// The request's W3C trace context headers, when tracing is on (a server
 /// without `--otlp-endpoint` never reads them).
-pub(super) fn trace_header(core: &Core, h: &HeaderMap) -> Option<TraceParent> {
+pub(super) fn trace_header(core: &Core, h: &Headers) -> Option<TraceParent> {
     core.tracer()?;
     let mut p = TraceParent::parse(header(h, "traceparent")?)?;
     p.state = header(h, "tracestate")
@@ -148,42 +156,43 @@ fn host_allowed(host: &str, cfg: &HttpConfig) -> bool {
 }
 
 /// The endpoint's checks, then the request's method.
-async fn route(http: &Rc<HttpShard>, req: Request<Incoming>, peer: Option<IpAddr>) -> McpResponse {
+async fn route(http: &Rc<HttpShard>, head: Head, body: Body, peer: Option<IpAddr>) -> McpResponse {
     let core = &http.net.core;
     let cfg = &http.cfg;
-    if let Some(r) = check_target(http, &req) {
+    if let Some(r) = check_target(http, &head) {
         return r;
     }
+    let h = &head.headers;
     if let Some(auth) = core.auth() {
-        if req.uri().path().starts_with(auth::METADATA_PATH) && req.method() == Method::GET {
-            return protected_resource_metadata(&auth, cfg, req.headers());
+        if head.path().starts_with(auth::METADATA_PATH) && head.method == Method::GET {
+            return protected_resource_metadata(&auth, cfg, h);
         }
     }
-    if req.uri().path() != cfg.path {
+    if head.path() != cfg.path {
         let msg = format!("Not Found: the MCP endpoint is {}", cfg.path);
         return reject(404, jsonrpc::INVALID_REQUEST, &msg);
     }
-    if cluster::is_relay(req.headers()) {
-        return relayed(http, req).await;
+    if cluster::is_relay(h) {
+        return relayed(http, &head, body).await;
     }
-    if let Some(r) = check_origin_and_host(cfg, req.headers()) {
+    if let Some(r) = check_origin_and_host(cfg, h) {
         return r;
     }
     let principal = match core.auth() {
         None => None,
-        Some(auth) => match authenticate(&auth, cfg, req.headers()) {
+        Some(auth) => match authenticate(&auth, cfg, h) {
             Ok(p) => Some(p),
             Err(r) => {
                 core.metrics.borrow_mut().counters.auth_failures += 1;
-                audit_refusal(http, req.headers());
+                audit_refusal(http, h);
                 return r;
             }
         },
     };
-    match *req.method() {
-        Method::POST => post(http, req, peer, principal).await,
-        Method::GET => get_or_delete(http, req.headers(), HttpMethod::Get, principal).await,
-        Method::DELETE => get_or_delete(http, req.headers(), HttpMethod::Delete, principal).await,
+    match head.method {
+        Method::POST => post(http, h, body, peer, principal).await,
+        Method::GET => get_or_delete(http, h, HttpMethod::Get, principal).await,
+        Method::DELETE => get_or_delete(http, h, HttpMethod::Delete, principal).await,
         _ => reject(
             405,
             jsonrpc::INVALID_REQUEST,
@@ -195,8 +204,8 @@ async fn route(http: &Rc<HttpShard>, req: Request<Incoming>, peer: Option<IpAddr
 
 /// A request target longer than `--http-max-uri-bytes` is refused (414) and
 /// counted (hyper bounds the whole head; this bounds the URI within it).
-fn check_target(http: &HttpShard, req: &Request<Incoming>) -> Option<McpResponse> {
-    let len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+fn check_target(http: &HttpShard, head: &Head) -> Option<McpResponse> {
+    let len = head.target.len();
     if len <= http.cfg.max_uri_bytes {
         return None;
     }
@@ -214,7 +223,7 @@ fn check_target(http: &HttpShard, req: &Request<Incoming>) -> Option<McpResponse
 }
 
 /// DNS-rebinding defence: a foreign `Origin` or `Host` is refused (403).
-fn check_origin_and_host(cfg: &HttpConfig, h: &HeaderMap) -> Option<McpResponse> {
+fn check_origin_and_host(cfg: &HttpConfig, h: &Headers) -> Option<McpResponse> {
     if let Some(origin) = header(h, "origin") {
         if !origin_allowed(origin, cfg) {
             return Some(reject(
@@ -243,7 +252,7 @@ fn check_origin_and_host(cfg: &HttpConfig, h: &HeaderMap) -> Option<McpResponse>
 /// sessions only.
 async fn get_or_delete(
     http: &Rc<HttpShard>,
-    h: &HeaderMap,
+    h: &Headers,
     method: HttpMethod,
     principal: Option<Identity>,
 ) -> McpResponse {
@@ -285,7 +294,7 @@ async fn get_or_delete(
 /// A request another node relayed (`--cluster`): served only with valid
 /// proof of the cluster secret, as the caller the relaying node
 /// authenticated, and only by this node.
-async fn relayed(http: &Rc<HttpShard>, req: Request<Incoming>) -> McpResponse {
+async fn relayed(http: &Rc<HttpShard>, head: &Head, body: Body) -> McpResponse {
     let refuse = |why: &str| {
         http.net
             .core
@@ -299,43 +308,43 @@ async fn relayed(http: &Rc<HttpShard>, req: Request<Incoming>) -> McpResponse {
     let Some(link) = http.cluster() else {
         return refuse("this node is not in a cluster");
     };
-    let h = req.headers().clone();
-    let method = match *req.method() {
+    let h = &head.headers;
+    let method = match head.method {
         Method::GET => HttpMethod::Get,
         Method::POST => HttpMethod::Post,
         Method::DELETE => HttpMethod::Delete,
         _ => return refuse("unexpected relay method"),
     };
     let modern =
-        header(&h, "mcp-protocol-version").is_some_and(|v| mcp::modern_version(v).is_some());
-    let session_id = match header(&h, "mcp-session-id") {
+        header(h, "mcp-protocol-version").is_some_and(|v| mcp::modern_version(v).is_some());
+    let session_id = match header(h, "mcp-session-id") {
         Some(s) => s.to_owned(),
         // A modern request (a task another node made) has no session.
         None if modern && method == HttpMethod::Post => String::new(),
         None => return refuse("relay without a session"),
     };
-    let body = match read_body(http, req.into_body()).await {
+    let body = match read_body(http, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let proof = header(&h, cluster::RELAY_HEADER).unwrap_or_default();
+    let proof = header(h, cluster::RELAY_HEADER).unwrap_or_default();
     let verified = match cluster::verify(link.secret(), proof, method, &session_id, &body) {
         Ok(v) => v,
         Err(why) => return refuse(why),
     };
     if session_id.is_empty() {
-        let accepts = parse_accept(header(&h, "accept"));
-        return modern::post(http, &h, accepts, body, verified.principal.as_ref(), true).await;
+        let accepts = parse_accept(header(h, "accept"));
+        return modern::post(http, h, accepts, body, verified.principal.as_ref(), true).await;
     }
     let call = HttpCall {
         session_id,
         method,
-        last_event_id: header(&h, "last-event-id").map(str::to_owned),
-        accepts: parse_accept(header(&h, "accept")),
+        last_event_id: header(h, "last-event-id").map(str::to_owned),
+        accepts: parse_accept(header(h, "accept")),
         body,
         principal: verified.principal,
         from_node: true,
-        trace: trace_header(&http.net.core, &h),
+        trace: trace_header(&http.net.core, h),
     };
     to_owner(http, call).await
 }
@@ -344,12 +353,11 @@ async fn relayed(http: &Rc<HttpShard>, req: Request<Incoming>) -> McpResponse {
 /// session's, at the owner; or `initialize`, which makes one here).
 async fn post(
     http: &Rc<HttpShard>,
-    req: Request<Incoming>,
+    h: &Headers,
+    body: Body,
     peer: Option<IpAddr>,
     principal: Option<Identity>,
 ) -> McpResponse {
-    let headers = req.headers().clone();
-    let h = &headers;
     let content_type = header(h, "content-type").and_then(|ct| ct.split(';').next());
     if !content_type.is_some_and(|ct| ct.trim().eq_ignore_ascii_case("application/json")) {
         return reject(
@@ -366,7 +374,7 @@ async fn post(
             "Not Acceptable: accept application/json and/or text/event-stream",
         );
     }
-    let body = match read_body(http, req.into_body()).await {
+    let body = match read_body(http, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -454,11 +462,7 @@ async fn rate_limit(
 /// The principal of a request's bearer token, or the 401 to answer: with
 /// `WWW-Authenticate` naming the protected-resource metadata (RFC 9728) so a
 /// client can find the authorization server.
-fn authenticate(
-    auth: &AuthConfig,
-    cfg: &HttpConfig,
-    h: &HeaderMap,
-) -> Result<Identity, McpResponse> {
+fn authenticate(auth: &AuthConfig, cfg: &HttpConfig, h: &Headers) -> Result<Identity, McpResponse> {
     let presented = header(h, "authorization").and_then(auth::bearer);
     let refused = match presented.map(|t| auth.authenticate(t)) {
         Some(Ok(who)) => return Ok(who),
@@ -490,7 +494,7 @@ fn authenticate(
 
 /// Audits a request refused 401 (its body is never read, so the method is
 /// the MCP-Method header when the client sent one).
-fn audit_refusal(http: &HttpShard, h: &HeaderMap) {
+fn audit_refusal(http: &HttpShard, h: &Headers) {
     let core = &http.net.core;
     let mut audit = core.audit.borrow_mut();
     let Some(sink) = audit.as_mut() else {
@@ -511,7 +515,7 @@ fn audit_refusal(http: &HttpShard, h: &HeaderMap) {
 }
 
 /// This endpoint's resource URI: configured, or from the request's Host.
-fn resource_uri(auth: &AuthConfig, cfg: &HttpConfig, h: &HeaderMap) -> String {
+fn resource_uri(auth: &AuthConfig, cfg: &HttpConfig, h: &Headers) -> String {
     auth.resource.clone().unwrap_or_else(|| {
         format!(
             "http://{}{}",
@@ -523,14 +527,14 @@ fn resource_uri(auth: &AuthConfig, cfg: &HttpConfig, h: &HeaderMap) -> String {
 
 /// Where the metadata lives: the resource's origin, the well-known path,
 /// then the resource's path (RFC 9728 section 3.1).
-fn metadata_url(auth: &AuthConfig, cfg: &HttpConfig, h: &HeaderMap) -> String {
+fn metadata_url(auth: &AuthConfig, cfg: &HttpConfig, h: &Headers) -> String {
     let resource = resource_uri(auth, cfg, h);
     let (scheme, rest) = resource.split_once("://").unwrap_or(("http", &resource));
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     format!("{scheme}://{host}{}{path}", auth::METADATA_PATH)
 }
 
-fn protected_resource_metadata(auth: &AuthConfig, cfg: &HttpConfig, h: &HeaderMap) -> McpResponse {
+fn protected_resource_metadata(auth: &AuthConfig, cfg: &HttpConfig, h: &Headers) -> McpResponse {
     let body = serde_json::json!({
         "resource": resource_uri(auth, cfg, h),
         "authorization_servers": auth.authorization_servers,
@@ -547,8 +551,22 @@ fn unsupported_version_header(v: &str) -> McpResponse {
     McpResponse::json(400, out)
 }
 
-/// Reads the body within `max_message_bytes` and `body_timeout_ms`.
-async fn read_body(http: &HttpShard, body: Incoming) -> Result<Vec<u8>, McpResponse> {
+/// 408: a body that did not arrive within `body_timeout_ms`.
+pub(super) fn body_timed_out() -> McpResponse {
+    reject(
+        408,
+        jsonrpc::INVALID_REQUEST,
+        "Request Timeout: body not received in time",
+    )
+}
+
+/// Reads the body within `max_message_bytes` and `body_timeout_ms` (the lean
+/// path has read it already, within both).
+async fn read_body(http: &HttpShard, body: Body) -> Result<Vec<u8>, McpResponse> {
+    let body = match body {
+        Body::Read(b) => return Ok(b),
+        Body::Hyper(b) => b,
+    };
     let max = http.net.limits.max_message_bytes;
     let limited = http_body_util::Limited::new(body, max);
     let timeout = Duration::from_millis(http.cfg.body_timeout_ms);
@@ -558,11 +576,7 @@ async fn read_body(http: &HttpShard, body: Incoming) -> Result<Vec<u8>, McpRespo
     })
     .await;
     match collected {
-        None => Err(reject(
-            408,
-            jsonrpc::INVALID_REQUEST,
-            "Request Timeout: body not received in time",
-        )),
+        None => Err(body_timed_out()),
         Some(Ok(c)) => Ok(c.to_bytes().to_vec()),
         Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             http.net
@@ -668,13 +682,13 @@ pub(super) fn padded(mut body: Vec<u8>) -> (Vec<u8>, usize) {
 #[cfg(feature = "internals")]
 pub(crate) fn fuzz_checks(headers: &[(String, String)], body: &[u8]) {
     use hyper::header::{HeaderName, HeaderValue};
-    let mut h = HeaderMap::new();
+    let mut h = Headers::default();
     for (k, v) in headers {
         if let (Ok(n), Ok(v)) = (
             HeaderName::try_from(k.as_str()),
             HeaderValue::try_from(v.as_str()),
         ) {
-            h.append(n, v);
+            h.push(n.as_str().as_bytes(), v.as_bytes());
         }
     }
     let cfg = HttpConfig::new(([127, 0, 0, 1], 7070).into());

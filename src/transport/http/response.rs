@@ -105,8 +105,9 @@ impl McpResponse {
         self
     }
 
-    /// The hyper response, with SSE streams wired to this shard's timers.
-    pub fn into_hyper(self, http: &Rc<HttpShard>) -> Response<OutBody> {
+    /// The response for either HTTP/1.1 path, with SSE streams wired to
+    /// this shard's timers.
+    pub fn prepare(self, http: &Rc<HttpShard>) -> Prepared {
         let cfg = &http.cfg;
         let (content_type, body) = match self.body {
             McpBody::Empty => (None, OutBody::Full(None)),
@@ -138,36 +139,69 @@ impl McpResponse {
                 )
             }
         };
-        let mut resp = Response::new(body);
-        *resp.status_mut() = hyper::StatusCode::from_u16(self.status)
+        Prepared {
+            status: self.status,
+            content_type,
+            shard: http.net.core.id,
+            headers: self.headers,
+            body,
+        }
+    }
+
+    /// The hyper response (the fallback path).
+    pub fn into_hyper(self, http: &Rc<HttpShard>) -> Response<OutBody> {
+        let p = self.prepare(http);
+        let mut resp = Response::new(p.body);
+        *resp.status_mut() = hyper::StatusCode::from_u16(p.status)
             .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
         let h = resp.headers_mut();
-        if let Some(ct) = content_type {
-            h.insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static(ct));
-            if ct == "text/event-stream" {
-                h.insert(
-                    hyper::header::CACHE_CONTROL,
-                    HeaderValue::from_static("no-cache"),
-                );
-                h.insert(
-                    HeaderName::from_static("x-accel-buffering"),
-                    HeaderValue::from_static("no"),
-                );
-            }
+        for (name, value) in fixed_headers(p.content_type) {
+            h.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
         }
-        // Which shard received the request (the session's owner may differ):
-        // for operators and for the tests that prove cross-core routing.
         h.insert(
-            HeaderName::from_static("x-tessera-shard"),
-            HeaderValue::from(http.net.core.id),
+            HeaderName::from_static(SHARD_HEADER),
+            HeaderValue::from(p.shard),
         );
-        for (name, value) in self.headers {
+        for (name, value) in p.headers {
             if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
                 h.append(n, v);
             }
         }
         resp
     }
+}
+
+/// Which shard received the request (the session's owner may differ): for
+/// operators and for the tests that prove cross-core routing.
+pub(crate) const SHARD_HEADER: &str = "x-tessera-shard";
+
+/// The headers that come with a body of `content_type`.
+pub(crate) fn fixed_headers(
+    content_type: Option<&'static str>,
+) -> impl Iterator<Item = (&'static str, &'static str)> {
+    let sse = content_type == Some("text/event-stream");
+    content_type
+        .map(|ct| ("content-type", ct))
+        .into_iter()
+        .chain(
+            [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
+                .into_iter()
+                .filter(move |_| sse),
+        )
+}
+
+/// An [`McpResponse`] ready to be written by either HTTP/1.1 path.
+pub(crate) struct Prepared {
+    pub status: u16,
+    pub content_type: Option<&'static str>,
+    /// The shard that received the request ([`SHARD_HEADER`]).
+    pub shard: usize,
+    /// The handler's own headers, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: OutBody,
 }
 
 pub(crate) fn trim_newline(v: &mut Vec<u8>) {
