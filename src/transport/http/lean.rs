@@ -488,14 +488,17 @@ where
         if c.buf.is_empty() && c.buf.capacity() > BUFFER_KEEP_BYTES {
             c.buf = Vec::new();
         }
-        let resp = super::supervised(
+        // Boxed: the handler's future is as large as the deepest request
+        // path, and inline it would size this connection's task for good,
+        // including while it only streams or sits idle.
+        let handler = super::supervised(
             http.clone(),
             req.head,
             Body::Read(body),
             peer,
             restarts.clone(),
-        )
-        .await;
+        );
+        let resp = Box::pin(handler).await;
         let asked_close = resp
             .headers
             .iter()
