@@ -1,8 +1,8 @@
 //! The lean HTTP/1.1 path: the request shape MCP clients send (HTTP/1.1
 //! `GET`/`POST`/`DELETE`, a `Content-Length` body of at most
 //! [`LEAN_BODY_MAX_BYTES`], keep-alive) parsed with `httparse` straight from
-//! the connection's buffer and answered with one write, with no per-request
-//! allocation beyond the head and body themselves.
+//! the connection's buffer and answered with one write; the connection's
+//! read and write buffers are reused from request to request.
 //!
 //! Why: under load hyper's per-request machinery (dispatcher, body channel,
 //! `HeaderMap`, `Bytes` reference counts) and a timer per wait cost about a
@@ -23,7 +23,7 @@
 //! fires, never per request.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -404,8 +404,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 Event::Frame(frame) => {
                     if let Ok(data) = frame.into_data() {
                         if !data.is_empty() {
-                            self.out
-                                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                            write!(self.out, "{:x}\r\n", data.len()).expect("writing to a Vec");
                             self.out.extend_from_slice(&data);
                             self.out.extend_from_slice(b"\r\n");
                         }

@@ -1,5 +1,5 @@
 //! Streamable HTTP transport (MCP 2025-03-26 … 2025-11-25 with sessions, and
-//! 2026-07-28 stateless), on hyper's HTTP/1.1 over glommio.
+//! 2026-07-28 stateless), HTTP/1.1 over glommio.
 //!
 //! Every shard binds the HTTP address itself (SO_REUSEPORT) and serves the
 //! connections the kernel gives it; each connection is one task, on the lean
