@@ -3,11 +3,14 @@
 //! - `mesh/hop_round_trip`: one kv request to another core's executor over
 //!   tessera's mesh and its reply back (two pinned executors, each waiting
 //!   for the other in turn: the latency of a hop, not a throughput);
-//! - `metrics/histogram_record`: recording one request's latency.
+//! - `metrics/histogram_record`: recording one request's latency;
+//! - `parse/*`: parsing one small request into a tape, by the scalar fast
+//!   path and by simd-json alone.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tessera::api::McpServer;
 use tessera::config::Limits;
+use tessera::internals::json::{small_fill_tape, Parser};
 use tessera::internals::{Metrics, Shard, PARSE_PADDING};
 
 fn padded(line: &[u8]) -> Vec<u8> {
@@ -60,6 +63,36 @@ fn hot_path(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_parse(c: &mut Criterion) {
+    let line: &[u8] = br#"{"jsonrpc":"2.0","id":12345,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello world"}}}"#;
+    let mut buf = padded(line);
+    let mut group = c.benchmark_group("parse");
+    group.throughput(Throughput::Bytes(line.len() as u64));
+    let mut tape = Vec::with_capacity(64);
+    group.bench_function("small_request_scalar", |b| {
+        b.iter(|| {
+            tape.clear();
+            assert!(small_fill_tape(criterion::black_box(line), &mut tape));
+            criterion::black_box(tape.len());
+        })
+    });
+    let mut buffers = simd_json::Buffers::new(64 * 1024);
+    let mut simd = simd_json::tape::Tape(Vec::with_capacity(64));
+    group.bench_function("small_request_simd_json", |b| {
+        b.iter(|| {
+            let mut t = std::mem::replace(&mut simd, simd_json::tape::Tape(Vec::new())).reset();
+            simd_json::fill_tape_padded(&mut buf, line.len(), &mut buffers, &mut t).unwrap();
+            criterion::black_box(t.0.len());
+            simd = t.reset();
+        })
+    });
+    let mut parser = Parser::new();
+    group.bench_function("small_request_parser", |b| {
+        b.iter(|| criterion::black_box(parser.parse(&mut buf, line.len(), |v| v.is_ok())))
+    });
+    group.finish();
+}
+
 fn bench_metrics(c: &mut Criterion) {
     let mut m = Metrics::default();
     let mut group = c.benchmark_group("metrics");
@@ -84,5 +117,5 @@ fn bench_mesh(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, bench_mesh, bench_metrics);
+criterion_group!(benches, bench, bench_parse, bench_mesh, bench_metrics);
 criterion_main!(benches);

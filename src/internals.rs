@@ -25,9 +25,13 @@ pub fn kv_owner(key: &str, shards: usize) -> usize {
     crate::server::kv::owner(key, shards)
 }
 
-/// The server's JSON output helpers.
+/// The server's JSON output helpers, and its message parser: the scalar
+/// fast path alone (`small_fill_tape`) and the whole parser as a shard
+/// runs it (`Parser`: the fast path, else simd-json).
 pub mod json {
     pub use crate::protocol::json::{encode_value, write_str};
+    pub use crate::protocol::small::fill_tape as small_fill_tape;
+    pub use crate::protocol::Parser;
 }
 
 /// One shard with no mesh and no listener, for code that drives the

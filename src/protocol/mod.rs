@@ -1,11 +1,12 @@
 //! Wire formats, without I/O: JSON-RPC 2.0 envelopes, MCP constants and
 //! method names, and the in-place JSON parser that turns one message into a
-//! borrowed tape. Imports nothing of the rest of the crate.
+//! borrowed tape (a scalar pass for small messages, simd-json for the rest). Imports nothing of the rest of the crate.
 
 pub(crate) mod json;
 pub(crate) mod jsonrpc;
 pub(crate) mod mcp;
 pub(crate) mod method;
+pub(crate) mod small;
 
 use simd_json::tape::{Tape, Value as TapeValue};
 use simd_json::Buffers;
@@ -38,8 +39,9 @@ impl Parser {
         }
     }
 
-    /// Parses `buf[..len]` in place (strings are unescaped inside `buf`) and
-    /// hands the root value to `f`. `buf` must extend at least
+    /// Parses `buf[..len]` and hands the root value to `f`: by the scalar
+    /// fast path ([`small`]) when the message is in its subset, otherwise by
+    /// simd-json in place (strings are unescaped inside `buf`). `buf` must extend at least
     /// [`PARSE_PADDING`] bytes past `len`.
     pub fn parse<R>(
         &mut self,
@@ -48,7 +50,14 @@ impl Parser {
         f: impl FnOnce(Result<TapeValue<'_, '_>, simd_json::Error>) -> R,
     ) -> R {
         debug_assert!(buf.len() >= len + PARSE_PADDING);
-        let mut tape: Tape<'_> = std::mem::replace(&mut self.tape, Tape(Vec::new())).reset();
+        let spare = std::mem::replace(&mut self.tape, Tape(Vec::new()));
+        let mut fast: Tape<'_> = spare.reset();
+        if small::fill_tape(&buf[..len], &mut fast.0) {
+            let r = f(Ok(fast.as_value()));
+            self.tape = fast.reset();
+            return r;
+        }
+        let mut tape: Tape<'_> = fast.reset();
         let r = match simd_json::fill_tape_padded(buf, len, &mut self.buffers, &mut tape) {
             Ok(()) => f(Ok(tape.as_value())),
             Err(e) => f(Err(e)),
