@@ -323,7 +323,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             match self.more(body_timer.as_mut()).await {
                 Got::Data => {}
                 Got::Late => {
-                    self.respond_late(http).await;
+                    // Boxed: rare, and inline it would size every
+                    // connection's future.
+                    Box::pin(self.respond_late(http)).await;
                     return Err(Stop::Close);
                 }
                 Got::Eof | Got::Idle | Got::Shutdown => return Err(Stop::Close),
@@ -341,16 +343,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
 
     /// Writes one response; Err when the client is gone.
     async fn write_prepared(&mut self, p: Prepared, close: bool) -> Result<(), ()> {
-        let mut body = p.body;
+        let Prepared {
+            status,
+            content_type,
+            shard,
+            headers,
+            mut body,
+        } = p;
         self.out.clear();
-        write_head(
-            &mut self.out,
-            p.status,
-            p.content_type,
-            p.shard,
-            &p.headers,
-            close,
-        );
+        write_head(&mut self.out, status, content_type, shard, &headers, close);
+        // Freed now, not when the body (perhaps a stream open for hours)
+        // has been written.
+        drop(headers);
         let result = match &mut body {
             OutBody::Full(b) => {
                 let b = b.take().unwrap_or_default();
@@ -361,6 +365,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             OutBody::Sse(_) => {
                 self.out
                     .extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+                // A stream may stay open for hours with nothing to send:
+                // it holds no read buffer until bytes arrive.
+                if self.buf.is_empty() {
+                    self.buf = Vec::new();
+                }
                 self.stream_events(&mut body).await
             }
         };
@@ -376,7 +385,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         loop {
             if !self.out.is_empty() {
                 self.stream.write_all(&self.out).await.map_err(drop)?;
-                self.out.clear();
+                // Released rather than cleared: between events the stream
+                // holds no buffer; one allocation per event is small
+                // against the write it goes with.
+                self.out = Vec::new();
             }
             let next = {
                 let frame = async {
@@ -427,7 +439,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             return;
         }
         let linger = async {
-            let mut scratch = [0u8; 1024];
+            // On the heap: an array here would be part of every
+            // connection's future for its whole life, draining or not.
+            let mut scratch = vec![0u8; 1024];
             while let Ok(n) = self.stream.read(&mut scratch).await {
                 if n == 0 {
                     break;

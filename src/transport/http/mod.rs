@@ -391,7 +391,10 @@ where
         lean::Ended::Closed => {}
         lean::Ended::Handover(stream) => {
             net.core.metrics.borrow_mut().counters.http_hyper_handovers += 1;
-            serve_hyper(&http, stream, &handle, peer, restarts).await;
+            // Boxed: hyper's connection future is larger than the whole
+            // lean path's, and inline it would size every connection's
+            // task, though few connections are ever handed over.
+            Box::pin(serve_hyper(&http, stream, &handle, peer, restarts)).await;
         }
     }
     net.conns.unregister(slot);
