@@ -240,12 +240,20 @@ impl<T> Pipe<T> {
 
     /// Next item, `None` once closed and drained.
     pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        if let Some(item) = self.queue.borrow_mut().pop_front() {
+        let mut queue = self.queue.borrow_mut();
+        if let Some(item) = queue.pop_front() {
             return Poll::Ready(Some(item));
         }
         if self.closed.get() {
             return Poll::Ready(None);
         }
+        // The consumer waits on an empty queue: a pipe that feeds a stream
+        // open for hours holds no buffer between its items (one allocation
+        // per batch of items, beside the write each batch costs).
+        if queue.capacity() > 0 {
+            *queue = VecDeque::new();
+        }
+        drop(queue);
         *self.waker.borrow_mut() = Some(cx.waker().clone());
         Poll::Pending
     }

@@ -220,7 +220,10 @@ struct Conn<'a, S> {
     buf: Vec<u8>,
     out: Vec<u8>,
     idle: Duration,
-    idle_timer: glommio::timer::Timer,
+    /// Made when the connection first waits for a request, dropped (and
+    /// so taken out of the reactor's timer map) while it streams a
+    /// response, which may last hours.
+    idle_timer: Option<glommio::timer::Timer>,
     /// When `idle_timer` is due; it is registered with the reactor when
     /// `idle_registered`.
     idle_deadline: Instant,
@@ -281,9 +284,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 }
                 let left = (self.idle - quiet).max(Duration::from_millis(10));
                 self.idle_deadline = now + left;
-                self.idle_timer.reset(left);
+                if let Some(t) = self.idle_timer.as_mut() {
+                    t.reset(left);
+                }
             }
-            self.idle_registered = Pin::new(&mut self.idle_timer).poll(cx).is_pending();
+            let due_in = self.idle_deadline.saturating_duration_since(now);
+            let timer = self
+                .idle_timer
+                .get_or_insert_with(|| glommio::timer::Timer::new(due_in));
+            self.idle_registered = Pin::new(timer).poll(cx).is_pending();
         }
     }
 
@@ -366,10 +375,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 self.out
                     .extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
                 // A stream may stay open for hours with nothing to send:
-                // it holds no read buffer until bytes arrive.
+                // it holds no read buffer until bytes arrive, and no idle
+                // timer (the idle bound is for waits between requests).
                 if self.buf.is_empty() {
                     self.buf = Vec::new();
                 }
+                self.idle_timer = None;
+                self.idle_registered = false;
                 self.stream_events(&mut body).await
             }
         };
@@ -476,7 +488,7 @@ where
         buf: Vec::new(),
         out: Vec::new(),
         idle,
-        idle_timer: glommio::timer::Timer::new(idle),
+        idle_timer: None,
         idle_deadline: Instant::now() + idle,
         idle_registered: false,
         last_activity: Instant::now(),
