@@ -1,6 +1,7 @@
 //! Wire formats, without I/O: JSON-RPC 2.0 envelopes, MCP constants and
-//! method names, and the in-place JSON parser that turns one message into a
-//! borrowed tape (a scalar pass for small messages, simd-json for the rest). Imports nothing of the rest of the crate.
+//! method names, and the JSON parser that turns one message into a borrowed
+//! tape (a scalar pass for small messages, simd-json in place for the
+//! rest). Imports nothing of the rest of the crate.
 
 pub(crate) mod json;
 pub(crate) mod jsonrpc;
@@ -40,9 +41,9 @@ impl Parser {
     }
 
     /// Parses `buf[..len]` and hands the root value to `f`: by the scalar
-    /// fast path ([`small`]) when the message is in its subset, otherwise by
-    /// simd-json in place (strings are unescaped inside `buf`). `buf` must extend at least
-    /// [`PARSE_PADDING`] bytes past `len`.
+    /// fast path ([`small`]) when the message is in its subset, otherwise
+    /// by simd-json in place (strings are unescaped inside `buf`). `buf`
+    /// must extend at least [`PARSE_PADDING`] bytes past `len`.
     pub fn parse<R>(
         &mut self,
         buf: &mut [u8],
