@@ -347,31 +347,71 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     /// closes (the rest of the body may still come).
     async fn respond_late(&mut self, http: &Rc<HttpShard>) {
         let p = request::body_timed_out().prepare(http);
-        let _ = self.write_prepared(p, true).await;
+        let body = self.start_response(p, true);
+        debug_assert!(matches!(body, OutBody::Full(None)));
+        let _ = self.stream.write_all(&self.out).await;
     }
 
-    /// Writes one response; Err when the client is gone.
-    async fn write_prepared(&mut self, p: Prepared, close: bool) -> Result<(), ()> {
+    /// Reads the next request, runs its handler and puts the response's
+    /// head (and a whole body) in `out`; returns the body still to stream,
+    /// if any, and whether the connection closes after the response.
+    ///
+    /// A separate future from the streaming that follows, so the request's
+    /// and the response's locals take no room in a connection's future
+    /// while it streams, which may last hours.
+    async fn respond(
+        &mut self,
+        http: &Rc<HttpShard>,
+        peer: Option<IpAddr>,
+        restarts: &Rc<RefCell<RestartIntensity>>,
+    ) -> Result<(OutBody, bool), Stop> {
+        let req = self.next_request(http).await?;
+        let body = self.buf[req.head_len..req.head_len + req.body_len].to_vec();
+        self.buf.drain(..req.head_len + req.body_len);
+        if self.buf.is_empty() && self.buf.capacity() > BUFFER_KEEP_BYTES {
+            self.buf = Vec::new();
+        }
+        // Boxed: the handler's future is as large as the deepest request
+        // path, and inline it would size this connection's task for good,
+        // including while it only streams or sits idle.
+        let handler = super::supervised(
+            http.clone(),
+            req.head,
+            Body::Read(body),
+            peer,
+            restarts.clone(),
+        );
+        let resp = Box::pin(handler).await;
+        let asked_close = resp
+            .headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
+        let close = req.close || asked_close || self.net.shutdown.is_raised();
+        let prepared = resp.prepare(http);
+        Ok((self.start_response(prepared, close && !asked_close), close))
+    }
+
+    /// Puts the head of `p` in `out`, and its body if it is whole; returns
+    /// what is left to write (an SSE stream, or `Full(None)`). `close` adds
+    /// `Connection: close`.
+    fn start_response(&mut self, p: Prepared, close: bool) -> OutBody {
         let Prepared {
             status,
             content_type,
             shard,
             headers,
-            mut body,
+            body,
         } = p;
         self.out.clear();
         write_head(&mut self.out, status, content_type, shard, &headers, close);
-        // Freed now, not when the body (perhaps a stream open for hours)
-        // has been written.
-        drop(headers);
-        let result = match &mut body {
+        match body {
             OutBody::Full(b) => {
-                let b = b.take().unwrap_or_default();
+                let b = b.unwrap_or_default();
                 write_len(&mut self.out, b.len());
                 self.out.extend_from_slice(&b);
-                self.stream.write_all(&self.out).await.map_err(drop)
+                OutBody::Full(None)
             }
-            OutBody::Sse(_) => {
+            sse @ OutBody::Sse(_) => {
                 self.out
                     .extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
                 // A stream may stay open for hours with nothing to send:
@@ -382,8 +422,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 }
                 self.idle_timer = None;
                 self.idle_registered = false;
-                self.stream_events(&mut body).await
+                sse
             }
+        }
+    }
+
+    /// Writes what [`Self::start_response`] left in `out`, then the SSE
+    /// stream if there is one; Err when the client is gone.
+    async fn write_response(&mut self, body: &mut OutBody) -> Result<(), ()> {
+        let result = match body {
+            OutBody::Full(_) => self.stream.write_all(&self.out).await.map_err(drop),
+            OutBody::Sse(_) => self.stream_events(body).await,
         };
         self.last_activity = Instant::now();
         result
@@ -494,10 +543,12 @@ where
         last_activity: Instant::now(),
     };
     loop {
-        let req = match c.next_request(http).await {
+        let (mut body, close) = match c.respond(http, peer, restarts).await {
             Ok(r) => r,
             Err(Stop::Close) => {
-                c.finish().await;
+                // Boxed: rare, and inline it would size every
+                // connection's future.
+                Box::pin(c.finish()).await;
                 return Ended::Closed;
             }
             Err(Stop::Handover) => {
@@ -508,34 +559,13 @@ where
                 })
             }
         };
-        let body = c.buf[req.head_len..req.head_len + req.body_len].to_vec();
-        c.buf.drain(..req.head_len + req.body_len);
-        if c.buf.is_empty() && c.buf.capacity() > BUFFER_KEEP_BYTES {
-            c.buf = Vec::new();
-        }
-        // Boxed: the handler's future is as large as the deepest request
-        // path, and inline it would size this connection's task for good,
-        // including while it only streams or sits idle.
-        let handler = super::supervised(
-            http.clone(),
-            req.head,
-            Body::Read(body),
-            peer,
-            restarts.clone(),
-        );
-        let resp = Box::pin(handler).await;
-        let asked_close = resp
-            .headers
-            .iter()
-            .any(|(n, v)| n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
-        let close = req.close || asked_close || c.net.shutdown.is_raised();
-        let prepared = resp.prepare(http);
-        let written = c.write_prepared(prepared, close && !asked_close).await;
+        let written = c.write_response(&mut body).await;
+        drop(body);
         if c.out.capacity() > BUFFER_KEEP_BYTES {
             c.out = Vec::new();
         }
         if written.is_err() || close {
-            c.finish().await;
+            Box::pin(c.finish()).await;
             return Ended::Closed;
         }
     }

@@ -249,6 +249,10 @@ pub(crate) fn serve_accepted(http: Rc<HttpShard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     let fd = stream.as_raw_fd();
+    // On the heap: a socket is 120 bytes, and each level of the
+    // connection's future would keep its own room for it, for the life of
+    // the connection.
+    let stream = Box::new(stream);
     glommio::spawn_local(async move {
         http.net.track_socket(fd);
         serve_connection(http.clone(), stream, peer).await;
