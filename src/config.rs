@@ -25,6 +25,7 @@ pub use crate::runtime::cores::{
 };
 pub use crate::server::auth::{hash_line, AuthConfig, Role};
 pub use crate::transport::http::{HttpConfig, HttpConfigError};
+pub use crate::transport::netrules::{Action, Cidr, Listener, NetRules, Rule, RULES_MAX};
 
 /// A setting that is out of its range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -337,6 +338,9 @@ pub struct ServerConfig {
     pub upgrade: bool,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
     pub admin: Option<SocketAddr>,
+    /// `--allow-cidr` and `--deny-cidr`: which peers each listener serves
+    /// (a reload replaces them).
+    pub net_rules: NetRules,
     /// `--auth`: every transport's callers must present a valid token. Each
     /// shard gets its own copy.
     pub auth: Option<AuthConfig>,
@@ -367,6 +371,7 @@ impl ServerConfig {
             upgrade_socket: None,
             upgrade: false,
             admin: None,
+            net_rules: NetRules::default(),
             auth: None,
             audit: None,
             otel: None,

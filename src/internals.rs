@@ -59,7 +59,11 @@ impl Shard {
             faults: FaultRates::default(),
             shutdown: Rc::new(Flag::default()),
         }));
-        let net = Rc::new(Net::new(core.clone(), crate::node::net_limits(l, 0.0)));
+        let net = Rc::new(Net::new(
+            core.clone(),
+            crate::node::net_limits(l, 0.0),
+            Default::default(),
+        ));
         let http = http.map(|cfg| Rc::new(HttpShard::new(net.clone(), cfg)));
         Self { core, net, http }
     }

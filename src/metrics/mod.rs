@@ -201,6 +201,10 @@ counters! {
     tasks_expired,
     /// Connections accepted and closed at once at `max_connections_per_shard`.
     connections_refused,
+    /// Connections accepted and closed at once, unread, because an
+    /// `--allow-cidr`/`--deny-cidr` rule refused the peer (by rule:
+    /// [`Denied`]).
+    connections_denied,
     /// Connections a binary upgrade's old process accepted as its shards
     /// stopped and handed over unserved (served here instead).
     connections_adopted,
@@ -292,12 +296,68 @@ impl Counters {
     }
 }
 
+/// Rule labels [`Denied`] keeps counts for; refusals under labels past it
+/// are counted only in `connections_denied`. Reloads may bring new labels,
+/// so this is a multiple of the rules one configuration may have.
+pub const DENIED_LABELS_MAX: usize = 4 * 1024;
+
+/// The listeners [`Denied`] counts by, in the order of its counts (the
+/// transports' `netrules::Listener`, by name).
+pub const DENIED_LISTENERS: [&str; 3] = ["http", "tcp", "admin"];
+
+/// Connections refused by `--allow-cidr`/`--deny-cidr`, by rule label (or
+/// "not allowed"), each by listener (`http`, `tcp`, `admin`, in that
+/// order). A rule removed by a reload keeps its counts, so they never go
+/// backwards.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Denied(std::collections::BTreeMap<String, [u64; 3]>);
+
+impl Denied {
+    /// Counts one refusal; false when the label table is full (the refusal
+    /// is then counted only in the total).
+    pub fn count(&mut self, label: &str, listener: usize) -> bool {
+        debug_assert!(listener < 3);
+        if let Some(c) = self.0.get_mut(label) {
+            c[listener] += 1;
+            return true;
+        }
+        if self.0.len() >= DENIED_LABELS_MAX {
+            return false;
+        }
+        let mut c = [0; 3];
+        c[listener] = 1;
+        self.0.insert(label.to_string(), c);
+        true
+    }
+
+    fn add(&mut self, o: &Denied) {
+        for (label, counts) in &o.0 {
+            let mine = self.0.entry(label.clone()).or_default();
+            for (a, b) in mine.iter_mut().zip(counts) {
+                *a += b;
+            }
+        }
+    }
+
+    /// (rule label, listener index, count) for every nonzero count.
+    pub fn rows(&self) -> impl Iterator<Item = (&str, usize, u64)> + '_ {
+        self.0.iter().flat_map(|(label, counts)| {
+            counts
+                .iter()
+                .enumerate()
+                .filter(|(_, &n)| n > 0)
+                .map(move |(i, &n)| (label.as_str(), i, n))
+        })
+    }
+}
+
 /// One shard's live metrics. Not `Send`: it lives inside the shard.
 pub struct ShardMetrics {
     hist: Vec<Histogram<u64>>,
     /// Error responses by method kind.
     errors: [u64; MethodKind::COUNT],
     pub counters: Counters,
+    pub denied: Denied,
 }
 
 /// Levels a shard reports with its metrics (not counts since start): what it
@@ -349,6 +409,7 @@ impl ShardMetrics {
             hist: (0..MethodKind::COUNT).map(|_| new_histogram()).collect(),
             errors: [0; MethodKind::COUNT],
             counters: Counters::default(),
+            denied: Denied::default(),
         }
     }
 
@@ -371,6 +432,7 @@ impl ShardMetrics {
             hist: self.hist.clone(),
             errors: self.errors,
             counters: self.counters.clone(),
+            denied: self.denied.clone(),
             gauges: Gauges::default(),
         }
     }
@@ -385,6 +447,7 @@ pub struct Snapshot {
     /// Error responses by method kind (indexed like `hist`).
     pub errors: [u64; MethodKind::COUNT],
     pub counters: Counters,
+    pub denied: Denied,
     /// Filled in by the shard when it sends the snapshot.
     pub gauges: Gauges,
 }
@@ -396,6 +459,7 @@ impl Snapshot {
             hist: (0..MethodKind::COUNT).map(|_| new_histogram()).collect(),
             errors: [0; MethodKind::COUNT],
             counters: Counters::default(),
+            denied: Denied::default(),
             gauges: Gauges::default(),
         }
     }
@@ -410,6 +474,7 @@ impl Snapshot {
             *a += b;
         }
         self.counters.add(&other.counters);
+        self.denied.add(&other.denied);
         self.gauges.add(&other.gauges);
     }
 
@@ -518,6 +583,31 @@ pub fn interval_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn denials_are_kept_by_label_and_listener_up_to_the_bound_and_merge() {
+        let mut d = Denied::default();
+        assert!(d.count("deny 10.0.0.0/8", 1));
+        assert!(d.count("deny 10.0.0.0/8", 1));
+        assert!(d.count("deny 10.0.0.0/8", 0));
+        for i in 1..DENIED_LABELS_MAX {
+            assert!(d.count(&format!("rule {i}"), 2));
+        }
+        assert!(!d.count("one too many", 2), "past the bound");
+        assert!(d.count("rule 1", 2), "a known label still counts");
+        let mut merged = Snapshot::empty();
+        let mut one = Snapshot::empty();
+        one.denied = d.clone();
+        merged.merge(&one);
+        merged.merge(&one);
+        let rows: Vec<_> = merged
+            .denied
+            .rows()
+            .filter(|r| r.0 == "deny 10.0.0.0/8")
+            .collect();
+        assert_eq!(rows, [("deny 10.0.0.0/8", 0, 2), ("deny 10.0.0.0/8", 1, 4)]);
+        assert_eq!(merged.denied.0.len(), DENIED_LABELS_MAX);
+    }
 
     #[test]
     fn merge_and_interval_difference() {

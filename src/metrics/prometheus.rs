@@ -8,6 +8,8 @@
 //!   (parse to response encoded), from the shards' HdrHistograms
 //! - `tessera_<counter>_total` for every shard counter (limit hits, restarts,
 //!   mesh events; see `metrics::Counters`)
+//! - `tessera_connections_denied_by_rule_total{listener,rule}`: peers refused
+//!   at accept by `--allow-cidr`/`--deny-cidr` (`metrics::Denied`)
 //! - gauges `tessera_connections`, `tessera_http_sessions`, `tessera_tasks`,
 //!   `tessera_kv_keys`, `tessera_mesh_pending{from,to}` (cross-core requests
 //!   awaiting a reply, per shard pair); with `--cluster`
@@ -119,6 +121,19 @@ pub fn render(merged: &Snapshot, shards: &[ShardState], uptime: Duration) -> Str
             &format!("Shard counter {name}."),
         );
         let _ = writeln!(s, "{metric} {value}");
+    }
+    header(
+        &mut s,
+        "tessera_connections_denied_by_rule_total",
+        "counter",
+        "Connections refused at accept by an --allow-cidr/--deny-cidr rule, by listener and rule.",
+    );
+    for (rule, listener, n) in merged.denied.rows() {
+        let listener = super::DENIED_LISTENERS[listener];
+        let _ = writeln!(
+            s,
+            "tessera_connections_denied_by_rule_total{{listener=\"{listener}\",rule=\"{rule}\"}} {n}"
+        );
     }
     let g = &merged.gauges;
     for (metric, help, value) in [

@@ -19,6 +19,7 @@ use crate::server::auth::AuthConfig;
 use crate::server::registry::App;
 use crate::server::session::Resume;
 use crate::transport::listeners::Kind;
+use crate::transport::netrules::{Listener, NetRules};
 
 /// How often a shard checks its command queue.
 pub(crate) const CONTROL_POLL: Duration = Duration::from_millis(20);
@@ -111,6 +112,8 @@ pub(crate) struct Reloaded {
     pub rate_limit: (u32, u32),
     /// Tools, prompts and resources (each shard builds its registry).
     pub app: App,
+    /// `--allow-cidr`/`--deny-cidr`, for connections accepted from now on.
+    pub net_rules: NetRules,
 }
 
 /// The next mesh plan on the command queue; `None` at the deadline or on
@@ -165,6 +168,14 @@ fn adopt(shard: &Rc<NodeShard>, kind: Kind, fd: OwnedFd) {
     // TCP socket the main thread received for this shard; the stream
     // takes it over.
     let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    // Unserved so far, so this process's rules decide, as at an accept.
+    let listener = match kind {
+        Kind::Http => Listener::Http,
+        _ => Listener::Tcp,
+    };
+    if !shard.net.admits(listener, &stream) {
+        return;
+    }
     match (kind, &shard.http) {
         (Kind::Http, Some(h)) => crate::transport::http::serve_accepted(h.clone(), stream),
         (Kind::Tcp, _) => crate::transport::tcp::serve_accepted(shard.net.clone(), stream),
@@ -225,7 +236,9 @@ pub(crate) async fn control_loop(
                         auth,
                         rate_limit,
                         app,
+                        net_rules,
                     } = *reloaded;
+                    shard.net.set_rules(net_rules);
                     if let Some(a) = auth {
                         shard.core.set_auth(a);
                     }

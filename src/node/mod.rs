@@ -292,7 +292,10 @@ fn prepare_process(
     let admin_stop = AdminStop::default();
     let admin = match config.admin {
         Some(addr) => {
-            let view = Arc::new(Mutex::new(AdminView::new(&config.cores)));
+            let view = Arc::new(Mutex::new(AdminView::new(
+                &config.cores,
+                config.net_rules.clone(),
+            )));
             let handed = upgrade.and_then(|u| u.take_single(Kind::Admin, Some(addr)));
             let socket = match handed {
                 Some(fd) => std::net::TcpListener::from(fd),
@@ -465,6 +468,7 @@ fn plan(
         cluster: config.cluster.clone(),
         redis_timer: timer.map(TimerRuntime::handle),
         app: std::sync::Mutex::new(app),
+        net_rules: std::sync::Mutex::new(config.net_rules.clone()),
         state_key,
         // Metrics go to the main thread for --stats-interval, or every
         // second for the admin endpoint.

@@ -64,6 +64,9 @@ pub(crate) struct Plan {
     /// shard restarted later builds the reloaded one (read only when a
     /// shard is built).
     pub app: std::sync::Mutex<App>,
+    /// `--allow-cidr`/`--deny-cidr` a shard starts with; a reload replaces
+    /// them (read only when a shard is built).
+    pub net_rules: std::sync::Mutex<crate::config::NetRules>,
     pub state_key: StateKey,
     /// Send metrics to the main thread this often.
     pub report_every: Option<Duration>,
@@ -298,7 +301,12 @@ fn build(plan: &Plan, index: usize, cpu: usize, registry: Registry) -> Result<No
         faults: plan.faults,
         shutdown: Rc::new(Flag::default()),
     }));
-    let net = Rc::new(Net::new(core.clone(), plan.net_limits.clone()));
+    let rules = plan
+        .net_rules
+        .lock()
+        .expect("the network rules' lock is never held across a panic")
+        .clone();
+    let net = Rc::new(Net::new(core.clone(), plan.net_limits.clone(), rules));
     let web = plan
         .http
         .as_ref()

@@ -467,6 +467,7 @@ impl Supervisor {
                         auth: new.auth,
                         rate_limit: (new.limits.rate_limit_per_sec, new.limits.rate_burst()),
                         app,
+                        net_rules: new.net_rules,
                     }));
                 }
             },
@@ -510,6 +511,15 @@ impl Supervisor {
             .app
             .lock()
             .expect("the app's lock is never held across a panic") = r.app.clone();
+        *plan
+            .net_rules
+            .lock()
+            .expect("the network rules' lock is never held across a panic") = r.net_rules.clone();
+        if let Some(view) = &self.admin {
+            if let Ok(mut v) = view.lock() {
+                v.set_rules(r.net_rules.clone());
+            }
+        }
         let n = self.threads.len();
         let (applied_tx, applied) = bounded(n);
         for (i, t) in self.threads.iter().enumerate() {
@@ -545,8 +555,10 @@ impl Supervisor {
             )
         };
         let done = format!(
-            "reloaded on {on}: tools, prompts, resources, --auth tables (tokens, keys, roles), rate limit {}/s burst {}",
-            r.rate_limit.0, r.rate_limit.1
+            "reloaded on {on}: tools, prompts, resources, --auth tables (tokens, keys, roles), rate limit {}/s burst {}, {} network rule(s)",
+            r.rate_limit.0,
+            r.rate_limit.1,
+            r.net_rules.rules().len()
         );
         log::info!("{done}");
         done

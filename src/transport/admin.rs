@@ -12,6 +12,10 @@
 //! handed to the next process by a binary upgrade; then [`AdminStop`]
 //! ends this thread's accepting.
 //!
+//! Peers the `--allow-cidr`/`--deny-cidr` rules refuse for the `admin`
+//! listener are closed at accept, unread, and counted with the shards'
+//! refusals.
+//!
 //! Bounds: one connection at a time (a scraper that stalls holds the
 //! endpoint for at most `ADMIN_IO_TIMEOUT`), a request head of at most
 //! `ADMIN_REQUEST_BYTES_MAX`, one request per connection.
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::prometheus::{self, ShardState};
 use crate::metrics::Snapshot;
+use crate::transport::netrules::{Listener, NetRules};
 
 /// How long one scrape may take to send its request or read the answer.
 pub const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,10 +50,15 @@ pub(crate) struct AdminView {
     stopping: bool,
     /// `--cluster` is on.
     cluster: bool,
+    /// `--allow-cidr`/`--deny-cidr` (the `admin` listener's share of them
+    /// applies here); a reload replaces them.
+    rules: NetRules,
+    /// Peers this thread refused, counted like a shard counts its own.
+    refused: Snapshot,
 }
 
 impl AdminView {
-    pub fn new(cores: &[usize]) -> Self {
+    pub fn new(cores: &[usize], rules: NetRules) -> Self {
         Self {
             started: Instant::now(),
             latest: vec![None; cores.len()],
@@ -65,7 +75,27 @@ impl AdminView {
                 .collect(),
             stopping: false,
             cluster: false,
+            rules,
+            refused: Snapshot::empty(),
         }
+    }
+
+    pub fn set_rules(&mut self, rules: NetRules) {
+        self.rules = rules;
+    }
+
+    /// Whether the admin listener serves `peer`; a refusal is counted and
+    /// logged at debug.
+    fn admits(&mut self, peer: SocketAddr) -> bool {
+        let Err(refusal) = self.rules.check(Listener::Admin, Some(peer.ip())) else {
+            return true;
+        };
+        log::debug!("admin: peer {peer} refused ({})", refusal.label());
+        self.refused.counters.connections_denied += 1;
+        self.refused
+            .denied
+            .count(refusal.label(), Listener::Admin.index());
+        false
     }
 
     pub fn shard_snapshot(&mut self, shard: usize, snapshot: Snapshot) {
@@ -119,6 +149,7 @@ impl AdminView {
 
     pub fn render(&self) -> String {
         let mut merged = self.retired.clone();
+        merged.merge(&self.refused);
         for s in self.latest.iter().flatten() {
             merged.merge(s);
         }
@@ -184,7 +215,12 @@ fn accept_loop(listener: TcpListener, view: &Mutex<AdminView>, stop: &AdminStop)
             continue;
         }
         match listener.accept() {
-            Ok((s, _)) => {
+            Ok((s, peer)) => {
+                // Refused: closed unread (the view's lock is held only
+                // for the check).
+                if !view.lock().is_ok_and(|mut v| v.admits(peer)) {
+                    continue;
+                }
                 let _ = s.set_nonblocking(false);
                 if let Err(e) = serve_one(s, view) {
                     log::debug!("admin: {e}");

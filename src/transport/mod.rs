@@ -14,6 +14,7 @@ pub mod control_socket;
 pub(crate) mod handover;
 pub(crate) mod http;
 pub(crate) mod listeners;
+pub(crate) mod netrules;
 pub(crate) mod stdio;
 pub(crate) mod tcp;
 
@@ -29,6 +30,7 @@ use crate::runtime::local::Flag;
 use crate::runtime::supervisor::Dice;
 use crate::server::core::Core;
 use crate::server::Notifier;
+use netrules::{Listener, NetRules};
 
 /// After a shutdown-initiated close (a drain: shutdown or upgrade), how
 /// long unread client bytes are read and dropped after our FIN, so closing
@@ -93,10 +95,13 @@ pub(crate) struct Net {
     dice: Dice,
     /// Raised when the shard stops accepting and drains (shared with `core`).
     pub shutdown: Rc<Flag>,
+    /// `--allow-cidr`/`--deny-cidr`, checked at accept; a reload replaces
+    /// them (live connections stay).
+    rules: RefCell<NetRules>,
 }
 
 impl Net {
-    pub fn new(core: Rc<Core>, limits: Limits) -> Self {
+    pub fn new(core: Rc<Core>, limits: Limits, rules: NetRules) -> Self {
         let shutdown = core.shutdown.clone();
         let seed = (core.id as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)
             ^ std::time::SystemTime::now()
@@ -113,7 +118,39 @@ impl Net {
             sockets: RefCell::new(HashSet::new()),
             dice: Dice::new(seed),
             shutdown,
+            rules: RefCell::new(rules),
         }
+    }
+
+    /// Whether `listener` serves the peer of `stream`, just accepted; a
+    /// refusal is counted (by rule) and logged at debug, and the caller
+    /// closes the stream unread. With no rules the peer's address is not
+    /// even looked up.
+    pub fn admits(&self, listener: Listener, stream: &glommio::net::TcpStream) -> bool {
+        let rules = self.rules.borrow();
+        if rules.is_empty() {
+            return true;
+        }
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
+        let Err(refusal) = rules.check(listener, peer) else {
+            return true;
+        };
+        log::debug!(
+            "shard {}: {} peer {peer:?} refused ({})",
+            self.core.id,
+            listener.name(),
+            refusal.label()
+        );
+        let mut m = self.core.metrics.borrow_mut();
+        m.counters.connections_denied += 1;
+        m.denied.count(refusal.label(), listener.index());
+        false
+    }
+
+    /// Replaces the allow and deny rules (a reload); connections already
+    /// served stay.
+    pub fn set_rules(&self, rules: NetRules) {
+        *self.rules.borrow_mut() = rules;
     }
 
     /// Whether a chaos roll says the connection handler should panic now.

@@ -3,7 +3,9 @@
 //! Every shard listens on its own SO_REUSEPORT socket of the same address
 //! (`transport::listeners`), so the kernel spreads new connections across cores and each connection lives
 //! its whole life on the core that accepted it. At `max_connections_per_shard`
-//! a new connection is accepted and closed at once (`connections_refused`).
+//! a new connection is accepted and closed at once (`connections_refused`);
+//! so is one from a peer the allow/deny rules refuse (`transport::netrules`),
+//! unread.
 
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
 
+use super::netrules::Listener;
 use super::{conn, Net};
 
 /// Pause after an accept error (such as running out of file descriptors) so
@@ -74,6 +77,10 @@ pub(crate) async fn accept_loop(net: Rc<Net>, bound: Bound) {
                 continue;
             }
         };
+        if !net.admits(Listener::Tcp, &stream) {
+            drop(stream);
+            continue;
+        }
         if net.conns.live() >= net.limits.max_connections_per_shard {
             // Accepted and closed at once: the client sees EOF, not a hang
             // in the listen backlog.

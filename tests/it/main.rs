@@ -36,6 +36,7 @@ mod layers;
 mod lifecycle;
 mod limits;
 mod loadgen;
+mod netrules;
 mod nginx;
 mod persistence;
 mod pipeline;

@@ -41,6 +41,7 @@ use futures_lite::FutureExt;
 use glommio::net::TcpStream;
 use hyper::server::conn::http1;
 
+use super::netrules::Listener;
 use super::tcp::Bound;
 use super::{ConnHandle, Net};
 use crate::protocol::jsonrpc::{self, Id};
@@ -285,6 +286,10 @@ pub(crate) async fn accept_loop(http: Rc<HttpShard>, bound: Bound) {
                 continue;
             }
         };
+        if !net.admits(Listener::Http, &stream) {
+            drop(stream);
+            continue;
+        }
         if net.conns.live() >= net.limits.max_connections_per_shard {
             net.core.metrics.borrow_mut().counters.connections_refused += 1;
             glommio::spawn_local(refuse(stream)).detach();
