@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tessera::config::{
     generated_node_id, parse_duration, read_secret_file, select_cores, Action, AuditConfig,
     AuthConfig, Chaos, ClusterConfig, FsyncPolicy, HttpConfig, JwtSettings, Limits, NetRules,
-    OtelConfig, Rule, ServerConfig, StoreConfig,
+    OtelConfig, Rule, ServerConfig, StoreConfig, StoreKeys,
 };
 
 #[derive(Parser, Debug)]
@@ -43,6 +43,11 @@ pub enum Command {
     /// Cluster operations (`--cluster`).
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Print a new random key for `--store-key-file` (64 hex characters).
+    GenKey,
+    /// Offline operations on a `--data-dir`.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Read a bearer token from stdin and print its line for the
     /// `--auth-tokens` file (only the SHA-256 of the token is stored).
     HashToken {
@@ -52,6 +57,20 @@ pub enum Command {
         /// Roles granted to the token, comma-separated.
         #[arg(long, value_delimiter = ',')]
         roles: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Rewrite every record of every shard file under the first key of
+    /// --store-key-file (records sealed with another listed key, and plain
+    /// ones written before a key was set); the server must be stopped.
+    /// Records no listed key opens are left as they are and counted.
+    Rekey {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        store_key_file: PathBuf,
     },
 }
 
@@ -317,6 +336,11 @@ pub struct ServeArgs {
     /// they are dropped and counted (store_dropped).
     #[arg(long, default_value_t = 100_000)]
     pub store_pending_ops_max: usize,
+    /// Seal every stored session, SSE event and task with XChaCha20-Poly1305
+    /// under the first key of this file (one 64-hex-character key per line,
+    /// `tessera gen-key`); every key listed opens. Needs --data-dir.
+    #[arg(long, value_name = "FILE")]
+    pub store_key_file: Option<PathBuf>,
 
     /// Serve a fixture set instead of the built-in tools: `conformance` is
     /// what the official MCP conformance suite exercises.
@@ -709,6 +733,27 @@ impl ServeArgs {
         }
     }
 
+    /// `--store-key-file`, read; it needs `--data-dir`, and is refused with
+    /// `--cluster` (records there are not sealed yet, and a key file must
+    /// never suggest they are).
+    fn store_keys(&self) -> Result<Option<StoreKeys>, String> {
+        let Some(path) = &self.store_key_file else {
+            return Ok(None);
+        };
+        if self.data_dir.is_none() {
+            return Err("--store-key-file needs --data-dir".into());
+        }
+        if self.cluster.cluster.is_some() {
+            return Err(
+                "--store-key-file with --cluster: records in Redis are not sealed yet, so it is refused"
+                    .into(),
+            );
+        }
+        StoreKeys::from_file(path)
+            .map(Some)
+            .map_err(|e| format!("--store-key-file {e}"))
+    }
+
     /// Resolves defaults and checks the selection against this machine.
     pub fn to_config(&self) -> Result<ServerConfig, String> {
         let mut cores = select_cores(self.cores.as_deref()).map_err(|e| e.to_string())?;
@@ -721,6 +766,7 @@ impl ServeArgs {
             (None, false) => Some(DEFAULT_TCP_ADDR.parse().expect("valid default address")),
             (None, true) => None,
         };
+        let keys = self.store_keys()?;
         let config = ServerConfig {
             cores,
             tcp,
@@ -748,6 +794,7 @@ impl ServeArgs {
                 timeout_ms: self.otlp_timeout_ms,
             }),
             store: self.data_dir.as_ref().map(|dir| StoreConfig {
+                keys: keys.clone(),
                 dir: dir.clone(),
                 fsync: self.fsync.into(),
                 fsync_interval_ms: self.fsync_interval_ms,

@@ -12,7 +12,7 @@ mod cli;
 mod config_file;
 mod fixtures;
 
-use cli::{Cli, ClusterCommand, Command, FixtureSet, ServeArgs};
+use cli::{Cli, ClusterCommand, Command, FixtureSet, ServeArgs, StoreCommand};
 use config_file::ConfigFile;
 
 fn main() -> ExitCode {
@@ -98,6 +98,39 @@ fn main() -> ExitCode {
             cluster_key_prefix,
             json,
         ),
+        Command::GenKey => {
+            println!("{}", tessera::config::gen_key());
+            ExitCode::SUCCESS
+        }
+        Command::Store(StoreCommand::Rekey {
+            data_dir,
+            store_key_file,
+        }) => {
+            let keys = match tessera::config::StoreKeys::from_file(&store_key_file) {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("tessera: --store-key-file {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match tessera::config::rekey(&data_dir, &keys) {
+                Ok(r) => {
+                    println!(
+                        "rekeyed {} file(s) under key {}: {} record(s) rewritten, {} already current, {} unreadable (left; never served)",
+                        r.files,
+                        keys.sealing_id(),
+                        r.resealed,
+                        r.current,
+                        r.unreadable
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tessera: store rekey: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::HashToken { principal, roles } => {
             if principal.is_empty() || principal.chars().any(char::is_whitespace) {
                 eprintln!("tessera: --principal must be one word");

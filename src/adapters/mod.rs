@@ -12,7 +12,8 @@
 //!   watched with inotify (`server::registry::ResourceSource`);
 //! - [`command`]: `[[tool]]`, tools that run a program per call;
 //! - [`prompt_files`]: `[[prompt]]`, prompt templates read from files;
-//! - [`secrets`]: the tokens file and JWT keys of `--auth`.
+//! - [`secrets`]: the tokens file and JWT keys of `--auth`;
+//! - [`seal`]: `--store-key-file`, stored records sealed at rest.
 
 pub(crate) mod audit;
 pub(crate) mod cluster;
@@ -20,5 +21,6 @@ pub(crate) mod command;
 pub(crate) mod files;
 pub(crate) mod otel;
 pub(crate) mod prompt_files;
+pub(crate) mod seal;
 pub(crate) mod secrets;
 pub(crate) mod store;

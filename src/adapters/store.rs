@@ -27,8 +27,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition, TableHandle};
 
+use super::seal::{self, StoreKeys};
 use crate::server::store::{Loaded, Op, Store};
 use crate::server::trace::{AttrValue, DetachedSpan, SpanOut};
 
@@ -63,6 +64,9 @@ pub struct StoreConfig {
     pub fsync: FsyncPolicy,
     pub fsync_interval_ms: u64,
     pub pending_ops_max: usize,
+    /// `--store-key-file`: values are sealed before they are written and
+    /// opened when read (`adapters::seal`); None writes them plain.
+    pub keys: Option<StoreKeys>,
 }
 
 /// Why the store could not be opened, read or written.
@@ -111,8 +115,8 @@ pub(crate) fn open_all(cfg: &StoreConfig, shards: usize) -> Result<Vec<Arc<Datab
         .collect()
 }
 
-/// Everything in `db`.
-pub(crate) fn load(db: &Database) -> Result<Loaded, StoreError> {
+/// Every record in `db`, as stored (sealed or not).
+fn load_raw(db: &Database) -> Result<Loaded, StoreError> {
     let txn = db.begin_read().map_err(db_error)?;
     let mut out = Loaded::default();
     for (table, into) in [
@@ -160,10 +164,11 @@ impl ShardStore {
     ) -> Result<(Self, Writer), StoreError> {
         let (tx, rx) = bounded(QUEUE_BATCHES);
         let policy = cfg.fsync;
+        let keys = cfg.keys.clone();
         let interval = Duration::from_millis(cfg.fsync_interval_ms.max(1));
         let join = std::thread::Builder::new()
             .name(format!("tessera-store-{index}"))
-            .spawn(move || write_loop(&db, rx, policy, interval, spans))
+            .spawn(move || write_loop(&db, rx, policy, interval, spans, keys.as_ref()))
             .map_err(StoreError::Thread)?;
         let store = Self {
             pending: RefCell::new(Batch::default()),
@@ -228,7 +233,62 @@ impl Writer {
     }
 }
 
-fn apply(db: &Database, batch: Vec<Op>, durability: Durability) -> Result<(), StoreError> {
+/// Everything in `db` that reads under `keys`: a value that does not open
+/// (sealed with a key not given, altered, or plain while keys are set) is
+/// skipped, counted in `unreadable` and logged, never served.
+pub(crate) fn load(db: &Database, keys: Option<&StoreKeys>) -> Result<Loaded, StoreError> {
+    let mut out = load_raw(db)?;
+    for (table, rows) in [
+        (SESSIONS, &mut out.sessions),
+        (EVENTS, &mut out.events),
+        (TASKS, &mut out.tasks),
+    ] {
+        let mut first: Option<(String, seal::Unopened)> = None;
+        let mut skipped = 0u64;
+        rows.retain_mut(
+            |(key, value)| match seal::read_value(keys, table.name(), key, value) {
+                Ok(plain) => {
+                    *value = plain;
+                    true
+                }
+                Err(why) => {
+                    skipped += 1;
+                    first.get_or_insert_with(|| (key.clone(), why));
+                    false
+                }
+            },
+        );
+        if let Some((key, why)) = first {
+            log::warn!(
+                "store: {skipped} record(s) of {} skipped, never served; the first, {key:?}: {why}",
+                table.name()
+            );
+        }
+        out.unreadable += skipped;
+    }
+    Ok(out)
+}
+
+/// `value`, the value of record `key` in `table`, as it is written:
+/// sealed when there are keys.
+fn stored<'a>(
+    keys: Option<&StoreKeys>,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    value: &'a [u8],
+) -> std::borrow::Cow<'a, [u8]> {
+    match keys {
+        Some(k) => std::borrow::Cow::Owned(k.seal(table.name(), key, value)),
+        None => std::borrow::Cow::Borrowed(value),
+    }
+}
+
+fn apply(
+    db: &Database,
+    batch: Vec<Op>,
+    durability: Durability,
+    keys: Option<&StoreKeys>,
+) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(db_error)?;
     txn.set_durability(durability);
     {
@@ -238,9 +298,8 @@ fn apply(db: &Database, batch: Vec<Op>, durability: Durability) -> Result<(), St
         for op in batch {
             match op {
                 Op::PutSession(id, v) => {
-                    sessions
-                        .insert(id.as_str(), v.as_slice())
-                        .map_err(db_error)?;
+                    let v = stored(keys, SESSIONS, &id, &v);
+                    sessions.insert(id.as_str(), &*v).map_err(db_error)?;
                 }
                 Op::DelSession(id) => {
                     sessions.remove(id.as_str()).map_err(db_error)?;
@@ -251,15 +310,15 @@ fn apply(db: &Database, batch: Vec<Op>, durability: Durability) -> Result<(), St
                         .map_err(db_error)?;
                 }
                 Op::PutEvent(k, v) => {
-                    events.insert(k.as_str(), v.as_ref()).map_err(db_error)?;
+                    let v = stored(keys, EVENTS, &k, v.as_ref());
+                    events.insert(k.as_str(), &*v).map_err(db_error)?;
                 }
                 Op::DelEvent(k) => {
                     events.remove(k.as_str()).map_err(db_error)?;
                 }
                 Op::PutTask(t) => {
-                    tasks
-                        .insert(t.id.as_str(), t.record.as_slice())
-                        .map_err(db_error)?;
+                    let v = stored(keys, TASKS, &t.id, &t.record);
+                    tasks.insert(t.id.as_str(), &*v).map_err(db_error)?;
                 }
                 Op::DelTask { id, .. } => {
                     tasks.remove(id.as_str()).map_err(db_error)?;
@@ -276,6 +335,7 @@ fn write_loop(
     policy: FsyncPolicy,
     interval: Duration,
     spans: Option<SpanOut>,
+    keys: Option<&StoreKeys>,
 ) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
@@ -310,7 +370,7 @@ fn write_loop(
             (false, _) => Durability::None,
         };
         let ops = batch.ops.len();
-        let written = apply(db, batch.ops, durability);
+        let written = apply(db, batch.ops, durability, keys);
         if let Err(e) = &written {
             log::error!("store: a batch was not written: {e}");
         }
@@ -332,7 +392,7 @@ fn write_loop(
             unsynced = true;
         }
     }
-    if let Err(e) = apply(db, Vec::new(), Durability::Immediate) {
+    if let Err(e) = apply(db, Vec::new(), Durability::Immediate, None) {
         log::error!("store: the final sync failed: {e}");
     }
 }
@@ -359,7 +419,8 @@ pub(crate) fn fold_orphans(dir: &Path, shards: usize) -> Result<usize, StoreErro
         };
         let from = Database::open(&from_path).map_err(file_error(&from_path))?;
         let into = Database::create(&into_path).map_err(file_error(&into_path))?;
-        let rows = load(&from)?;
+        // As stored: a sealed value opens under the same table and key.
+        let rows = load_raw(&from)?;
         let moved = rows.sessions.len() + rows.events.len() + rows.tasks.len();
         let txn = into.begin_write().map_err(db_error)?;
         for (table, set) in [
@@ -389,6 +450,68 @@ pub(crate) fn fold_orphans(dir: &Path, shards: usize) -> Result<usize, StoreErro
     Ok(folded)
 }
 
+/// What `tessera store rekey` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RekeyReport {
+    pub files: usize,
+    /// Records rewritten under the first key (sealed with another listed
+    /// key, or plain).
+    pub resealed: u64,
+    /// Records already sealed with the first key.
+    pub current: u64,
+    /// Records no listed key opens (another key, or altered): left as they
+    /// are, and skipped when a server loads the file.
+    pub unreadable: u64,
+}
+
+/// Rewrites every record of every shard file in `dir` under the first of
+/// `keys`, one write transaction per file (a crash leaves each file wholly
+/// before or after). Offline: a running server holds its files, and redb
+/// refuses a second opener.
+pub fn rekey(dir: &Path, keys: &StoreKeys) -> Result<RekeyReport, StoreError> {
+    let mut report = RekeyReport::default();
+    let mut index = 0;
+    while file_of(dir, index).exists() {
+        let path = file_of(dir, index);
+        let db = Database::open(&path).map_err(|e| StoreError::File {
+            file: path.clone(),
+            message: format!("{e} (is a server running on this --data-dir? stop it first)"),
+        })?;
+        let raw = load_raw(&db)?;
+        let txn = db.begin_write().map_err(db_error)?;
+        for (table, rows) in [
+            (SESSIONS, &raw.sessions),
+            (EVENTS, &raw.events),
+            (TASKS, &raw.tasks),
+        ] {
+            let mut t = txn.open_table(table).map_err(db_error)?;
+            for (key, value) in rows {
+                let opened = keys.open(table.name(), key, value);
+                if opened.is_ok() && keys.sealed_with_first(value) {
+                    report.current += 1;
+                    continue;
+                }
+                let plain = match opened {
+                    Ok(plain) => plain,
+                    Err(seal::Unopened::Plain) => value.clone(),
+                    Err(_) => {
+                        report.unreadable += 1;
+                        continue;
+                    }
+                };
+                let sealed = keys.seal(table.name(), key, &plain);
+                t.insert(key.as_str(), sealed.as_slice())
+                    .map_err(db_error)?;
+                report.resealed += 1;
+            }
+        }
+        txn.commit().map_err(db_error)?;
+        report.files += 1;
+        index += 1;
+    }
+    Ok(report)
+}
+
 /// Where shard `index`'s file is.
 pub(crate) fn file_of(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("shard-{index}.redb"))
@@ -409,6 +532,7 @@ mod tests {
             fsync: FsyncPolicy::Always,
             fsync_interval_ms: 100,
             pending_ops_max: 100,
+            keys: None,
         };
         {
             let dbs = open_all(&cfg, 3).unwrap();
@@ -423,11 +547,11 @@ mod tests {
         }
         let dbs = open_all(&cfg, 2).unwrap();
         assert!(!file_of(&dir, 2).exists());
-        let zero = load(&dbs[0]).unwrap();
+        let zero = load(&dbs[0], None).unwrap();
         let mut ids: Vec<_> = zero.sessions.iter().map(|(k, _)| k.clone()).collect();
         ids.sort();
         assert_eq!(ids, ["0000s", "0002s"]);
-        assert_eq!(load(&dbs[1]).unwrap().sessions.len(), 1);
+        assert_eq!(load(&dbs[1], None).unwrap().sessions.len(), 1);
         drop(dbs);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -441,6 +565,7 @@ mod tests {
             fsync: FsyncPolicy::Always,
             fsync_interval_ms: 1000,
             pending_ops_max: 1000,
+            keys: None,
         };
         {
             let dbs = open_all(&cfg, 1).unwrap();
@@ -464,7 +589,7 @@ mod tests {
             writer.finish(Duration::from_secs(10));
         }
         let dbs = open_all(&cfg, 1).unwrap();
-        let got = load(&dbs[0]).unwrap();
+        let got = load(&dbs[0], None).unwrap();
         assert_eq!(got.sessions, vec![("a".to_string(), b"{}".to_vec())]);
         let keys: Vec<_> = got
             .events
@@ -481,6 +606,47 @@ mod tests {
         assert!(!s.push(Op::DelSession("a".into())), "bounded");
         drop(s);
         writer.finish(Duration::from_secs(10));
+        drop(dbs);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sealed_records_read_back_only_under_their_keys_and_the_rest_is_counted() {
+        let dir = std::env::temp_dir().join(format!("tessera-sealed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let keys = StoreKeys::parse(&seal::gen_key()).unwrap();
+        let cfg = StoreConfig {
+            dir: dir.clone(),
+            fsync: FsyncPolicy::Always,
+            fsync_interval_ms: 1000,
+            pending_ops_max: 1000,
+            keys: Some(keys.clone()),
+        };
+        let dbs = open_all(&cfg, 1).unwrap();
+        let (s, writer) = ShardStore::start(&cfg, dbs[0].clone(), 0, None).unwrap();
+        s.push(Op::PutSession(
+            "a".into(),
+            br#"{"who":"visible?"}"#.to_vec(),
+        ));
+        s.push(Op::PutEvent(
+            event_key("a", 0, 1),
+            bytes::Bytes::from_static(b"data: visible?"),
+        ));
+        assert!(s.flush());
+        drop(s);
+        writer.finish(Duration::from_secs(10));
+        let raw = load_raw(&dbs[0]).unwrap();
+        assert!(raw.sessions.iter().all(|(_, v)| seal::is_sealed(v)));
+        assert!(raw.events.iter().all(|(_, v)| seal::is_sealed(v)));
+        let got = load(&dbs[0], Some(&keys)).unwrap();
+        assert_eq!(got.sessions[0].1, br#"{"who":"visible?"}"#);
+        assert_eq!(got.events[0].1, b"data: visible?");
+        assert_eq!(got.unreadable, 0);
+        // Without the key, or with another: nothing is served, all counted.
+        let none = load(&dbs[0], None).unwrap();
+        assert_eq!((none.sessions.len(), none.unreadable), (0, 2));
+        let other = StoreKeys::parse(&seal::gen_key()).unwrap();
+        assert_eq!(load(&dbs[0], Some(&other)).unwrap().unreadable, 2);
         drop(dbs);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -201,6 +201,9 @@ counters! {
     tasks_expired,
     /// Connections accepted and closed at once at `max_connections_per_shard`.
     connections_refused,
+    /// Stored records skipped at startup because they did not open under
+    /// `--store-key-file` (another key, altered, or plain); never served.
+    store_records_unreadable,
     /// Connections accepted and closed at once, unread, because an
     /// `--allow-cidr`/`--deny-cidr` rule refused the peer (by rule:
     /// [`Denied`]).

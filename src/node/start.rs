@@ -114,7 +114,7 @@ fn prepare(start: &ShardStart) -> Result<Prepared, String> {
     let registry = app.build().map_err(|e| e.to_string())?;
     let store = match (&start.db, &start.plan.store) {
         (Some(db), Some(cfg)) => {
-            let loaded = store::load(db).map_err(|e| {
+            let loaded = store::load(db, cfg.keys.as_ref()).map_err(|e| {
                 format!(
                     "reading {}: {e}",
                     store::file_of(&cfg.dir, start.index).display()
@@ -363,6 +363,7 @@ fn restore(shard: &Rc<NodeShard>, store: Rc<dyn Store>, mut loaded: Loaded) {
         loaded.events.len(),
         loaded.tasks.len(),
     );
+    core.metrics.borrow_mut().counters.store_records_unreadable += loaded.unreadable;
     core.tasks.borrow_mut().track_changes();
     let restored_tasks = crate::server::tasks::restore(core, std::mem::take(&mut loaded.tasks));
     let restored = match &shard.http {

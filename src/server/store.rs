@@ -82,6 +82,8 @@ pub(crate) struct Loaded {
     /// In key order: by session, stream, seq.
     pub events: Vec<(String, Vec<u8>)>,
     pub tasks: Vec<(String, Vec<u8>)>,
+    /// Records skipped because they did not open (`adapters::seal`).
+    pub unreadable: u64,
 }
 
 #[cfg(test)]

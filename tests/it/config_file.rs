@@ -157,8 +157,8 @@ fn the_example_documents_every_flag_and_checks_clean() {
             }
             _ => l.to_string(),
         })
-        // Chaos, fixtures and auth (its token and key files are this
-        // host's) stay off.
+        // Chaos, fixtures, auth and the store key (their token and key
+        // files are this host's) stay off.
         .filter(|l| {
             ![
                 "chaos_kill_shard_every",
@@ -171,6 +171,7 @@ fn the_example_documents_every_flag_and_checks_clean() {
                 "cluster =",
                 "cluster_secret_file",
                 "cluster_password_file",
+                "store_key_file",
             ]
             .iter()
             .any(|k| l.starts_with(k))

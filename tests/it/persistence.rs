@@ -349,3 +349,189 @@ fn a_refused_subscription_is_neither_counted_nor_restored() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `tessera gen-key`: one key line.
+fn gen_key() -> String {
+    let out = std::process::Command::new(tessera_bin())
+        .arg("gen-key")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{key}"
+    );
+    key
+}
+
+fn start_sealed(dir: &Path, key_file: Option<&Path>) -> Server {
+    let core = allowed_cores()[0].to_string();
+    let mut args = vec![
+        "--cores",
+        &core,
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--fsync",
+        "always",
+    ];
+    if let Some(k) = key_file {
+        args.extend(["--store-key-file", k.to_str().unwrap()]);
+    }
+    Server::start_http(&args)
+}
+
+fn write_keys(path: &Path, keys: &[&str]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, keys.join("\n") + "\n").unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Whether any file under `dir` holds `needle`.
+fn files_hold(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap_or_default();
+        bytes.windows(needle.len()).any(|w| w == needle)
+    })
+}
+
+fn rekey(dir: &Path, key_file: &Path) -> String {
+    let out = std::process::Command::new(tessera_bin())
+        .args(["store", "rekey", "--data-dir"])
+        .arg(dir)
+        .arg("--store-key-file")
+        .arg(key_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn sealed_records_hide_client_bytes_open_only_under_listed_keys_and_rotate() {
+    let dir = data_dir("sealed");
+    let keys_dir = data_dir("sealed-keys");
+    std::fs::create_dir_all(&keys_dir).unwrap();
+    let (old, new) = (gen_key(), gen_key());
+    let (old_file, both_file, new_file) = (
+        keys_dir.join("old"),
+        keys_dir.join("both"),
+        keys_dir.join("new"),
+    );
+    write_keys(&old_file, &[&old]);
+    write_keys(&both_file, &["# rotating", &new, &old]);
+    write_keys(&new_file, &[&new]);
+    const MARK: &str = "marker-7f3a9c";
+
+    let mut server = start_sealed(&dir, Some(&old_file));
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"experimental":{MARK:{}}},"clientInfo":{"name":MARK,"version":"1"}}});
+    let r = legacy_post(&server, None, &init);
+    let sid = r.header("mcp-session-id").unwrap().to_owned();
+    let ack = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    assert_eq!(legacy_post(&server, Some(&sid), &ack).status, 202);
+    let uri = format!("kv://{MARK}");
+    let sub = rpc(&server, &sid, 1, "resources/subscribe", json!({"uri": uri}));
+    assert!(sub["result"].is_object(), "{sub}");
+    let set = rpc(
+        &server,
+        &sid,
+        2,
+        "tools/call",
+        json!({"name":"kv_set","arguments":{"key":MARK,"value":1}}),
+    );
+    assert!(set["result"].is_object(), "{set}");
+    std::thread::sleep(Duration::from_millis(500));
+    kill_9(&mut server);
+    assert!(
+        !files_hold(&dir, MARK.as_bytes()),
+        "client bytes in the files"
+    );
+
+    // The same key: the session, its subscription and its event are back.
+    // Logged before the listener line Server::start_http waits for.
+    let restored = |server: &mut Server| {
+        server
+            .stderr()
+            .contains("restored 1 of 1 stored session(s)")
+    };
+    let mut server = start_sealed(&dir, Some(&old_file));
+    assert!(restored(&mut server), "{}", server.stderr());
+    let replay = events_after(&server, &sid, "0-0", 1);
+    assert!(replay[0].data.contains(MARK), "{:?}", replay[0]);
+    kill_9(&mut server);
+
+    // Another key only, or none: nothing is served, everything is counted.
+    for key_file in [Some(new_file.as_path()), None] {
+        let mut server = start_sealed(&dir, key_file);
+        assert!(
+            server.stderr().contains("skipped, never served"),
+            "{}",
+            server.stderr()
+        );
+        let gone = legacy_post(
+            &server,
+            Some(&sid),
+            &json!({"jsonrpc":"2.0","id":3,"method":"ping"}),
+        );
+        assert_eq!(gone.status, 404);
+        kill_9(&mut server);
+    }
+
+    // Rotation: the new key first opens the old records; rekey rewrites
+    // them, after which the new key alone is enough.
+    let mut server = start_sealed(&dir, Some(&both_file));
+    assert!(restored(&mut server), "{}", server.stderr());
+    kill_9(&mut server);
+    let report = rekey(&dir, &both_file);
+    assert!(report.contains("0 unreadable"), "{report}");
+    assert!(!report.contains(" 0 record(s) rewritten"), "{report}");
+    assert!(rekey(&dir, &new_file).contains(" 0 record(s) rewritten"));
+    let mut server = start_sealed(&dir, Some(&new_file));
+    assert!(restored(&mut server), "{}", server.stderr());
+    let echo = rpc(
+        &server,
+        &sid,
+        4,
+        "tools/call",
+        json!({"name":"echo","arguments":{"text":"sealed"}}),
+    );
+    assert_eq!(echo["result"]["content"][0]["text"], "sealed");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&keys_dir);
+}
+
+#[test]
+fn a_store_key_file_needs_a_data_dir_and_is_refused_with_a_cluster() {
+    let dir = data_dir("keyflags");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("keys");
+    write_keys(&key_file, &[&gen_key()]);
+    let key = key_file.to_str().unwrap();
+    for (args, why) in [
+        (
+            vec!["serve", "--http", "127.0.0.1:0", "--store-key-file", key],
+            "needs --data-dir",
+        ),
+        (
+            vec![
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--store-key-file",
+                key,
+                "--cluster",
+                "redis://127.0.0.1:1",
+            ],
+            "not sealed yet",
+        ),
+    ] {
+        let mut server = Server::spawn(&args, std::process::Stdio::null());
+        let status = server.wait_exit(IO_TIMEOUT).expect("exits");
+        assert!(!status.success());
+        assert!(server.stderr().contains(why), "{}", server.stderr());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
