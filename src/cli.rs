@@ -45,6 +45,43 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// Print a new random key for `--store-key-file` (64 hex characters).
     GenKey,
+    /// Back up a --data-dir (sessions, SSE events, tasks; compressed, with a
+    /// manifest of digests) into a new `backup-<unix ms>` directory under
+    /// --to. A running server does it itself, consistently, when asked
+    /// through its --upgrade-socket; --data-dir reads a stopped server's
+    /// files.
+    Backup {
+        /// Where backups go (created if missing).
+        #[arg(long, value_name = "DEST")]
+        to: PathBuf,
+        /// Keep only this many backups under --to (the oldest go).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
+        /// A running server's control socket.
+        #[arg(
+            long,
+            value_name = "PATH",
+            conflicts_with = "data_dir",
+            required_unless_present = "data_dir"
+        )]
+        upgrade_socket: Option<PathBuf>,
+        /// A stopped server's --data-dir.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Restore a backup into an empty --data-dir after checking its manifest
+    /// and digests.
+    Restore {
+        /// The backup directory (`backup-<unix ms>`).
+        #[arg(long, value_name = "BACKUP")]
+        from: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The shard count the restored server will run; a backup of another
+        /// count is refused.
+        #[arg(long, value_name = "N")]
+        shards: Option<usize>,
+    },
     /// Offline operations on a `--data-dir`.
     #[command(subcommand)]
     Store(StoreCommand),

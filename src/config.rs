@@ -10,6 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use crate::adapters::audit::{AuditConfig, AuditError};
+pub use crate::adapters::backup::{
+    backup_offline, describe as describe_backup, restore, Manifest as BackupManifest,
+};
 pub use crate::adapters::cluster::membership::NodeInfo;
 pub use crate::adapters::cluster::{
     generated_node_id, read_secret_file, status as cluster_status, ClusterConfig, ClusterError,

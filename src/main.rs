@@ -98,6 +98,56 @@ fn main() -> ExitCode {
             cluster_key_prefix,
             json,
         ),
+        Command::Backup {
+            to,
+            keep,
+            upgrade_socket,
+            data_dir,
+        } => {
+            let done = match (upgrade_socket, data_dir) {
+                (Some(socket), _) => {
+                    let keep = keep.map_or("-".to_string(), |k| k.to_string());
+                    let dest = std::path::absolute(&to).unwrap_or(to);
+                    tessera::control_socket::ask(
+                        &socket,
+                        &format!("backup {keep} {}", dest.display()),
+                    )
+                }
+                (None, Some(dir)) => {
+                    tessera::config::backup_offline(&dir, &to, keep.map(|k| k as usize))
+                        .map(|(d, m)| tessera::config::describe_backup(&d, &m))
+                }
+                (None, None) => unreachable!("clap requires one"),
+            };
+            match done {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tessera: backup: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Restore {
+            from,
+            data_dir,
+            shards,
+        } => match tessera::config::restore(&from, &data_dir, shards) {
+            Ok(m) => {
+                println!(
+                    "restored {} into {}",
+                    tessera::config::describe_backup(&from, &m),
+                    data_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tessera: restore: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::GenKey => {
             println!("{}", tessera::config::gen_key());
             ExitCode::SUCCESS

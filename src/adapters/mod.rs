@@ -13,9 +13,11 @@
 //! - [`command`]: `[[tool]]`, tools that run a program per call;
 //! - [`prompt_files`]: `[[prompt]]`, prompt templates read from files;
 //! - [`secrets`]: the tokens file and JWT keys of `--auth`;
-//! - [`seal`]: `--store-key-file`, stored records sealed at rest.
+//! - [`seal`]: `--store-key-file`, stored records sealed at rest;
+//! - [`backup`]: `tessera backup` / `restore`, snapshots of `--data-dir`.
 
 pub(crate) mod audit;
+pub(crate) mod backup;
 pub(crate) mod cluster;
 pub(crate) mod command;
 pub(crate) mod files;

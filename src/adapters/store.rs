@@ -34,12 +34,15 @@ use crate::server::store::{Loaded, Op, Store};
 use crate::server::trace::{AttrValue, DetachedSpan, SpanOut};
 
 /// Sessions by id: their record (JSON).
-const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+pub(crate) const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// SSE events by `<session>/<stream:016x>/<seq:016x>`: the encoded frame.
 const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
 
 /// Tasks by id: their record (JSON).
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+
+/// Every table, in the order backups number them (0, 1, 2).
+pub(crate) const TABLES: [TableDefinition<&str, &[u8]>; 3] = [SESSIONS, EVENTS, TASKS];
 
 /// How often a shard hands its operations to its writer.
 pub(crate) const FLUSH_MS: u64 = 10;

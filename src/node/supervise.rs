@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use super::start::{self, Plan, ShardStart, STARTUP_TIMEOUT};
 use super::upgrade::Orphans;
 use super::{ServeError, EXECUTOR_IO_MEMORY_BYTES};
 use crate::adapters::audit::AuditWriter;
+use crate::adapters::backup;
 use crate::adapters::otel;
 use crate::config::{Limits, ServerConfig};
 use crate::metrics::Snapshot;
@@ -104,6 +106,44 @@ impl Launcher {
             otel,
             dbs,
             listeners: RefCell::new(listeners),
+        }
+    }
+
+    /// The control socket's `backup <keep> <dest>` (`keep` a number or
+    /// `-`): a backup of every shard's store on a thread of its own, so
+    /// supervision goes on; the thread answers the request.
+    fn start_backup(&self, args: &str, reply: Sender<Result<String, String>>) {
+        let parsed = args.split_once(' ').and_then(|(keep, dest)| {
+            let keep = match keep {
+                "-" => None,
+                n => Some(n.parse::<usize>().ok()?),
+            };
+            Some((keep, PathBuf::from(dest)))
+        });
+        let Some((keep, dest)) = parsed else {
+            let _ = reply.send(Err(format!("backup: cannot read {args:?}")));
+            return;
+        };
+        let Some(dbs) = self.dbs.clone() else {
+            let _ = reply.send(Err("backup: this server has no --data-dir".into()));
+            return;
+        };
+        let sealed = self.plan.store.as_ref().is_some_and(|s| s.keys.is_some());
+        let spawned = std::thread::Builder::new()
+            .name("tessera-backup".into())
+            .spawn(move || {
+                let answer = backup::backup(&dbs, &dest, keep, sealed).map(|(dir, m)| {
+                    let done = backup::describe(&dir, &m);
+                    log::info!("{done}");
+                    done
+                });
+                if let Err(e) = &answer {
+                    log::error!("backup failed: {e}");
+                }
+                let _ = reply.send(answer);
+            });
+        if let Err(e) = spawned {
+            log::error!("backup: starting its thread: {e}");
         }
     }
 
@@ -327,6 +367,10 @@ impl Supervisor {
                 sig => sig.map(|sig| format!("signal {sig}")),
             };
             while let Some(req) = control.and_then(|c| c.requests.try_recv().ok()) {
+                if let Some(args) = req.command.strip_prefix("backup ") {
+                    self.launcher.start_backup(args, req.reply);
+                    continue;
+                }
                 let answer = match (req.command.as_str(), req.conn) {
                     ("reload", _) => self.reload(reload),
                     ("upgrade", Some(conn)) => match self.offer_upgrade(&conn) {
@@ -345,7 +389,7 @@ impl Supervisor {
                             Err(why)
                         }
                     },
-                    (other, _) => Err(format!("unknown command {other:?} (known: reload)")),
+                    (other, _) => Err(format!("unknown command {other:?} (known: reload, backup)")),
                 };
                 let _ = req.reply.send(answer);
             }

@@ -535,3 +535,149 @@ fn a_store_key_file_needs_a_data_dir_and_is_refused_with_a_cluster() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn tessera_cmd(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(tessera_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_live_backup_restores_sessions_and_tasks_after_kill_9_and_keeps_n() {
+    let dir = data_dir("backup-src");
+    let restored_dir = data_dir("backup-dst");
+    let dest = data_dir("backups");
+    let socket = dir.with_extension("sock");
+    let core = allowed_cores()[0].to_string();
+    let mut server = Server::start_http(&[
+        "--cores",
+        &core,
+        "--fixtures",
+        "conformance",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--upgrade-socket",
+        socket.to_str().unwrap(),
+    ]);
+    let sid = session(&server);
+    let r = legacy_post(
+        &server,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow_compute","arguments":{"seconds":0.05,"label":"b"},"task":{"ttl":600000}}}),
+    );
+    let task = rpc_message(&r)["result"]["task"]["taskId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r:?}"))
+        .to_owned();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Load while the backups are taken: sessions opened all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = server.http_addr.unwrap();
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"load","version":"1"}}}).to_string();
+                let r = HttpConn::open(addr).request(
+                    "POST",
+                    "/mcp",
+                    &[CT, ACCEPT, V],
+                    Some(init.as_bytes()),
+                );
+                assert_eq!(r.status, 200);
+                n += 1;
+            }
+            n
+        })
+    };
+    let sock = socket.to_str().unwrap();
+    let dest_s = dest.to_str().unwrap();
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let out = tessera_cmd(&[
+            "backup",
+            "--upgrade-socket",
+            sock,
+            "--to",
+            dest_s,
+            "--keep",
+            "2",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        lines.push(String::from_utf8(out.stdout).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(load.join().unwrap() > 0);
+    let last = lines.last().unwrap();
+    assert!(
+        last.contains("1 shard(s)") && last.contains("1 task(s)"),
+        "{last}"
+    );
+    let kept: Vec<_> = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(kept.len(), 2, "--keep 2: {kept:?}");
+    let newest = last
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    kill_9(&mut server);
+
+    // A wrong shard count, or a damaged file, is refused; then it restores.
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "--from",
+            &newest,
+            "--data-dir",
+            restored_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        tessera_cmd(&args)
+    };
+    let out = restore(&["--shards", "2"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds 1 shard(s)"));
+    let dump = Path::new(&newest).join("shard-0.dump.gz");
+    let good = std::fs::read(&dump).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&dump, &bad).unwrap();
+    let out = restore(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("digest mismatch"));
+    std::fs::write(&dump, &good).unwrap();
+    let out = restore(&[]);
+    assert!(out.status.success(), "{out:?}");
+
+    let server = Server::start_http(&[
+        "--cores",
+        &core,
+        "--fixtures",
+        "conformance",
+        "--data-dir",
+        restored_dir.to_str().unwrap(),
+    ]);
+    let echo = rpc(
+        &server,
+        &sid,
+        2,
+        "tools/call",
+        json!({"name":"test_simple_text","arguments":{}}),
+    );
+    assert!(echo["result"]["content"].is_array(), "{echo}");
+    let got = rpc(&server, &sid, 3, "tasks/get", json!({"taskId": task}));
+    assert_eq!(got["result"]["status"], "completed", "{got}");
+    drop(server);
+    for d in [&dir, &restored_dir, &dest] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
