@@ -118,15 +118,37 @@ pub(crate) fn open_all(cfg: &StoreConfig, shards: usize) -> Result<Vec<Arc<Datab
         .collect()
 }
 
+/// Rows of one table, by key.
+type Rows = Vec<(String, Vec<u8>)>;
+
+/// Each table with its rows in `l`.
+fn by_table(l: &Loaded) -> [(TableDefinition<'static, &'static str, &'static [u8]>, &Rows); 3] {
+    [
+        (SESSIONS, &l.sessions),
+        (EVENTS, &l.events),
+        (TASKS, &l.tasks),
+    ]
+}
+
+/// Each table with its rows in `l`, to fill or filter.
+fn by_table_mut(
+    l: &mut Loaded,
+) -> [(
+    TableDefinition<'static, &'static str, &'static [u8]>,
+    &mut Rows,
+); 3] {
+    [
+        (SESSIONS, &mut l.sessions),
+        (EVENTS, &mut l.events),
+        (TASKS, &mut l.tasks),
+    ]
+}
+
 /// Every record in `db`, as stored (sealed or not).
 fn load_raw(db: &Database) -> Result<Loaded, StoreError> {
     let txn = db.begin_read().map_err(db_error)?;
     let mut out = Loaded::default();
-    for (table, into) in [
-        (SESSIONS, &mut out.sessions),
-        (EVENTS, &mut out.events),
-        (TASKS, &mut out.tasks),
-    ] {
+    for (table, into) in by_table_mut(&mut out) {
         let t = txn.open_table(table).map_err(db_error)?;
         for row in t.iter().map_err(db_error)? {
             let (k, v) = row.map_err(db_error)?;
@@ -241,11 +263,8 @@ impl Writer {
 /// skipped, counted in `unreadable` and logged, never served.
 pub(crate) fn load(db: &Database, keys: Option<&StoreKeys>) -> Result<Loaded, StoreError> {
     let mut out = load_raw(db)?;
-    for (table, rows) in [
-        (SESSIONS, &mut out.sessions),
-        (EVENTS, &mut out.events),
-        (TASKS, &mut out.tasks),
-    ] {
+    let mut unreadable = 0;
+    for (table, rows) in by_table_mut(&mut out) {
         let mut first: Option<(String, seal::Unopened)> = None;
         let mut skipped = 0u64;
         rows.retain_mut(
@@ -267,8 +286,9 @@ pub(crate) fn load(db: &Database, keys: Option<&StoreKeys>) -> Result<Loaded, St
                 table.name()
             );
         }
-        out.unreadable += skipped;
+        unreadable += skipped;
     }
+    out.unreadable = unreadable;
     Ok(out)
 }
 
@@ -426,11 +446,7 @@ pub(crate) fn fold_orphans(dir: &Path, shards: usize) -> Result<usize, StoreErro
         let rows = load_raw(&from)?;
         let moved = rows.sessions.len() + rows.events.len() + rows.tasks.len();
         let txn = into.begin_write().map_err(db_error)?;
-        for (table, set) in [
-            (SESSIONS, &rows.sessions),
-            (EVENTS, &rows.events),
-            (TASKS, &rows.tasks),
-        ] {
+        for (table, set) in by_table(&rows) {
             let mut t = txn.open_table(table).map_err(db_error)?;
             for (key, value) in set {
                 t.insert(key.as_str(), value.as_slice()).map_err(db_error)?;
@@ -482,11 +498,7 @@ pub fn rekey(dir: &Path, keys: &StoreKeys) -> Result<RekeyReport, StoreError> {
         })?;
         let raw = load_raw(&db)?;
         let txn = db.begin_write().map_err(db_error)?;
-        for (table, rows) in [
-            (SESSIONS, &raw.sessions),
-            (EVENTS, &raw.events),
-            (TASKS, &raw.tasks),
-        ] {
+        for (table, rows) in by_table(&raw) {
             let mut t = txn.open_table(table).map_err(db_error)?;
             for (key, value) in rows {
                 let opened = keys.open(table.name(), key, value);

@@ -786,3 +786,11 @@ pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// SIGHUP to the server: it reloads its configuration.
+pub fn hup(server: &Server) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(server.pid() as i32, libc::SIGHUP);
+    }
+}

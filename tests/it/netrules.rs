@@ -177,13 +177,6 @@ fn write_rules(path: &Path, rules: &str) {
     std::fs::write(path, format!("cores = \"0\"\n{rules}\n")).unwrap();
 }
 
-fn hup(server: &Server) {
-    // SAFETY: plain kill(2) on our own child.
-    unsafe {
-        libc::kill(server.pid() as i32, libc::SIGHUP);
-    }
-}
-
 #[test]
 fn sighup_replaces_the_rules_for_new_connections_and_a_broken_rule_changes_nothing() {
     let dir = std::env::temp_dir().join(format!("tessera-netrules-{}", std::process::id()));

@@ -61,13 +61,6 @@ fn http_init(server: &Server, token: &str) -> u16 {
         .status
 }
 
-fn hup(server: &Server) {
-    // SAFETY: plain kill(2) on our own child.
-    unsafe {
-        libc::kill(server.pid() as i32, libc::SIGHUP);
-    }
-}
-
 /// Writes the tokens file: (token, principal, roles) each.
 fn write_tokens(path: &Path, entries: &[(&str, &str, &str)]) {
     let lines: Vec<String> = entries
