@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tessera::config::{
     generated_node_id, parse_duration, read_secret_file, select_cores, Action, AuditConfig,
     AuthConfig, Chaos, ClusterConfig, FsyncPolicy, HttpConfig, JwtSettings, Limits, NetRules,
-    OtelConfig, Rule, ServerConfig, StoreConfig, StoreKeys,
+    OtelConfig, Rule, ServerConfig, StoreConfig, StoreKeys, TlsConfig, TlsPaths,
 };
 
 #[derive(Parser, Debug)]
@@ -309,6 +309,37 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
 
+    /// Serve --http and --tcp over TLS (1.3 and 1.2) with this certificate
+    /// chain: PEM, the server's certificate first, then intermediates.
+    /// SIGHUP (or `tessera reload`) reads the pair again: new handshakes use
+    /// the new one, live connections keep theirs, and a pair that does not
+    /// load is refused with the file and the reason, the old one staying.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require every TLS client to present a certificate that chains to a
+    /// CA in this PEM file (mTLS); with --auth cert its subject common name
+    /// is the caller's principal.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// A TLS handshake not finished within this is abandoned and the
+    /// connection closed (tls_handshake_timeouts).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_handshake_timeout_ms: u64,
+    /// TLS handshakes one shard runs at once; a connection accepted beyond
+    /// it is closed unread (tls_handshakes_refused).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_max_handshakes_per_shard: u64,
+    /// Serve --admin over TLS with this certificate chain (PEM; its own
+    /// pair, reloaded like --tls-cert).
+    #[arg(long, value_name = "FILE", requires_all = ["admin_tls_key", "admin"])]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The private key of --admin-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
+
     /// Serve only peers in this address block (repeatable): `CIDR` for every
     /// listener or `LISTENER=CIDR` for one (`http`, `tcp`, `admin`), IPv4 or
     /// IPv6. A listener with allow rules refuses every other peer at accept,
@@ -375,7 +406,8 @@ pub struct ServeArgs {
     pub store_pending_ops_max: usize,
     /// Seal every stored session, SSE event and task with XChaCha20-Poly1305
     /// under the first key of this file (one 64-hex-character key per line,
-    /// `tessera gen-key`); every key listed opens. Needs --data-dir.
+    /// `tessera gen-key`); every key listed opens. In --data-dir and in Redis
+    /// (--cluster): every node of a cluster needs the same file.
     #[arg(long, value_name = "FILE")]
     pub store_key_file: Option<PathBuf>,
 
@@ -474,8 +506,10 @@ pub struct HttpArgs {
     pub sse_max_connection_ms: u64,
     #[arg(long, default_value_t = http_defaults().sse_queue_events)]
     pub sse_queue_events: usize,
-    /// Who may call: `none`, `token` (bearer tokens from --auth-tokens) or
-    /// `jwt` (signed JWTs; keys and claim checks below). HTTP carries the token in
+    /// Who may call: `none`, `token` (bearer tokens from --auth-tokens),
+    /// `jwt` (signed JWTs; keys and claim checks below) or `cert` (the TLS
+    /// client certificate's subject common name, listed in
+    /// --auth-cert-principals; needs --tls-client-ca). HTTP carries a token in
     /// `Authorization: Bearer`; TCP and stdio in `params._meta.authorization`
     /// ("Bearer <token>") of `initialize` or of a modern request.
     #[arg(long, value_enum, default_value = "none")]
@@ -484,6 +518,12 @@ pub struct HttpArgs {
     /// [role,role]` per line (`tessera hash-token` prints one).
     #[arg(long, value_name = "FILE")]
     pub auth_tokens: Option<PathBuf>,
+    /// The principals file for `--auth cert`: one `<name> [role,role]` per
+    /// line (`"<name with spaces>"` quoted), where name is a client
+    /// certificate's subject common name. A certificate whose name is not
+    /// listed is refused (401, or -31014 on TCP).
+    #[arg(long, value_name = "FILE")]
+    pub auth_cert_principals: Option<PathBuf>,
     /// This server's resource URI for OAuth protected-resource metadata
     /// (RFC 9728), e.g. https://mcp.example.com/mcp. Default: from the
     /// request's Host. With --auth jwt it is also the audience every token
@@ -532,6 +572,9 @@ pub enum AuthMode {
     /// Signed JWTs checked with --jwt-secret-file, --jwt-public-key or
     /// --jwt-jwks.
     Jwt,
+    /// TLS client certificates (--tls-client-ca) named in
+    /// --auth-cert-principals.
+    Cert,
 }
 
 impl HttpArgs {
@@ -543,6 +586,9 @@ impl HttpArgs {
             || self.jwt_jwks.is_some();
         if self.auth != AuthMode::Token && self.auth_tokens.is_some() {
             return Err("--auth-tokens needs --auth token".into());
+        }
+        if self.auth != AuthMode::Cert && self.auth_cert_principals.is_some() {
+            return Err("--auth-cert-principals needs --auth cert".into());
         }
         if self.auth != AuthMode::Jwt && jwt_given {
             return Err(
@@ -556,6 +602,13 @@ impl HttpArgs {
                     return Err("--auth token needs --auth-tokens FILE".into());
                 };
                 AuthConfig::from_tokens_file(path).map_err(|e| format!("--auth-tokens: {e}"))?
+            }
+            AuthMode::Cert => {
+                let Some(path) = &self.auth_cert_principals else {
+                    return Err("--auth cert needs --auth-cert-principals FILE".into());
+                };
+                AuthConfig::from_principals_file(path)
+                    .map_err(|e| format!("--auth-cert-principals: {e}"))?
             }
             AuthMode::Jwt => AuthConfig::from_jwt_settings(&JwtSettings {
                 secret_file: self.jwt_secret_file.clone(),
@@ -770,25 +823,44 @@ impl ServeArgs {
         }
     }
 
-    /// `--store-key-file`, read; it needs `--data-dir`, and is refused with
-    /// `--cluster` (records there are not sealed yet, and a key file must
-    /// never suggest they are).
+    /// `--store-key-file`, read; it needs somewhere to store: `--data-dir`,
+    /// `--cluster` (Redis) or both.
     fn store_keys(&self) -> Result<Option<StoreKeys>, String> {
         let Some(path) = &self.store_key_file else {
             return Ok(None);
         };
-        if self.data_dir.is_none() {
-            return Err("--store-key-file needs --data-dir".into());
-        }
-        if self.cluster.cluster.is_some() {
-            return Err(
-                "--store-key-file with --cluster: records in Redis are not sealed yet, so it is refused"
-                    .into(),
-            );
+        if self.data_dir.is_none() && self.cluster.cluster.is_none() {
+            return Err("--store-key-file needs --data-dir or --cluster".into());
         }
         StoreKeys::from_file(path)
             .map(Some)
             .map_err(|e| format!("--store-key-file {e}"))
+    }
+
+    /// `--tls-cert` and friends, read; `--auth cert` needs client
+    /// certificates to name anyone.
+    fn tls_config(&self) -> Result<Option<TlsConfig>, String> {
+        if self.http_opts.auth == AuthMode::Cert && self.tls_client_ca.is_none() {
+            return Err("--auth cert needs --tls-client-ca (and --tls-cert)".into());
+        }
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        if self.cluster.cluster.is_some() {
+            return Err(
+                "--tls-cert with --cluster: nodes relay requests to each other's HTTP listener in plain HTTP, not yet over TLS, so it is refused"
+                    .into(),
+            );
+        }
+        let paths = TlsPaths {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+        };
+        let mut c = TlsConfig::load(&paths).map_err(|e| format!("TLS: {e}"))?;
+        c.handshake_timeout_ms = self.tls_handshake_timeout_ms;
+        c.max_handshakes_per_shard = self.tls_max_handshakes_per_shard as usize;
+        Ok(Some(c))
     }
 
     /// Resolves defaults and checks the selection against this machine.
@@ -816,6 +888,14 @@ impl ServeArgs {
             upgrade: self.upgrade,
             admin: self.admin,
             net_rules: NetRules::parse(&self.allow_cidr, &self.deny_cidr)?,
+            tls: self.tls_config()?,
+            admin_tls: match (&self.admin_tls_cert, &self.admin_tls_key) {
+                (Some(cert), Some(key)) => Some(
+                    TlsConfig::load_admin(cert, key)
+                        .map_err(|e| format!("--admin-tls-cert: {e}"))?,
+                ),
+                _ => None,
+            },
             auth: self.http_opts.auth_config()?,
             audit: self.audit_log.as_ref().map(|path| AuditConfig {
                 path: path.clone(),
@@ -837,7 +917,10 @@ impl ServeArgs {
                 fsync_interval_ms: self.fsync_interval_ms,
                 pending_ops_max: self.store_pending_ops_max,
             }),
-            cluster: self.cluster.to_config()?,
+            cluster: self.cluster.to_config()?.map(|mut c| {
+                c.keys = keys.clone();
+                c
+            }),
             limits: Limits::from(&self.limits),
             chaos: Chaos {
                 panic_rate: self.chaos.chaos_panic_rate,

@@ -24,6 +24,7 @@ pub use crate::adapters::prompt_files::{PromptArgConfig, PromptFileConfig, Promp
 pub use crate::adapters::seal::{gen_key, StoreKeys};
 pub use crate::adapters::secrets::{JwtSettings, SecretsError};
 pub use crate::adapters::store::{rekey, FsyncPolicy, RekeyReport, StoreConfig};
+pub use crate::adapters::tls::{TlsFileError, TlsPaths};
 pub use crate::runtime::cores::{
     format_core_list, parse_core_list, select as select_cores, CoreError,
 };
@@ -319,6 +320,54 @@ impl Limits {
     }
 }
 
+/// TLS on the HTTP and TCP listeners: the configurations built from the
+/// certificate files, and the bounds on handshakes.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// The HTTP listener's (ALPN `http/1.1`).
+    pub http: std::sync::Arc<rustls::ServerConfig>,
+    /// The TCP listener's (no ALPN).
+    pub tcp: std::sync::Arc<rustls::ServerConfig>,
+    /// `--tls-client-ca` is set: every client presents a certificate that
+    /// chains to it.
+    pub client_certs: bool,
+    /// A handshake not complete within this is abandoned and the
+    /// connection closed (`tls_handshake_timeouts`).
+    pub handshake_timeout_ms: u64,
+    /// Handshakes one shard runs at once; a connection accepted beyond it is
+    /// closed at once, unread (`tls_handshakes_refused`).
+    pub max_handshakes_per_shard: usize,
+}
+
+impl TlsConfig {
+    /// Reads the files of `paths` (errors name the file and the reason);
+    /// default bounds: 10 s per handshake, 256 at once per shard.
+    pub fn load(paths: &TlsPaths) -> Result<Self, TlsFileError> {
+        let configs = crate::adapters::tls::load(paths)?;
+        Ok(Self {
+            http: configs.http,
+            tcp: configs.plain,
+            client_certs: paths.client_ca.is_some(),
+            handshake_timeout_ms: 10_000,
+            max_handshakes_per_shard: 256,
+        })
+    }
+
+    /// The admin endpoint's configuration (no ALPN, no client
+    /// certificates).
+    pub fn load_admin(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsFileError> {
+        let paths = TlsPaths {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_ca: None,
+        };
+        Ok(crate::adapters::tls::load(&paths)?.plain)
+    }
+}
+
 /// Everything `tessera serve` needs, after CLI parsing and validation.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -345,6 +394,11 @@ pub struct ServerConfig {
     /// `--allow-cidr` and `--deny-cidr`: which peers each listener serves
     /// (a reload replaces them).
     pub net_rules: NetRules,
+    /// `--tls-cert`/`--tls-key`: TLS on the HTTP and TCP listeners (a reload
+    /// replaces the pair for new handshakes).
+    pub tls: Option<TlsConfig>,
+    /// `--admin-tls-cert`/`--admin-tls-key`: TLS on the admin endpoint.
+    pub admin_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// `--auth`: every transport's callers must present a valid token. Each
     /// shard gets its own copy.
     pub auth: Option<AuthConfig>,
@@ -376,6 +430,8 @@ impl ServerConfig {
             upgrade: false,
             admin: None,
             net_rules: NetRules::default(),
+            tls: None,
+            admin_tls: None,
             auth: None,
             audit: None,
             otel: None,

@@ -81,7 +81,7 @@ impl Shard {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        conn::serve(stream, self.net.clone(), conn::Kind::Tcp)
+        conn::serve(stream, self.net.clone(), conn::Kind::Tcp, None)
     }
 
     /// Serves one HTTP/1.1 connection on `stream`.
@@ -93,7 +93,7 @@ impl Shard {
             .http
             .clone()
             .expect("the shard was made with HTTP settings");
-        crate::transport::http::serve_connection(http, stream, None)
+        crate::transport::http::serve_connection(http, stream, Default::default())
     }
 
     /// Stops what an input left running (handlers, sweepers).

@@ -14,7 +14,8 @@
 //! - [`prompt_files`]: `[[prompt]]`, prompt templates read from files;
 //! - [`secrets`]: the tokens file and JWT keys of `--auth`;
 //! - [`seal`]: `--store-key-file`, stored records sealed at rest;
-//! - [`backup`]: `tessera backup` / `restore`, snapshots of `--data-dir`.
+//! - [`backup`]: `tessera backup` / `restore`, snapshots of `--data-dir`;
+//! - [`tls`]: `--tls-cert` and friends, PEM files into rustls configurations.
 
 pub(crate) mod audit;
 pub(crate) mod backup;
@@ -26,3 +27,4 @@ pub(crate) mod prompt_files;
 pub(crate) mod seal;
 pub(crate) mod secrets;
 pub(crate) mod store;
+pub(crate) mod tls;

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::server::auth::{AuthConfig, TokenFileError, TokenTable, Verifier};
+use crate::server::auth::{AuthConfig, PrincipalTable, TokenFileError, TokenTable, Verifier};
 use crate::server::jwt::{JwtKeyError, JwtPolicy, JwtVerifier, KeySource};
 
 /// Largest tokens file read.
@@ -41,6 +41,11 @@ pub enum SecretsError {
         file: PathBuf,
         source: TokenFileError,
     },
+    #[error("{file}:{source}")]
+    Principals {
+        file: PathBuf,
+        source: TokenFileError,
+    },
     #[error(transparent)]
     Jwt(#[from] JwtKeyError),
 }
@@ -72,6 +77,18 @@ impl AuthConfig {
             source,
         })?;
         Ok(Self::new(Verifier::Tokens(table)))
+    }
+
+    /// `--auth cert`: the certificate names of an `--auth-cert-principals`
+    /// file.
+    pub fn from_principals_file(path: &Path) -> Result<Self, SecretsError> {
+        let bytes = read_bounded(path, TOKENS_FILE_BYTES_MAX)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let table = PrincipalTable::parse(&text).map_err(|source| SecretsError::Principals {
+            file: path.to_owned(),
+            source,
+        })?;
+        Ok(Self::new(Verifier::Certs(table)))
     }
 
     /// `--auth jwt`: tokens signed by the keys `s` names.

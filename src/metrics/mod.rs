@@ -208,6 +208,17 @@ counters! {
     /// `--allow-cidr`/`--deny-cidr` rule refused the peer (by rule:
     /// [`Denied`]).
     connections_denied,
+    /// TLS handshakes completed (`--tls-cert`).
+    tls_handshakes,
+    /// TLS handshakes that failed (bad certificate, no shared version or
+    /// ALPN protocol, not TLS at all); the connection was closed.
+    tls_handshake_failures,
+    /// TLS handshakes not done within `--tls-handshake-timeout-ms`; the
+    /// connection was closed.
+    tls_handshake_timeouts,
+    /// Connections closed unread because `--tls-max-handshakes-per-shard`
+    /// handshakes were already running on the shard.
+    tls_handshakes_refused,
     /// Connections a binary upgrade's old process accepted as its shards
     /// stopped and handed over unserved (served here instead).
     connections_adopted,

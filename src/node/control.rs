@@ -114,6 +114,10 @@ pub(crate) struct Reloaded {
     pub app: App,
     /// `--allow-cidr`/`--deny-cidr`, for connections accepted from now on.
     pub net_rules: NetRules,
+    /// `--tls-cert`, for handshakes from now on (on exactly when it was).
+    pub tls: Option<crate::config::TlsConfig>,
+    /// `--admin-tls-cert` (for the admin thread; shards ignore it).
+    pub admin_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// The next mesh plan on the command queue; `None` at the deadline or on
@@ -237,8 +241,11 @@ pub(crate) async fn control_loop(
                         rate_limit,
                         app,
                         net_rules,
+                        tls,
+                        admin_tls: _,
                     } = *reloaded;
                     shard.net.set_rules(net_rules);
+                    shard.net.tls.set(tls);
                     if let Some(a) = auth {
                         shard.core.set_auth(a);
                     }

@@ -295,6 +295,7 @@ fn prepare_process(
             let view = Arc::new(Mutex::new(AdminView::new(
                 &config.cores,
                 config.net_rules.clone(),
+                config.admin_tls.clone(),
             )));
             let handed = upgrade.and_then(|u| u.take_single(Kind::Admin, Some(addr)));
             let socket = match handed {
@@ -304,7 +305,12 @@ fn prepare_process(
             let dup = socket.try_clone().map_err(AdminError::Thread)?;
             let bound = admin::start(socket, view.clone(), admin_stop.clone())?;
             listeners.keep(Kind::Admin, Some(bound), dup.into());
-            log::info!("admin endpoint on http://{bound} (/metrics, /healthz, /readyz)");
+            let scheme = if config.admin_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            log::info!("admin endpoint on {scheme}://{bound} (/metrics, /healthz, /readyz)");
             Some(view)
         }
         None => None,
@@ -469,6 +475,7 @@ fn plan(
         redis_timer: timer.map(TimerRuntime::handle),
         app: std::sync::Mutex::new(app),
         net_rules: std::sync::Mutex::new(config.net_rules.clone()),
+        tls: std::sync::Mutex::new(config.tls.clone()),
         state_key,
         // Metrics go to the main thread for --stats-interval, or every
         // second for the admin endpoint.
@@ -489,11 +496,16 @@ fn announce(config: &ServerConfig) {
         .map(|(shard, core)| format!("shard {shard}=core {core}"))
         .collect();
     let placement = placement.join(", ");
+    let (tcp_tls, scheme) = match &config.tls {
+        Some(t) if t.client_certs => (", TLS with client certificates", "https"),
+        Some(_) => (", TLS", "https"),
+        None => ("", "http"),
+    };
     if let Some(addr) = config.tcp {
-        log::info!("listening on tcp://{addr} ({placement})");
+        log::info!("listening on tcp://{addr} ({placement}{tcp_tls})");
     }
     if let Some(h) = &config.http {
-        log::info!("listening on http://{}{} ({placement})", h.addr, h.path);
+        log::info!("listening on {scheme}://{}{} ({placement})", h.addr, h.path);
     }
     if config.stdio {
         log::info!("serving MCP on stdio ({placement})");

@@ -67,6 +67,9 @@ pub(crate) struct Plan {
     /// `--allow-cidr`/`--deny-cidr` a shard starts with; a reload replaces
     /// them (read only when a shard is built).
     pub net_rules: std::sync::Mutex<crate::config::NetRules>,
+    /// `--tls-cert`: what a shard's handshakes start from; a reload replaces
+    /// it (read only when a shard is built).
+    pub tls: std::sync::Mutex<Option<crate::config::TlsConfig>>,
     pub state_key: StateKey,
     /// Send metrics to the main thread this often.
     pub report_every: Option<Duration>,
@@ -307,6 +310,12 @@ fn build(plan: &Plan, index: usize, cpu: usize, registry: Registry) -> Result<No
         .expect("the network rules' lock is never held across a panic")
         .clone();
     let net = Rc::new(Net::new(core.clone(), plan.net_limits.clone(), rules));
+    net.tls.set(
+        plan.tls
+            .lock()
+            .expect("the TLS configuration's lock is never held across a panic")
+            .clone(),
+    );
     let web = plan
         .http
         .as_ref()

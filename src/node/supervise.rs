@@ -500,6 +500,13 @@ impl Supervisor {
             Ok((new, _)) if new.auth.is_some() != self.auth_on() => {
                 "turning --auth on or off needs a restart".to_string()
             }
+            Ok((new, _)) if new.tls.is_some() != self.tls_on() => {
+                "turning TLS (--tls-cert) on or off needs a restart".to_string()
+            }
+            Ok((new, _)) if new.admin_tls.is_some() != self.admin_tls_on() => {
+                "turning the admin endpoint's TLS (--admin-tls-cert) on or off needs a restart"
+                    .to_string()
+            }
             Ok((new, app)) => match app.validate() {
                 Err(e) => format!("the tools, prompts and resources: {e}"),
                 Ok(()) => {
@@ -512,6 +519,8 @@ impl Supervisor {
                         rate_limit: (new.limits.rate_limit_per_sec, new.limits.rate_burst()),
                         app,
                         net_rules: new.net_rules,
+                        tls: new.tls,
+                        admin_tls: new.admin_tls,
                     }));
                 }
             },
@@ -525,6 +534,21 @@ impl Supervisor {
         Err(format!(
             "reload refused, the running configuration stays: {refused}"
         ))
+    }
+
+    fn tls_on(&self) -> bool {
+        self.launcher
+            .plan
+            .tls
+            .lock()
+            .expect("the TLS configuration's lock is never held across a panic")
+            .is_some()
+    }
+
+    fn admin_tls_on(&self) -> bool {
+        self.admin
+            .as_ref()
+            .is_some_and(|v| v.lock().is_ok_and(|v| v.tls_on()))
     }
 
     fn auth_on(&self) -> bool {
@@ -559,9 +583,14 @@ impl Supervisor {
             .net_rules
             .lock()
             .expect("the network rules' lock is never held across a panic") = r.net_rules.clone();
+        *plan
+            .tls
+            .lock()
+            .expect("the TLS configuration's lock is never held across a panic") = r.tls.clone();
         if let Some(view) = &self.admin {
             if let Ok(mut v) = view.lock() {
                 v.set_rules(r.net_rules.clone());
+                v.set_tls(r.admin_tls.clone());
             }
         }
         let n = self.threads.len();
@@ -599,10 +628,12 @@ impl Supervisor {
             )
         };
         let done = format!(
-            "reloaded on {on}: tools, prompts, resources, --auth tables (tokens, keys, roles), rate limit {}/s burst {}, {} network rule(s)",
+            "reloaded on {on}: tools, prompts, resources, --auth tables (tokens, keys, roles), rate limit {}/s burst {}, {} network rule(s){}{}",
             r.rate_limit.0,
             r.rate_limit.1,
-            r.net_rules.rules().len()
+            r.net_rules.rules().len(),
+            if r.tls.is_some() { ", the TLS certificate and key" } else { "" },
+            if r.admin_tls.is_some() { ", the admin TLS certificate and key" } else { "" },
         );
         log::info!("{done}");
         done

@@ -26,6 +26,14 @@ use super::jwt::{JwtError, JwtVerifier};
 pub enum AuthError {
     #[error("the bearer token is not valid")]
     UnknownToken,
+    #[error(
+        "this server authenticates clients by their TLS certificate (--auth cert), not by token"
+    )]
+    CertificatesOnly,
+    #[error("no client certificate was presented, or its subject has no usable common name")]
+    NoCertificate,
+    #[error("the client certificate's name {0:?} is not in --auth-cert-principals")]
+    UnknownCertificate(String),
     #[error(transparent)]
     Jwt(#[from] JwtError),
 }
@@ -67,6 +75,75 @@ pub enum Verifier {
     Tokens(TokenTable),
     /// `--auth jwt`: signed JWTs (signature, exp, nbf, iss, aud).
     Jwt(JwtVerifier),
+    /// `--auth cert`: the client certificate verified in the TLS handshake
+    /// (`--tls-client-ca`); its subject common name is the principal, and
+    /// must be listed to be accepted.
+    Certs(PrincipalTable),
+}
+
+/// `--auth-cert-principals`: the certificate names accepted as principals
+/// under `--auth cert`, each with its roles. One line per name:
+/// `<name> [role,role]`, or `"<name with spaces>" [role,role]`; `#`
+/// starts a comment line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrincipalTable {
+    entries: Vec<Identity>,
+}
+
+/// Names one principals file may list.
+pub const PRINCIPALS_MAX: usize = 100_000;
+
+impl PrincipalTable {
+    /// Parses a principals file's text; errors name the line.
+    pub fn parse(text: &str) -> Result<Self, TokenFileError> {
+        let err = |line: usize, message: &str| TokenFileError {
+            line,
+            message: message.to_owned(),
+        };
+        let mut entries: Vec<Identity> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (principal, rest) = match line.strip_prefix('"') {
+                Some(quoted) => {
+                    let end = quoted
+                        .find('"')
+                        .ok_or_else(|| err(i + 1, "a quoted name needs its closing quote"))?;
+                    (&quoted[..end], &quoted[end + 1..])
+                }
+                None => line.split_at(line.find(char::is_whitespace).unwrap_or(line.len())),
+            };
+            if principal.is_empty() {
+                return Err(err(i + 1, "an empty name"));
+            }
+            let mut parts = rest.split_whitespace();
+            let roles = roles_field(parts.next());
+            if parts.next().is_some() {
+                return Err(err(i + 1, "expected `<name> [role,role]`"));
+            }
+            if entries.iter().any(|e| e.principal == principal) {
+                return Err(err(i + 1, "this name is listed twice"));
+            }
+            if entries.len() == PRINCIPALS_MAX {
+                return Err(err(i + 1, "more names than a principals file may list"));
+            }
+            entries.push(Identity {
+                principal: principal.to_string(),
+                roles,
+            });
+        }
+        if entries.is_empty() {
+            return Err(err(0, "no names: every client would be refused"));
+        }
+        Ok(Self { entries })
+    }
+
+    /// The identity listed under `name`.
+    pub fn lookup(&self, name: &str) -> Option<&Identity> {
+        self.entries.iter().find(|e| e.principal == name)
+    }
 }
 
 /// Settings of `--auth`; every shard holds its own copy.
@@ -120,6 +197,18 @@ pub fn hash_line(token: &str, principal: &str, roles: &[String]) -> String {
     line
 }
 
+/// The roles of a `role,role` field (none when absent).
+fn roles_field(field: Option<&str>) -> Vec<String> {
+    field
+        .map(|r| {
+            r.split(',')
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl TokenTable {
     /// Parses a tokens file's text; errors name the line.
     pub fn parse(text: &str) -> Result<Self, TokenFileError> {
@@ -148,15 +237,7 @@ impl TokenTable {
                 .next()
                 .ok_or_else(|| err(i + 1, "expected a principal after the hash"))?
                 .to_string();
-            let roles = parts
-                .next()
-                .map(|r| {
-                    r.split(',')
-                        .filter(|r| !r.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let roles = roles_field(parts.next());
             if parts.next().is_some() {
                 return Err(err(
                     i + 1,
@@ -272,13 +353,33 @@ impl AuthConfig {
                 })
                 .ok_or(AuthError::UnknownToken),
             Verifier::Jwt(j) => Ok(j.verify(token)?),
+            Verifier::Certs(_) => Err(AuthError::CertificatesOnly),
         }
+    }
+
+    /// Whether callers are identified by their client certificate
+    /// (`--auth cert`) rather than by a token.
+    pub fn by_certificate(&self) -> bool {
+        matches!(self.verifier, Verifier::Certs(_))
+    }
+
+    /// Who the client certificate named `name` (its subject common name,
+    /// verified in the handshake) belongs to under `--auth cert`.
+    pub fn authenticate_cert(&self, name: Option<&str>) -> Result<Identity, AuthError> {
+        let Verifier::Certs(table) = &self.verifier else {
+            return Err(AuthError::UnknownToken);
+        };
+        let name = name.ok_or(AuthError::NoCertificate)?;
+        table
+            .lookup(name)
+            .cloned()
+            .ok_or_else(|| AuthError::UnknownCertificate(name.to_string()))
     }
 
     /// When an accepted `token` expires (Unix seconds), if it does: JWTs.
     pub fn expires_at_s(&self, token: &str) -> Option<u64> {
         match &self.verifier {
-            Verifier::Tokens(_) => None,
+            Verifier::Tokens(_) | Verifier::Certs(_) => None,
             Verifier::Jwt(j) => j.expires_at_s(token),
         }
     }
@@ -309,17 +410,17 @@ impl AuthConfig {
     /// JWT roles are only known when a token arrives.
     pub fn undefined_roles(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        let Verifier::Tokens(tokens) = &self.verifier else {
-            return out;
-        };
         if self.roles.is_empty() {
             return out;
         }
-        for e in &tokens.entries {
-            for r in &e.roles {
-                if !self.roles.iter().any(|d| &d.name == r) && !out.contains(r) {
-                    out.push(r.clone());
-                }
+        let named: Vec<&String> = match &self.verifier {
+            Verifier::Tokens(tokens) => tokens.entries.iter().flat_map(|e| &e.roles).collect(),
+            Verifier::Certs(names) => names.entries.iter().flat_map(|e| &e.roles).collect(),
+            Verifier::Jwt(_) => return out,
+        };
+        for r in named {
+            if !self.roles.iter().any(|d| &d.name == r) && !out.contains(r) {
+                out.push(r.clone());
             }
         }
         out
@@ -426,5 +527,38 @@ mod tests {
         assert_eq!(bearer("bearer  abc "), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer "), None);
+    }
+
+    #[test]
+    fn a_principals_file_maps_certificate_names_to_roles() {
+        let t = PrincipalTable::parse(
+            "# services\nbilling-svc reader,writer\n\"Alice Smith\" admin\nbare\n",
+        )
+        .unwrap();
+        assert_eq!(t.lookup("billing-svc").unwrap().roles, ["reader", "writer"]);
+        assert_eq!(t.lookup("Alice Smith").unwrap().roles, ["admin"]);
+        assert!(t.lookup("bare").unwrap().roles.is_empty());
+        assert!(t.lookup("Alice").is_none());
+        let cfg = AuthConfig::new(Verifier::Certs(t));
+        assert!(cfg.by_certificate());
+        assert_eq!(
+            cfg.authenticate_cert(Some("bare")).unwrap().principal,
+            "bare"
+        );
+        assert_eq!(
+            cfg.authenticate_cert(Some("mallory")),
+            Err(AuthError::UnknownCertificate("mallory".into()))
+        );
+        assert_eq!(cfg.authenticate_cert(None), Err(AuthError::NoCertificate));
+        assert_eq!(cfg.authenticate("bare"), Err(AuthError::CertificatesOnly));
+        for (bad, line) in [
+            ("a r\na x", 2),
+            ("\"open r", 1),
+            ("a r extra", 1),
+            ("\"\" r", 1),
+        ] {
+            assert_eq!(PrincipalTable::parse(bad).unwrap_err().line, line, "{bad}");
+        }
+        assert_eq!(PrincipalTable::parse("# none\n").unwrap_err().line, 0);
     }
 }

@@ -568,6 +568,9 @@ fn check_token(
     let presented = req.meta.as_ref().and_then(|m| m.get(meta::AUTHORIZATION));
     let refused = match presented {
         None if session.identity().is_some() || req.method == Some(Method::Ping) => return None,
+        None if auth.by_certificate() => {
+            "this server authenticates clients by TLS certificate (--auth cert), and this connection's certificate names no principal it accepts".to_string()
+        }
         None => "send a token in params._meta.authorization (\"Bearer <token>\")".to_string(),
         Some(v) => match v.into_string().and_then(super::auth::bearer) {
             None => "params._meta.authorization must be \"Bearer <token>\"".to_string(),

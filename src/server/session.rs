@@ -350,6 +350,17 @@ impl Session {
         let who = self.identity.clone().expect("checked above");
         let auth = core.auth().expect("identities exist only with --auth");
         let why = match &self.token {
+            None if auth.by_certificate() => {
+                // --auth cert: the name is looked up again in the reloaded
+                // principals file.
+                match auth.authenticate_cert(Some(&who.principal)) {
+                    Ok(again) => {
+                        self.set_identity(core, again);
+                        return None;
+                    }
+                    Err(_) => "its certificate name is no longer in --auth-cert-principals",
+                }
+            }
             None => {
                 // HTTP: every request is authenticated by the transport;
                 // only the roles' meaning may have changed.
@@ -382,6 +393,24 @@ impl Session {
 
     pub(super) fn principal(&self) -> Option<&Rc<str>> {
         self.principal.as_ref()
+    }
+
+    /// `--auth cert`: binds the connection to the principal its client
+    /// certificate names (`name`, verified in the TLS handshake). Under any
+    /// other `--auth` mode, or none, this does nothing. A name not listed
+    /// leaves the session unauthenticated: its requests are refused.
+    pub fn authenticate_cert(
+        &mut self,
+        core: &Core,
+        name: Option<&str>,
+    ) -> Result<(), super::auth::AuthError> {
+        let Some(auth) = core.auth().filter(|a| a.by_certificate()) else {
+            return Ok(());
+        };
+        let who = auth.authenticate_cert(name)?;
+        log::info!("authenticated as {} (client certificate)", who.principal);
+        self.set_identity(core, who);
+        Ok(())
     }
 
     /// Requests must authenticate with a `_meta.authorization` token (TCP

@@ -16,6 +16,10 @@
 //! listener are closed at accept, unread, and counted with the shards'
 //! refusals.
 //!
+//! With `--admin-tls-cert` the endpoint speaks HTTPS (its own pair, a reload
+//! replaces it); the handshake runs under the same I/O timeout, and is
+//! counted with the shards' TLS handshakes.
+//!
 //! Bounds: one connection at a time (a scraper that stalls holds the
 //! endpoint for at most `ADMIN_IO_TIMEOUT`), a request head of at most
 //! `ADMIN_REQUEST_BYTES_MAX`, one request per connection.
@@ -53,12 +57,15 @@ pub(crate) struct AdminView {
     /// `--allow-cidr`/`--deny-cidr` (the `admin` listener's share of them
     /// applies here); a reload replaces them.
     rules: NetRules,
-    /// Peers this thread refused, counted like a shard counts its own.
+    /// Peers this thread refused, counted like a shard counts its own
+    /// (and its TLS handshakes).
     refused: Snapshot,
+    /// `--admin-tls-cert`: HTTPS; a reload replaces it.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl AdminView {
-    pub fn new(cores: &[usize], rules: NetRules) -> Self {
+    pub fn new(cores: &[usize], rules: NetRules, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         Self {
             started: Instant::now(),
             latest: vec![None; cores.len()],
@@ -77,11 +84,28 @@ impl AdminView {
             cluster: false,
             rules,
             refused: Snapshot::empty(),
+            tls,
         }
     }
 
     pub fn set_rules(&mut self, rules: NetRules) {
         self.rules = rules;
+    }
+
+    /// Whether the endpoint speaks HTTPS.
+    pub fn tls_on(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Replaces the TLS pair for the next connections (a reload; never
+    /// turns TLS on or off, which is refused before it gets here).
+    pub fn set_tls(&mut self, tls: Option<Arc<rustls::ServerConfig>>) {
+        assert_eq!(
+            tls.is_some(),
+            self.tls.is_some(),
+            "admin TLS turned on or off by a reload"
+        );
+        self.tls = tls;
     }
 
     /// Whether the admin listener serves `peer`; a refusal is counted and
@@ -221,8 +245,8 @@ fn accept_loop(listener: TcpListener, view: &Mutex<AdminView>, stop: &AdminStop)
                 if !view.lock().is_ok_and(|mut v| v.admits(peer)) {
                     continue;
                 }
-                let _ = s.set_nonblocking(false);
-                if let Err(e) = serve_one(s, view) {
+                let tls = view.lock().ok().and_then(|v| v.tls.clone());
+                if let Err(e) = serve_connection(s, tls, view) {
                     log::debug!("admin: {e}");
                 }
             }
@@ -235,9 +259,46 @@ fn accept_loop(listener: TcpListener, view: &Mutex<AdminView>, stop: &AdminStop)
     }
 }
 
-fn serve_one(mut s: TcpStream, view: &Mutex<AdminView>) -> std::io::Result<()> {
+/// Serves one connection, over TLS when `tls` is set (the handshake under
+/// the same timeouts as the request).
+fn serve_connection(
+    mut s: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    view: &Mutex<AdminView>,
+) -> std::io::Result<()> {
+    s.set_nonblocking(false)?;
     s.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
     s.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    let Some(config) = tls else {
+        return serve_one(&mut s, view);
+    };
+    let mut conn = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+    let mut shook = Ok(());
+    while conn.is_handshaking() && shook.is_ok() {
+        shook = conn.complete_io(&mut s).map(|_| ());
+    }
+    if let Ok(mut v) = view.lock() {
+        match &shook {
+            Ok(()) => v.refused.counters.tls_handshakes += 1,
+            Err(e) if is_timeout(e) => v.refused.counters.tls_handshake_timeouts += 1,
+            Err(_) => v.refused.counters.tls_handshake_failures += 1,
+        }
+    }
+    shook?;
+    let mut stream = rustls::StreamOwned::new(conn, s);
+    serve_one(&mut stream, view)?;
+    stream.conn.send_close_notify();
+    stream.flush()
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+fn serve_one<S: Read + Write>(s: &mut S, view: &Mutex<AdminView>) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let head_end = loop {
@@ -255,7 +316,7 @@ fn serve_one(mut s: TcpStream, view: &Mutex<AdminView>) -> std::io::Result<()> {
     };
     let Some(head_end) = head_end else {
         return respond(
-            &mut s,
+            s,
             "431 Request Header Fields Too Large",
             "text/plain",
             "request head too large\n",
@@ -269,7 +330,7 @@ fn serve_one(mut s: TcpStream, view: &Mutex<AdminView>) -> std::io::Result<()> {
     let head_only = method == "HEAD";
     if method != "GET" && !head_only {
         return respond(
-            &mut s,
+            s,
             "405 Method Not Allowed",
             "text/plain",
             "GET only\n",
@@ -280,21 +341,21 @@ fn serve_one(mut s: TcpStream, view: &Mutex<AdminView>) -> std::io::Result<()> {
         "/metrics" => {
             let body = view.lock().map(|v| v.render()).unwrap_or_default();
             respond(
-                &mut s,
+                s,
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
                 &body,
                 head_only,
             )
         }
-        "/healthz" => respond(&mut s, "200 OK", "text/plain", "ok\n", head_only),
+        "/healthz" => respond(s, "200 OK", "text/plain", "ok\n", head_only),
         "/readyz" => {
             let ready = view.lock().map(|v| v.ready()).unwrap_or(false);
             if ready {
-                respond(&mut s, "200 OK", "text/plain", "ready\n", head_only)
+                respond(s, "200 OK", "text/plain", "ready\n", head_only)
             } else {
                 respond(
-                    &mut s,
+                    s,
                     "503 Service Unavailable",
                     "text/plain",
                     "not ready\n",
@@ -302,18 +363,12 @@ fn serve_one(mut s: TcpStream, view: &Mutex<AdminView>) -> std::io::Result<()> {
                 )
             }
         }
-        _ => respond(
-            &mut s,
-            "404 Not Found",
-            "text/plain",
-            "not found\n",
-            head_only,
-        ),
+        _ => respond(s, "404 Not Found", "text/plain", "not found\n", head_only),
     }
 }
 
 fn respond(
-    s: &mut TcpStream,
+    s: &mut impl Write,
     status: &str,
     content_type: &str,
     body: &str,

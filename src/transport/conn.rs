@@ -65,11 +65,18 @@ pub enum Kind {
 }
 
 /// Serves one client until it closes, the I/O fails, or the shard drains.
-pub(crate) async fn serve<S>(stream: S, net: Rc<Net>, kind: Kind) -> io::Result<()>
+/// `cert_name` is the subject common name of the client certificate its TLS
+/// handshake verified (the principal under `--auth cert`).
+pub(crate) async fn serve<S>(
+    stream: S,
+    net: Rc<Net>,
+    kind: Kind,
+    cert_name: Option<Rc<str>>,
+) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_with(stream, net, kind, None, None).await
+    serve_with(stream, net, kind, None, None, cert_name).await
 }
 
 /// Serves the stdio client: like `serve`, but the session can start from
@@ -84,7 +91,7 @@ pub(crate) async fn serve_stdio<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_with(stream, net, Kind::Stdio, resume, Some(report)).await
+    serve_with(stream, net, Kind::Stdio, resume, Some(report), None).await
 }
 
 async fn serve_with<S>(
@@ -93,6 +100,7 @@ async fn serve_with<S>(
     kind: Kind,
     resume: Option<Resume>,
     report: Option<Box<dyn Fn(Resume)>>,
+    cert_name: Option<Rc<str>>,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -107,6 +115,9 @@ where
     session.limit_rate();
     if core.auth_on() {
         session.require_token();
+        if let Err(why) = session.authenticate_cert(&core, cert_name.as_deref()) {
+            log::info!("shard {}: connection not authenticated: {why}", core.id);
+        }
     }
     match kind {
         Kind::Tcp => session.set_label(&format!("tcp-{}-{}", core.id, session.scope())),

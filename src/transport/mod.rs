@@ -17,6 +17,7 @@ pub(crate) mod listeners;
 pub(crate) mod netrules;
 pub(crate) mod stdio;
 pub(crate) mod tcp;
+pub(crate) mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -98,6 +99,19 @@ pub(crate) struct Net {
     /// `--allow-cidr`/`--deny-cidr`, checked at accept; a reload replaces
     /// them (live connections stay).
     rules: RefCell<NetRules>,
+    /// `--tls-cert`: the handshakes this shard runs (off: plain sockets).
+    pub tls: tls::ShardTls,
+}
+
+/// Who is at the other end of a connection, as far as the transport knows.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Peer {
+    /// The client's address (keys the rate limiter when there is no
+    /// principal).
+    pub ip: Option<std::net::IpAddr>,
+    /// The subject common name of the client certificate verified in the
+    /// TLS handshake (`--tls-client-ca`); the principal under `--auth cert`.
+    pub cert_name: Option<Rc<str>>,
 }
 
 impl Net {
@@ -119,6 +133,7 @@ impl Net {
             dice: Dice::new(seed),
             shutdown,
             rules: RefCell::new(rules),
+            tls: tls::ShardTls::default(),
         }
     }
 

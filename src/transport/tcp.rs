@@ -5,7 +5,8 @@
 //! its whole life on the core that accepted it. At `max_connections_per_shard`
 //! a new connection is accepted and closed at once (`connections_refused`);
 //! so is one from a peer the allow/deny rules refuse (`transport::netrules`),
-//! unread.
+//! unread. With `--tls-cert` each connection's TLS handshake runs first
+//! (`transport::tls`).
 
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::netrules::Listener;
+use super::tls::{Admission, Side};
 use super::{conn, Net};
 
 /// Pause after an accept error (such as running out of file descriptors) so
@@ -37,18 +39,40 @@ pub(crate) fn listen_on(fd: OwnedFd) -> Bound {
     Bound { listener, fd }
 }
 
-/// Serves one accepted connection in its own task.
+/// Serves one accepted connection in its own task (after its TLS handshake
+/// when `--tls-cert` is on).
 pub(crate) fn serve_accepted(net: Rc<Net>, stream: TcpStream) {
     let id = net.core.id;
     // Responses are written once per batch, so Nagle would only add delay.
     if let Err(e) = stream.set_nodelay(true) {
         log::debug!("shard {id}: TCP_NODELAY: {e}");
     }
+    let pending = match net.tls.admit(Side::Tcp) {
+        Admission::Plain => None,
+        Admission::Handshake(p) => Some(p),
+        Admission::Refused => {
+            net.core
+                .metrics
+                .borrow_mut()
+                .counters
+                .tls_handshakes_refused += 1;
+            return;
+        }
+    };
     glommio::spawn_local(async move {
         let peer = stream.peer_addr().ok();
         let fd = stream.as_raw_fd();
         net.track_socket(fd);
-        if let Err(e) = conn::serve(stream, net.clone(), conn::Kind::Tcp).await {
+        let served = match pending {
+            None => conn::serve(stream, net.clone(), conn::Kind::Tcp, None).await,
+            Some(p) => match p.run(&net, stream).await {
+                Some(tls) => {
+                    conn::serve(tls.stream, net.clone(), conn::Kind::Tcp, tls.cert_name).await
+                }
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = served {
             log::debug!("shard {id}: connection {peer:?} ended: {e}");
         }
         net.untrack_socket(fd);

@@ -223,7 +223,23 @@ def session_factory(transport, target, **callbacks):
     async def make(message_handler=None):
         if transport == "http":
             token = os.environ.get("MCP_BEARER_TOKEN")
-            if token:
+            ca_file = os.environ.get("MCP_CA_FILE")
+            if ca_file:
+                # HTTPS against a test CA: the SDK's client settings, plus
+                # trust in that CA only.
+                import ssl
+
+                import httpx2
+                from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
+
+                headers = {"Authorization": f"Bearer {token}"} if token else None
+                client = httpx2.AsyncClient(
+                    verify=ssl.create_default_context(cafile=ca_file),
+                    headers=headers,
+                    timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT),
+                )
+                ctx = streamable_http_client(target[0], http_client=client)
+            elif token:
                 from mcp.shared._httpx_utils import create_mcp_http_client
 
                 client = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})

@@ -132,11 +132,11 @@ fn counters_survive_a_shard_restart_and_restarts_are_counted() {
             server.stderr()
         );
         // New connections land on whichever shard is up.
-        if let Ok(mut c) = std::panic::catch_unwind(|| {
+        if let Ok(mut c) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut c = server.connect();
             c.initialize();
             c
-        }) {
+        })) {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 c.call_tool("echo", json!({"text": "x"}))
             }));

@@ -20,12 +20,17 @@ const ALICE: &str = "alice-token-0123456789";
 const BOB: &str = "bob-token-9876543210";
 
 fn start() -> Server {
+    start_on(None)
+}
+
+/// The server of these tests, over TLS when `pki` is given.
+fn start_on(pki: Option<&TestPki>) -> Server {
     let file = tokens_file(&format!(
         "# test tokens\n{}\n{}\n",
         hash_token(ALICE, "alice", "reader,writer"),
         hash_token(BOB, "bob", "reader")
     ));
-    Server::start_http(&[
+    let args = [
         "--cores",
         "0",
         "--auth",
@@ -34,7 +39,11 @@ fn start() -> Server {
         file.to_str().unwrap(),
         "--auth-server",
         "https://auth.example.com",
-    ])
+    ];
+    match pki {
+        None => Server::start_http(&args),
+        Some(pki) => Server::start_https(pki, &args),
+    }
 }
 
 fn init_body() -> String {
@@ -59,7 +68,17 @@ fn post(c: &mut HttpConn, token: Option<&str>, session: Option<&str>, body: &str
 
 #[test]
 fn requests_without_a_valid_token_get_401_with_the_metadata_challenge() {
-    let server = start();
+    requests_without_a_valid_token_get_401_with_the_metadata_challenge_on(start());
+}
+
+/// The TLS twin: the same, over HTTPS.
+#[test]
+fn requests_without_a_valid_token_get_401_with_the_metadata_challenge_over_tls() {
+    let pki = TestPki::new("requests_without_a_valid");
+    requests_without_a_valid_token_get_401_with_the_metadata_challenge_on(start_on(Some(&pki)));
+}
+
+fn requests_without_a_valid_token_get_401_with_the_metadata_challenge_on(server: Server) {
     let mut c = server.http();
     let r = post(&mut c, None, None, &init_body());
     assert_eq!(r.status, 401);
@@ -100,7 +119,17 @@ fn requests_without_a_valid_token_get_401_with_the_metadata_challenge() {
 
 #[test]
 fn a_session_belongs_to_the_principal_that_created_it() {
-    let server = start();
+    a_session_belongs_to_the_principal_that_created_it_on(start());
+}
+
+/// The TLS twin: the same, over HTTPS.
+#[test]
+fn a_session_belongs_to_the_principal_that_created_it_over_tls() {
+    let pki = TestPki::new("a_session_belongs_to_the");
+    a_session_belongs_to_the_principal_that_created_it_on(start_on(Some(&pki)));
+}
+
+fn a_session_belongs_to_the_principal_that_created_it_on(server: Server) {
     let mut c = server.http();
     let r = post(&mut c, Some(ALICE), None, &init_body());
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

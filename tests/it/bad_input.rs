@@ -30,7 +30,17 @@ fn still_answers(c: &mut Client) {
 
 #[test]
 fn malformed_messages_get_jsonrpc_errors() {
-    let server = Server::start(&["--cores", "0"]);
+    malformed_messages_get_jsonrpc_errors_on(Server::start(&["--cores", "0"]));
+}
+
+/// The TLS twin: the same, over TLS.
+#[test]
+fn malformed_messages_get_jsonrpc_errors_over_tls() {
+    let pki = TestPki::new("malformed_messages_get_j");
+    malformed_messages_get_jsonrpc_errors_on(Server::start_tls(&pki, &["--cores", "0"]));
+}
+
+fn malformed_messages_get_jsonrpc_errors_on(server: Server) {
     let mut c = server.connect();
     c.initialize();
     let null = Value::Null;
@@ -139,7 +149,25 @@ fn blank_lines_and_crlf_are_tolerated() {
 
 #[test]
 fn oversize_lines_are_refused_and_the_connection_continues() {
-    let server = Server::start(&["--cores", "0", "--max-message-bytes", "1024"]);
+    oversize_lines_are_refused_and_the_connection_continues_on(Server::start(&[
+        "--cores",
+        "0",
+        "--max-message-bytes",
+        "1024",
+    ]));
+}
+
+/// The TLS twin: the same, over TLS.
+#[test]
+fn oversize_lines_are_refused_and_the_connection_continues_over_tls() {
+    let pki = TestPki::new("oversize_lines_are_refus");
+    oversize_lines_are_refused_and_the_connection_continues_on(Server::start_tls(
+        &pki,
+        &["--cores", "0", "--max-message-bytes", "1024"],
+    ));
+}
+
+fn oversize_lines_are_refused_and_the_connection_continues_on(server: Server) {
     let mut c = server.connect();
     c.initialize();
     let big = format!(

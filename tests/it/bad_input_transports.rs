@@ -156,7 +156,25 @@ fn legacy_session(c: &mut HttpConn) -> String {
 
 #[test]
 fn http_battery_in_both_eras() {
-    let server = Server::start_http(&["--cores", "0", "--max-message-bytes", "200000"]);
+    http_battery_in_both_eras_on(Server::start_http(&[
+        "--cores",
+        "0",
+        "--max-message-bytes",
+        "200000",
+    ]));
+}
+
+/// The TLS twin: the same, over TLS.
+#[test]
+fn http_battery_in_both_eras_over_tls() {
+    let pki = TestPki::new("http_battery_in_both_era");
+    http_battery_in_both_eras_on(Server::start_https(
+        &pki,
+        &["--cores", "0", "--max-message-bytes", "200000"],
+    ));
+}
+
+fn http_battery_in_both_eras_on(server: Server) {
     let mut c = server.http();
     let sid = legacy_session(&mut c);
     let legacy = [
@@ -286,10 +304,29 @@ fn ten_thousand_http_connections_dropped_mid_request() {
 
 #[test]
 fn a_tcp_slowloris_is_closed_while_a_healthy_client_is_served() {
-    let server = Server::start(&["--cores", "0", "--idle-timeout-ms", "500"]);
+    a_tcp_slowloris_is_closed_while_a_healthy_client_is_served_on(Server::start(&[
+        "--cores",
+        "0",
+        "--idle-timeout-ms",
+        "500",
+    ]));
+}
+
+/// The TLS twin: the same, over TLS.
+#[test]
+fn a_tcp_slowloris_is_closed_while_a_healthy_client_is_served_over_tls() {
+    let pki = TestPki::new("a_tcp_slowloris_is_close");
+    a_tcp_slowloris_is_closed_while_a_healthy_client_is_served_on(Server::start_tls(
+        &pki,
+        &["--cores", "0", "--idle-timeout-ms", "500"],
+    ));
+}
+
+fn a_tcp_slowloris_is_closed_while_a_healthy_client_is_served_on(server: Server) {
     let mut healthy = server.connect();
     healthy.initialize();
-    let mut slow = TcpStream::connect(server.addr()).unwrap();
+    // Over TLS the slow client finishes its handshake, then dribbles.
+    let mut slow = Stream::connect(server.addr(), server.tls.as_ref().map(|t| &t.tcp));
     let line = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}";
     let started = Instant::now();
     let mut closed_after = None;
@@ -306,7 +343,9 @@ fn a_tcp_slowloris_is_closed_while_a_healthy_client_is_served() {
         }
     }
     let closed_after = closed_after.or_else(|| {
-        slow.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        slow.tcp()
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         let mut buf = [0u8; 1];
         matches!(std::io::Read::read(&mut slow, &mut buf), Ok(0) | Err(_))
             .then(|| started.elapsed())

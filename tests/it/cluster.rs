@@ -1329,3 +1329,99 @@ fn resume(server: &Server, sid: &str, last: &str) -> Option<Vec<SseEvent>> {
             .collect(),
     )
 }
+
+/// `--store-key-file` with `--cluster`: session records and SSE events reach
+/// Redis sealed; a node with the key takes a session over and serves it, a
+/// node with another key does not serve what it cannot open (counted).
+#[test]
+fn sealed_records_in_redis_open_only_on_nodes_with_the_key() {
+    let valkey = Valkey::start();
+    let secret = secret_file("sealed");
+    let dir = secret.parent().unwrap().to_path_buf();
+    let key_of = |name: &str| {
+        let out = Command::new(tessera_bin()).arg("gen-key").output().unwrap();
+        let f = dir.join(name);
+        std::fs::write(&f, &out.stdout).unwrap();
+        f.display().to_string()
+    };
+    let (k1, k2) = (key_of("k1"), key_of("k2"));
+    let (mut nodes, _) = ready_nodes(
+        &valkey,
+        &secret,
+        &["a", "b"],
+        &one_core(),
+        &["--store-key-file", &k1],
+    );
+    let (b, mut a) = (nodes.pop().unwrap(), nodes.pop().unwrap());
+    let mut c = node(
+        &valkey,
+        &secret,
+        "c",
+        &one_core(),
+        &["--store-key-file", &k2],
+    );
+    let admin_c = admin_addr(&mut c);
+
+    let kept = legacy_session(&a);
+    let lost = legacy_session(&a);
+    let sub = json!({"jsonrpc":"2.0","id":5,"method":"resources/subscribe","params":{"uri":"kv://sealed-marker"}});
+    assert_eq!(legacy_post(&a, Some(&kept), &sub).status, 200);
+    let mut s = sleep_stream(&a, &kept, 6, 300);
+    assert!(s.events().any(|e| e.data.contains("\"id\":6")));
+    // Written behind: wait until the record has the subscription (it is
+    // sealed, so only its size says so) and the events are there.
+    assert!(stored(&valkey, &kept) && stored(&valkey, &lost));
+    let rec = |sid: &str| {
+        valkey
+            .command(&["HGET", &format!("tessera:s:{{{sid}}}"), "rec"])
+            .unwrap_or_default()
+    };
+    let events = || {
+        valkey
+            .command(&["XRANGE", &format!("tessera:s:{{{kept}}}:ev"), "-", "+"])
+            .unwrap_or_default()
+    };
+    assert!(eventually(Duration::from_secs(10), || events().contains("\r\nf\r\n")));
+    std::thread::sleep(Duration::from_millis(500));
+    for (what, bytes) in [("record", rec(&kept)), ("events", events())] {
+        for plain in ["sealed-marker", "elicitation", "progress", "slept"] {
+            assert!(
+                !bytes.contains(plain),
+                "{what} in Redis shows {plain:?}: {bytes:?}"
+            );
+        }
+    }
+
+    a.stop_with(libc::SIGKILL);
+    // c holds another key: once a's heartbeat is gone it takes `lost` over,
+    // cannot open it, and serves nothing of it.
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            legacy_post(&c, Some(&lost), &echo(1, "x")).status == 404
+        }),
+        "{}",
+        c.stderr()
+    );
+    assert!(eventually(Duration::from_secs(10), || {
+        value(
+            &scrape(&admin_c),
+            "tessera_store_records_unreadable_total",
+            &[],
+        ) >= 1.0
+    }));
+    // b holds the key: `kept` works there, subscription included.
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let r = legacy_post(&b, Some(&kept), &echo(7, "after"));
+            r.status == 200 && echoed(&r) == "after"
+        }),
+        "{}",
+        b.stderr()
+    );
+    let mut stream = standalone_stream(&b, &kept);
+    let other = legacy_session(&b);
+    let set = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"kv_set","arguments":{"key":"sealed-marker","value":1}}});
+    assert_eq!(legacy_post(&b, Some(&other), &set).status, 200);
+    let update = next_message(&mut stream, "an update on the new owner");
+    assert_eq!(update["params"]["uri"], "kv://sealed-marker", "{update}");
+}

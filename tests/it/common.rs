@@ -47,6 +47,15 @@ pub struct Server {
     pub http_addr: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
     lines: Receiver<String>,
+    /// Set by the `*_tls` starters: `http()` and `connect()` then speak TLS
+    /// (HTTP with ALPN http/1.1), trusting this PKI's CA.
+    pub tls: Option<TlsClient>,
+}
+
+/// How a test's clients reach a TLS server.
+pub struct TlsClient {
+    pub http: Arc<rustls::ClientConfig>,
+    pub tcp: Arc<rustls::ClientConfig>,
 }
 
 impl Server {
@@ -56,17 +65,7 @@ impl Server {
         let mut full = vec!["serve", "--tcp", "127.0.0.1:0"];
         full.extend_from_slice(args);
         let mut s = Server::spawn(&full, Stdio::null());
-        let line = s
-            .wait_for_stderr("listening on tcp://", IO_TIMEOUT)
-            .unwrap_or_else(|| panic!("server did not start; stderr:\n{}", s.stderr()));
-        let addr = line
-            .split("tcp://")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
-        s.addr = Some(addr.parse().unwrap());
+        s.addr = Some(s.wait_tcp_addr());
         s
     }
 
@@ -76,22 +75,34 @@ impl Server {
         let mut full = vec!["serve", "--http", "127.0.0.1:0"];
         full.extend_from_slice(args);
         let mut s = Server::spawn(&full, Stdio::null());
-        let line = s
-            .wait_for_stderr("listening on http://", IO_TIMEOUT)
-            .unwrap_or_else(|| panic!("server did not start; stderr:\n{}", s.stderr()));
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap();
-        s.http_addr = Some(addr.parse().unwrap());
+        s.http_addr = Some(s.wait_http_addr());
         s
     }
 
+    /// The TCP address the server logs it listens on (waits for the line).
+    pub fn wait_tcp_addr(&mut self) -> SocketAddr {
+        let line = self
+            .wait_for_stderr("listening on tcp://", IO_TIMEOUT)
+            .unwrap_or_else(|| panic!("server did not start; stderr:\n{}", self.stderr()));
+        let addr = line.split("tcp://").nth(1).unwrap();
+        addr.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// The HTTP or HTTPS address the server logs it listens on.
+    pub fn wait_http_addr(&mut self) -> SocketAddr {
+        let line = self
+            .wait_for_stderr("listening on http", IO_TIMEOUT)
+            .unwrap_or_else(|| panic!("server did not start; stderr:\n{}", self.stderr()));
+        let addr = line.split("://").nth(1).unwrap();
+        addr.split('/').next().unwrap().parse().unwrap()
+    }
+
     pub fn http(&self) -> HttpConn {
-        HttpConn::open(self.http_addr.expect("server listens on HTTP"))
+        let addr = self.http_addr.expect("server listens on HTTP");
+        match &self.tls {
+            None => HttpConn::open(addr),
+            Some(t) => HttpConn::open_tls(addr, &t.http),
+        }
     }
 
     /// Spawns the binary with `args` and collects stderr in the background.
@@ -127,6 +138,7 @@ impl Server {
             http_addr: None,
             stderr,
             lines,
+            tls: None,
         }
     }
 
@@ -171,7 +183,31 @@ impl Server {
     }
 
     pub fn connect(&self) -> Client {
-        Client::connect(self.addr())
+        match &self.tls {
+            None => Client::connect(self.addr()),
+            Some(t) => Client::connect_tls(self.addr(), &t.tcp),
+        }
+    }
+
+    /// `start` with `--tls-cert`/`--tls-key` of `pki` added; clients trust
+    /// its CA.
+    pub fn start_tls(pki: &TestPki, args: &[&str]) -> Server {
+        let tls_args = pki.server_args();
+        let mut full: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+        full.extend_from_slice(args);
+        let mut s = Server::start(&full);
+        s.tls = Some(pki.clients(None));
+        s
+    }
+
+    /// `start_http` over TLS (HTTPS), as `start_tls` does.
+    pub fn start_https(pki: &TestPki, args: &[&str]) -> Server {
+        let tls_args = pki.server_args();
+        let mut full: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+        full.extend_from_slice(args);
+        let mut s = Server::start_http(&full);
+        s.tls = Some(pki.clients(None));
+        s
     }
 
     /// The server process's id (for signals that do not stop it).
@@ -221,28 +257,102 @@ impl Drop for Server {
     }
 }
 
+/// A client's connection: plain TCP, or TLS over it.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.sock,
+        }
+    }
+
+    /// Connects to `addr`; over TLS when `tls` is given (its handshake is
+    /// completed here, so a refused one panics with the reason).
+    pub fn connect(addr: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>) -> Stream {
+        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        match tls {
+            None => Stream::Plain(s),
+            Some(config) => {
+                let t = Self::handshake(s, config).expect("TLS handshake");
+                Stream::Tls(Box::new(t))
+            }
+        }
+    }
+
+    /// The client side of a handshake on `s`.
+    pub fn handshake(
+        mut s: TcpStream,
+        config: &Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut s)?;
+        }
+        Ok(rustls::StreamOwned::new(conn, s))
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
 /// A line-oriented JSON-RPC client over one TCP connection.
 pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<Stream>,
     next_id: u64,
 }
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_nodelay(true).unwrap();
+        Self::over(Stream::connect(addr, None))
+    }
+
+    /// Over TLS, trusting what `tls` trusts.
+    pub fn connect_tls(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> Client {
+        Self::over(Stream::connect(addr, Some(tls)))
+    }
+
+    fn over(stream: Stream) -> Client {
         Client {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
+            reader: BufReader::new(stream),
             next_id: 1000,
         }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).expect("write");
+        let w = self.reader.get_mut();
+        w.write_all(bytes).expect("write");
+        w.flush().expect("flush");
     }
 
     pub fn send(&mut self, v: &Value) {
@@ -266,7 +376,11 @@ impl Client {
 
     /// How long reads wait (IO_TIMEOUT unless changed).
     pub fn set_read_timeout(&mut self, t: Duration) {
-        self.writer.set_read_timeout(Some(t)).unwrap();
+        self.reader
+            .get_ref()
+            .tcp()
+            .set_read_timeout(Some(t))
+            .unwrap();
     }
 
     /// The next message, or None when none arrives within the read timeout.
@@ -355,8 +469,7 @@ impl HttpResp {
 /// headers, drop streams mid-way and pipeline requests, which a full client
 /// library would hide.
 pub struct HttpConn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<Stream>,
 }
 
 pub fn request_bytes(
@@ -385,17 +498,24 @@ pub fn request_bytes(
 
 impl HttpConn {
     pub fn open(addr: SocketAddr) -> HttpConn {
-        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_nodelay(true).unwrap();
+        Self::over(Stream::connect(addr, None))
+    }
+
+    /// Over TLS (HTTPS), trusting what `tls` trusts.
+    pub fn open_tls(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> HttpConn {
+        Self::over(Stream::connect(addr, Some(tls)))
+    }
+
+    pub fn over(stream: Stream) -> HttpConn {
         HttpConn {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
+            reader: BufReader::new(stream),
         }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).expect("write");
+        let w = self.reader.get_mut();
+        w.write_all(bytes).expect("write");
+        w.flush().expect("flush");
     }
 
     pub fn send(
@@ -793,4 +913,155 @@ pub fn hup(server: &Server) {
     unsafe {
         libc::kill(server.pid() as i32, libc::SIGHUP);
     }
+}
+
+/// A throwaway PKI for TLS tests: a CA, a server certificate for
+/// `localhost` and 127.0.0.1 signed by it, and client certificates on
+/// demand, written as PEM files under a fresh directory (removed on drop).
+pub struct TestPki {
+    pub dir: PathBuf,
+    ca_key: rcgen::KeyPair,
+    ca: rcgen::Certificate,
+    pub ca_pem: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestPki {
+    pub fn new(name: &str) -> TestPki {
+        let dir = std::env::temp_dir().join(format!("tessera-pki-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("tessera test CA {name}"));
+        let ca = params.self_signed(&ca_key).unwrap();
+        let ca_pem = dir.join("ca.pem");
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        let pki = TestPki {
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            dir,
+            ca_key,
+            ca,
+            ca_pem,
+        };
+        // server.pem and server.key: the paths `cert` and `key` name.
+        pki.issue_server("server");
+        pki
+    }
+
+    fn issue(&self, file: &str, params: rcgen::CertificateParams) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    /// Another server pair (for a reload), as `<file>.pem` and `<file>.key`.
+    pub fn issue_server(&self, file: &str) -> (PathBuf, PathBuf) {
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        self.issue(file, params)
+    }
+
+    /// A client certificate whose subject common name is `cn`.
+    pub fn issue_client(&self, cn: &str) -> (PathBuf, PathBuf) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        self.issue(&format!("client-{cn}"), params)
+    }
+
+    /// A client configuration trusting this CA, presenting `client` (a pair
+    /// from `issue_client`) when given, offering `alpn`.
+    pub fn client(
+        &self,
+        client: Option<&(PathBuf, PathBuf)>,
+        alpn: &[&str],
+    ) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_file(&self.ca_pem).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap()],
+                    rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap(),
+                )
+                .unwrap(),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// Client configurations for HTTP (ALPN http/1.1) and TCP (no ALPN).
+    pub fn clients(&self, client: Option<&(PathBuf, PathBuf)>) -> TlsClient {
+        TlsClient {
+            http: self.client(client, &["http/1.1"]),
+            tcp: self.client(client, &[]),
+        }
+    }
+
+    /// `serve` arguments turning TLS on with this PKI's server pair.
+    pub fn server_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert.display().to_string(),
+            "--tls-key".into(),
+            self.key.display().to_string(),
+        ]
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs a client script that prints ALL CHECKS PASSED when every check held;
+/// panics with its output otherwise, or when it is not done within
+/// `within` (then it is killed).
+pub fn run_checks(mut cmd: Command, what: &str, within: Duration) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let deadline = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("ALL CHECKS PASSED"),
+        "{what} failed ({:?})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
 }

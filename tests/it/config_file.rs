@@ -157,8 +157,8 @@ fn the_example_documents_every_flag_and_checks_clean() {
             }
             _ => l.to_string(),
         })
-        // Chaos, fixtures, auth and the store key (their token and key
-        // files are this host's) stay off.
+        // Chaos, fixtures, auth, the store key and TLS (their token, key and
+        // certificate files are this host's) stay off.
         .filter(|l| {
             ![
                 "chaos_kill_shard_every",
@@ -172,6 +172,9 @@ fn the_example_documents_every_flag_and_checks_clean() {
                 "cluster_secret_file",
                 "cluster_password_file",
                 "store_key_file",
+                "tls_",
+                "admin_tls_",
+                "auth_cert_principals",
             ]
             .iter()
             .any(|k| l.starts_with(k))

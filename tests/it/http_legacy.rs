@@ -49,7 +49,17 @@ fn sleep_with_progress(id: u64, ms: u64) -> Value {
 
 #[test]
 fn session_lifecycle_and_status_codes() {
-    let server = Server::start_http(&["--cores", "0"]);
+    session_lifecycle_and_status_codes_on(Server::start_http(&["--cores", "0"]));
+}
+
+/// The TLS twin: the same, over TLS.
+#[test]
+fn session_lifecycle_and_status_codes_over_tls() {
+    let pki = TestPki::new("session_lifecycle_and_st");
+    session_lifecycle_and_status_codes_on(Server::start_https(&pki, &["--cores", "0"]));
+}
+
+fn session_lifecycle_and_status_codes_on(server: Server) {
     let sid = initialize(&server);
     assert_eq!(sid.len(), 36);
     assert!(sid.starts_with("0000"), "the id names shard 0: {sid}");
@@ -317,7 +327,20 @@ fn take_events(c: &mut HttpConn, n: usize) -> Vec<SseEvent> {
 
 #[test]
 fn a_dropped_post_stream_resumes_with_last_event_id() {
-    let server = Server::start_http(&["--cores", "0"]);
+    a_dropped_post_stream_resumes_with_last_event_id_on(Server::start_http(&["--cores", "0"]));
+}
+
+/// The TLS twin: the same, over TLS.
+#[test]
+fn a_dropped_post_stream_resumes_with_last_event_id_over_tls() {
+    let pki = TestPki::new("a_dropped_post_stream_re");
+    a_dropped_post_stream_resumes_with_last_event_id_on(Server::start_https(
+        &pki,
+        &["--cores", "0"],
+    ));
+}
+
+fn a_dropped_post_stream_resumes_with_last_event_id_on(server: Server) {
     let sid = initialize(&server);
     let mut c = server.http();
     let b = serde_json::to_vec(&sleep_with_progress(11, 600)).unwrap();
@@ -432,7 +455,22 @@ fn the_server_closes_long_connections_and_the_client_polls_back() {
 
 #[test]
 fn standalone_stream_carries_resource_updates_and_resumes() {
-    let server = Server::start_http(&["--cores", "0"]);
+    standalone_stream_carries_resource_updates_and_resumes_on(Server::start_http(&[
+        "--cores", "0",
+    ]));
+}
+
+/// The TLS twin: the same, over TLS.
+#[test]
+fn standalone_stream_carries_resource_updates_and_resumes_over_tls() {
+    let pki = TestPki::new("standalone_stream_carrie");
+    standalone_stream_carries_resource_updates_and_resumes_on(Server::start_https(
+        &pki,
+        &["--cores", "0"],
+    ));
+}
+
+fn standalone_stream_carries_resource_updates_and_resumes_on(server: Server) {
     let sid = initialize(&server);
     let mut c = server.http();
     let r = post(

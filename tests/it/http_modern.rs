@@ -48,7 +48,17 @@ fn call(id: u64, name: &str, args: Value) -> Value {
 
 #[test]
 fn discover_and_stateless_calls() {
-    let server = Server::start_http(&["--cores", "0"]);
+    discover_and_stateless_calls_on(Server::start_http(&["--cores", "0"]));
+}
+
+/// The TLS twin: the same, over TLS.
+#[test]
+fn discover_and_stateless_calls_over_tls() {
+    let pki = TestPki::new("discover_and_stateless_c");
+    discover_and_stateless_calls_on(Server::start_https(&pki, &["--cores", "0"]));
+}
+
+fn discover_and_stateless_calls_on(server: Server) {
     let mut c = server.http();
     let r = modern(
         &mut c,
@@ -207,7 +217,22 @@ fn headers_are_validated_against_the_body() {
 
 #[test]
 fn modern_sse_carries_progress_and_closing_it_cancels_the_request() {
-    let mut server = Server::start_http(&["--cores", "0"]);
+    modern_sse_carries_progress_and_closing_it_cancels_the_request_on(Server::start_http(&[
+        "--cores", "0",
+    ]));
+}
+
+/// The TLS twin: the same, over TLS.
+#[test]
+fn modern_sse_carries_progress_and_closing_it_cancels_the_request_over_tls() {
+    let pki = TestPki::new("modern_sse_carries_progr");
+    modern_sse_carries_progress_and_closing_it_cancels_the_request_on(Server::start_https(
+        &pki,
+        &["--cores", "0"],
+    ));
+}
+
+fn modern_sse_carries_progress_and_closing_it_cancels_the_request_on(mut server: Server) {
     let mut c = server.http();
     let mut body = call(1, "sleep", json!({"ms": 150}));
     body["params"]["_meta"]["progressToken"] = json!(42);

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -25,35 +25,20 @@ pub fn run_client(args: &[&str]) {
 }
 
 /// [`run_client`] with environment variables for the client script
-/// (`MCP_BEARER_TOKEN`: send it as `Authorization: Bearer` over HTTP).
-fn run_client_with(args: &[&str], env: &[(&str, &str)]) {
+/// (`MCP_BEARER_TOKEN`: send it as `Authorization: Bearer` over HTTP;
+/// `MCP_CA_FILE`: HTTPS trusting that CA only).
+pub fn run_client_with(args: &[&str], env: &[(&str, &str)]) {
     let script = workspace().join("tests/interop/sdk_client.py");
-    let mut child = Command::new(python())
-        .envs(env.iter().copied())
+    let mut cmd = Command::new(python());
+    cmd.envs(env.iter().copied())
         .arg("-W")
         .arg("ignore::DeprecationWarning")
         .arg(&script)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the SDK client");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("ALL CHECKS PASSED"),
-        "SDK client {args:?} failed ({:?})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
+        .args(args);
+    run_checks(
+        cmd,
+        &format!("SDK client {args:?}"),
+        Duration::from_secs(120),
     );
 }
 

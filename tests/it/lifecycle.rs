@@ -6,7 +6,17 @@ use serde_json::{json, Value};
 
 #[test]
 fn initialize_negotiates_every_supported_version() {
-    let server = Server::start(&["--cores", "0"]);
+    initialize_negotiates_every_supported_version_on(Server::start(&["--cores", "0"]));
+}
+
+/// The TLS twin: the same, over TLS.
+#[test]
+fn initialize_negotiates_every_supported_version_over_tls() {
+    let pki = TestPki::new("initialize_negotiates_ev");
+    initialize_negotiates_every_supported_version_on(Server::start_tls(&pki, &["--cores", "0"]));
+}
+
+fn initialize_negotiates_every_supported_version_on(server: Server) {
     for v in ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"] {
         let mut c = server.connect();
         let r = c.request(
@@ -31,7 +41,17 @@ fn initialize_negotiates_every_supported_version() {
 
 #[test]
 fn only_initialize_and_ping_before_initialization() {
-    let server = Server::start(&["--cores", "0"]);
+    only_initialize_and_ping_before_initialization_on(Server::start(&["--cores", "0"]));
+}
+
+/// The TLS twin: the same, over TLS.
+#[test]
+fn only_initialize_and_ping_before_initialization_over_tls() {
+    let pki = TestPki::new("only_initialize_and_ping");
+    only_initialize_and_ping_before_initialization_on(Server::start_tls(&pki, &["--cores", "0"]));
+}
+
+fn only_initialize_and_ping_before_initialization_on(server: Server) {
     let mut c = server.connect();
     assert_eq!(error_code(&c.request("tools/list", Value::Null)), -32600);
     assert_eq!(

@@ -43,6 +43,7 @@ mod pipeline;
 mod reload;
 mod stdio;
 mod supervision;
+mod tls;
 mod tools;
 mod tracing;
 mod upgrade;

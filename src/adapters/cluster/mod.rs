@@ -74,6 +74,10 @@ pub struct ClusterConfig {
     /// `--cluster-tls-ca-file`: PEM certificates the TLS connection to Redis
     /// (`rediss://`) trusts; without it, the system's roots.
     pub tls_ca_pem: Option<Vec<u8>>,
+    /// `--store-key-file`: session records, SSE events and tasks are sealed
+    /// before they are sent to Redis, and opened when read back
+    /// (`sessions`).
+    pub keys: Option<crate::adapters::seal::StoreKeys>,
 }
 
 impl ClusterConfig {
@@ -93,6 +97,7 @@ impl ClusterConfig {
             rate_limit_cluster: false,
             sync_events: false,
             tls_ca_pem: None,
+            keys: None,
         }
     }
 

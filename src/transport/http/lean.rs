@@ -22,9 +22,9 @@
 //! timer per connection serves the idle bound; it is re-armed only when it
 //! fires, never per request.
 
+use crate::transport::Peer;
 use std::cell::RefCell;
 use std::io::{self, Write as _};
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -362,7 +362,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     async fn respond(
         &mut self,
         http: &Rc<HttpShard>,
-        peer: Option<IpAddr>,
+        peer: &Peer,
         restarts: &Rc<RefCell<RestartIntensity>>,
     ) -> Result<(OutBody, bool), Stop> {
         let req = self.next_request(http).await?;
@@ -523,7 +523,7 @@ pub(super) async fn serve<S>(
     http: &Rc<HttpShard>,
     stream: S,
     handle: &ConnHandle,
-    peer: Option<IpAddr>,
+    peer: &Peer,
     restarts: &Rc<RefCell<RestartIntensity>>,
 ) -> Ended<S>
 where

@@ -28,7 +28,7 @@ pub(crate) mod session;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
@@ -43,7 +43,8 @@ use hyper::server::conn::http1;
 
 use super::netrules::Listener;
 use super::tcp::Bound;
-use super::{ConnHandle, Net};
+use super::tls::{Admission, Side};
+use super::{ConnHandle, Net, Peer};
 use crate::protocol::jsonrpc::{self, Id};
 use crate::runtime::supervisor::RestartIntensity;
 use relay::RelayLink;
@@ -248,15 +249,39 @@ impl HttpShard {
 /// Serves one accepted connection in its own task.
 pub(crate) fn serve_accepted(http: Rc<HttpShard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let pending = match http.net.tls.admit(Side::Http) {
+        Admission::Plain => None,
+        Admission::Handshake(p) => Some(p),
+        Admission::Refused => {
+            http.net
+                .core
+                .metrics
+                .borrow_mut()
+                .counters
+                .tls_handshakes_refused += 1;
+            return;
+        }
+    };
+    let mut peer = Peer {
+        ip: stream.peer_addr().ok().map(|a| a.ip()),
+        cert_name: None,
+    };
     let fd = stream.as_raw_fd();
-    // On the heap: a socket is 120 bytes, and each level of the
-    // connection's future would keep its own room for it, for the life of
-    // the connection.
+    // On the heap: a socket is 120 bytes (a TLS stream far more), and each
+    // level of the connection's future would keep its own room for it, for
+    // the life of the connection.
     let stream = Box::new(stream);
     glommio::spawn_local(async move {
         http.net.track_socket(fd);
-        serve_connection(http.clone(), stream, peer).await;
+        match pending {
+            None => serve_connection(http.clone(), stream, peer).await,
+            Some(p) => {
+                if let Some(tls) = p.run(&http.net, stream).await {
+                    peer.cert_name = tls.cert_name;
+                    serve_connection(http.clone(), Box::new(tls.stream), peer).await;
+                }
+            }
+        }
         http.net.untrack_socket(fd);
     })
     .detach();
@@ -292,7 +317,10 @@ pub(crate) async fn accept_loop(http: Rc<HttpShard>, bound: Bound) {
         }
         if net.conns.live() >= net.limits.max_connections_per_shard {
             net.core.metrics.borrow_mut().counters.connections_refused += 1;
-            glommio::spawn_local(refuse(stream)).detach();
+            // A TLS client could not read a plain 503: closed unread.
+            if !net.tls.is_on() {
+                glommio::spawn_local(refuse(stream)).detach();
+            }
             continue;
         }
         serve_accepted(http.clone(), stream);
@@ -335,7 +363,7 @@ async fn supervised(
     http: Rc<HttpShard>,
     head: head::Head,
     body: request::Body,
-    peer: Option<IpAddr>,
+    peer: &Peer,
     restarts: Rc<RefCell<RestartIntensity>>,
 ) -> McpResponse {
     let net = &http.net;
@@ -386,8 +414,9 @@ async fn supervised(
 /// Serves one HTTP/1.1 connection on any byte stream (a TCP socket in the
 /// server; an in-memory stream in the fuzz targets): on the lean path
 /// ([`lean`]) while requests have the common shape, then on hyper. `peer`
-/// keys the rate limiter for requests without a session.
-pub(crate) async fn serve_connection<S>(http: Rc<HttpShard>, stream: S, peer: Option<IpAddr>)
+/// keys the rate limiter for requests without a session, and names the
+/// client certificate of a TLS connection.
+pub(crate) async fn serve_connection<S>(http: Rc<HttpShard>, stream: S, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -396,7 +425,7 @@ where
     let slot = net.conns.register(handle.clone());
     net.core.metrics.borrow_mut().counters.connections_opened += 1;
     let restarts = Rc::new(RefCell::new(RestartIntensity::default()));
-    match lean::serve(&http, stream, &handle, peer, &restarts).await {
+    match lean::serve(&http, stream, &handle, &peer, &restarts).await {
         lean::Ended::Closed => {}
         lean::Ended::Handover(stream) => {
             net.core.metrics.borrow_mut().counters.http_hyper_handovers += 1;
@@ -415,7 +444,7 @@ async fn serve_hyper<S>(
     http: &Rc<HttpShard>,
     stream: S,
     handle: &ConnHandle,
-    peer: Option<IpAddr>,
+    peer: Peer,
     restarts: Rc<RefCell<RestartIntensity>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -427,6 +456,7 @@ async fn serve_hyper<S>(
     let svc_inflight = inflight.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let (http, inflight, restarts) = (svc_http.clone(), svc_inflight.clone(), restarts.clone());
+        let peer = peer.clone();
         inflight.set(inflight.get() + 1);
         async move {
             let (parts, body) = req.into_parts();
@@ -435,7 +465,7 @@ async fn serve_hyper<S>(
                 http.clone(),
                 head,
                 request::Body::Hyper(body),
-                peer,
+                &peer,
                 restarts,
             )
             .await

@@ -7,6 +7,7 @@
 
 use crate::server::core::Core;
 use crate::server::trace::TraceParent;
+use crate::transport::Peer;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -42,7 +43,7 @@ pub(crate) async fn handle(
     http: &Rc<HttpShard>,
     head: Head,
     body: Body,
-    peer: Option<IpAddr>,
+    peer: &Peer,
 ) -> McpResponse {
     let resp = route(http, head, body, peer).await;
     if resp.status >= 400 && resp.status != 404 && resp.status != 503 {
@@ -156,7 +157,7 @@ fn host_allowed(host: &str, cfg: &HttpConfig) -> bool {
 }
 
 /// The endpoint's checks, then the request's method.
-async fn route(http: &Rc<HttpShard>, head: Head, body: Body, peer: Option<IpAddr>) -> McpResponse {
+async fn route(http: &Rc<HttpShard>, head: Head, body: Body, peer: &Peer) -> McpResponse {
     let core = &http.net.core;
     let cfg = &http.cfg;
     if let Some(r) = check_target(http, &head) {
@@ -180,7 +181,7 @@ async fn route(http: &Rc<HttpShard>, head: Head, body: Body, peer: Option<IpAddr
     }
     let principal = match core.auth() {
         None => None,
-        Some(auth) => match authenticate(&auth, cfg, h) {
+        Some(auth) => match authenticate(&auth, cfg, h, peer) {
             Ok(p) => Some(p),
             Err(r) => {
                 core.metrics.borrow_mut().counters.auth_failures += 1;
@@ -190,7 +191,7 @@ async fn route(http: &Rc<HttpShard>, head: Head, body: Body, peer: Option<IpAddr
         },
     };
     match head.method {
-        Method::POST => post(http, h, body, peer, principal).await,
+        Method::POST => post(http, h, body, peer.ip, principal).await,
         Method::GET => get_or_delete(http, h, HttpMethod::Get, principal).await,
         Method::DELETE => get_or_delete(http, h, HttpMethod::Delete, principal).await,
         _ => reject(
@@ -462,7 +463,27 @@ async fn rate_limit(
 /// The principal of a request's bearer token, or the 401 to answer: with
 /// `WWW-Authenticate` naming the protected-resource metadata (RFC 9728) so a
 /// client can find the authorization server.
-fn authenticate(auth: &AuthConfig, cfg: &HttpConfig, h: &Headers) -> Result<Identity, McpResponse> {
+///
+/// Under `--auth cert` the caller is the connection's client certificate
+/// (`peer.cert_name`) and an `Authorization` header is not looked at.
+fn authenticate(
+    auth: &AuthConfig,
+    cfg: &HttpConfig,
+    h: &Headers,
+    peer: &Peer,
+) -> Result<Identity, McpResponse> {
+    if auth.by_certificate() {
+        return auth
+            .authenticate_cert(peer.cert_name.as_deref())
+            .map_err(|why| {
+                log::info!("client certificate refused: {why}");
+                reject(
+                    401,
+                    jsonrpc::INVALID_REQUEST,
+                    &format!("Unauthorized: {why}"),
+                )
+            });
+    }
     let presented = header(h, "authorization").and_then(auth::bearer);
     let refused = match presented.map(|t| auth.authenticate(t)) {
         Some(Ok(who)) => return Ok(who),
