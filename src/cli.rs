@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand};
 
 use tessera::config::{
     generated_node_id, parse_duration, read_secret_file, select_cores, Action, AuditConfig,
-    AuthConfig, Chaos, ClusterConfig, FsyncPolicy, HttpConfig, JwtSettings, Limits, NetRules,
-    OtelConfig, Rule, ServerConfig, StoreConfig, StoreKeys, TlsConfig, TlsPaths,
+    AuthConfig, Chaos, ClusterConfig, FsyncPolicy, HttpConfig, JwtSettings, KeyRing, Limits,
+    NetRules, OtelConfig, Rule, ServerConfig, StoreConfig, StoreKeys, TlsConfig, TlsPaths,
 };
 
 #[derive(Parser, Debug)]
@@ -82,7 +82,7 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         shards: Option<usize>,
     },
-    /// Offline operations on a `--data-dir`.
+    /// Operations on a `--data-dir`.
     #[command(subcommand)]
     Store(StoreCommand),
     /// Read a bearer token from stdin and print its line for the
@@ -101,13 +101,24 @@ pub enum Command {
 pub enum StoreCommand {
     /// Rewrite every record of every shard file under the first key of
     /// --store-key-file (records sealed with another listed key, and plain
-    /// ones written before a key was set); the server must be stopped.
-    /// Records no listed key opens are left as they are and counted.
+    /// ones written before a key was set). Records no listed key opens are
+    /// left as they are and counted. A running server does it itself when
+    /// asked through its --upgrade-socket (it reads its own
+    /// --store-key-file again, which must still list the key in use);
+    /// --data-dir with --store-key-file rewrites a stopped server's files.
     Rekey {
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        /// A running server's control socket.
+        #[arg(
+            long,
+            value_name = "PATH",
+            conflicts_with_all = ["data_dir", "store_key_file"],
+            required_unless_present = "data_dir"
+        )]
+        upgrade_socket: Option<PathBuf>,
+        #[arg(long, value_name = "DIR", requires = "store_key_file")]
+        data_dir: Option<PathBuf>,
         #[arg(long, value_name = "FILE")]
-        store_key_file: PathBuf,
+        store_key_file: Option<PathBuf>,
     },
 }
 
@@ -912,6 +923,8 @@ impl ServeArgs {
             }),
             store: self.data_dir.as_ref().map(|dir| StoreConfig {
                 keys: keys.clone(),
+                key_file: self.store_key_file.clone(),
+                ring: KeyRing::new(keys.clone()),
                 dir: dir.clone(),
                 fsync: self.fsync.into(),
                 fsync_interval_ms: self.fsync_interval_ms,

@@ -23,7 +23,7 @@ pub use crate::adapters::otel::{OtelConfig, OtelError};
 pub use crate::adapters::prompt_files::{PromptArgConfig, PromptFileConfig, PromptFileError};
 pub use crate::adapters::seal::{gen_key, StoreKeys};
 pub use crate::adapters::secrets::{JwtSettings, SecretsError};
-pub use crate::adapters::store::{rekey, FsyncPolicy, RekeyReport, StoreConfig};
+pub use crate::adapters::store::{rekey, FsyncPolicy, KeyRing, RekeyReport, StoreConfig};
 pub use crate::adapters::tls::{TlsFileError, TlsPaths};
 pub use crate::runtime::cores::{
     format_core_list, parse_core_list, select as select_cores, CoreError,

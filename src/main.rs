@@ -153,9 +153,28 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Store(StoreCommand::Rekey {
+            upgrade_socket: Some(socket),
+            ..
+        }) => match tessera::control_socket::ask(&socket, "store-rekey") {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tessera: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Store(StoreCommand::Rekey {
+            upgrade_socket: None,
             data_dir,
             store_key_file,
         }) => {
+            let (Some(data_dir), Some(store_key_file)) = (data_dir, store_key_file) else {
+                unreachable!(
+                    "clap requires --data-dir and --store-key-file without --upgrade-socket"
+                )
+            };
             let keys = match tessera::config::StoreKeys::from_file(&store_key_file) {
                 Ok(k) => k,
                 Err(e) => {

@@ -217,6 +217,12 @@ impl StoreKeys {
             .map_err(|_| Unopened::Forged)
     }
 
+    /// Whether these keys open what `other`'s first key seals.
+    pub fn opens_sealed_by(&self, other: &StoreKeys) -> bool {
+        let first = key_id(&other.keys[0]);
+        self.keys.iter().any(|k| key_id(k) == first)
+    }
+
     /// Whether `value` is sealed with the first key (nothing to rekey).
     pub fn sealed_with_first(&self, value: &[u8]) -> bool {
         is_sealed(value)

@@ -70,7 +70,57 @@ pub struct StoreConfig {
     /// `--store-key-file`: values are sealed before they are written and
     /// opened when read (`adapters::seal`); None writes them plain.
     pub keys: Option<StoreKeys>,
+    /// Where `keys` came from: `tessera store rekey --upgrade-socket` reads
+    /// it again.
+    pub key_file: Option<PathBuf>,
+    /// The keys the writers seal with now: `keys` until an online rekey
+    /// replaces them (shared by every shard's writer thread and the
+    /// supervisor; never touched by an executor).
+    pub ring: KeyRing,
 }
+
+/// The store keys in use, replaceable while the writers run. Each writer
+/// reads them once per batch (a lock taken on the writer thread, never on
+/// an executor).
+#[derive(Clone, Default)]
+pub struct KeyRing(Arc<std::sync::Mutex<Option<Arc<StoreKeys>>>>);
+
+impl KeyRing {
+    pub fn new(keys: Option<StoreKeys>) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(keys.map(Arc::new))))
+    }
+
+    /// The keys now.
+    pub fn current(&self) -> Option<Arc<StoreKeys>> {
+        self.0
+            .lock()
+            .expect("the key ring's lock is never held across a panic")
+            .clone()
+    }
+
+    /// New keys for every batch from now on.
+    pub fn replace(&self, keys: StoreKeys) {
+        *self
+            .0
+            .lock()
+            .expect("the key ring's lock is never held across a panic") = Some(Arc::new(keys));
+    }
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyRing")
+    }
+}
+
+/// One ring is equal only to itself (its clones).
+impl PartialEq for KeyRing {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for KeyRing {}
 
 /// Why the store could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
@@ -189,11 +239,11 @@ impl ShardStore {
     ) -> Result<(Self, Writer), StoreError> {
         let (tx, rx) = bounded(QUEUE_BATCHES);
         let policy = cfg.fsync;
-        let keys = cfg.keys.clone();
+        let ring = cfg.ring.clone();
         let interval = Duration::from_millis(cfg.fsync_interval_ms.max(1));
         let join = std::thread::Builder::new()
             .name(format!("tessera-store-{index}"))
-            .spawn(move || write_loop(&db, rx, policy, interval, spans, keys.as_ref()))
+            .spawn(move || write_loop(&db, rx, policy, interval, spans, &ring))
             .map_err(StoreError::Thread)?;
         let store = Self {
             pending: RefCell::new(Batch::default()),
@@ -358,7 +408,7 @@ fn write_loop(
     policy: FsyncPolicy,
     interval: Duration,
     spans: Option<SpanOut>,
-    keys: Option<&StoreKeys>,
+    ring: &KeyRing,
 ) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
@@ -393,7 +443,8 @@ fn write_loop(
             (false, _) => Durability::None,
         };
         let ops = batch.ops.len();
-        let written = apply(db, batch.ops, durability, keys);
+        let keys = ring.current();
+        let written = apply(db, batch.ops, durability, keys.as_deref());
         if let Err(e) = &written {
             log::error!("store: a batch was not written: {e}");
         }
@@ -486,7 +537,7 @@ pub struct RekeyReport {
 /// Rewrites every record of every shard file in `dir` under the first of
 /// `keys`, one write transaction per file (a crash leaves each file wholly
 /// before or after). Offline: a running server holds its files, and redb
-/// refuses a second opener.
+/// refuses a second opener (a running server rekeys itself: [`rekey_live`]).
 pub fn rekey(dir: &Path, keys: &StoreKeys) -> Result<RekeyReport, StoreError> {
     let mut report = RekeyReport::default();
     let mut index = 0;
@@ -496,35 +547,70 @@ pub fn rekey(dir: &Path, keys: &StoreKeys) -> Result<RekeyReport, StoreError> {
             file: path.clone(),
             message: format!("{e} (is a server running on this --data-dir? stop it first)"),
         })?;
-        let raw = load_raw(&db)?;
-        let txn = db.begin_write().map_err(db_error)?;
-        for (table, rows) in by_table(&raw) {
-            let mut t = txn.open_table(table).map_err(db_error)?;
-            for (key, value) in rows {
-                let opened = keys.open(table.name(), key, value);
-                if opened.is_ok() && keys.sealed_with_first(value) {
-                    report.current += 1;
-                    continue;
-                }
-                let plain = match opened {
-                    Ok(plain) => plain,
-                    Err(seal::Unopened::Plain) => value.clone(),
-                    Err(_) => {
-                        report.unreadable += 1;
-                        continue;
-                    }
-                };
-                let sealed = keys.seal(table.name(), key, &plain);
-                t.insert(key.as_str(), sealed.as_slice())
-                    .map_err(db_error)?;
-                report.resealed += 1;
-            }
-        }
-        txn.commit().map_err(db_error)?;
-        report.files += 1;
+        rekey_db(&db, keys, &mut report)?;
         index += 1;
     }
     Ok(report)
+}
+
+/// A running server's rekey: `ring` takes `keys` (so every batch the
+/// writers commit from now on is sealed with the new first key), then every
+/// shard's file is rewritten as [`rekey`] does. redb runs one write
+/// transaction at a time per file, so the rewrite and the shard's writer
+/// take turns. A batch a writer sealed with the old keys just before the
+/// switch may commit after the first pass; a second pass rewrites it.
+pub(crate) fn rekey_live(
+    dbs: &[Arc<Database>],
+    ring: &KeyRing,
+    keys: StoreKeys,
+) -> Result<RekeyReport, StoreError> {
+    ring.replace(keys.clone());
+    let mut first = RekeyReport::default();
+    for db in dbs {
+        rekey_db(db, &keys, &mut first)?;
+    }
+    let mut second = RekeyReport::default();
+    for db in dbs {
+        rekey_db(db, &keys, &mut second)?;
+    }
+    Ok(RekeyReport {
+        files: dbs.len(),
+        resealed: first.resealed + second.resealed,
+        current: second.current,
+        unreadable: second.unreadable,
+    })
+}
+
+/// Rewrites `db`'s records that are not sealed with the first of `keys`,
+/// in one write transaction, adding to `report`.
+fn rekey_db(db: &Database, keys: &StoreKeys, report: &mut RekeyReport) -> Result<(), StoreError> {
+    let raw = load_raw(db)?;
+    let txn = db.begin_write().map_err(db_error)?;
+    for (table, rows) in by_table(&raw) {
+        let mut t = txn.open_table(table).map_err(db_error)?;
+        for (key, value) in rows {
+            let opened = keys.open(table.name(), key, value);
+            if opened.is_ok() && keys.sealed_with_first(value) {
+                report.current += 1;
+                continue;
+            }
+            let plain = match opened {
+                Ok(plain) => plain,
+                Err(seal::Unopened::Plain) => value.clone(),
+                Err(_) => {
+                    report.unreadable += 1;
+                    continue;
+                }
+            };
+            let sealed = keys.seal(table.name(), key, &plain);
+            t.insert(key.as_str(), sealed.as_slice())
+                .map_err(db_error)?;
+            report.resealed += 1;
+        }
+    }
+    txn.commit().map_err(db_error)?;
+    report.files += 1;
+    Ok(())
 }
 
 /// Where shard `index`'s file is.
@@ -548,6 +634,8 @@ mod tests {
             fsync_interval_ms: 100,
             pending_ops_max: 100,
             keys: None,
+            key_file: None,
+            ring: KeyRing::default(),
         };
         {
             let dbs = open_all(&cfg, 3).unwrap();
@@ -581,6 +669,8 @@ mod tests {
             fsync_interval_ms: 1000,
             pending_ops_max: 1000,
             keys: None,
+            key_file: None,
+            ring: KeyRing::default(),
         };
         {
             let dbs = open_all(&cfg, 1).unwrap();
@@ -636,6 +726,8 @@ mod tests {
             fsync_interval_ms: 1000,
             pending_ops_max: 1000,
             keys: Some(keys.clone()),
+            key_file: None,
+            ring: KeyRing::new(Some(keys.clone())),
         };
         let dbs = open_all(&cfg, 1).unwrap();
         let (s, writer) = ShardStore::start(&cfg, dbs[0].clone(), 0, None).unwrap();

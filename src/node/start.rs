@@ -117,7 +117,10 @@ fn prepare(start: &ShardStart) -> Result<Prepared, String> {
     let registry = app.build().map_err(|e| e.to_string())?;
     let store = match (&start.db, &start.plan.store) {
         (Some(db), Some(cfg)) => {
-            let loaded = store::load(db, cfg.keys.as_ref()).map_err(|e| {
+            // The keys now: a shard restarted after an online rekey reads
+            // with the rekeyed ones.
+            let keys = cfg.ring.current();
+            let loaded = store::load(db, keys.as_deref()).map_err(|e| {
                 format!(
                     "reading {}: {e}",
                     store::file_of(&cfg.dir, start.index).display()

@@ -23,6 +23,7 @@ use super::{ServeError, EXECUTOR_IO_MEMORY_BYTES};
 use crate::adapters::audit::AuditWriter;
 use crate::adapters::backup;
 use crate::adapters::otel;
+use crate::adapters::store;
 use crate::config::{Limits, ServerConfig};
 use crate::metrics::Snapshot;
 use crate::runtime::executor::{self, ExecutorSpec};
@@ -144,6 +145,63 @@ impl Launcher {
             });
         if let Err(e) = spawned {
             log::error!("backup: starting its thread: {e}");
+        }
+    }
+
+    /// The control socket's `store-rekey`: reads `--store-key-file` again
+    /// and, on a thread of its own, makes its first key the one every shard
+    /// seals with and rewrites every stored record under it
+    /// (`store::rekey_live`). The new file must still list the key in use,
+    /// so nothing written so far stops opening before it is rewritten.
+    fn start_rekey(&self, reply: Sender<Result<String, String>>) {
+        let (Some(dbs), Some(cfg)) = (self.dbs.clone(), self.plan.store.as_ref()) else {
+            let _ = reply.send(Err("store rekey: this server has no --data-dir".into()));
+            return;
+        };
+        let (Some(path), Some(now)) = (cfg.key_file.clone(), cfg.ring.current()) else {
+            let _ = reply.send(Err(
+                "store rekey: this server has no --store-key-file (restart it with one, then rekey)"
+                    .into(),
+            ));
+            return;
+        };
+        let keys = match crate::adapters::seal::StoreKeys::from_file(&path) {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = reply.send(Err(format!("store rekey: --store-key-file {e}")));
+                return;
+            }
+        };
+        if !keys.opens_sealed_by(&now) {
+            let _ = reply.send(Err(format!(
+                "store rekey: {} no longer lists key {} that records are sealed with now; list it after the new first key",
+                path.display(),
+                now.sealing_id()
+            )));
+            return;
+        }
+        let ring = cfg.ring.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tessera-rekey".into())
+            .spawn(move || {
+                let id = keys.sealing_id();
+                let answer = store::rekey_live(&dbs, &ring, keys)
+                    .map(|r| {
+                        let done = format!(
+                            "rekeyed {} shard file(s) while serving, under key {id}: {} record(s) rewritten, {} already current, {} unreadable (left; never served)",
+                            r.files, r.resealed, r.current, r.unreadable
+                        );
+                        log::warn!("{done}");
+                        done
+                    })
+                    .map_err(|e| format!("store rekey: {e}"));
+                if let Err(e) = &answer {
+                    log::error!("{e}");
+                }
+                let _ = reply.send(answer);
+            });
+        if let Err(e) = spawned {
+            log::error!("store rekey: starting its thread: {e}");
         }
     }
 
@@ -371,6 +429,10 @@ impl Supervisor {
                     self.launcher.start_backup(args, req.reply);
                     continue;
                 }
+                if req.command == "store-rekey" {
+                    self.launcher.start_rekey(req.reply);
+                    continue;
+                }
                 let answer = match (req.command.as_str(), req.conn) {
                     ("reload", _) => self.reload(reload),
                     ("upgrade", Some(conn)) => match self.offer_upgrade(&conn) {
@@ -389,7 +451,9 @@ impl Supervisor {
                             Err(why)
                         }
                     },
-                    (other, _) => Err(format!("unknown command {other:?} (known: reload, backup)")),
+                    (other, _) => Err(format!(
+                        "unknown command {other:?} (known: reload, backup, store-rekey)"
+                    )),
                 };
                 let _ = req.reply.send(answer);
             }

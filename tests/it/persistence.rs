@@ -665,3 +665,90 @@ fn a_live_backup_restores_sessions_and_tasks_after_kill_9_and_keeps_n() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// `tessera store rekey --upgrade-socket`: a running server re-reads its key
+/// file, seals from then on with the new first key and rewrites what it
+/// stored under the old one, while serving; the old key can then go.
+#[test]
+fn a_running_server_rekeys_its_store_while_serving() {
+    let dir = data_dir("live-rekey");
+    let keys_dir = data_dir("live-rekey-keys");
+    std::fs::create_dir_all(&keys_dir).unwrap();
+    let key_file = keys_dir.join("keys");
+    let (old, new) = (gen_key(), gen_key());
+    write_keys(&key_file, &[&old]);
+    let socket = keys_dir.join("control.sock");
+    let core = allowed_cores()[0].to_string();
+    let args = [
+        "--cores",
+        core.as_str(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--fsync",
+        "always",
+        "--store-key-file",
+        key_file.to_str().unwrap(),
+        "--upgrade-socket",
+        socket.to_str().unwrap(),
+    ];
+    let live_rekey = || {
+        std::process::Command::new(tessera_bin())
+            .args(["store", "rekey", "--upgrade-socket"])
+            .arg(&socket)
+            .output()
+            .unwrap()
+    };
+    let session = |server: &Server| {
+        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+        let r = legacy_post(server, None, &init);
+        r.header("mcp-session-id").unwrap().to_owned()
+    };
+    let mut server = Server::start_http(&args);
+    let before: Vec<String> = (0..5).map(|_| session(&server)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A file that drops the key in use is refused, and nothing changes.
+    write_keys(&key_file, &[&new]);
+    let out = live_rekey();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no longer lists key"),
+        "{out:?}"
+    );
+
+    write_keys(&key_file, &[&new, &old]);
+    let out = live_rekey();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    assert!(report.contains("0 unreadable"), "{report}");
+    assert!(!report.contains(" 0 record(s) rewritten"), "{report}");
+    // Written after the rekey: sealed with the new key by the writer.
+    let after = session(&server);
+    std::thread::sleep(Duration::from_millis(300));
+    kill_9(&mut server);
+
+    // The old key is gone from the file: every session is still there.
+    write_keys(&key_file, &[&new]);
+    let mut server = Server::start_http(&args);
+    let all = before.len() + 1;
+    assert!(
+        server
+            .stderr()
+            .contains(&format!("restored {all} of {all} stored session(s)")),
+        "{}",
+        server.stderr()
+    );
+    for sid in before.iter().chain([&after]) {
+        let echo = rpc(
+            &server,
+            sid,
+            9,
+            "tools/call",
+            json!({"name":"echo","arguments":{"text":"rekeyed"}}),
+        );
+        assert_eq!(echo["result"]["content"][0]["text"], "rekeyed", "{echo}");
+    }
+    kill_9(&mut server);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&keys_dir);
+}
