@@ -2,10 +2,15 @@
 # The real-world HTTP limit for bench/compare.sh: one nginx process pinned to
 # CORE answering every request to /mcp with 200 and the same JSON body
 # tessera's echo tool returns (so wrk's response check passes and the bytes on
-# the wire match). Keep-alive without a request limit, no access log.
-# Usage: bench/nginx_static.sh PORT CORE    (runs in the foreground)
+# the wire match). Keep-alive without a request limit, no access log. With
+# CERT and KEY it serves HTTPS (TLS 1.3 and 1.2) with that pair.
+# Usage: bench/nginx_static.sh PORT CORE [CERT KEY]   (runs in the foreground)
 set -euo pipefail
-PORT=$1 CORE=$2
+PORT=$1 CORE=$2 CERT=${3:-} KEY=${4:-}
+LISTEN="listen 127.0.0.1:$PORT;"
+if [ -n "$CERT" ]; then
+  LISTEN="listen 127.0.0.1:$PORT ssl; ssl_certificate $CERT; ssl_certificate_key $KEY; ssl_protocols TLSv1.2 TLSv1.3;"
+fi
 DIR=$(mktemp -d)
 trap 'rm -rf "$DIR"' EXIT
 BODY='{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello"}],"resultType":"complete","_meta":{"io.modelcontextprotocol/serverInfo":{"name":"tessera","title":"tessera MCP server","version":"0.1.0"}}}}'
@@ -21,7 +26,7 @@ http {
   keepalive_requests 100000000;
   keepalive_timeout 60s;
   server {
-    listen 127.0.0.1:$PORT;
+    $LISTEN
     location /mcp {
       default_type application/json;
       return 200 '$BODY';

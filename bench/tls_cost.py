@@ -17,7 +17,10 @@ in the same run.
    the same for plain connections.
 
 The server runs on SERVER_CORE, wrk and the clients on LOAD_CORE. The
-certificate is a self-signed ECDSA P-256 one made with openssl.
+certificate is a self-signed ECDSA P-256 one made with openssl. When nginx is
+installed, one pinned nginx process answering a fixed 200
+(bench/nginx_static.sh, over HTTP and HTTPS with the same pair) is measured
+the same way in the same run: the real-world limit for 1 and 2.
 
 Usage: bench/tls_cost.py [--runs 3] [--duration 5] [--seconds 5] [--idle 3000]
                          [--server target/release/tessera]
@@ -28,6 +31,7 @@ Needs: wrk, openssl (the CLI, for the certificate)
 import argparse
 import os
 import re
+import shutil
 import socket
 import ssl
 import statistics
@@ -57,6 +61,20 @@ def make_cert(dir):
          "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
         check=True, capture_output=True)
     return cert, key
+
+
+def start_nginx(tls, port):
+    """One pinned nginx on SERVER_CORE (HTTPS when `tls`); its process."""
+    args = ["bash", os.path.join(ROOT, "bench/nginx_static.sh"), str(port), SERVER_CORE]
+    if tls:
+        args += list(tls)
+    everywhere = set(range(os.cpu_count()))
+    wrapper = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=lambda: os.sched_setaffinity(0, everywhere))
+    wait_listening(port)
+    pid = int(subprocess.run(["pgrep", "-P", str(wrapper.pid), "nginx"], capture_output=True,
+                             text=True, check=True).stdout.split()[0])
+    return wrapper, pid
 
 
 def start(server, tls, http_port=None, tcp_port=None):
@@ -101,12 +119,16 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def new_connections(server, tls, seconds):
+def new_connections(server, tls, seconds, nginx=False):
     """wrk -c32 with `Connection: close`: every request on a new connection
     (a full TLS handshake each over HTTPS). Returns (server CPU per
     connection in us, connections/s, server core busy share)."""
     port = free_port()
-    p = start(server, tls, http_port=port)
+    if nginx:
+        p, pid = start_nginx(tls, port)
+    else:
+        p = start(server, tls, http_port=port)
+        pid = p.pid
     scheme = "https" if tls else "http"
     script = os.path.join(ROOT, "benches/wrk/modern-echo.lua")
     base = ["taskset", "-c", str(LOAD_CORE), "wrk", "-t1", "-c32", "-H", "Connection: close",
@@ -114,10 +136,10 @@ def new_connections(server, tls, seconds):
     url = f"{scheme}://127.0.0.1:{port}/mcp"
     try:
         subprocess.run(base + ["-d1s", url], check=True, capture_output=True)
-        before = cpu_s(p.pid)
+        before = cpu_s(pid)
         out = subprocess.run(base + [f"-d{seconds}s", url], check=True, capture_output=True,
                              text=True).stdout
-        busy = cpu_s(p.pid) - before
+        busy = cpu_s(pid) - before
         n = int(re.search(r"(\d+) requests in", out).group(1))
         return busy / n * 1e6, n / seconds, busy / seconds
     finally:
@@ -169,34 +191,46 @@ def main():
     os.sched_setaffinity(0, {LOAD_CORE})
     with tempfile.TemporaryDirectory() as d:
         tls = make_cert(d)
-        rows = {"http": [], "https": []}
+        have_nginx = shutil.which("nginx") is not None
+        names = ["http", "https"] + (["nginx http", "nginx https"] if have_nginx else [])
+        rows = {n: [] for n in names}
         for _ in range(a.runs):
-            for name in ["http", "https"]:
+            for name in names:
+                scheme = name.split()[-1]
                 port = free_port()
-                p = start(a.server, tls if name == "https" else None, http_port=port)
+                with_tls = tls if scheme == "https" else None
+                if name.startswith("nginx"):
+                    p, _ = start_nginx(with_tls, port)
+                else:
+                    p = start(a.server, with_tls, http_port=port)
                 try:
-                    rows[name].append(wrk(f"{name}://127.0.0.1:{port}/mcp", a.duration))
+                    rows[name].append(wrk(f"{scheme}://127.0.0.1:{port}/mcp", a.duration))
                 finally:
                     stop(p)
         print("keep-alive, wrk -t1 -c64, modern echo (medians of %d runs)" % a.runs)
         for name, r in rows.items():
-            print("  %-5s  %9.0f req/s   p99 %6.2f ms   runs: %s" % (
+            print("  %-11s  %9.0f req/s   p99 %6.2f ms   runs: %s" % (
                 name, statistics.median(x[0] for x in r), statistics.median(x[1] for x in r),
                 ", ".join("%.0f" % x[0] for x in r)))
-        hs = {"http": [], "https": []}
+        hs = {n: [] for n in names}
         for _ in range(a.runs):
-            for name in ["http", "https"]:
-                hs[name].append(new_connections(a.server, tls if name == "https" else None,
-                                                a.seconds))
+            for name in names:
+                with_tls = tls if name.endswith("https") else None
+                hs[name].append(new_connections(a.server, with_tls, a.seconds,
+                                                nginx=name.startswith("nginx")))
         print("a new connection per request, wrk -t1 -c32 (medians of %d runs)" % a.runs)
         for name, r in hs.items():
-            print("  %-5s  %7.0f conn/s   server CPU %6.1f us per connection   server core %3.0f%% busy"
+            print("  %-11s  %7.0f conn/s   server CPU %6.1f us per connection   server core %3.0f%% busy"
                   % (name, statistics.median(x[1] for x in r), statistics.median(x[0] for x in r),
                      100 * statistics.median(x[2] for x in r)))
         extra = statistics.median(x[0] for x in hs["https"]) - statistics.median(
             x[0] for x in hs["http"])
-        print("  a TLS handshake costs the server %.0f us of CPU: %.0f handshakes/s per core"
+        print("  a TLS handshake costs tessera %.0f us of CPU: %.0f handshakes/s per core"
               % (extra, 1e6 / extra))
+        if have_nginx:
+            ng = statistics.median(x[0] for x in hs["nginx https"]) - statistics.median(
+                x[0] for x in hs["nginx http"])
+            print("  and nginx %.0f us: %.0f handshakes/s per core" % (ng, 1e6 / ng))
         mem = {n: [idle_rss(a.server, tls if n == "tls" else None, a.idle) for _ in range(a.runs)]
                for n in ["plain", "tls"]}
         print("idle connections after initialize (%d each, medians of %d runs)" % (a.idle, a.runs))
