@@ -154,6 +154,15 @@ impl Launcher {
     /// (`store::rekey_live`). The new file must still list the key in use,
     /// so nothing written so far stops opening before it is rewritten.
     fn start_rekey(&self, reply: Sender<Result<String, String>>) {
+        if self.plan.cluster.is_some() {
+            // Its shards seal what they send to Redis with the keys they
+            // started with, and nothing of Redis is rewritten here.
+            let _ = reply.send(Err(
+                "store rekey: not while serving with --cluster; put the new key first and restart or upgrade each node (Redis records are resealed as they are written, the rest expire within one session TTL)"
+                    .into(),
+            ));
+            return;
+        }
         let (Some(dbs), Some(cfg)) = (self.dbs.clone(), self.plan.store.as_ref()) else {
             let _ = reply.send(Err("store rekey: this server has no --data-dir".into()));
             return;

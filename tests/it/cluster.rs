@@ -1353,14 +1353,31 @@ fn sealed_records_in_redis_open_only_on_nodes_with_the_key() {
         &["--store-key-file", &k1],
     );
     let (b, mut a) = (nodes.pop().unwrap(), nodes.pop().unwrap());
+    let c_socket = dir.join("c.sock");
     let mut c = node(
         &valkey,
         &secret,
         "c",
         &one_core(),
-        &["--store-key-file", &k2],
+        &[
+            "--store-key-file",
+            &k2,
+            "--upgrade-socket",
+            c_socket.to_str().unwrap(),
+        ],
     );
     let admin_c = admin_addr(&mut c);
+    // A live rekey would leave what the shards send to Redis behind.
+    let out = Command::new(tessera_bin())
+        .args(["store", "rekey", "--upgrade-socket"])
+        .arg(&c_socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not while serving with --cluster"),
+        "{out:?}"
+    );
 
     let kept = legacy_session(&a);
     let lost = legacy_session(&a);
