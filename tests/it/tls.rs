@@ -46,20 +46,8 @@ fn try_handshake(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> std::i
 
 /// A stateless echo call over `stream`; the text it answers.
 fn echo_over(stream: Stream) -> String {
-    let mut c = HttpConn::over(stream);
     let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"tls"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}).to_string();
-    let r = c.request(
-        "POST",
-        "/mcp",
-        &[
-            ("content-type", "application/json"),
-            ("accept", "application/json"),
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "echo"),
-        ],
-        Some(body.as_bytes()),
-    );
+    let r = modern_call_on(&mut HttpConn::over(stream), &[], "echo", &body);
     assert_eq!(r.status, 200, "{r:?}");
     result_text(&r.json()).to_string()
 }
@@ -280,20 +268,13 @@ fn client_certificates_name_the_principal_and_its_roles() {
     let r = b.request("POST", "/mcp", &in_session, Some(call.as_bytes()));
     assert_eq!(r.status, 404, "bob cannot use alice's session");
     let modern = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"m"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}).to_string();
-    let modern_headers = [
-        ("content-type", "application/json"),
-        ("accept", "application/json"),
-        ("mcp-protocol-version", "2026-07-28"),
-        ("mcp-method", "tools/call"),
-        ("mcp-name", "echo"),
-    ];
-    let r = b.request("POST", "/mcp", &modern_headers, Some(modern.as_bytes()));
+    let r = modern_call_on(&mut b, &[], "echo", &modern);
     assert_eq!(
         rpc_message(&r)["error"]["code"],
         -31013,
         "bob has no role: {r:?}"
     );
-    let r = h.request("POST", "/mcp", &modern_headers, Some(modern.as_bytes()));
+    let r = modern_call_on(&mut h, &[], "echo", &modern);
     assert_eq!(
         rpc_message(&r)["result"]["content"][0]["text"],
         "m",
